@@ -1,0 +1,140 @@
+"""The contract every tunable kernel module fulfils.
+
+A kernel module owns one op: its search space, the constraints checked before compiling, how to
+build inputs and the reference, how to run one config, what the runtime picks untuned, and how
+its winner is exported. It never talks to the database or to Optuna: the flows in `tuner/` do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+Config = dict[str, Any]
+Key = tuple[int, ...]
+
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+class KernelInputError(ValueError):
+    """A user-supplied key or dtype that this kernel cannot take."""
+
+
+def torch_dtype(name: str):
+    import torch
+
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name not in table:
+        raise KernelInputError(f"unknown dtype {name!r}; use one of {', '.join(table)}")
+    return table[name]
+
+
+@dataclass
+class Inputs:
+    """Input sets that rotate between timed calls (so weights are not read from L2) and the
+    output buffer of each set. `ref` is the high-precision reference of set 0."""
+
+    sets: list[tuple]
+    outs: list[Any]
+    ref: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# A runner takes one input set and its output buffer, and writes the result into the buffer.
+Runner = Callable[[tuple, Any], Any]
+
+
+class Kernel(ABC):
+    name: str = ""
+    description: str = ""
+    key_names: tuple[str, ...] = ()
+    dtypes: tuple[str, ...] = DTYPES
+    # modules whose source defines the kernels measured; hashed into every stored result
+    source_modules: tuple[str, ...] = ()
+
+    # ---- keys -------------------------------------------------------------------------
+    def parse_key(self, text: str) -> Key:
+        """'1,4608,3584' -> (1, 4608, 3584); a clear KernelInputError for anything else."""
+        parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+        if len(parts) != len(self.key_names):
+            raise KernelInputError(
+                f"shape {text!r} for op {self.name} needs {len(self.key_names)} integers "
+                f"{','.join(self.key_names)}"
+            )
+        try:
+            key = tuple(int(p) for p in parts)
+        except ValueError:
+            raise KernelInputError(f"shape {text!r} must be integers {','.join(self.key_names)}") from None
+        if any(v <= 0 for v in key):
+            raise KernelInputError(f"shape {text!r} must be positive integers")
+        return key
+
+    def key_dict(self, key: Key) -> dict[str, int]:
+        return dict(zip(self.key_names, key))
+
+    def presets(self) -> Mapping[str, list[Key]]:
+        return {}
+
+    # ---- search space -------------------------------------------------------------------
+    @abstractmethod
+    def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:
+        """Every parameter with its choices; 'variant' picks the kernel implementation."""
+
+    def canonical(self, key: Key, config: Config) -> Config:
+        """Normalise parameters that cannot matter for this key, so equal programs compare equal."""
+        return dict(config)
+
+    @abstractmethod
+    def invalid_reason(self, key: Key, config: Config, dtype: str, device: str) -> str | None:
+        """Why this config cannot run (checked before compiling), or None."""
+
+    # ---- running ------------------------------------------------------------------------
+    @abstractmethod
+    def make_inputs(self, key: Key, dtype: str, device: str, n_sets: int, seed: int) -> Inputs: ...
+
+    @abstractmethod
+    def bytes_per_set(self, key: Key, dtype: str) -> int:
+        """Bytes of the inputs one set reads (decides how many sets defeat the L2 cache)."""
+
+    @abstractmethod
+    def reference(self, args: tuple) -> Any:
+        """High-precision reference for one input set."""
+
+    @abstractmethod
+    def runner(self, key: Key, config: Config, dtype: str, device: str) -> Runner:
+        """A callable running `config` on one input set; raises if the config cannot run."""
+
+    def precompile(self, key: Key, config: Config, dtype: str, device: str) -> None:
+        """Compile `config` without running it (in a helper process); default: nothing."""
+
+    def baselines(self, key: Key, dtype: str, device: str) -> dict[str, Runner]:
+        """Runners for the references every result is compared with (native, untuned runtime)."""
+        return {}
+
+    def untuned_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
+        """What the runtime would pick untuned, as configs of this space: the warm start."""
+        return []
+
+    def tolerance(self, dtype: str) -> float:
+        """Largest accepted ||out - ref|| / ||ref||."""
+        return {"bf16": 1e-2, "fp16": 5e-3, "fp32": 1e-3}[dtype]
+
+    def flops(self, key: Key) -> float:
+        return 0.0
+
+    # ---- identity -----------------------------------------------------------------------
+    def source_hash(self) -> str:
+        """Hash of the source of every module that defines the measured kernels."""
+        import importlib
+
+        h = hashlib.sha256()
+        for mod_name in (type(self).__module__, *self.source_modules):
+            try:
+                mod = importlib.import_module(mod_name)
+                h.update(inspect.getsource(mod).encode())
+            except Exception:  # a runtime module that cannot import here (flag_gems on CPU)
+                h.update(f"<unavailable:{mod_name}>".encode())
+        return h.hexdigest()[:16]
