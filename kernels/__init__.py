@@ -1,0 +1,35 @@
+"""Tunable kernels, one module per op. Registering a module here is all `tuner tune --op` needs."""
+
+from __future__ import annotations
+
+import importlib
+
+from kernels.base import Kernel, KernelInputError
+
+# op name -> "module:ClassName"; imported lazily so listing ops never imports torch/flag_gems
+REGISTRY: dict[str, str] = {
+    "mm": "kernels.mm:MM",
+}
+
+
+class UnknownOp(KernelInputError):
+    pass
+
+
+def get_kernel(ref: str) -> Kernel:
+    """A kernel by op name, or by 'module:Class' (how the worker process is told which one)."""
+    spec = REGISTRY.get(ref, ref if ":" in ref else None)
+    if spec is None:
+        raise UnknownOp(f"unknown op {ref!r}; tunable ops: {', '.join(sorted(REGISTRY))}")
+    module, _, cls = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), cls)()
+    except (ImportError, AttributeError) as e:
+        raise UnknownOp(f"cannot load kernel {spec!r}: {e}") from None
+
+
+def kernel_ref(kernel: Kernel) -> str:
+    return f"{type(kernel).__module__}:{type(kernel).__name__}"
+
+
+__all__ = ["REGISTRY", "Kernel", "KernelInputError", "UnknownOp", "get_kernel", "kernel_ref"]

@@ -1,0 +1,110 @@
+"""Where the database is, opening it safely, and bringing its schema up to date."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+ENV_VAR = "TUNER_DB_URL"
+DEFAULT_PATH = Path("~/.tuner/tuner.db")
+VERSION_TABLE = "tuner_alembic_version"  # Optuna's migrations own `alembic_version`
+
+
+class DatabaseUnusable(Exception):
+    """The database cannot be used: unreadable, not SQL, or another program's tables."""
+
+
+def default_url() -> str:
+    return f"sqlite:///{DEFAULT_PATH.expanduser()}"
+
+
+def resolve_url(url: str | None = None) -> str:
+    """--db beats $TUNER_DB_URL beats ~/.tuner/tuner.db. A bare path means a SQLite file."""
+    url = url or os.environ.get(ENV_VAR) or default_url()
+    if "://" not in url:
+        url = f"sqlite:///{Path(url).expanduser().resolve()}"
+    return url
+
+
+@dataclass
+class Database:
+    url: str
+    engine: Engine
+    sessions: sessionmaker
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+# Tables another program may legitimately share our database with.
+_OPTUNA_TABLES = {
+    "studies", "study_directions", "study_user_attributes", "study_system_attributes",
+    "trials", "trial_params", "trial_values", "trial_intermediate_values",
+    "trial_user_attributes", "trial_system_attributes", "trial_heartbeats", "version_info",
+    "alembic_version",
+}
+
+
+def _check_sqlite_file(url: str, create: bool) -> None:
+    u = make_url(url)
+    if not u.get_backend_name() == "sqlite" or not u.database or u.database == ":memory:":
+        return
+    path = Path(u.database)
+    if path.exists():
+        if path.is_dir():
+            raise DatabaseUnusable(f"{path} is a directory, not a SQLite database file")
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+        if head and head != b"SQLite format 3\x00":
+            raise DatabaseUnusable(f"{path} is not a SQLite database file")
+    elif not create:
+        raise DatabaseUnusable(f"no tuner database at {path} (nothing has been stored yet)")
+    else:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DatabaseUnusable(f"cannot create the database folder {path.parent}: {e.strerror}") from None
+
+
+def open_database(url: str | None = None, *, create: bool = True) -> Database:
+    """Open (and with create=True, create or migrate) tuner's database at `url`.
+
+    Refuses a database holding tables that are neither tuner's nor Optuna's, so that a
+    mistyped --db never writes into someone else's schema.
+    """
+    url = resolve_url(url)
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise DatabaseUnusable(f"{url!r} is not a database URL") from None
+    _check_sqlite_file(url, create)
+    try:
+        engine = create_engine(url, future=True)
+        tables = set(inspect(engine).get_table_names())
+    except (OperationalError, DatabaseError) as e:
+        raise DatabaseUnusable(f"cannot read the database at {url}: {e.orig}") from None
+    except Exception as e:  # missing driver, bad host, ...
+        raise DatabaseUnusable(f"cannot open the database at {url}: {e}") from None
+    foreign = {t for t in tables if not t.startswith("tuner_")} - _OPTUNA_TABLES
+    if foreign:
+        engine.dispose()
+        raise DatabaseUnusable(
+            f"the database at {url} belongs to another program (tables: {', '.join(sorted(foreign)[:5])})"
+        )
+    if VERSION_TABLE not in tables:
+        if not create:
+            engine.dispose()
+            raise DatabaseUnusable(f"the database at {url} has no tuner schema")
+    from db.migrate import upgrade
+
+    upgrade(engine)
+    return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))

@@ -1,0 +1,97 @@
+"""SQLAlchemy models of tuner's own tables.
+
+Every table is prefixed `tuner_` because the same database also holds Optuna's tables
+(studies, trials, ...): one URL serves both, so `optuna-dashboard <url>` shows every study.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Environment(Base):
+    """The machine and software a result was measured on (its fingerprint)."""
+
+    __tablename__ = "tuner_environments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    device: Mapped[str] = mapped_column(String(16))  # "cuda" or "cpu"
+    gpu_name: Mapped[str | None] = mapped_column(String(128))
+    sm_count: Mapped[int | None] = mapped_column(Integer)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sm_clock_max_mhz: Mapped[int | None] = mapped_column(Integer)
+    mem_clock_max_mhz: Mapped[int | None] = mapped_column(Integer)
+    driver: Mapped[str | None] = mapped_column(String(64))
+    cuda: Mapped[str | None] = mapped_column(String(32))
+    torch: Mapped[str] = mapped_column(String(64))
+    triton: Mapped[str] = mapped_column(String(32))
+    flag_gems: Mapped[str | None] = mapped_column(String(32))
+    vllm: Mapped[str | None] = mapped_column(String(32))
+    python: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TuningRun(Base):
+    """One `tuner tune` invocation over one or more keys."""
+
+    __tablename__ = "tuner_tuning_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("tuner_environments.id"))
+    kernel: Mapped[str] = mapped_column(String(64))
+    sampler: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str] = mapped_column(String(16))
+    trials_budget: Mapped[int | None] = mapped_column(Integer)
+    timeout_s: Mapped[float | None] = mapped_column(Float)
+    compile_workers: Mapped[int] = mapped_column(Integer, default=0)
+    # "running" until it ends; "done", "failed" (with reason) or "interrupted" after
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    reason: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    environment: Mapped[Environment] = relationship()
+
+
+class BestConfig(Base):
+    """The best config of one (environment, kernel, key, dtype), with the baselines timed in the
+    same worker run."""
+
+    __tablename__ = "tuner_best_configs"
+    __table_args__ = (UniqueConstraint("environment_id", "kernel", "key", "dtype", name="uq_best_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("tuner_environments.id"))
+    run_id: Mapped[int] = mapped_column(ForeignKey("tuner_tuning_runs.id"))
+    kernel: Mapped[str] = mapped_column(String(64))
+    kernel_source_hash: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(256))  # "M=1,N=4608,K=3584"
+    key_values: Mapped[dict] = mapped_column(JSON)
+    dtype: Mapped[str] = mapped_column(String(8))
+    config: Mapped[dict] = mapped_column(JSON)
+    time_us: Mapped[float] = mapped_column(Float)
+    untuned_us: Mapped[float | None] = mapped_column(Float)  # what the runtime picks untuned
+    native_us: Mapped[float | None] = mapped_column(Float)  # torch / cuBLAS
+    speedup_vs_untuned: Mapped[float | None] = mapped_column(Float)
+    speedup_vs_native: Mapped[float | None] = mapped_column(Float)
+    max_abs_error: Mapped[float] = mapped_column(Float)
+    rel_error: Mapped[float] = mapped_column(Float)
+    trials_used: Mapped[int] = mapped_column(Integer)
+    timing: Mapped[str] = mapped_column(String(32))  # "cuda-graph" or "interpreter-wall"
+    study_name: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    environment: Mapped[Environment] = relationship()

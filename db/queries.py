@@ -1,0 +1,105 @@
+"""Reads and writes of tuner's tables. Plain dicts in, model rows out; no torch here."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import BestConfig, Environment, TuningRun, utcnow
+
+_ENV_FIELDS = (
+    "device", "gpu_name", "sm_count", "memory_bytes", "sm_clock_max_mhz", "mem_clock_max_mhz",
+    "driver", "cuda", "torch", "triton", "flag_gems", "vllm", "python",
+)
+
+
+def get_or_create_environment(session: Session, fingerprint: str, fields: dict[str, Any]) -> Environment:
+    env = session.scalar(select(Environment).where(Environment.fingerprint == fingerprint))
+    if env is None:
+        env = Environment(fingerprint=fingerprint, **{k: fields.get(k) for k in _ENV_FIELDS})
+        session.add(env)
+        session.flush()
+    return env
+
+
+def start_run(session: Session, environment: Environment, **fields: Any) -> TuningRun:
+    run = TuningRun(environment_id=environment.id, **fields)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def finish_run(session: Session, run: TuningRun, status: str, reason: str | None = None) -> None:
+    run.status = status
+    run.reason = reason
+    run.finished_at = utcnow()
+
+
+def key_text(key_values: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in key_values.items())
+
+
+def upsert_best(session: Session, *, environment_id: int, kernel: str, key_values: dict[str, int],
+                dtype: str, **fields: Any) -> BestConfig:
+    """Insert or replace the best config of (environment, kernel, key, dtype).
+
+    The study behind a key only ever improves (a rerun continues it), so its current best
+    replaces the stored one.
+    """
+    key = key_text(key_values)
+    row = session.scalar(
+        select(BestConfig).where(
+            BestConfig.environment_id == environment_id,
+            BestConfig.kernel == kernel,
+            BestConfig.key == key,
+            BestConfig.dtype == dtype,
+        )
+    )
+    if row is None:
+        row = BestConfig(environment_id=environment_id, kernel=kernel, key=key, key_values=key_values, dtype=dtype)
+        session.add(row)
+    for name, value in fields.items():
+        setattr(row, name, value)
+    row.updated_at = utcnow()
+    session.flush()
+    return row
+
+
+def best_configs(session: Session, kernel: str | None = None, gpu_name: str | None = None) -> list[BestConfig]:
+    q = select(BestConfig).join(Environment)
+    if kernel:
+        q = q.where(BestConfig.kernel == kernel)
+    if gpu_name:
+        q = q.where(Environment.gpu_name == gpu_name)
+    q = q.order_by(BestConfig.kernel, BestConfig.dtype, BestConfig.id)
+    return list(session.scalars(q))
+
+
+def best_as_record(row: BestConfig) -> dict[str, Any]:
+    """A best config as the plain record that export / injection consume."""
+    env = row.environment
+    return {
+        "kernel": row.kernel,
+        "key": dict(row.key_values),
+        "dtype": row.dtype,
+        "config": dict(row.config),
+        "time_us": row.time_us,
+        "untuned_us": row.untuned_us,
+        "native_us": row.native_us,
+        "speedup_vs_untuned": row.speedup_vs_untuned,
+        "speedup_vs_native": row.speedup_vs_native,
+        "max_abs_error": row.max_abs_error,
+        "rel_error": row.rel_error,
+        "trials_used": row.trials_used,
+        "timing": row.timing,
+        "kernel_source_hash": row.kernel_source_hash,
+        "study_name": row.study_name,
+        "updated_at": row.updated_at.isoformat(timespec="seconds"),
+        "environment": {k: getattr(env, k) for k in _ENV_FIELDS} | {"fingerprint": env.fingerprint},
+    }
+
+
+def records(rows: Iterable[BestConfig]) -> list[dict[str, Any]]:
+    return [best_as_record(r) for r in rows]

@@ -1,0 +1,329 @@
+"""Tunable GEMM: FlagGems' Hopper mm kernels and the project's own split-K Triton GEMM.
+
+Key (M, N, K, BT): C[M,N] = A[M,K] @ B[K,N]; BT=1 means B is the transpose of an N x K weight,
+as nn.Linear stores it and as vLLM / FlagGems meet it when serving (BT=0: B stored K x N).
+
+Variants (a search dimension):
+- fg_tma: FlagGems 5.x `mm_kernel_general_host_tma` (its path for fp16/bf16 with N, K % 8 == 0)
+- fg_general: FlagGems `mm_kernel_general` (its path for every other shape)
+- splitk: kernels/triton_mm.py (runs under TRITON_INTERPRET=1 too)
+Only the FlagGems kernel that FlagGems itself would pick for a key is searched, because only
+that one can be injected into its LibTuner cache for that key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+from kernels.base import Config, Inputs, Kernel, KernelInputError, Key, Runner, torch_dtype
+
+ELEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+# per-block opt-in shared memory by compute capability major (bytes)
+SMEM_BY_ARCH = {9: 232448, 8: 166912}
+SMEM_DEFAULT = 101376
+MAX_WORKSPACE_BYTES = 512 << 20
+FG_GROUP_M = 8  # FlagGems' general_mm always passes GROUP_M=8: its cache cannot hold another
+
+# MiniCPM-o 2.6 LLM GEMMs (N, K) from shared/facts/minicpmo-2.6.md, with vLLM's fused qkv/gate_up
+MINICPMO_LLM_NK = {
+    "qkv": (4608, 3584),
+    "o": (3584, 3584),
+    "gate_up": (37888, 3584),
+    "down": (3584, 18944),
+    "lm_head": (151700, 3584),
+}
+SERVING_M = (1, 16, 64, 256, 2048, 8192)
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, x))))
+
+
+def _flag_gems_mm_module():
+    """FlagGems' Hopper mm module (imports flag_gems; needs a GPU)."""
+    import importlib
+
+    return importlib.import_module("flag_gems.runtime.backend._nvidia.hopper.ops.mm")
+
+
+def _jit(obj):
+    """Unwrap LibEntry / LibTuner down to the plain JITFunction, to run one chosen config."""
+    from triton.runtime.jit import JITFunction
+
+    while not isinstance(obj, JITFunction):
+        obj = obj.fn
+    return obj
+
+
+def flaggems_variant(key: Key, dtype: str) -> str:
+    """Which Hopper kernel FlagGems 5.x runs for this key (hopper/ops/mm.py general_mm)."""
+    M, N, K, _ = key
+    if dtype in ("bf16", "fp16"):
+        tma = N % 8 == 0 and K % 8 == 0
+    else:
+        tma = N % 4 == 0 and K % 4 == 0
+    return "fg_tma" if tma else "fg_general"
+
+
+class MM(Kernel):
+    name = "mm"
+    description = "GEMM C = A @ B (aten::mm): FlagGems Hopper kernels + own split-K Triton GEMM"
+    key_names = ("M", "N", "K", "BT")
+    source_modules = ("kernels.triton_mm", "flag_gems.runtime.backend._nvidia.hopper.ops.mm")
+
+    # ---- keys -------------------------------------------------------------------------
+    def parse_key(self, text: str) -> Key:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        bt = 1
+        if len(parts) == 4:
+            layout = parts.pop().lower()
+            if layout not in ("nk", "kn"):
+                raise KernelInputError(
+                    f"shape {text!r}: the 4th field is the weight layout, 'nk' (nn.Linear, default) or 'kn'"
+                )
+            bt = int(layout == "nk")
+        if len(parts) != 3:
+            raise KernelInputError(f"shape {text!r} for op mm must be M,N,K (optionally M,N,K,nk|kn)")
+        try:
+            M, N, K = (int(p) for p in parts)
+        except ValueError:
+            raise KernelInputError(f"shape {text!r} must be integers M,N,K") from None
+        if min(M, N, K) <= 0:
+            raise KernelInputError(f"shape {text!r} must be positive integers")
+        return (M, N, K, bt)
+
+    def presets(self) -> Mapping[str, list[Key]]:
+        llm = [(m, n, k, 1) for (n, k) in MINICPMO_LLM_NK.values() for m in SERVING_M]
+        return {"minicpmo-llm": llm}
+
+    def flops(self, key: Key) -> float:
+        M, N, K, _ = key
+        return 2.0 * M * N * K
+
+    def bytes_per_set(self, key: Key, dtype: str) -> int:
+        M, N, K, _ = key
+        return (M * K + K * N + M * N) * ELEM_BYTES[dtype]
+
+    # ---- search space -------------------------------------------------------------------
+    def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:
+        variants = ("splitk",) if device == "cpu" else (flaggems_variant(key, dtype), "splitk")
+        return {
+            "variant": variants,
+            "BLOCK_M": (16, 32, 64, 128, 256),
+            "BLOCK_N": (32, 64, 128, 256),
+            "BLOCK_K": (32, 64, 128, 256),
+            "GROUP_M": (1, 4, 8, 16),
+            "SPLIT_K": (1, 2, 4, 8, 16),
+            "num_warps": (2, 4, 8),
+            "num_stages": (2, 3, 4, 5),
+        }
+
+    def canonical(self, key: Key, config: Config) -> Config:
+        c = dict(config)
+        M = key[0]
+        if c["variant"] != "splitk":
+            c["SPLIT_K"] = 1
+            c["GROUP_M"] = FG_GROUP_M
+        elif math.ceil(M / c["BLOCK_M"]) == 1:
+            c["GROUP_M"] = 1  # one row of tiles: grouping cannot change the order
+        return c
+
+    def invalid_reason(self, key: Key, config: Config, dtype: str, device: str, arch: int = 9) -> str | None:
+        M, N, K, _ = key
+        bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+        sk, warps, stages = config["SPLIT_K"], config["num_warps"], config["num_stages"]
+        variant = config["variant"]
+        if variant not in self.space(key, dtype, device)["variant"]:
+            return f"variant {variant} does not serve this key on {device}"
+        if bm > max(32, next_pow2(M)):
+            return f"BLOCK_M={bm} exceeds the padded M ({next_pow2(M)})"
+        if bn > max(32, next_pow2(N)):
+            return f"BLOCK_N={bn} exceeds the padded N ({next_pow2(N)})"
+        k_split = math.ceil(K / sk)
+        if bk > max(32, next_pow2(k_split)):
+            return f"BLOCK_K={bk} exceeds the K of one split ({k_split})"
+        if sk > 1 and k_split < bk:
+            return f"SPLIT_K={sk} leaves less than one BLOCK_K of K per split"
+        if sk * M * N * 4 > MAX_WORKSPACE_BYTES and sk > 1:
+            return f"SPLIT_K={sk} needs a {sk * M * N * 4 >> 20} MiB workspace"
+        eb = ELEM_BYTES[dtype]
+        smem = (bm * bk + bk * bn) * eb * stages
+        if variant == "fg_tma":
+            smem += bm * bn * eb  # the TMA store stages the C tile in shared memory
+        limit = SMEM_BY_ARCH.get(arch, SMEM_DEFAULT) if device == "cuda" else SMEM_BY_ARCH[9]
+        if smem > limit:
+            return f"needs {smem} B of shared memory, the limit is {limit}"
+        if bm * bn > 256 * 32 * warps:
+            return f"a {bm}x{bn} fp32 accumulator over {warps} warps needs > 256 registers per thread"
+        if warps == 2 and bm * bn > 64 * 64:
+            return "2 warps for a tile over 64x64"
+        return None
+
+    # ---- running ------------------------------------------------------------------------
+    def make_inputs(self, key: Key, dtype: str, device: str, n_sets: int, seed: int) -> Inputs:
+        import torch
+
+        M, N, K, bt = key
+        dt = torch_dtype(dtype)
+        g = torch.Generator(device=device).manual_seed(seed)
+        sets, outs = [], []
+        for _ in range(n_sets):
+            a = torch.randn((M, K), generator=g, device=device, dtype=dt)
+            if bt:
+                b = torch.randn((N, K), generator=g, device=device, dtype=dt).t()
+            else:
+                b = torch.randn((K, N), generator=g, device=device, dtype=dt)
+            sets.append((a, b))
+            outs.append(torch.empty((M, N), device=device, dtype=dt))
+        return Inputs(sets=sets, outs=outs)
+
+    def reference(self, args: tuple):
+        import torch
+
+        a, b = args
+        # fp64 on the CPU is exact enough but slow for big keys; fp32 (no TF32) on the GPU is
+        # far below the bf16/fp16 tolerances
+        if a.is_cuda:
+            prev = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                return a.float() @ b.float()
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = prev
+        return a.double() @ b.double()
+
+    def runner(self, key: Key, config: Config, dtype: str, device: str) -> Runner:
+        variant = config["variant"]
+        if variant == "splitk":
+            from kernels.triton_mm import splitk_mm
+
+            cfg = dict(config)
+            return lambda args, out: splitk_mm(args[0], args[1], cfg, out=out)
+        if variant == "fg_tma":
+            return _fg_tma_runner(config, dtype)
+        if variant == "fg_general":
+            return _fg_general_runner(config)
+        raise KernelInputError(f"unknown mm variant {variant!r}")
+
+    def precompile(self, key: Key, config: Config, dtype: str, device: str) -> None:
+        """Compile without launching (Triton's warmup), so the binary lands in the disk cache
+        before the worker times it. Only meaningful on the GPU."""
+        if device != "cuda":
+            return
+        if config["variant"] == "splitk":
+            from kernels.triton_mm import splitk_warmup
+
+            splitk_warmup(key, dtype, config)
+        else:
+            # FlagGems' kernels take descriptors / pointers whose specialisation needs real
+            # tensors: compile them by running once on the real shapes
+            import torch
+
+            inputs = self.make_inputs(key, dtype, device, 1, seed=0)
+            self.runner(key, config, dtype, device)(inputs.sets[0], inputs.outs[0])
+            torch.cuda.synchronize()
+
+    def baselines(self, key: Key, dtype: str, device: str) -> dict[str, Runner]:
+        import torch
+
+        runners: dict[str, Runner] = {"native": lambda args, out: torch.mm(args[0], args[1], out=out)}
+        if device == "cuda":
+            fg = _flag_gems_mm_module()
+            runners["untuned"] = lambda args, out: fg.mm_out(args[0], args[1], out=out)
+        return runners
+
+    def untuned_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
+        """The config FlagGems' own LibTuner chose for this key, read back from its cache after
+        the untuned baseline ran in this process."""
+        if device != "cuda":
+            return []
+        fg = _flag_gems_mm_module()
+        variant = flaggems_variant(key, dtype)
+        tuner = fg.mm_kernel_general_host_tma if variant == "fg_tma" else fg.mm_kernel_general
+        while not hasattr(tuner, "cache") and hasattr(tuner, "fn"):
+            tuner = tuner.fn
+        M, N, K, _ = key
+        found = []
+        for cache_key, cfg in getattr(tuner, "cache", {}).items():
+            if tuple(cache_key[:3]) == (M, N, K) or _aligned(cache_key[:3]) == _aligned((M, N, K)):
+                kw = cfg.kwargs
+                found.append({
+                    "variant": variant, "BLOCK_M": kw["BLOCK_M"], "BLOCK_N": kw["BLOCK_N"],
+                    "BLOCK_K": kw["BLOCK_K"], "GROUP_M": FG_GROUP_M, "SPLIT_K": 1,
+                    "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                })
+        return found[:1]
+
+
+def _aligned(vals) -> tuple:
+    """FlagGems' 'align32' key strategy for M, N, K on the host-TMA kernel."""
+    out = []
+    for v in vals:
+        try:
+            out.append((int(v) + 31) // 32 * 32)
+        except (TypeError, ValueError):
+            out.append(v)
+    return tuple(out)
+
+
+def _fg_tma_runner(config: Config, dtype: str) -> Runner:
+    import triton
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    fg = _flag_gems_mm_module()
+    jit = _jit(fg.mm_kernel_general_host_tma)
+    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+    dtype_str = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
+
+    def run(args, out):
+        a, b = args
+        M, K = a.shape
+        N = b.shape[1]
+        b_row_major = b.stride(1) == 1
+        # what matmul_tma_set_block_size_hook does for FlagGems' own configs
+        a_desc = TensorDescriptor(a, a.shape, a.stride(), [bm, bk])
+        if b_row_major:
+            b_desc = TensorDescriptor(b, b.shape, b.stride(), [bk, bn])
+        else:
+            b_desc = TensorDescriptor(b, b.T.shape, b.T.stride(), [bn, bk])
+        c_desc = TensorDescriptor(out, out.shape, out.stride(), [bm, bn])
+        grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+        jit[grid](
+            a_desc, b_desc, c_desc, M, N, K,
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=FG_GROUP_M,
+            A_ROW_MAJOR=True, B_ROW_MAJOR=b_row_major, dtype=dtype_str,
+            num_warps=config["num_warps"], num_stages=config["num_stages"],
+        )
+        return out
+
+    return run
+
+
+def _fg_general_runner(config: Config) -> Runner:
+    import torch
+    import triton
+
+    fg = _flag_gems_mm_module()
+    jit = _jit(fg.mm_kernel_general)
+    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+
+    def alloc(size: int, align: int, stream):
+        return torch.empty(size, dtype=torch.int8, device="cuda")
+
+    def run(args, out):
+        a, b = args
+        M, K = a.shape
+        N = b.shape[1]
+        triton.set_allocator(alloc)  # its device-side descriptors need scratch memory
+        grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+        jit[grid](
+            a, b, out, M, N, K,
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=FG_GROUP_M,
+            num_warps=config["num_warps"], num_stages=config["num_stages"],
+        )
+        return out
+
+    return run

@@ -1,0 +1,95 @@
+"""The environment fingerprint every stored result carries: GPU, driver, and software versions."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    device: str  # "cuda" or "cpu"
+    gpu_name: str | None
+    sm_count: int | None
+    memory_bytes: int | None
+    sm_clock_max_mhz: int | None
+    mem_clock_max_mhz: int | None
+    driver: str | None
+    cuda: str | None
+    torch: str
+    triton: str
+    flag_gems: str | None
+    vllm: str | None
+    python: str
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _nvml(index: int) -> dict:
+    """What NVML says of GPU `index`; empty when there is no NVIDIA driver."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return {}
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name = pynvml.nvmlDeviceGetName(h)
+        return {
+            "gpu_name": name.decode() if isinstance(name, bytes) else name,
+            "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
+            "sm_clock_max_mhz": int(pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)),
+            "mem_clock_max_mhz": int(pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM)),
+            "driver": str(pynvml.nvmlSystemGetDriverVersion()),
+        }
+    except Exception:
+        return {}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def collect(device: str, index: int = 0) -> Fingerprint:
+    """Fingerprint of this machine for measurements on `device` ("cuda" or "cpu")."""
+    import torch
+
+    gpu: dict = {}
+    sm_count = None
+    if device == "cuda":
+        gpu = _nvml(index)
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(index)
+            sm_count = props.multi_processor_count
+            gpu.setdefault("gpu_name", props.name)
+            gpu.setdefault("memory_bytes", int(props.total_memory))
+    return Fingerprint(
+        device=device,
+        gpu_name=gpu.get("gpu_name"),
+        sm_count=sm_count,
+        memory_bytes=gpu.get("memory_bytes"),
+        sm_clock_max_mhz=gpu.get("sm_clock_max_mhz"),
+        mem_clock_max_mhz=gpu.get("mem_clock_max_mhz"),
+        driver=gpu.get("driver"),
+        cuda=torch.version.cuda if device == "cuda" else None,
+        torch=torch.__version__,
+        triton=_version("triton") or "none",
+        flag_gems=_version("flag_gems") or _version("flag-gems"),
+        vllm=_version("vllm"),
+        python=platform.python_version(),
+    )
