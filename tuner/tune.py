@@ -1,0 +1,195 @@
+"""`tuner tune`: tune a kernel over a list of keys and store the winners."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import optuna
+
+from db import open_database
+from db import queries
+from kernels import get_kernel, kernel_ref
+from kernels.base import Kernel, KernelInputError, Key
+from tuner import fingerprint as fp
+from tuner.compile_pool import CompilePool
+from tuner.errors import UserError
+from tuner.search import SAMPLERS, Budget, Event, Outcome, run_search, study_name_for
+from tuner.worker import WorkerClient
+
+
+@dataclass
+class TuneRequest:
+    op: str
+    shapes: list[str] = field(default_factory=list)
+    preset: str | None = None
+    dtype: str | None = None
+    trials: int | None = 50
+    timeout_s: float | None = None
+    patience: int | None = None
+    sampler: str = "tpe"
+    device: str = "auto"
+    compile_workers: int | None = None
+    seed: int | None = None
+    db_url: str | None = None
+
+
+@dataclass
+class KeyResult:
+    key: Key
+    outcome: Outcome
+    stored: bool
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> cuda when a GPU is visible, else cpu (the Triton interpreter)."""
+    import torch
+
+    if device not in ("auto", "cuda", "cpu"):
+        raise UserError(f"unknown device {device!r}; use cuda, cpu or auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda needs an NVIDIA GPU, and none is visible on this machine")
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        # kernels launched on CPU tensors only run in Triton's interpreter
+        os.environ["TRITON_INTERPRET"] = "1"
+    return device
+
+
+def resolve_keys(kernel: Kernel, shapes: list[str], preset: str | None) -> list[Key]:
+    keys: list[Key] = []
+    if preset:
+        presets = kernel.presets()
+        if preset not in presets:
+            names = ", ".join(presets) or "none"
+            raise UserError(f"unknown shape preset {preset!r} for op {kernel.name}; presets: {names}")
+        keys.extend(presets[preset])
+    for text in shapes:
+        try:
+            keys.append(kernel.parse_key(text))
+        except KernelInputError as e:
+            raise UserError(str(e)) from None
+    if not keys:
+        raise UserError(f"give at least one --shape ({','.join(kernel.key_names)}) or --shapes PRESET")
+    return list(dict.fromkeys(keys))
+
+
+def validate(req: TuneRequest) -> tuple[Kernel, list[Key], str, str]:
+    """Every user error is found here, before anything is written."""
+    try:
+        kernel = get_kernel(req.op)
+    except KernelInputError as e:
+        raise UserError(str(e)) from None
+    if req.sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {req.sampler!r}; use one of {', '.join(SAMPLERS)}")
+    if req.trials is not None and req.trials <= 0:
+        raise UserError("--trials must be a positive number")
+    if req.timeout_s is not None and req.timeout_s <= 0:
+        raise UserError("--timeout must be a positive number of seconds")
+    keys = resolve_keys(kernel, req.shapes, req.preset)
+    device = resolve_device(req.device)
+    dtype = req.dtype or ("bf16" if device == "cuda" else "fp16")
+    if dtype not in kernel.dtypes:
+        raise UserError(f"unknown dtype {dtype!r} for op {kernel.name}; use one of {', '.join(kernel.dtypes)}")
+    if device == "cpu" and dtype == "bf16":
+        raise UserError("the Triton interpreter (CPU) computes bf16 wrongly; use --dtype fp16 or fp32 on CPU")
+    return kernel, keys, device, dtype
+
+
+def _arch(device: str) -> int:
+    if device != "cuda":
+        return 9
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        major, _ = pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(0))
+        pynvml.nvmlShutdown()
+        return int(major)
+    except Exception:
+        return 9
+
+
+def neighbour_winners(session, kernel: Kernel, key: Key, dtype: str, environment_id: int) -> list[dict]:
+    """Stored winners of keys that differ only in M (the first key field), nearest M first."""
+    rows = [r for r in queries.best_configs(session, kernel=kernel.name)
+            if r.environment_id == environment_id and r.dtype == dtype]
+    out = []
+    for r in rows:
+        other = tuple(r.key_values[n] for n in kernel.key_names)
+        if other != key and other[1:] == key[1:]:
+            out.append((abs(other[0] - key[0]), r.config))
+    return [cfg for _, cfg in sorted(out, key=lambda x: x[0])][:3]
+
+
+def tune(req: TuneRequest, on_key: Callable[[Key, int, int], None] | None = None,
+         on_event: Callable[[Event], None] | None = None) -> list[KeyResult]:
+    kernel, keys, device, dtype = validate(req)
+    db = open_database(req.db_url)
+    storage = optuna.storages.RDBStorage(db.url)
+    env = fp.collect(device)
+    arch = _arch(device)
+    workers = req.compile_workers
+    if workers is None:
+        workers = min(8, max(1, (os.cpu_count() or 2) - 2)) if device == "cuda" else 0
+    results: list[KeyResult] = []
+    with db.session() as s:
+        env_row = queries.get_or_create_environment(s, env.digest(), env.as_dict())
+        run = queries.start_run(s, env_row, kernel=kernel.name, sampler=req.sampler, device=device,
+                                trials_budget=req.trials, timeout_s=req.timeout_s, compile_workers=workers)
+        s.commit()
+        run_id, env_id = run.id, env_row.id
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pool = CompilePool(kernel_ref(kernel), device, workers)
+    worker = WorkerClient(kernel_ref(kernel), device)
+    status, reason = "done", None
+    try:
+        for i, key in enumerate(keys):
+            if on_key:
+                on_key(key, i, len(keys))
+            with db.session() as s:
+                warm = neighbour_winners(s, kernel, key, dtype, env_id)
+            outcome = run_search(
+                kernel=kernel, key=key, dtype=dtype, device=device, storage=storage,
+                study_name=study_name_for(kernel, key, dtype, env.digest()), measurer=worker,
+                sampler=req.sampler, budget=Budget(req.trials, req.timeout_s, req.patience),
+                compile_pool=pool, warm_start=warm, seed=req.seed, arch=arch, on_event=on_event,
+            )
+            stored = False
+            if outcome.best_config is not None:
+                _store(db, kernel, key, dtype, outcome, env_id, run_id)
+                stored = True
+            results.append(KeyResult(key, outcome, stored))
+    except KeyboardInterrupt:
+        status, reason = "interrupted", "interrupted by the user"
+        raise
+    except Exception as e:
+        status, reason = "failed", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        worker.close()
+        pool.close()
+        with db.session() as s:
+            run = s.get(queries.TuningRun, run_id)
+            queries.finish_run(s, run, status, reason)
+            s.commit()
+        db.dispose()
+    return results
+
+
+def _store(db, kernel: Kernel, key: Key, dtype: str, o: Outcome, env_id: int, run_id: int) -> None:
+    native = o.setup.baselines_us.get("native")
+    untuned = o.setup.baselines_us.get("untuned")
+    with db.session() as s:
+        queries.upsert_best(
+            s, environment_id=env_id, kernel=kernel.name, key_values=kernel.key_dict(key), dtype=dtype,
+            run_id=run_id, kernel_source_hash=kernel.source_hash(), config=o.best_config, time_us=o.best_us,
+            untuned_us=untuned, native_us=native,
+            speedup_vs_untuned=untuned / o.best_us if untuned else None,
+            speedup_vs_native=native / o.best_us if native else None,
+            max_abs_error=o.best_max_abs_error or 0.0, rel_error=o.best_rel_error or 0.0,
+            trials_used=o.trials_total, timing=o.timing or o.setup.timing, study_name=o.study_name,
+        )
+        s.commit()
