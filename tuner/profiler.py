@@ -1,0 +1,339 @@
+"""Profile workload steps with torch.profiler and rank (op, shapes, dtype, kernel) by time.
+
+Time source: on a CUDA machine each GPU kernel's duration is charged to the aten op that
+launched it (the profiler links kernel and op by correlation id: `FunctionEvent.kernels`).
+Without CUDA, each aten op's CPU self time is used instead and rows say `time_source="cpu"`;
+those numbers only show the workload's structure, not H100 costs.
+
+`aggregate`, `rank`, `tunable_kernel`, `mm_key` and `attention_key` are pure functions of plain
+data so they can be tested from fixed samples; `samples_from_events` is the only code that reads
+profiler objects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
+
+Shapes = tuple[tuple[int, ...], ...]
+
+MM_OPS = {"aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::bmm", "aten::baddbmm",
+          "aten::_addmm_activation"}
+# ops whose first operand is (B, H, L, D) / (B, L, H, D)
+_ATTN_BHLD = {"aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention",
+              "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention",
+              "aten::_scaled_dot_product_attention_math", "aten::_scaled_dot_product_flash_attention_for_cpu"}
+_ATTN_BLHD = {"aten::_flash_attention_forward", "aten::_efficient_attention_forward"}
+
+_DTYPES = {"float": "float32", "double": "float64", "c10::Half": "float16", "c10::BFloat16": "bfloat16",
+           "long int": "int64", "int": "int32", "bool": "bool", "c10::Float8_e4m3fn": "float8_e4m3fn",
+           "c10::Float8_e5m2": "float8_e5m2", "signed char": "int8", "unsigned char": "uint8"}
+UNATTRIBUTED = "(unattributed)"
+
+
+@dataclass(frozen=True)
+class KernelSample:
+    """Time one op invocation spent in one kernel (or, on CPU, in its own code)."""
+
+    op: str
+    shapes: Shapes
+    dtype: str
+    kernel: str
+    us: float
+    call: int  # identifies the op invocation, so calls are counted once per launch site
+    step: str = ""
+
+
+@dataclass
+class HotOp:
+    op: str
+    shapes: str
+    dtype: str
+    kernel: str
+    calls: int
+    total_us: float
+    share: float  # of all profiled time (all rows, before any top-N cut)
+    tunable: str  # "mm" | "fused_moe" | "attention" | "not tunable"
+    m: int | None = None
+    n: int | None = None
+    k: int | None = None
+    key: dict | None = None  # full problem key for the tunable kernel (mm: M,N,K,batch,bias)
+    steps: tuple[str, ...] = ()  # workload steps this time came from
+
+
+@dataclass
+class ProfileResult:
+    rows: list[HotOp]  # all rows, ranked
+    time_source: str  # "cuda" | "cpu"
+    trace_path: str
+    total_us: float
+    step_wall_us: dict[str, float] = field(default_factory=dict)  # profiled wall time per step
+
+
+@dataclass
+class Overhead:
+    plain_s: float
+    profiled_s: float
+    analysis_s: float  # turning the recorded trace into events, after the steps ran
+
+    @property
+    def ratio(self) -> float:
+        return self.profiled_s / self.plain_s if self.plain_s > 0 else math.inf
+
+
+# --- pure functions ------------------------------------------------------------------------
+
+def tunable_kernel(op: str) -> str:
+    """Which tuner kernel covers `op`."""
+    low = op.lower()
+    if op in MM_OPS:
+        return "mm"
+    if "moe" in low or "fused_experts" in low:
+        return "fused_moe"
+    if op in _ATTN_BHLD or op in _ATTN_BLHD or "flash_attn" in low or "unified_attention" in low:
+        return "attention"
+    return "not tunable"
+
+
+def _prod(dims: Iterable[int]) -> int:
+    return math.prod(dims) if dims else 1
+
+
+def mm_key(op: str, shapes: Shapes) -> dict | None:
+    """GEMM problem {M, N, K, batch, bias} from an mm-family op's input shapes, or None."""
+    try:
+        if op == "aten::mm":
+            (m, k), (_, n) = shapes[0], shapes[1]
+            return {"M": m, "N": n, "K": k, "batch": 1, "bias": False}
+        if op in ("aten::addmm", "aten::_addmm_activation"):  # (bias, mat1, mat2, beta, alpha)
+            (m, k), (_, n) = shapes[1], shapes[2]
+            return {"M": m, "N": n, "K": k, "batch": 1, "bias": len(shapes[0]) > 0}
+        if op == "aten::linear":  # (input[..., K], weight[N, K], bias[N] or none)
+            x, w = shapes[0], shapes[1]
+            bias = len(shapes) > 2 and len(shapes[2]) > 0
+            return {"M": _prod(x[:-1]), "N": w[0], "K": w[1], "batch": 1, "bias": bias}
+        if op == "aten::bmm":
+            (b, m, k), (_, _, n) = shapes[0], shapes[1]
+            return {"M": m, "N": n, "K": k, "batch": b, "bias": False}
+        if op == "aten::baddbmm":  # (self, batch1, batch2, beta, alpha)
+            (b, m, k), (_, _, n) = shapes[1], shapes[2]
+            return {"M": m, "N": n, "K": k, "batch": b, "bias": True}
+        if op == "aten::matmul":
+            a, b = shapes[0], shapes[1]
+            if len(b) <= 2:  # weight-like right operand: leading dims of a fold into M
+                n = b[-1] if len(b) == 2 else 1
+                return {"M": _prod(a[:-1]), "N": n, "K": a[-1], "batch": 1, "bias": False}
+            lead = torch.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+            m = a[-2] if len(a) >= 2 else 1
+            return {"M": m, "N": b[-1], "K": b[-2], "batch": _prod(lead), "bias": False}
+    except (IndexError, ValueError, TypeError, RuntimeError):
+        return None  # shapes not recorded or not the expected form
+    return None
+
+
+def attention_key(op: str, shapes: Shapes) -> dict | None:
+    """{batch, heads, kv_heads, q_len, kv_len, head_dim} from an attention op's q/k shapes."""
+    try:
+        q, k = shapes[0], shapes[1]
+        if op in _ATTN_BHLD:
+            (b, h, lq, d), (_, hk, lk, _) = q, k
+        elif op in _ATTN_BLHD:
+            (b, lq, h, d), (_, lk, hk, _) = q, k
+        else:
+            return None
+    except (IndexError, ValueError, TypeError):
+        return None
+    return {"batch": b, "heads": h, "kv_heads": hk, "q_len": lq, "kv_len": lk, "head_dim": d}
+
+
+def aggregate(samples: Iterable[KernelSample]) -> list[HotOp]:
+    """Sum samples per (op, shapes, dtype, kernel) into ranked rows with time shares."""
+    groups: dict[tuple, list[KernelSample]] = {}
+    for s in samples:
+        groups.setdefault((s.op, s.shapes, s.dtype, s.kernel), []).append(s)
+    grand = sum(s.us for g in groups.values() for s in g)
+    rows = []
+    for (op, shapes, dtype, kernel), group in groups.items():
+        total = sum(s.us for s in group)
+        tunable = tunable_kernel(op)
+        key = mm_key(op, shapes) if tunable == "mm" else (
+            attention_key(op, shapes) if tunable == "attention" else None)
+        mm = key if tunable == "mm" and key else {}
+        rows.append(HotOp(
+            op=op, shapes=json.dumps([list(s) for s in shapes]), dtype=dtype, kernel=kernel,
+            calls=len({s.call for s in group}), total_us=total,
+            share=total / grand if grand > 0 else 0.0, tunable=tunable,
+            m=mm.get("M"), n=mm.get("N"), k=mm.get("K"), key=key,
+            steps=tuple(dict.fromkeys(s.step for s in group if s.step)),
+        ))
+    return rank(rows)
+
+
+def rank(rows: Sequence[HotOp], top: int | None = None) -> list[HotOp]:
+    """Rows by descending time (ties in a fixed order), the first `top` of them if given."""
+    if top is not None and top < 0:
+        raise ValueError(f"top must be >= 0, got {top}")
+    ordered = sorted(rows, key=lambda r: (-r.total_us, r.op, r.shapes, r.dtype, r.kernel))
+    return ordered if top is None else ordered[:top]
+
+
+# --- reading torch.profiler events -----------------------------------------------------------
+
+def _dtype(input_dtypes: Sequence[str] | None) -> str:
+    for name in input_dtypes or ():
+        if name in _DTYPES:
+            return _DTYPES[name]
+    return "-"
+
+
+def _is_op(e) -> bool:
+    return "::" in e.name and not e.is_user_annotation and not getattr(e, "is_python_function", False)
+
+
+def _owner(e):
+    """Nearest op at or above `e` (a kernel may be launched under a record_function only)."""
+    node = e
+    while node is not None and not _is_op(node):
+        node = node.cpu_parent
+    return node
+
+
+def _step_of(e, step_names: set[str]) -> str:
+    node = e
+    while node is not None:
+        if node.name in step_names:
+            return node.name
+        node = node.cpu_parent
+    return ""
+
+
+def _shapes(e) -> Shapes:
+    return tuple(tuple(int(d) for d in s) if isinstance(s, (list, tuple)) else () for s in (e.input_shapes or ()))
+
+
+def samples_from_events(events, time_source: str, step_names: Iterable[str] = ()) -> list[KernelSample]:
+    """KernelSamples from `prof.events()`: kernel time per launching op ("cuda") or op self time ("cpu")."""
+    if time_source not in ("cuda", "cpu"):
+        raise ValueError(f"time_source must be 'cuda' or 'cpu', got {time_source!r}")
+    names = set(step_names)
+    samples: list[KernelSample] = []
+    if time_source == "cpu":
+        for e in events:
+            if e.device_type == DeviceType.CPU and not e.is_async and _is_op(e) and e.self_cpu_time_total > 0:
+                samples.append(KernelSample(e.name, _shapes(e), _dtype(e.input_dtypes), "cpu",
+                                            float(e.self_cpu_time_total), id(e), _step_of(e, names)))
+        return samples
+
+    device_total = 0.0
+    for e in events:
+        if e.device_type == DeviceType.CUDA:
+            device_total += e.time_range.elapsed_us()
+            continue
+        if e.is_async or not e.kernels:
+            continue
+        owner = _owner(e) or e
+        for kern in e.kernels:
+            samples.append(KernelSample(owner.name, _shapes(owner), _dtype(owner.input_dtypes), kern.name,
+                                        float(kern.duration), id(owner), _step_of(e, names)))
+    # GPU time whose launch the profiler could not link to an op still counts in the shares
+    missing = device_total - sum(s.us for s in samples)
+    if missing > 1e-3 * max(device_total, 1.0):
+        samples.append(KernelSample(UNATTRIBUTED, (), "-", UNATTRIBUTED, missing, -1))
+    return samples
+
+
+# --- running ------------------------------------------------------------------------------
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _activities(time_source: str) -> list[ProfilerActivity]:
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if time_source == "cuda" else [])
+
+
+def _default_source() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run_all(steps, wall: dict[str, float] | None = None, annotate: bool = False) -> None:
+    for step in steps:
+        start = time.perf_counter()
+        if annotate:
+            with record_function(step.name):
+                step.run()
+        else:
+            step.run()
+        _sync()
+        if wall is not None:
+            wall[step.name] = wall.get(step.name, 0.0) + (time.perf_counter() - start) * 1e6
+
+
+def _export_trace(prof, path: Path) -> None:
+    # write beside the target, then rename: a failed export leaves no half-written trace
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".trace-", suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def profile_steps(steps: Sequence, trace_path: str | Path, warmup: int = 1,
+                  time_source: str | None = None) -> ProfileResult:
+    """Run `steps` (objects with .name and .run()) `warmup` times, then once under the profiler.
+
+    Warm-up absorbs one-time costs (cuBLAS handles, Triton compilation/autotuning, allocator
+    growth) that a long-running server does not pay per request.
+    """
+    if not steps:
+        raise ValueError("no steps to profile")
+    source = time_source or _default_source()
+    if source == "cuda" and not torch.cuda.is_available():
+        raise ValueError("time_source 'cuda' needs a CUDA device, and none is available")
+    for _ in range(warmup):
+        _run_all(steps)
+    wall: dict[str, float] = {}
+    with profile(activities=_activities(source), record_shapes=True) as prof:
+        _run_all(steps, wall, annotate=True)
+    _export_trace(prof, Path(trace_path))
+    samples = samples_from_events(prof.events(), source, [s.name for s in steps])
+    return ProfileResult(rows=aggregate(samples), time_source=source, trace_path=str(trace_path),
+                         total_us=sum(s.us for s in samples), step_wall_us=wall)
+
+
+def measure_overhead(steps: Sequence, repeats: int = 3, warmup: int = 1,
+                     time_source: str | None = None) -> Overhead:
+    """Best-of-`repeats` wall time of all steps without and with the profiler recording shapes."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    source = time_source or _default_source()
+    for _ in range(warmup):
+        _run_all(steps)
+    plain, profiled, analysis = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _run_all(steps)
+        plain.append(time.perf_counter() - start)
+        with profile(activities=_activities(source), record_shapes=True) as prof:
+            start = time.perf_counter()
+            _run_all(steps, annotate=True)
+            done = time.perf_counter()
+            profiled.append(done - start)
+        prof.events()  # stopping the profiler and building events is part of its cost
+        analysis.append(time.perf_counter() - done)
+    return Overhead(plain_s=min(plain), profiled_s=min(profiled), analysis_s=min(analysis))
