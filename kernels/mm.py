@@ -234,37 +234,23 @@ class MM(Kernel):
         return runners
 
     def untuned_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
-        """The config FlagGems' own LibTuner chose for this key, read back from its cache after
-        the untuned baseline ran in this process."""
+        """The config FlagGems' own LibTuner chose for this key: LibTuner.run leaves the config
+        of its last call in `best_config`, and the untuned baseline has just run this key."""
         if device != "cuda":
             return []
         fg = _flag_gems_mm_module()
         variant = flaggems_variant(key, dtype)
         tuner = fg.mm_kernel_general_host_tma if variant == "fg_tma" else fg.mm_kernel_general
-        while not hasattr(tuner, "cache") and hasattr(tuner, "fn"):
+        while not hasattr(tuner, "best_config") and hasattr(tuner, "fn"):
             tuner = tuner.fn
-        M, N, K, _ = key
-        found = []
-        for cache_key, cfg in getattr(tuner, "cache", {}).items():
-            if tuple(cache_key[:3]) == (M, N, K) or _aligned(cache_key[:3]) == _aligned((M, N, K)):
-                kw = cfg.kwargs
-                found.append({
-                    "variant": variant, "BLOCK_M": kw["BLOCK_M"], "BLOCK_N": kw["BLOCK_N"],
-                    "BLOCK_K": kw["BLOCK_K"], "GROUP_M": FG_GROUP_M, "SPLIT_K": 1,
-                    "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
-                })
-        return found[:1]
-
-
-def _aligned(vals) -> tuple:
-    """FlagGems' 'align32' key strategy for M, N, K on the host-TMA kernel."""
-    out = []
-    for v in vals:
-        try:
-            out.append((int(v) + 31) // 32 * 32)
-        except (TypeError, ValueError):
-            out.append(v)
-    return tuple(out)
+        cfg = getattr(tuner, "best_config", None)
+        if cfg is None:
+            return []
+        kw = cfg.kwargs
+        return [{
+            "variant": variant, "BLOCK_M": kw["BLOCK_M"], "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"],
+            "GROUP_M": FG_GROUP_M, "SPLIT_K": 1, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+        }]
 
 
 def _fg_tma_runner(config: Config, dtype: str) -> Runner:
