@@ -66,7 +66,9 @@ def test_attention_key_layouts():
 def _fixed_samples():
     mm_shapes = ((4, 3584), (3584, 151700))
     return [
-        KernelSample("aten::mm", mm_shapes, "bfloat16", "sm90_gemm", 30.0, call=1, step="decode"),
+        # call 1 launched the same kernel twice: still one call
+        KernelSample("aten::mm", mm_shapes, "bfloat16", "sm90_gemm", 15.0, call=1, step="decode"),
+        KernelSample("aten::mm", mm_shapes, "bfloat16", "sm90_gemm", 15.0, call=1, step="decode"),
         KernelSample("aten::mm", mm_shapes, "bfloat16", "sm90_gemm", 30.0, call=2, step="decode"),
         KernelSample("aten::mm", mm_shapes, "bfloat16", "splitk_reduce", 5.0, call=2, step="decode"),
         KernelSample("aten::mm", mm_shapes, "float16", "sm90_gemm", 10.0, call=3, step="prefill"),
@@ -126,16 +128,22 @@ def test_cuda_kernels_are_charged_to_their_launching_op():
     bf = ["c10::BFloat16"] * 3 + ["Scalar", "Scalar"]
     addmm1 = _event("aten::addmm", 2, 20, parent=linear, shapes=[[4608], [4, 3584], [3584, 4608], [], []], dtypes=bf)
     addmm2 = _event("aten::addmm", 21, 39, parent=linear, shapes=[[4608], [4, 3584], [3584, 4608], [], []], dtypes=bf)
-    addmm1.append_kernel("sm90_xmma_gemm_bf16", 0, 30.0)
+    addmm1.append_kernel("sm90_xmma_gemm_bf16", 0, 15.0)
+    addmm1.append_kernel("sm90_xmma_gemm_bf16", 0, 15.0)
     addmm2.append_kernel("sm90_xmma_gemm_bf16", 0, 30.0)
     flash = _event("aten::_flash_attention_forward", 41, 60, parent=step,
                    shapes=[[4, 1, 28, 128], [4, 513, 4, 128], [4, 513, 4, 128]], dtypes=["c10::BFloat16"] * 3)
     flash.append_kernel("flash_fwd_splitkv_kernel", 0, 20.0)
     step.append_kernel("triton_red_fused_0", 0, 5.0)  # launched with no aten op around it
+    # a Triton kernel launched under a record_function inside the aten op it implements
+    mm = _event("aten::mm", 61, 80, parent=step, shapes=[[4, 3584], [3584, 3584]], dtypes=["c10::BFloat16"] * 2)
+    gems = _event("gems.mm", 62, 79, parent=mm, annotation=True)
+    gems.append_kernel("mm_kernel_triton", 0, 10.0)
     device = [_event(n, 0, d, device=DeviceType.CUDA) for n, d in
-              [("sm90_xmma_gemm_bf16", 30), ("sm90_xmma_gemm_bf16", 30), ("flash_fwd_splitkv_kernel", 20),
-               ("triton_red_fused_0", 5), ("ncclKernel_unlinked", 15)]]
-    events = [step, linear, addmm1, addmm2, flash, *device]
+              [("sm90_xmma_gemm_bf16", 15), ("sm90_xmma_gemm_bf16", 15), ("sm90_xmma_gemm_bf16", 30),
+               ("flash_fwd_splitkv_kernel", 20), ("triton_red_fused_0", 5), ("mm_kernel_triton", 10),
+               ("ncclKernel_unlinked", 5)]]
+    events = [step, linear, addmm1, addmm2, flash, mm, gems, *device]
 
     samples = samples_from_events(events, "cuda", ["text.decode[b=4]"])
     rows = aggregate(samples)
@@ -143,9 +151,11 @@ def test_cuda_kernels_are_charged_to_their_launching_op():
     assert got == [
         ("aten::addmm", "sm90_xmma_gemm_bf16", 2, 60.0, 0.6, "mm", "bfloat16"),
         ("aten::_flash_attention_forward", "flash_fwd_splitkv_kernel", 1, 20.0, 0.2, "attention", "bfloat16"),
-        (UNATTRIBUTED, UNATTRIBUTED, 1, 15.0, 0.15, "not tunable", "-"),
+        ("aten::mm", "mm_kernel_triton", 1, 10.0, 0.1, "mm", "bfloat16"),
+        (UNATTRIBUTED, UNATTRIBUTED, 1, 5.0, 0.05, "not tunable", "-"),
         ("text.decode[b=4]", "triton_red_fused_0", 1, 5.0, 0.05, "not tunable", "-"),
     ]
+    assert (rows[2].m, rows[2].n, rows[2].k) == (4, 3584, 3584)
     assert (rows[0].m, rows[0].n, rows[0].k, rows[0].key["bias"]) == (4, 4608, 3584, True)
     assert rows[0].steps == ("text.decode[b=4]",)
     assert rows[1].key["kv_len"] == 513 and rows[1].key["kv_heads"] == 4
