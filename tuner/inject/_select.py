@@ -1,0 +1,63 @@
+"""Which tuned M serves which runtime M: pure functions shared by every injector."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Hashable, Iterable, Sequence
+
+
+def nearest_m(tuned: Sequence[int], m: int) -> int:
+    """The tuned M closest to `m` in log space; a tie goes to the smaller one.
+
+    Log space because GEMM/MoE behaviour changes with the order of magnitude of M
+    (M=3 is much more like M=2 than like M=64), not with its absolute distance.
+    """
+    if not tuned:
+        raise ValueError("no tuned M to choose from")
+    lm = math.log(m)
+    return min(sorted(tuned), key=lambda t: abs(math.log(t) - lm))
+
+
+def assign_ms(tuned: Sequence[int], max_tokens: int) -> dict[int, int]:
+    """Every runtime M in 1..max_tokens -> the tuned M whose config it gets."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    return {m: nearest_m(tuned, m) for m in range(1, max_tokens + 1)}
+
+
+def plan_buckets(
+    tuned: Sequence[int], max_tokens: int, bucket: Callable[[int], Hashable]
+) -> dict[Hashable, int]:
+    """Runtime cache key of M (after the tuner's strategy, e.g. align32) -> tuned M.
+
+    Several M share one key when the strategy rounds, so the key can hold one config
+    only: a tuned M that falls inside the bucket wins (the smallest, which is the
+    decode case), otherwise the tuned M nearest to the bucket's middle (log space).
+    """
+    members: dict[Hashable, list[int]] = {}
+    for m in range(1, max_tokens + 1):
+        members.setdefault(bucket(m), []).append(m)
+    tuned_set = set(tuned)
+    plan: dict[Hashable, int] = {}
+    for key, ms in members.items():
+        inside = [m for m in ms if m in tuned_set]
+        if inside:
+            plan[key] = min(inside)
+        else:
+            mid = math.sqrt(ms[0] * ms[-1])
+            plan[key] = min(sorted(tuned), key=lambda t: abs(math.log(t) - math.log(mid)))
+    return plan
+
+
+def ranges(assigned: dict[int, int], wanted: Iterable[int]) -> list[tuple[int, int, int]]:
+    """Maximal runs [lo, hi] of consecutive M whose tuned M is in `wanted`: (lo, hi, tuned M)."""
+    wanted = set(wanted)
+    out: list[tuple[int, int, int]] = []
+    for m in sorted(assigned):
+        t = assigned[m]
+        if t not in wanted:
+            continue
+        if out and out[-1][1] == m - 1 and out[-1][2] == t:
+            out[-1] = (out[-1][0], m, t)
+        else:
+            out.append((m, m, t))
+    return out

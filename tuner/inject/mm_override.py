@@ -1,0 +1,116 @@
+"""Route the (M, N, K, dtype) whose tuned winner is the project's split-K GEMM to it.
+
+FlagGems' Hopper mm has no split-K, so such a winner cannot go through its cache: an
+`aten::mm` CUDA kernel is registered that calls `kernels.triton_mm.splitk_mm` for the
+covered shapes and `aten::mm.out` otherwise. mm.out is a separate ATen kernel that this
+override leaves alone, so the fallback is whatever served mm.out before (FlagGems'
+mm_out when FlagGems is enabled with it, else cuBLAS).
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from tuner.inject._select import assign_ms, ranges
+
+logger = logging.getLogger(__name__)
+_TORCH_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16",
+                 "float16": "float16", "fp32": "float32", "float32": "float32"}
+_LIBS: list[Any] = []  # a torch.library.Library deregisters its kernels when collected
+
+
+def splitk_plan(
+    records: Iterable[Mapping[str, Any]], max_tokens: int = 8192
+) -> dict[tuple[int, int, str], list[tuple[int, int, dict]]]:
+    """(N, K, dtype) -> [(M_lo, M_hi, splitk config)] for the runtime M that go to split-K.
+
+    Each M in 1..max_tokens follows the tuned M nearest in log space among all mm
+    records of its (N, K, dtype), whatever their variant; the M whose nearest record
+    is a split-K winner are covered, the rest stays with FlagGems/cuBLAS.
+    """
+    groups: dict[tuple[int, int, str], dict[int, Mapping]] = {}
+    for r in records:
+        if r.get("kernel") != "mm":
+            continue
+        k = r["key"]
+        g = groups.setdefault((int(k["N"]), int(k["K"]), r["dtype"]), {})
+        m = int(k["M"])
+        if m in g and g[m]["config"] != r["config"]:
+            raise ValueError(f"two different mm winners for {k} {r['dtype']}")
+        g[m] = r
+    plan = {}
+    for nkd, by_m in sorted(groups.items()):
+        split = [m for m, r in by_m.items() if r["config"].get("variant") == "splitk"]
+        if not split:
+            continue
+        runs = ranges(assign_ms(sorted(by_m), max_tokens), split)
+        plan[nkd] = [(lo, hi, dict(by_m[t]["config"])) for lo, hi, t in runs]
+    return plan
+
+
+@dataclass
+class MmOverride:
+    """An installed override (or none); `uninstall()` removes it."""
+
+    plan: dict = field(default_factory=dict)
+    lib: Any = None
+
+    def uninstall(self) -> None:
+        if self.lib is not None:
+            _LIBS.remove(self.lib)
+            self.lib._destroy()
+            self.lib = None
+
+    @property
+    def active(self) -> int:
+        return sum(len(v) for v in self.plan.values()) if self.lib is not None else 0
+
+
+def lookup(table: dict, M: int, N: int, K: int, dtype: Any) -> dict | None:
+    """The split-K config covering (M, N, K, dtype) in a table built from a plan, or None."""
+    entry = table.get((N, K, dtype))
+    if entry is None:
+        return None
+    los, runs = entry
+    i = bisect.bisect_right(los, M) - 1
+    if i >= 0 and runs[i][0] <= M <= runs[i][1]:
+        return runs[i][2]
+    return None
+
+
+def build_table(plan: Mapping, dtype_of=lambda d: d) -> dict:
+    """plan -> {(N, K, dtype_of(dtype)): (sorted M_lo list, runs)} for bisect lookup."""
+    return {(N, K, dtype_of(d)): ([r[0] for r in runs], runs) for (N, K, d), runs in plan.items()}
+
+
+def install_mm_overrides(records: Iterable[Mapping[str, Any]], *, max_tokens: int = 8192) -> MmOverride:
+    """Register the aten::mm CUDA override for split-K winners; a no-op if there are none.
+
+    Needs a GPU (the override runs Triton on CUDA tensors): raises RuntimeError without one.
+    """
+    plan = splitk_plan(records, max_tokens)
+    if not plan:
+        return MmOverride(plan)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("split-K mm overrides need a CUDA GPU, and none is visible.")
+    from kernels.triton_mm import splitk_mm  # imported lazily: only GPU hosts run it
+
+    table = build_table(plan, lambda d: getattr(torch, _TORCH_DTYPES[d]))
+    mm_out = torch.ops.aten.mm.out
+
+    def mm_cuda(a, b):
+        if a.dim() == 2 and b.dim() == 2 and a.dtype == b.dtype:
+            cfg = lookup(table, a.shape[0], b.shape[1], a.shape[1], a.dtype)
+            if cfg is not None:
+                return splitk_mm(a, b, cfg)
+        return mm_out(a, b, out=a.new_empty((a.shape[0], b.shape[1])))
+
+    lib = torch.library.Library("aten", "IMPL")
+    lib.impl("mm", mm_cuda, "CUDA")
+    _LIBS.append(lib)
+    logger.debug("aten::mm split-K override for %d (N, K, dtype)", len(plan))
+    return MmOverride(plan, lib)
