@@ -283,7 +283,8 @@ def _run_all(steps, wall: dict[str, float] | None = None, annotate: bool = False
 def _export_trace(prof, path: Path) -> None:
     # write beside the target, then rename: a failed export leaves no half-written trace
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".trace-", suffix=".json")
+    suffix = ".json.gz" if path.name.endswith(".gz") else ".json"  # torch gzips on a .gz name
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".trace-", suffix=suffix)
     os.close(fd)
     try:
         prof.export_chrome_trace(tmp)

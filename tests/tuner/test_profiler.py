@@ -1,3 +1,4 @@
+import gzip
 import json
 import math
 from pathlib import Path
@@ -252,6 +253,12 @@ def test_trace_is_chrome_json(profiled):
     assert {s.name for s in steps} <= names and "aten::addmm" in names
     leftovers = [p.name for p in Path(result.trace_path).parent.iterdir() if p.name.startswith(".trace-")]
     assert leftovers == []
+
+
+def test_gzipped_trace(model, tmp_path):
+    result = profile_steps(build_requests(model, "audio", OPTIONS), tmp_path / "trace.json.gz", warmup=0)
+    with gzip.open(result.trace_path, "rt") as f:
+        assert json.load(f)["traceEvents"]
 
 
 def test_measure_overhead(model):

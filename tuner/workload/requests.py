@@ -36,7 +36,7 @@ class RequestOptions:
     def validate(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            values = value if isinstance(value, tuple) else (value,)
+            values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
             if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in values):
                 raise WorkloadError(f"request option {f.name} must be positive, got {value!r}.")
 

@@ -56,6 +56,12 @@ def test_all_is_every_workload_in_order(tiny_model):
         "speech.prefill[T=5]", "speech.decode[ctx=7,steps=3]"]
 
 
+def test_options_accept_lists(tiny_model):
+    options = RequestOptions(**{**SMALL.__dict__, "decode_batches": [2, 5]})
+    names = [s.name for s in build_requests(tiny_model, "text", options)]
+    assert names[1:] == ["text.decode[b=2,ctx=16,steps=2]", "text.decode[b=5,ctx=16,steps=2]"]
+
+
 def test_default_options_name_the_serving_shapes(tiny_model):
     names = [s.name for s in build_requests(tiny_model, ["text", "image", "speech"])]
     assert names[:4] == ["text.prefill[b=1,S=512]", "text.decode[b=1,ctx=512,steps=16]",
