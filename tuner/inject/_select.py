@@ -1,7 +1,7 @@
 """Which tuned M serves which runtime M: pure functions shared by every injector."""
 from __future__ import annotations
 
-import math
+from fractions import Fraction
 from typing import Callable, Hashable, Iterable, Sequence
 
 
@@ -13,8 +13,14 @@ def nearest_m(tuned: Sequence[int], m: int) -> int:
     """
     if not tuned:
         raise ValueError("no tuned M to choose from")
-    lm = math.log(m)
-    return min(sorted(tuned), key=lambda t: abs(math.log(t) - lm))
+    return _nearest_sq(tuned, m * m)
+
+
+def _nearest_sq(tuned: Sequence[int], target_sq: int) -> int:
+    """Nearest tuned M to sqrt(target_sq) in log space, computed exactly (no float ties)."""
+    # |ln t - ln x| ordered like the ratio max(t, x) / min(t, x); squared to stay integer.
+    dist = lambda t: Fraction(max(t * t, target_sq), min(t * t, target_sq))  # noqa: E731
+    return min(sorted(tuned), key=dist)
 
 
 def assign_ms(tuned: Sequence[int], max_tokens: int) -> dict[int, int]:
@@ -43,8 +49,7 @@ def plan_buckets(
         if inside:
             plan[key] = min(inside)
         else:
-            mid = math.sqrt(ms[0] * ms[-1])
-            plan[key] = min(sorted(tuned), key=lambda t: abs(math.log(t) - math.log(mid)))
+            plan[key] = _nearest_sq(tuned, ms[0] * ms[-1])  # geometric middle of the bucket
     return plan
 
 
