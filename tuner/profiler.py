@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -78,6 +78,12 @@ class ProfileResult:
     trace_path: str
     total_us: float
     step_wall_us: dict[str, float] = field(default_factory=dict)  # profiled wall time per step
+    model: dict = field(default_factory=dict)  # workload.describe(): scale, dtype, dims, ...
+    options: dict = field(default_factory=dict)  # the RequestOptions used
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (for --json output and the DB layer)."""
+        return asdict(self)
 
 
 @dataclass
@@ -338,3 +344,22 @@ def measure_overhead(steps: Sequence, repeats: int = 3, warmup: int = 1,
         prof.events()  # stopping the profiler and building events is part of its cost
         analysis.append(time.perf_counter() - done)
     return Overhead(plain_s=min(plain), profiled_s=min(profiled), analysis_s=min(analysis))
+
+
+def run_profile(trace_path: str | Path, workloads: str | Sequence[str] = "all", *, scale: float = 1.0,
+                dtype: torch.dtype = torch.bfloat16, device: str | None = None,
+                weights: str | Path | None = None, options=None, warmup: int = 1) -> ProfileResult:
+    """The `tuner profile` flow: build only the components the workloads need, load weights if
+    given, profile the requests. User mistakes raise WorkloadError before any model is built."""
+    from tuner.workload import RequestOptions, build_model, build_requests, components_for, describe, load_weights
+
+    components = components_for(workloads)
+    options = options or RequestOptions()
+    options.validate()
+    model = build_model(scale, dtype, device, components=components)
+    if weights is not None:
+        load_weights(model, weights)
+    result = profile_steps(build_requests(model, workloads, options), trace_path, warmup=warmup)
+    result.model = describe(model) | {"weights": str(weights) if weights is not None else "random"}
+    result.options = asdict(options)
+    return result

@@ -277,3 +277,24 @@ def test_profile_argument_errors(model, tmp_path):
         with pytest.raises(ValueError, match="CUDA"):
             profile_steps(build_requests(model, "audio", OPTIONS), tmp_path / "t.json", time_source="cuda")
     assert not (tmp_path / "t.json").exists()
+
+
+def test_run_profile_builds_only_what_it_needs(tmp_path):
+    from tuner.profiler import run_profile
+    result = run_profile(tmp_path / "t.json", ["audio", "speech"], scale=0.02, dtype=torch.float32,
+                         device="cpu", options=OPTIONS, warmup=0)
+    assert result.model["components"] == ["audio", "tts"] and result.model["scale"] == 0.02
+    assert result.model["weights"] == "random" and result.options["speech_tokens"] == 3
+    assert {s.split(".")[0] for r in result.rows for s in r.steps} == {"audio", "speech"}
+    as_json = json.loads(json.dumps(result.to_dict()))
+    assert as_json["rows"][0]["op"] == result.rows[0].op and as_json["time_source"] == result.time_source
+
+
+def test_run_profile_rejects_mistakes_before_profiling(tmp_path):
+    from tuner.profiler import run_profile
+    from tuner.workload import WorkloadError
+    with pytest.raises(WorkloadError, match="unknown workload"):
+        run_profile(tmp_path / "t.json", "video", scale=0.02)
+    with pytest.raises(WorkloadError, match="does not exist"):
+        run_profile(tmp_path / "t.json", "audio", scale=0.02, dtype=torch.float32, weights=tmp_path / "none")
+    assert not (tmp_path / "t.json").exists()

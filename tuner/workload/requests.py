@@ -154,11 +154,11 @@ def _speech(model: MiniCPMO, o: RequestOptions, dtype, device) -> list[Step]:
 
 
 _BUILDERS = {"text": _text, "image": _image, "audio": _audio, "speech": _speech}
+_NEEDS = {"text": "llm", "image": "vision", "audio": "audio", "speech": "tts"}
 
 
-def build_requests(model: MiniCPMO, workloads: str | Iterable[str] = "all",
-                   options: RequestOptions | None = None, seed: int = 0) -> list[Step]:
-    """Steps for `workloads` ("text", "image", "audio", "speech", "all", or a list of them)."""
+def resolve_workloads(workloads: str | Iterable[str]) -> list[str]:
+    """Workload names in order without repeats, "all" expanded; WorkloadError for unknown ones."""
     names = [workloads] if isinstance(workloads, str) else list(workloads)
     if "all" in names:
         names = [n for n in names if n != "all"] + list(WORKLOADS)
@@ -166,11 +166,23 @@ def build_requests(model: MiniCPMO, workloads: str | Iterable[str] = "all",
     if unknown or not names:
         raise WorkloadError(f"unknown workload {unknown[0] if unknown else '(none)'!r}; choose from "
                             f"{', '.join(WORKLOADS)} or all.")
+    return list(dict.fromkeys(names))
+
+
+def components_for(workloads: str | Iterable[str]) -> list[str]:
+    """The model components `workloads` need, so a profile builds only those."""
+    return list(dict.fromkeys(_NEEDS[n] for n in resolve_workloads(workloads)))
+
+
+def build_requests(model: MiniCPMO, workloads: str | Iterable[str] = "all",
+                   options: RequestOptions | None = None, seed: int = 0) -> list[Step]:
+    """Steps for `workloads` ("text", "image", "audio", "speech", "all", or a list of them)."""
+    names = resolve_workloads(workloads)
     options = options or RequestOptions()
     options.validate()
     first = next(model.parameters())
     torch.manual_seed(seed)
     steps: list[Step] = []
-    for name in dict.fromkeys(names):  # keep order, drop repeats
+    for name in names:
         steps += _BUILDERS[name](model, options, first.dtype, first.device)
     return steps

@@ -89,3 +89,13 @@ def test_bad_options(tiny_model, bad):
     options = RequestOptions(**{**SMALL.__dict__, **bad})
     with pytest.raises(WorkloadError, match=next(iter(bad))):
         build_requests(tiny_model, "text", options)
+
+
+def test_resolve_workloads_and_components():
+    from tuner.workload import components_for, resolve_workloads
+    assert resolve_workloads(["speech", "all", "speech"]) == ["speech", "text", "image", "audio"]
+    assert components_for("image") == ["vision"]
+    assert components_for(["speech", "text"]) == ["tts", "llm"]
+    assert components_for("all") == ["llm", "vision", "audio", "tts"]
+    with pytest.raises(WorkloadError, match="unknown workload"):
+        components_for([])
