@@ -1,17 +1,18 @@
 """Route the (M, N, K, dtype) whose tuned winner is the project's split-K GEMM to it.
 
 FlagGems' Hopper mm has no split-K, so such a winner cannot go through its cache: an
-`aten::mm` CUDA kernel is registered that calls `kernels.triton_mm.splitk_mm` for the
-covered shapes and `aten::mm.out` otherwise. mm.out is a separate ATen kernel that this
-override leaves alone, so the fallback is whatever served mm.out before (FlagGems'
-mm_out when FlagGems is enabled with it, else cuBLAS).
+`aten::mm` kernel is registered for the CUDA dispatch key that calls
+`kernels.triton_mm.splitk_mm` for the covered shapes and the kernel it replaced
+(FlagGems' mm when FlagGems is enabled, else ATen's cuBLAS mm) for everything else,
+taken with `torch.library.get_kernel` before registering.
 """
 from __future__ import annotations
 
 import bisect
 import logging
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from tuner.inject._select import assign_ms, ranges
 
@@ -85,32 +86,43 @@ def build_table(plan: Mapping, dtype_of=lambda d: d) -> dict:
     return {(N, K, dtype_of(d)): ([r[0] for r in runs], runs) for (N, K, d), runs in plan.items()}
 
 
-def install_mm_overrides(records: Iterable[Mapping[str, Any]], *, max_tokens: int = 8192) -> MmOverride:
-    """Register the aten::mm CUDA override for split-K winners; a no-op if there are none.
+def install_mm_overrides(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    max_tokens: int = 8192,
+    dispatch_key: str = "CUDA",
+    splitk_mm: Callable | None = None,
+) -> MmOverride:
+    """Register the aten::mm override for split-K winners; a no-op if there are none.
 
-    Needs a GPU (the override runs Triton on CUDA tensors): raises RuntimeError without one.
+    `splitk_mm(a, b, config)` defaults to `kernels.triton_mm.splitk_mm`; `dispatch_key`
+    exists so the routing can be exercised on CPU. The CUDA override needs a GPU.
+    Install after `flag_gems.enable()`: the previous kernel is captured at install time.
     """
     plan = splitk_plan(records, max_tokens)
     if not plan:
         return MmOverride(plan)
     import torch
 
-    if not torch.cuda.is_available():
+    if dispatch_key == "CUDA" and not torch.cuda.is_available():
         raise RuntimeError("split-K mm overrides need a CUDA GPU, and none is visible.")
-    from kernels.triton_mm import splitk_mm  # imported lazily: only GPU hosts run it
+    if splitk_mm is None:
+        from kernels.triton_mm import splitk_mm  # imported lazily: only GPU hosts run it
 
     table = build_table(plan, lambda d: getattr(torch, _TORCH_DTYPES[d]))
-    mm_out = torch.ops.aten.mm.out
+    previous = torch.library.get_kernel("aten::mm", dispatch_key)
 
-    def mm_cuda(a, b):
+    def mm_override(keyset, a, b):
         if a.dim() == 2 and b.dim() == 2 and a.dtype == b.dtype:
             cfg = lookup(table, a.shape[0], b.shape[1], a.shape[1], a.dtype)
             if cfg is not None:
                 return splitk_mm(a, b, cfg)
-        return mm_out(a, b, out=a.new_empty((a.shape[0], b.shape[1])))
+        return previous.call_boxed(keyset, a, b)
 
     lib = torch.library.Library("aten", "IMPL")
-    lib.impl("mm", mm_cuda, "CUDA")
+    with warnings.catch_warnings():  # "Overriding a previously registered kernel" is the point
+        warnings.simplefilter("ignore", UserWarning)
+        lib.impl("mm", mm_override, dispatch_key, with_keyset=True)
     _LIBS.append(lib)
     logger.debug("aten::mm split-K override for %d (N, K, dtype)", len(plan))
     return MmOverride(plan, lib)

@@ -49,6 +49,33 @@ def test_install_without_splitk_is_noop_and_needs_gpu_otherwise():
             install_mm_overrides([rec(16)], max_tokens=64)
 
 
+def test_override_routes_on_cpu_key_and_falls_back_to_previous_kernel():
+    # The CPU dispatch key stands in for CUDA (same registration code path); the split-K
+    # kernel is replaced by a recorder, the fallback is ATen's real CPU mm.
+    import torch
+
+    calls = []
+
+    def splitk(a, b, cfg):
+        calls.append((a.shape[0], cfg["SPLIT_K"]))
+        return torch.full((a.shape[0], b.shape[1]), 7.0, dtype=a.dtype)
+
+    recs = [rec(1, N=48, K=32, dtype="fp32"), rec(16, N=48, K=32, dtype="fp32"),
+            rec(256, N=48, K=32, variant="fg_tma", dtype="fp32")]
+    h = install_mm_overrides(recs, max_tokens=512, dispatch_key="CPU", splitk_mm=splitk)
+    try:
+        b = torch.randn(32, 48)
+        outs = {M: torch.mm(torch.randn(M, 32), b) for M in (1, 16, 64, 65)}
+        a = torch.randn(16, 32)
+        assert torch.mm(a, torch.randn(32, 40)).shape == (16, 40)  # other N: not routed
+        torch.testing.assert_close(torch.mm(a.double(), b.double()), a.double() @ b.double())
+    finally:
+        h.uninstall()
+    assert calls == [(1, 4), (16, 4), (64, 4)]
+    assert (outs[16] == 7).all() and not (outs[65] == 7).all()
+    torch.testing.assert_close(torch.mm(a, b), (a.unsqueeze(-1) * b).sum(1))  # restored
+
+
 @pytest.mark.gpu
 def test_override_routes_covered_shapes_to_splitk():
     import torch
