@@ -114,9 +114,20 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
     return counts
 
 
+def _ensure_visible() -> None:
+    """vLLM 0.33 configures its "vllm" logger explicitly, not in every process before
+    plugins load; without any handler up the chain our one line would be dropped."""
+    if not logger.hasHandlers():
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
+        logger.addHandler(h)
+        logger.setLevel(logging.INFO)
+
+
 def register() -> None:
     """The vLLM entry point; logs exactly one line saying what is active."""
     global _applied
+    _ensure_visible()
     folder = os.environ.get("TUNER_RUNTIME_DIR")
     if not folder:
         logger.info("tuner plugin: TUNER_RUNTIME_DIR is unset; no tuned configs injected")

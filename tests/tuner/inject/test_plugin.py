@@ -1,0 +1,92 @@
+"""The vLLM entry point, found and run by vLLM's own plugin loader (real vllm + flag_gems)."""
+import json
+
+import pytest
+
+from tests.tuner.inject.conftest import env_of, moe_record, needs_flag_gems, needs_vllm, run_py
+from tuner.inject import ForeignResultError
+from tuner.inject.plugin import MOE_FOLDER, write_runtime_dir
+
+ENTRY_POINT = "tuner = tuner.inject.plugin:register"
+
+
+def mm_record(M, variant="fg_tma", gpu="NVIDIA H100 80GB HBM3"):
+    return {"kernel": "mm", "key": {"M": M, "N": 4608, "K": 3584}, "dtype": "bf16",
+            "config": {"variant": variant, "BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8,
+                       "SPLIT_K": 1, "num_warps": 4, "num_stages": 3},
+            "environment": env_of(gpu), "kernel_source_hash": "not-this-flaggems"}
+
+
+def test_write_runtime_dir_replaces_atomically(tmp_path):
+    run = {"gpu_name": "NVIDIA H100 80GB HBM3", "triton": env_of()["triton"]}
+    folder = tmp_path / "rt"
+    write_runtime_dir(folder, [moe_record(1)], ["softmax"], running=run)
+    (folder / "stale").write_text("x")
+    write_runtime_dir(folder, [moe_record(64), mm_record(16)], ["mm", "softmax", "mm"], max_tokens=512,
+                      running=run)
+    state = json.loads((folder / "state.json").read_text())
+    assert state["exclude_ops"] == ["mm", "softmax"] and state["max_tokens"] == 512
+    assert len(state["records"]) == 2 and state["moe_files"] == [
+        "E=128,N=768,device_name=NVIDIA_H100_80GB_HBM3.json"]
+    assert json.loads((folder / MOE_FOLDER / state["moe_files"][0]).read_text())["64"]["BLOCK_SIZE_M"] == 64
+    assert sorted(p.name for p in folder.iterdir()) == ["state.json", MOE_FOLDER]  # old content gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rt"]  # no staging folder left
+    with pytest.raises(ForeignResultError):  # checked before anything is written
+        write_runtime_dir(folder, [mm_record(1, gpu="NVIDIA A100-SXM4-80GB")], [], running=run)
+    assert json.loads((folder / "state.json").read_text()) == state
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rt"]
+
+
+def test_register_without_runtime_dir_is_a_logged_noop():
+    out = run_py("""
+        import sys
+        from tuner.inject.plugin import register
+        register()
+        print("RESULT", "flag_gems" in sys.modules)
+    """)
+    lines = [line for line in out.splitlines() if "tuner plugin:" in line]
+    assert len(lines) == 1 and lines[0].endswith(
+        "tuner plugin: TUNER_RUNTIME_DIR is unset; no tuned configs injected"), out[-2000:]
+    assert "RESULT False" in out  # flag_gems was not even imported
+
+
+@needs_vllm
+@needs_flag_gems
+def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
+    # A throwaway dist-info declaring the entry point that pyproject.toml declares.
+    site = tmp_path / "site"
+    dist = site / "tuner_plugin_test-0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tuner-plugin-test\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text(f"[vllm.general_plugins]\n{ENTRY_POINT}\n")
+    rt = tmp_path / "rt"
+    # Measured "elsewhere" (this host has no GPU): allowed, so the loud path runs too.
+    write_runtime_dir(rt, [moe_record(64), mm_record(1), mm_record(256)], ["softmax", "mm"],
+                      max_tokens=64, allow_foreign=True)
+    code = """
+        import os, json
+        from vllm.plugins import load_general_plugins, load_plugins_by_group
+        assert list(load_plugins_by_group("vllm.general_plugins")) == ["tuner"]
+        load_general_plugins()
+        import flag_gems, flag_gems.fused.fused_moe as fm
+        from tuner.inject.flaggems_cache import locate_mm_tuners, locate_mm_module, _runtime_args
+        t = locate_mm_tuners()["fg_tma"]
+        key = t.get_key(_runtime_args(locate_mm_module(), "fg_tma", 3, 4608, 3584, "bf16", "col"))
+        print("RESULT", json.dumps({
+            "moe_folder": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"),
+            "registered_mm": "mm" in flag_gems.current_work_registrar.get_all_ops(),
+            "registered_mm_out": "mm_out" in flag_gems.current_work_registrar.get_all_ops(),
+            "seeded": key in t.cache,
+            "moe_hooked": hasattr(fm.try_get_optimal_moe_config, "__tuner_original__")}))
+    """
+    env = {**fg_env, "PYTHONPATH": f"{site}:{run_py.__globals__['REPO']}",
+           "VLLM_PLUGINS": "tuner", "TUNER_RUNTIME_DIR": str(rt), "VLLM_TARGET_DEVICE": "cpu"}
+    out = run_py(code, env)
+    lines = [line for line in out.splitlines() if "tuner plugin:" in line]
+    assert len(lines) == 1, out[-3000:]
+    assert ("tuner plugin: 3 tuned configs active (fused_moe 1, mm via FlagGems cache 2, "
+            "mm split-K 0); FlagGems excluded ops: mm, softmax") in lines[0]
+    assert "USING FOREIGN TUNED RESULT" in out
+    r = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
+    assert r == {"moe_folder": str(rt / MOE_FOLDER), "registered_mm": False, "registered_mm_out": True,
+                 "seeded": True, "moe_hooked": True}
