@@ -83,7 +83,7 @@ def r_as_dict(r) -> dict:
     return {"key": list(r.key), "best_config": o.best_config, "best_us": o.best_us, "stored": r.stored,
             "baselines_us": o.setup.baselines_us, "baseline_errors": o.setup.baseline_errors,
             "first_call_s": o.setup.first_call_s, "measured": o.measured, "trials_total": o.trials_total,
-            "counts": o.counts, "stop_reason": o.stop_reason, "timing": o.timing, "wall_s": o.wall_s,
+            "counts": o.counts, "stop_reason": o.stop_reason, "timing": o.timing, "wall_s": o.wall_s, "setup_s": o.setup_s,
             "study": o.study_name}
 
 

@@ -65,7 +65,8 @@ class Outcome:
     stop_reason: str
     counts: dict[str, int] = field(default_factory=dict)
     timing: str = ""
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the search, after the baselines
+    setup_s: float = 0.0  # inputs and baselines (includes FlagGems' first-call autotune)
 
 
 def canon_text(config: Config) -> str:
@@ -144,8 +145,10 @@ def run_search(
     on_event: Callable[[Event], None] | None = None,
 ) -> Outcome:
     budget = budget or Budget()
-    t_start = time.monotonic()
+    t_setup = time.monotonic()
     setup = measurer.setup(key, dtype, seed=seed or 0)
+    # the budget is for searching: the baselines (FlagGems' own first-call autotune) come before
+    t_start = time.monotonic()
     space = kernel.space(key, dtype, device)
     dists = {n: CategoricalDistribution(list(c)) for n, c in space.items()}
     study = optuna.create_study(study_name=study_name, storage=storage, sampler=make_sampler(sampler, seed),
@@ -214,6 +217,8 @@ def run_search(
                 # never measure twice: repeat the known outcome to the sampler
                 trial.set_user_attr("duplicate", True)
                 prev = history.get(text)
+                if prev and prev[2].get("reason"):
+                    trial.set_user_attr("reason", f"duplicate of a failed config: {prev[2]['reason']}")
                 if prev and prev[0] == TrialState.COMPLETE:
                     study.tell(trial, prev[1])
                 else:
@@ -280,7 +285,7 @@ def run_search(
         best_config=best[1] if best else None, best_us=best[0] if best else None,
         best_rel_error=best[2] if best else None, best_max_abs_error=best[3] if best else None,
         measured=counts["measured"] + counts["failed"], trials_total=trials_total, stop_reason=stop_reason,
-        counts=counts, timing=timing, wall_s=time.monotonic() - t_start,
+        counts=counts, timing=timing, wall_s=time.monotonic() - t_start, setup_s=t_start - t_setup,
     )
 
 

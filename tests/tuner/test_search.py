@@ -1,0 +1,84 @@
+"""The search end to end under the Triton interpreter, and its failure handling."""
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from kernels import get_kernel
+from tuner.search import Budget, run_search
+from tuner.tune import TuneRequest, tune
+from tuner.worker import WorkerClient
+
+from db import open_database, queries
+
+
+def _trials(db_url, name):
+    st = optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(db_url))
+    return st.get_trials(deepcopy=False)
+
+
+def test_interpreter_tune_stores_best_and_a_rerun_resumes(tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    req = TuneRequest(op="mm", shapes=["8,64,64"], trials=4, device="cpu", seed=3, db_url=url)
+    (first,) = tune(req)
+    assert first.stored and first.outcome.measured == 4
+    assert first.outcome.timing == "interpreter-wall"
+    db = open_database(url)
+    with db.session() as s:
+        (row,) = queries.best_configs(s, kernel="mm")
+        assert row.key == "M=8,N=64,K=64,BT=1" and row.dtype == "fp16"
+        assert row.time_us == pytest.approx(first.outcome.best_us)
+        assert row.native_us > 0 and row.rel_error < 1e-2 and row.trials_used == 4
+        assert row.config["variant"] == "splitk"
+
+    (second,) = tune(req)  # same command: the same study goes on
+    assert second.outcome.study_name == first.outcome.study_name
+    assert second.outcome.trials_total == 8
+    trials = _trials(url, first.outcome.study_name)
+    measured = [t.user_attrs["canonical"] for t in trials
+                if t.state == TrialState.COMPLETE and not t.user_attrs.get("duplicate")]
+    assert len(measured) == len(set(measured)) == 8  # nothing measured twice across the two runs
+    with db.session() as s:
+        (row,) = queries.best_configs(s, kernel="mm")
+        assert row.time_us == pytest.approx(min(first.outcome.best_us, second.outcome.best_us))
+        runs = s.query(queries.TuningRun).all()
+        assert [r.status for r in runs] == ["done", "done"]
+
+
+def test_duplicate_suggestion_is_not_measured(tmp_path):
+    """The faulty kernel's space has 15 configs; asking for 40 measurements exhausts it, and
+    every repeat is answered from the study's history instead of being measured."""
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    kernel = get_kernel("tests.tuner.faulty_kernel:Faulty")
+    calls = []
+
+    class Counting(WorkerClient):
+        def measure(self, config):
+            calls.append(tuple(sorted(config.items())))
+            return super().measure(config)
+
+    with Counting("tests.tuner.faulty_kernel:Faulty", "cpu", measure_timeout_s=2) as w:
+        out = run_search(kernel=kernel, key=(8,), dtype="fp32", device="cpu", storage=url, study_name="dup",
+                         measurer=w, sampler="random", budget=Budget(trials=40), seed=0)
+    assert len(calls) == len(set(calls)) == out.measured <= 15
+    assert out.counts["duplicate"] > 0
+    assert out.stop_reason == "space exhausted"
+    # every failing kind was met, recorded with its reason, and the study went on to a best
+    trials = _trials(url, "dup")
+    statuses = {t.user_attrs.get("status") for t in trials if t.state == TrialState.FAIL}
+    assert {"failed", "crashed", "wrong", "hang"} <= statuses
+    assert all(t.user_attrs.get("reason") for t in trials if t.state == TrialState.FAIL)
+    assert out.best_config["variant"] == "good" and out.best_config["scale"] == 1
+
+
+def test_grid_sampler_measures_every_valid_config_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    kernel = get_kernel("tests.tuner.faulty_kernel:Faulty")
+
+    class OnlyGood(WorkerClient):
+        pass
+
+    with OnlyGood("tests.tuner.faulty_kernel:Faulty", "cpu", measure_timeout_s=2) as w:
+        out = run_search(kernel=kernel, key=(4,), dtype="fp32", device="cpu", storage=url, study_name="grid",
+                         measurer=w, sampler="grid", budget=Budget(trials=None), seed=0)
+    assert out.stop_reason == "grid exhausted" and out.measured == 15 and out.counts["duplicate"] == 0
