@@ -168,3 +168,37 @@ except ValueError as e:
 print("RESULT", json.dumps(msg))
 """, fg_env)
     assert "GROUP_M=8" in result(out)
+
+
+@pytest.mark.gpu
+def test_h100_seeded_mm_runs_without_autotuning(tmp_path):
+    """On the H100: seeded keys are hits for real torch.mm calls through FlagGems (no benchmark)."""
+    out = run_py("""
+import json, torch, triton, flag_gems
+from tuner.inject.flaggems_cache import fg_kernel_source_hash, locate_mm_tuners, seed_mm_cache
+from tuner.inject.foreign import running_environment
+env = running_environment()
+recs = [{"kernel": "mm", "key": {"M": M, "N": 4608, "K": 3584}, "dtype": "bf16",
+         "config": {"variant": "fg_tma", "BLOCK_M": bm, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8,
+                    "SPLIT_K": 1, "num_warps": 4, "num_stages": s},
+         "environment": env, "kernel_source_hash": fg_kernel_source_hash("fg_tma")}
+        for M, bm, s in [(1, 64, 3), (256, 128, 5)]]  # the second config is off-list
+t = locate_mm_tuners()["fg_tma"]
+n_configs = len(t.configs)
+seed_mm_cache(recs, max_tokens=512)
+def no_bench(*a, **k):
+    raise AssertionError("benchmarked")
+t._bench = no_bench
+w = torch.randn(4608, 3584, device="cuda", dtype=torch.bfloat16)
+got = {}
+with flag_gems.use_gems():
+    for M in (1, 7, 300):
+        x = torch.randn(M, 3584, device="cuda", dtype=torch.bfloat16)
+        y = torch.nn.functional.linear(x, w) if M != 7 else torch.mm(x, w.t())
+        torch.testing.assert_close(y.float(), x.float() @ w.float().t(), atol=0.5, rtol=2e-2)
+        got[M] = t.best_config.kwargs["BLOCK_M"]
+print("RESULT", json.dumps({"n_configs": n_configs, "got": got}))
+""", {"FLAGGEMS_DB_URL": f"sqlite:///{tmp_path / 'c.db'}"}, timeout=600)
+    r = result(out)
+    assert r["n_configs"] == 162  # the H100's shared-memory-filtered TMA list
+    assert r["got"] == {"1": 64, "7": 64, "300": 128}

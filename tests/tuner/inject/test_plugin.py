@@ -61,8 +61,9 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     (dist / "entry_points.txt").write_text(f"[vllm.general_plugins]\n{ENTRY_POINT}\n")
     rt = tmp_path / "rt"
     # Measured "elsewhere" (this host has no GPU): allowed, so the loud path runs too.
-    write_runtime_dir(rt, [moe_record(64), mm_record(1), mm_record(256)], ["softmax", "mm"],
-                      max_tokens=64, allow_foreign=True)
+    with pytest.warns(RuntimeWarning, match="FOREIGN"):
+        write_runtime_dir(rt, [moe_record(64), mm_record(1), mm_record(256)], ["softmax", "mm"],
+                          max_tokens=64, allow_foreign=True)
     code = """
         import os, json
         from vllm.plugins import load_general_plugins, load_plugins_by_group

@@ -97,3 +97,15 @@ def test_vllm_lookup_returns_tuned_config(tmp_path):
     assert r["near"] == [16, 64, 128, 128]
     assert r["fp32"] == 32
     assert r["other_E"] is None
+
+
+@needs_vllm
+@pytest.mark.gpu
+def test_file_name_on_this_gpu_equals_vllms():
+    out = run_py("""
+        import json, torch
+        from vllm.model_executor.layers.fused_moe.fused_moe import get_config_file_name
+        print("RESULT", json.dumps([torch.cuda.get_device_name(0), get_config_file_name(128, 768, None)]))
+    """)
+    dev, name = result(out)
+    assert name == config_file_name(128, 768, None, dev)
