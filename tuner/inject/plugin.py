@@ -84,6 +84,10 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
     state = read_state(folder)
     records, exclude = state["records"], state["exclude_ops"]
     moe_dir = folder / state["moe_folder"]
+    # fg_* mm records get the full check (FlagGems version, kernel hash) in seed_mm_cache;
+    # the rest is re-checked here because each engine process may sit on another GPU.
+    others = [r for r in records if not str((r.get("config") or {}).get("variant", "")).startswith("fg_")]
+    check_records(others, running_environment(("gpu_name", "triton")), allow_foreign=state["allow_foreign"])
     # vLLM reads this when a MoE layer first asks for its config, i.e. after plugins ran.
     if os.environ.setdefault("VLLM_TUNED_CONFIG_FOLDER", str(moe_dir)) != str(moe_dir):
         logger.warning("VLLM_TUNED_CONFIG_FOLDER=%s overrides the tuned MoE folder %s",

@@ -5,7 +5,7 @@ import pytest
 
 from tests.tuner.inject.conftest import env_of, moe_record, needs_flag_gems, needs_vllm, run_py
 from tuner.inject import ForeignResultError
-from tuner.inject.plugin import MOE_FOLDER, write_runtime_dir
+from tuner.inject.plugin import MOE_FOLDER, apply_state, write_runtime_dir
 
 ENTRY_POINT = "tuner = tuner.inject.plugin:register"
 
@@ -35,6 +35,14 @@ def test_write_runtime_dir_replaces_atomically(tmp_path):
         write_runtime_dir(folder, [mm_record(1, gpu="NVIDIA A100-SXM4-80GB")], [], running=run)
     assert json.loads((folder / "state.json").read_text()) == state
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rt"]
+
+
+def test_engine_process_refuses_results_from_another_gpu(tmp_path):
+    # Prepared for an H100 (as `tuner serve` on that host would); this process has no GPU.
+    run = {"gpu_name": "NVIDIA H100 80GB HBM3", "triton": env_of()["triton"]}
+    write_runtime_dir(tmp_path / "rt", [moe_record(64)], [], enable_flaggems=False, running=run)
+    with pytest.raises(ForeignResultError, match="gpu_name"):
+        apply_state(tmp_path / "rt")
 
 
 def test_register_without_runtime_dir_is_a_logged_noop():
@@ -87,7 +95,7 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     assert len(lines) == 1, out[-3000:]
     assert ("tuner plugin: 3 tuned configs active (fused_moe 1, mm via FlagGems cache 2, "
             "mm split-K 0); FlagGems excluded ops: mm, softmax") in lines[0]
-    assert "USING FOREIGN TUNED RESULT" in out
+    assert "USING FOREIGN TUNED RESULT for fused_moe" in out and "USING FOREIGN TUNED RESULT for mm" in out
     r = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     assert r == {"moe_folder": str(rt / MOE_FOLDER), "registered_mm": False, "registered_mm_out": True,
                  "seeded": True, "moe_hooked": True}
