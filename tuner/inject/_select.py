@@ -1,8 +1,8 @@
 """Which tuned M serves which runtime M: pure functions shared by every injector."""
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from fractions import Fraction
-from typing import Callable, Hashable, Iterable, Sequence
 
 
 def nearest_m(tuned: Sequence[int], m: int) -> int:
@@ -19,7 +19,9 @@ def nearest_m(tuned: Sequence[int], m: int) -> int:
 def _nearest_sq(tuned: Sequence[int], target_sq: int) -> int:
     """Nearest tuned M to sqrt(target_sq) in log space, computed exactly (no float ties)."""
     # |ln t - ln x| ordered like the ratio max(t, x) / min(t, x); squared to stay integer.
-    dist = lambda t: Fraction(max(t * t, target_sq), min(t * t, target_sq))  # noqa: E731
+    def dist(t: int) -> Fraction:
+        return Fraction(max(t * t, target_sq), min(t * t, target_sq))
+
     return min(sorted(tuned), key=dist)
 
 

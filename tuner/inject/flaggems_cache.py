@@ -14,12 +14,14 @@ so table names computed on a CPU host differ from the H100's: seed on the servin
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import logging
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from tuner.inject._select import plan_buckets
 from tuner.inject.foreign import ENV_FIELDS, check_records, running_environment
@@ -115,15 +117,22 @@ def _runtime_args(mod, variant: str, M: int, N: int, K: int, dtype: str, b_layou
     b = (torch.empty_strided((K, N), (N, 1), dtype=tdt, device="meta") if b_layout == "row"
          else torch.empty_strided((K, N), (1, K), dtype=tdt, device="meta"))
     c = torch.empty_strided((M, N), (N, 1), dtype=tdt, device="meta")
-    strides = dict(stride_am=a.stride(0), stride_ak=a.stride(1), stride_bk=b.stride(0),
-                   stride_bn=b.stride(1), stride_cm=c.stride(0), stride_cn=c.stride(1))
+    strides = {"stride_am": a.stride(0), "stride_ak": a.stride(1), "stride_bk": b.stride(0),
+               "stride_bn": b.stride(1), "stride_cm": c.stride(0), "stride_cn": c.stride(1)}
     if variant == "fg_tma":
         b_row = b.stride(1) == 1
-        d = lambda t: TensorDescriptor(t, t.shape, t.stride(), [1, 1])  # noqa: E731
-        return dict(a_desc=d(a), b_desc=d(b) if b_row else d(b.T), c_desc=d(c), M=M, N=N, K=K,
-                    **strides, GROUP_M=8, A_ROW_MAJOR=True, B_ROW_MAJOR=b_row,
-                    dtype=str(tdt).split(".")[-1])
-    return dict(A=a, B=b, C=c, M=M, N=N, K=K, **strides, GROUP_M=8)
+        def d(t):  # general_mm's descriptors, dummy block shape until the pre_hook
+            return TensorDescriptor(t, t.shape, t.stride(), [1, 1])
+
+        return {"a_desc": d(a), "b_desc": d(b) if b_row else d(b.T), "c_desc": d(c),
+                "M": M, "N": N, "K": K, **strides, "GROUP_M": 8, "A_ROW_MAJOR": True,
+                "B_ROW_MAJOR": b_row, "dtype": str(tdt).split(".")[-1]}
+    return {"A": a, "B": b, "C": c, "M": M, "N": N, "K": K, **strides, "GROUP_M": 8}
+
+
+def _key_of(tuner, mod, variant, N, K, dtype, layout, M):
+    """The LibTuner cache key FlagGems computes for this mm call."""
+    return tuner.get_key(_runtime_args(mod, variant, M, N, K, dtype, layout))
 
 
 def reachable_variant(mod, N: int, K: int, dtype: str) -> str | None:
@@ -244,7 +253,7 @@ def seed_mm_cache(
         if not cfgs:
             continue
         for layout in b_layouts:
-            key_of = lambda m: tuner.get_key(_runtime_args(mod, variant, m, N, K, dtype, layout))  # noqa: E731
+            key_of = functools.partial(_key_of, tuner, mod, variant, N, K, dtype, layout)
             for key, m in plan_buckets(sorted(cfgs), max_tokens, key_of).items():
                 rows.setdefault(tuner.config_table_name, {})[key] = cfgs[m]
         report.records += len(cfgs)

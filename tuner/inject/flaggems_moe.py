@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
 from tuner.inject.vllm_moe import device_file_name, load_moe_folder
 
@@ -28,7 +28,7 @@ def install_flaggems_moe_hook(folder: str | Path, device_name: str | None = None
     import importlib
 
     mod = importlib.import_module(_MODULE)
-    original = getattr(mod, "try_get_optimal_moe_config")
+    original = mod.try_get_optimal_moe_config
     original = getattr(original, "__tuner_original__", original)  # idempotent re-install
     if device_name is None:
         from tuner.inject.foreign import running_gpu_name
@@ -58,10 +58,10 @@ def install_flaggems_moe_hook(folder: str | Path, device_name: str | None = None
 
     tuned_try_get_optimal_moe_config.__tuner_original__ = original
     tuned_try_get_optimal_moe_config.__tuner_tables__ = tables
-    setattr(mod, "try_get_optimal_moe_config", tuned_try_get_optimal_moe_config)
+    mod.try_get_optimal_moe_config = tuned_try_get_optimal_moe_config
     logger.debug("FlagGems MoE lookup hooked with %d tuned tables", len(tables))
 
     def restore() -> None:
-        setattr(mod, "try_get_optimal_moe_config", original)
+        mod.try_get_optimal_moe_config = original
 
     return restore

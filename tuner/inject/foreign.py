@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -21,13 +22,13 @@ class ForeignResultError(ValueError):
 
 def running_gpu_name() -> str | None:
     """The name FlagGems and vLLM see (torch's CUDA name equals NVML's), None without a GPU."""
-    try:
-        import torch
+    import torch
 
+    try:
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0)
-    except Exception:  # a broken driver is the same as no GPU for this check
-        pass
+    except (RuntimeError, AssertionError) as e:  # a broken driver: no GPU to match against
+        logger.warning("cannot read the GPU name: %s", e)
     return None
 
 
@@ -42,11 +43,11 @@ def running_environment(fields: Iterable[str] = ENV_FIELDS) -> dict[str, str | N
 
             out[f] = triton.__version__
         elif f == "flag_gems":
-            try:
-                from importlib.metadata import version
+            from importlib.metadata import PackageNotFoundError, version
 
+            try:
                 out[f] = version("flag_gems")
-            except Exception:
+            except PackageNotFoundError:
                 out[f] = None
         else:
             raise ValueError(f"unknown environment field {f!r}")

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from tuner.inject import _atomic
 from tuner.inject.foreign import check_records, running_environment

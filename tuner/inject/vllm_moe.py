@@ -6,8 +6,9 @@ tests compare against vLLM's own functions so a renamed scheme is caught.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from tuner.inject import _atomic
 from tuner.inject.foreign import check_records

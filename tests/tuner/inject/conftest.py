@@ -38,7 +38,7 @@ def run_py(code: str, env: dict[str, str] | None = None, timeout: int = 120) -> 
             "HOME": os.environ.get("HOME", "/tmp"), "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
                           env={**base, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     return out

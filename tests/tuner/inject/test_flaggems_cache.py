@@ -6,7 +6,6 @@ write is what FlagGems computes and finds in a fresh process). The only stand-in
 the final JIT launch (`tuner.fn`), replaced by a recorder because nothing can run on CUDA.
 """
 import hashlib
-import json
 import sqlite3
 
 import pytest
