@@ -10,7 +10,7 @@ from tuner.inject.flaggems_cache import SeedReport, fg_kernel_source_hash, seed_
 from tuner.inject.flaggems_moe import install_flaggems_moe_hook
 from tuner.inject.foreign import ForeignResultError, check_records, running_environment
 from tuner.inject.mm_override import MmOverride, install_mm_overrides, splitk_plan
-from tuner.inject.plugin import apply_state, register, write_runtime_dir
+from tuner.inject.plugin import apply_state, register, runtime_env, write_runtime_dir
 from tuner.inject.vllm_moe import config_file_name, export_moe_configs
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "install_mm_overrides",
     "register",
     "running_environment",
+    "runtime_env",
     "seed_mm_cache",
     "splitk_plan",
     "write_runtime_dir",

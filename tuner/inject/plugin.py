@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tuner.inject.vllm_moe import export_moe_configs
 logger = logging.getLogger("vllm.tuner")
 STATE_FILE = "state.json"
 MOE_FOLDER = "vllm_moe_configs"
+FLAGGEMS_DB = "flaggems_cache.db"  # seeded rows live here, not in the user's ~/.flaggems cache
 STATE_FORMAT = 1
 _applied: dict[str, Any] | None = None  # vLLM may call general plugins more than once
 
@@ -37,7 +39,8 @@ def write_runtime_dir(
 ) -> Path:
     """Prepare TUNER_RUNTIME_DIR: state.json plus vLLM MoE files, swapped in atomically.
 
-    Records are checked against the running GPU and Triton here (`running` overrides
+    An existing folder is replaced as a whole (its FlagGems DB too: the plugin re-seeds it
+    at every start). Records are checked against the running GPU and Triton here (`running` overrides
     the detected values); FlagGems version and kernel hashes are checked by the plugin
     inside the engine, where FlagGems is loaded.
     """
@@ -70,6 +73,18 @@ def write_runtime_dir(
     return folder
 
 
+def runtime_env(folder: str | Path) -> dict[str, str]:
+    """Environment for the engine launched by `tuner serve` (set before vLLM starts).
+
+    FLAGGEMS_DB_URL is read when flag_gems is imported, so it must be set before any
+    module imports it; the plugin sets the same defaults when they are missing.
+    """
+    folder = Path(folder).resolve()
+    return {"TUNER_RUNTIME_DIR": str(folder),
+            "VLLM_TUNED_CONFIG_FOLDER": str(folder / MOE_FOLDER),
+            "FLAGGEMS_DB_URL": f"sqlite:///{folder / FLAGGEMS_DB}"}
+
+
 def read_state(folder: str | Path) -> dict[str, Any]:
     state = json.loads((Path(folder) / STATE_FILE).read_text())
     if state.get("format") != STATE_FORMAT:
@@ -96,6 +111,11 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
     counts = {"fused_moe": sum(1 for r in records if r.get("kernel") == "fused_moe"),
               "mm_flaggems": 0, "mm_splitk": 0}
     if state["enable_flaggems"]:
+        if "flag_gems" in sys.modules:  # too late to move its cache: seeding goes where it points
+            logger.warning("flag_gems was imported before the tuner plugin; tuned mm rows go to "
+                           "its cache database %s", os.environ.get("FLAGGEMS_DB_URL", "(default)"))
+        else:
+            os.environ.setdefault("FLAGGEMS_DB_URL", runtime_env(folder)["FLAGGEMS_DB_URL"])
         import flag_gems
 
         from tuner.inject.flaggems_cache import seed_mm_cache

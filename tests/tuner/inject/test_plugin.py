@@ -5,7 +5,7 @@ import pytest
 
 from tests.tuner.inject.conftest import env_of, moe_record, needs_flag_gems, needs_vllm, run_py
 from tuner.inject import ForeignResultError
-from tuner.inject.plugin import MOE_FOLDER, apply_state, write_runtime_dir
+from tuner.inject.plugin import FLAGGEMS_DB, MOE_FOLDER, apply_state, runtime_env, write_runtime_dir
 
 ENTRY_POINT = "tuner = tuner.inject.plugin:register"
 
@@ -78,16 +78,18 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
         assert list(load_plugins_by_group("vllm.general_plugins")) == ["tuner"]
         load_general_plugins()
         import flag_gems, flag_gems.fused.fused_moe as fm
+        from flag_gems.utils.libentry import libcache
         from tuner.inject.flaggems_cache import locate_mm_tuners, locate_mm_module, _runtime_args
         t = locate_mm_tuners()["fg_tma"]
         key = t.get_key(_runtime_args(locate_mm_module(), "fg_tma", 3, 4608, 3584, "bf16", "col"))
         print("RESULT", json.dumps({
-            "moe_folder": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"),
+            "moe_folder": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"), "db": libcache.db_url,
             "registered_mm": "mm" in flag_gems.current_work_registrar.get_all_ops(),
             "registered_mm_out": "mm_out" in flag_gems.current_work_registrar.get_all_ops(),
             "seeded": key in t.cache,
             "moe_hooked": hasattr(fm.try_get_optimal_moe_config, "__tuner_original__")}))
     """
+    fg_env.pop("FLAGGEMS_DB_URL")  # the plugin points FlagGems at the runtime folder's DB
     env = {**fg_env, "PYTHONPATH": f"{site}:{run_py.__globals__['REPO']}",
            "VLLM_PLUGINS": "tuner", "TUNER_RUNTIME_DIR": str(rt), "VLLM_TARGET_DEVICE": "cpu"}
     out = run_py(code, env)
@@ -98,4 +100,5 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     assert "USING FOREIGN TUNED RESULT for fused_moe" in out and "USING FOREIGN TUNED RESULT for mm" in out
     r = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     assert r == {"moe_folder": str(rt / MOE_FOLDER), "registered_mm": False, "registered_mm_out": True,
-                 "seeded": True, "moe_hooked": True}
+                 "seeded": True, "moe_hooked": True, "db": runtime_env(rt)["FLAGGEMS_DB_URL"]}
+    assert (rt / FLAGGEMS_DB).exists()
