@@ -22,7 +22,7 @@ _DTYPE = {
 }
 # Keys of a config entry that vLLM's/FlagGems' kernel launchers accept.
 _CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M",
-                "num_warps", "num_stages", "SPLIT_K")
+                "num_warps", "num_stages")
 FILE_RE = re.compile(
     r"^E=(?P<E>\d+),N=(?P<N>\d+),device_name=(?P<device>[^,]+)"
     r"(?:,dtype=(?P<dtype>[^,]+))?(?:,block_shape=\[(?P<bn>\d+),(?P<bk>\d+)\])?\.json$"
