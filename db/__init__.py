@@ -1,9 +1,9 @@
 """tuner's database: models, engine and migrations, queries. Never imports torch."""
 
 from db.engine import ENV_VAR, Database, DatabaseUnusable, default_url, open_database, resolve_url
-from db.models import BestConfig, Environment, TuningRun
+from db.models import BestConfig, ConsistencyResult, Environment, HotOp, ProfileRun, TuningRun
 
 __all__ = [
     "ENV_VAR", "Database", "DatabaseUnusable", "default_url", "open_database", "resolve_url",
-    "BestConfig", "Environment", "TuningRun",
+    "BestConfig", "ConsistencyResult", "Environment", "HotOp", "ProfileRun", "TuningRun",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -93,5 +93,73 @@ class BestConfig(Base):
     study_name: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    environment: Mapped[Environment] = relationship()
+
+
+class ProfileRun(Base):
+    """One profiled pass over the workloads, natively or with FlagGems enabled."""
+
+    __tablename__ = "tuner_profile_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("tuner_environments.id"))
+    workloads: Mapped[str] = mapped_column(String(64))  # "text,image"
+    scale: Mapped[float] = mapped_column(Float)  # 1.0 = the real model's shapes
+    dtype: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str] = mapped_column(String(16))
+    time_source: Mapped[str] = mapped_column(String(8))  # "cuda" (kernel time) or "cpu" (op self time)
+    flaggems: Mapped[bool] = mapped_column(Boolean)  # profiled with FlagGems enabled, else native
+    options: Mapped[dict] = mapped_column(JSON)  # RequestOptions, exclude list, ...
+    model: Mapped[dict] = mapped_column(JSON)  # workload.describe()
+    trace_path: Mapped[str | None] = mapped_column(Text)
+    total_us: Mapped[float] = mapped_column(Float)
+    overhead_ratio: Mapped[float | None] = mapped_column(Float)  # profiled / plain wall time
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    environment: Mapped[Environment] = relationship()
+    hot_ops: Mapped[list["HotOp"]] = relationship(back_populates="profile_run", order_by="HotOp.rank",
+                                                  cascade="all, delete-orphan")
+
+
+class HotOp(Base):
+    """One ranked (op, shapes, dtype, kernel) row of a profile run."""
+
+    __tablename__ = "tuner_hot_ops"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    profile_run_id: Mapped[int] = mapped_column(ForeignKey("tuner_profile_runs.id"), index=True)
+    rank: Mapped[int] = mapped_column(Integer)  # 1 = most time
+    op: Mapped[str] = mapped_column(String(128))
+    shapes: Mapped[str] = mapped_column(Text)  # JSON list of input shapes
+    dtype: Mapped[str] = mapped_column(String(16))
+    kernel: Mapped[str] = mapped_column(Text)
+    calls: Mapped[int] = mapped_column(Integer)
+    total_us: Mapped[float] = mapped_column(Float)
+    share: Mapped[float] = mapped_column(Float)
+    tunable: Mapped[str] = mapped_column(String(32))
+    key: Mapped[dict | None] = mapped_column(JSON)
+    predicted_gain_us: Mapped[float | None] = mapped_column(Float)
+
+    profile_run: Mapped[ProfileRun] = relationship(back_populates="hot_ops")
+
+
+class ConsistencyResult(Base):
+    """One FlagGems op on one recorded input set, against the native op."""
+
+    __tablename__ = "tuner_consistency_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    profile_run_id: Mapped[int | None] = mapped_column(ForeignKey("tuner_profile_runs.id"))
+    environment_id: Mapped[int] = mapped_column(ForeignKey("tuner_environments.id"), index=True)
+    op: Mapped[str] = mapped_column(String(128))  # aten overload as FlagGems registers it, "add.Tensor"
+    gems_fn: Mapped[str | None] = mapped_column(String(128))  # FlagGems function: the name enable(unused=) takes
+    inputs: Mapped[str] = mapped_column(Text)  # "bfloat16[512, 3584], bfloat16[3584, 4608]"
+    status: Mapped[str] = mapped_column(String(16))  # "pass" | "mismatch" | "crash" | "skipped"
+    max_abs_error: Mapped[float | None] = mapped_column(Float)
+    rel_error: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[str | None] = mapped_column(Text)
+    candidate: Mapped[str] = mapped_column(String(128))  # what was checked against native, e.g. "flag_gems"
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     environment: Mapped[Environment] = relationship()
