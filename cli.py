@@ -49,6 +49,9 @@ def tune(
                                                   "upcoming candidates while one is timed (0 = off). "
                                                   "Default: up to 8 on a GPU."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed, for reproducible searches."),
+    from_profile: Optional[str] = typer.Option(None, "--from-profile", help="Add the hot mm keys of a stored "
+                                               "profile run (its id, or latest), hottest first."),
+    top: Optional[int] = typer.Option(None, "--top", help="With --from-profile: at most this many keys."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -58,6 +61,13 @@ def tune(
     from tuner import tune as flow
     from tuner.report import tune_progress, tune_table
 
+    if from_profile is not None:
+        from tuner.profile_keys import keys_from_profile
+
+        try:
+            shape = list(shape) + keys_from_profile(db, from_profile, top, op)
+        except UserError as e:
+            _fail(e)
     req = flow.TuneRequest(op=op, shapes=shape, preset=shapes, dtype=dtype, trials=trials, timeout_s=timeout,
                            patience=patience, sampler=sampler, device=device, compile_workers=compile_workers,
                            seed=seed, db_url=db)
@@ -115,6 +125,103 @@ def ops() -> None:
     for name in sorted(REGISTRY):
         k = get_kernel(name)
         typer.echo(f"{name:12s} key {','.join(k.key_names):14s} {k.description}")
+
+
+WORKLOAD_HELP = "text | image | audio | speech | all. Repeatable."
+
+
+def _int_list(text: Optional[str], name: str) -> Optional[List[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(UserError(f"{name} must be comma-separated integers, e.g. 1,8,32; got {text!r}"))
+
+
+@app.command()
+def profile(
+    workload: List[str] = typer.Option(["all"], "--workload", help=WORKLOAD_HELP),
+    scale: float = typer.Option(1.0, "--scale", help="Shrink the model (0 < F <= 1); anything but 1 is "
+                                "labelled: its shapes are not the real model's."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Folder of MiniCPM-o 2.6 *.safetensors "
+                                          "(default: random weights)."),
+    device: str = typer.Option("auto", "--device", help="auto | cuda | cpu. On CPU the time is op self time."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32. Default bf16 on a GPU, fp32 on CPU."),
+    prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help="Text prefill length S (default 512)."),
+    decode_batches: Optional[str] = typer.Option(None, "--decode-batches", help="Decode batch sizes, e.g. 1,8,32."),
+    decode_steps: Optional[int] = typer.Option(None, "--decode-steps", help="Decode steps per batch (default 16)."),
+    top: int = typer.Option(15, "--top", help="Rows to print per table."),
+    trace: Optional[str] = typer.Option(None, "--trace", help="Chrome/Perfetto trace path (.json or .json.gz); "
+                                        "the FlagGems run writes <name>.flaggems.json beside it."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the consistency check."),
+    no_flaggems: bool = typer.Option(False, "--no-flaggems", help="Profile natively only."),
+    overhead: bool = typer.Option(False, "--overhead", help="Also measure the profiler's own overhead."),
+    e2e_steps: int = typer.Option(8, "--e2e-steps", help="Decode steps of the end-to-end logits comparison (0 = off)."),
+    check_timeout: float = typer.Option(300.0, "--check-timeout", help="Seconds the check waits for one op's answer."),
+    candidate: Optional[str] = typer.Option(None, "--candidate", help="module:function checked instead of FlagGems "
+                                            "(for testing the check harness)."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Profile MiniCPM-o 2.6 serving requests natively and with FlagGems (minus the ops the consistency
+    check rejects), rank (op, shapes, dtype, kernel) by time, store the runs, write the trace."""
+    from tuner import profile_flow as flow
+    from tuner.report import console, profile_tables
+
+    req = flow.ProfileRequest(workloads=workload, scale=scale, weights=weights, device=device, dtype=dtype,
+                              prompt_tokens=prompt_tokens, decode_batches=_int_list(decode_batches, "--decode-batches"),
+                              decode_steps=decode_steps, top=top, trace=trace, check=not no_check,
+                              flaggems=not no_flaggems, overhead=overhead, e2e_steps=e2e_steps,
+                              check_timeout_s=check_timeout, candidate=candidate, db_url=db)
+    on_stage = None if as_json else (lambda msg: console.print(f"[dim]{msg}...[/dim]"))
+    try:
+        outcome = flow.profile(req, on_stage=on_stage)
+    except UserError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(outcome.to_dict(), indent=2, default=str))
+    else:
+        profile_tables(outcome.to_dict())
+
+
+@app.command()
+def check(
+    workload: List[str] = typer.Option(["all"], "--workload", help=WORKLOAD_HELP),
+    scale: float = typer.Option(1.0, "--scale", help="Shrink the model (0 < F <= 1), labelled in the output."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Folder of MiniCPM-o 2.6 *.safetensors."),
+    device: str = typer.Option("auto", "--device", help="auto | cuda | cpu (cpu only with --candidate)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32. Default bf16 on a GPU, fp32 on CPU."),
+    prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help="Text prefill length S (default 512)."),
+    decode_batches: Optional[str] = typer.Option(None, "--decode-batches", help="Decode batch sizes, e.g. 1,8."),
+    decode_steps: Optional[int] = typer.Option(None, "--decode-steps", help="Decode steps per batch (default 16)."),
+    e2e_steps: int = typer.Option(8, "--e2e-steps", help="Decode steps of the end-to-end logits comparison (0 = off)."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for one op's answer before calling it a crash."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", help="Op subprocesses at a time (default 4 on a GPU)."),
+    candidate: Optional[str] = typer.Option(None, "--candidate", help="module:function checked instead of FlagGems "
+                                            "(for testing the harness)."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Consistency check: every FlagGems op the workload uses, on inputs recorded from it, against the
+    native op, each in its own subprocess; stores the results (the exclude list `tuner serve` uses)
+    and compares end-to-end logits."""
+    from tuner import profile_flow as flow
+    from tuner.report import check_table, console
+
+    req = flow.CheckRequest(workloads=workload, scale=scale, weights=weights, device=device, dtype=dtype,
+                            prompt_tokens=prompt_tokens, decode_batches=_int_list(decode_batches, "--decode-batches"),
+                            decode_steps=decode_steps, e2e_steps=e2e_steps, timeout_s=timeout, jobs=jobs,
+                            candidate=candidate, db_url=db)
+    on_stage = None if as_json else (lambda msg: console.print(f"[dim]{msg}...[/dim]"))
+    try:
+        rep = flow.check(req, on_stage=on_stage)
+    except UserError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(rep, indent=2, default=str))
+    else:
+        check_table(rep)
 
 
 if __name__ == "__main__":

@@ -103,3 +103,66 @@ def best_table(recs: list[dict]) -> None:
                   _fmt(r["rel_error"], ".1e"), str(r["trials_used"]), env.get("gpu_name") or env["device"],
                   r["timing"])
     console.print(t)
+
+
+# --- tuner profile / tuner check --------------------------------------------------------------------
+
+def _us(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.1f} µs"
+
+
+def profile_tables(outcome: dict) -> None:
+    """One ranked table per mode (native, FlagGems), the label on each, then notes and the check."""
+    for m in outcome["modes"]:
+        mode = "FlagGems" if m["flaggems"] else "native"
+        title = (f"run {m['run_id']} · {mode} · top {len(m['rows'])} of {m['row_count']} · "
+                 f"total {_us(m['total_us'])}\n{outcome['label']}")
+        t = Table(title=title)
+        for col in ("#", "op", "shapes", "dtype", "kernel", "calls", "time", "share", "tunable", "key",
+                    "predicted gain"):
+            t.add_column(col, overflow="fold")
+        for i, r in enumerate(m["rows"], start=1):
+            key = r.get("key") or {}
+            key_s = f"M={key['M']},N={key['N']},K={key['K']}" + (f",b={key['batch']}" if key.get("batch", 1) != 1 else "") \
+                if {"M", "N", "K"} <= set(key) else ("-" if not key else ",".join(f"{k}={v}" for k, v in key.items()))
+            kernel = r["kernel"] if len(r["kernel"]) <= 60 else r["kernel"][:57] + "..."
+            t.add_row(str(i), r["op"], r["shapes"], r["dtype"], kernel, str(r["calls"]), _us(r["total_us"]),
+                      f"{r['share']:.1%}", r["tunable"], key_s, _us(r.get("predicted_gain_us")))
+        console.print(t)
+        console.print(f"trace: {m['trace_path']}")
+        if m.get("overhead"):
+            o = m["overhead"]
+            console.print(f"profiler overhead: {o['ratio']:.2f}x wall time ({o['plain_s']:.3f} s plain, "
+                          f"{o['profiled_s']:.3f} s profiled, +{o['analysis_s']:.3f} s analysis)")
+        if m["flaggems"]:
+            console.print(f"FlagGems ops excluded: {', '.join(m['exclude']) or 'none'}")
+    for n in outcome["notes"]:
+        console.print(f"[yellow]note: {n}[/yellow]")
+    if outcome.get("check"):
+        check_table(outcome["check"])
+
+
+def check_table(rep: dict) -> None:
+    rows = sorted(rep["results"], key=lambda r: ({"crash": 0, "mismatch": 1, "skipped": 2, "pass": 3}[r["status"]], r["op"]))
+    t = Table(title=f"consistency check: {rep['candidate']} vs native · " +
+              ", ".join(f"{k} {v}" for k, v in rep["counts"].items()) +
+              (f"\n{rep['label']}" if rep.get("label") else ""))
+    for col in ("op", "FlagGems fn", "inputs", "status", "max abs err", "rel err", "detail"):
+        t.add_column(col, overflow="fold")
+    colour = {"crash": "red", "mismatch": "red", "skipped": "yellow", "pass": "green"}
+    for r in rows:
+        t.add_row(r["op"], r.get("gems_fn") or "-", r["inputs"][:120], f"[{colour[r['status']]}]{r['status']}[/]",
+                  _fmt(r.get("max_abs_error"), ".2e"), _fmt(r.get("rel_error"), ".2e"), (r.get("detail") or "")[:160])
+    console.print(t)
+    console.print(f"exclude list (failing FlagGems functions): {', '.join(rep['exclude']) or 'none'}")
+    if rep.get("dropped"):
+        console.print(f"[yellow]{len(rep['dropped'])} input sets not recorded (over the capture caps)[/yellow]")
+    e2e = rep.get("e2e")
+    if e2e:
+        if e2e.get("status") == "done":
+            console.print(f"end to end ({e2e['steps']} decode steps, excluded {', '.join(e2e['exclude']) or 'none'}): "
+                          f"max abs logit error {e2e['max_abs_error']:.3g}, top-1 agreement {e2e['top1_agreement']:.1%}")
+        else:
+            console.print(f"end to end: {e2e.get('status')} {e2e.get('detail', '')}")

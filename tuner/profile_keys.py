@@ -1,0 +1,50 @@
+"""Keys for `tuner tune --from-profile`: the hot GEMMs of a stored profile run, hottest first."""
+
+from __future__ import annotations
+
+from tuner.errors import UserError
+
+SUPPORTED = ("mm",)
+
+
+def keys_from_profile(db_url: str | None, profile_id_or_latest: str | int, top: int | None, op: str = "mm") -> list[str]:
+    """Shape strings ("16,4608,3584", i.e. M,N,K with nn.Linear's weight layout BT=1) of the
+    profile's mm-family rows without a batch dimension, in rank order, without repeats, at most
+    `top` of them. Batched rows (bmm, attention matmuls) are not mm keys and are left out.
+
+    Unknown profile id, no database, or an op other than mm: UserError.
+    """
+    from db import DatabaseUnusable, open_database
+    from db import profile_queries as pq
+
+    if op not in SUPPORTED:
+        raise UserError(f"--from-profile gives keys for {', '.join(SUPPORTED)} only, not {op!r}")
+    if top is not None and top < 1:
+        raise UserError("--top must be a positive number")
+    try:
+        db = open_database(db_url, create=False)
+    except DatabaseUnusable as e:
+        raise UserError(str(e)) from None
+    try:
+        with db.session() as s:
+            run = pq.get_profile_run(s, profile_id_or_latest)
+            if run is None:
+                which = "no profile has been stored yet" if str(profile_id_or_latest).strip().lower() == "latest" \
+                    else f"no stored profile has id {profile_id_or_latest!r}"
+                raise UserError(f"{which}; run `tuner profile` first, or pick an id it printed")
+            keys: list[str] = []
+            for h in pq.hot_ops(s, run):
+                k = h.key or {}
+                if h.tunable != "mm" or k.get("batch", 1) != 1:
+                    continue
+                try:
+                    text = f"{int(k['M'])},{int(k['N'])},{int(k['K'])}"
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if text not in keys:
+                    keys.append(text)
+                if top is not None and len(keys) >= top:
+                    break
+            return keys
+    finally:
+        db.dispose()
