@@ -302,11 +302,17 @@ def profile(req: ProfileRequest, on_stage: Callable[[str], None] | None = None) 
         db.dispose()
 
 
-def _exclude(db, env_id: int) -> list[str]:
+def _candidate_name(candidate: str | None) -> str:
+    from tuner import check as chk
+
+    return "flag_gems" if candidate in (None, chk.FLAGGEMS_CANDIDATE) else candidate
+
+
+def _exclude(db, env_id: int, candidate: str | None = None) -> list[str]:
     from db import profile_queries as pq
 
     with db.session() as s:
-        return pq.exclude_list(s, env_id)
+        return pq.exclude_list(s, env_id, candidate=_candidate_name(candidate))
 
 
 def _run_check(db, env_id: int, profile_run_id: int | None, steps, candidate: str, device: str, req) -> object:
@@ -316,7 +322,7 @@ def _run_check(db, env_id: int, profile_run_id: int | None, steps, candidate: st
 
     jobs = req.check_jobs or (4 if device == "cuda" else 1)
     report = chk.check_steps(steps, candidate=candidate, device=device, timeout_s=req.check_timeout_s, jobs=jobs)
-    name = "flag_gems" if candidate == chk.FLAGGEMS_CANDIDATE else candidate
+    name = _candidate_name(candidate)
     with db.session() as s:
         pq.add_consistency_results(s, s.get(Environment, env_id), [asdict(r) for r in report.results],
                                    profile_run_id=profile_run_id, candidate=name)
@@ -381,7 +387,7 @@ def check(req: CheckRequest, on_stage: Callable[[str], None] | None = None) -> d
                               "skipped: end to end runs FlagGems only"}
         out = report.to_dict()
         out["label"] = label(desc, "cuda" if device == "cuda" else "cpu")
-        out["stored_exclude_list"] = _exclude(db, env_id)
+        out["stored_exclude_list"] = _exclude(db, env_id, req.candidate)
         return out
     finally:
         db.dispose()
