@@ -126,8 +126,9 @@ class Kernel(ABC):
         return 0.0
 
     # ---- identity -----------------------------------------------------------------------
-    def source_hash(self) -> str:
-        """Hash of the source of every module that defines the measured kernels."""
+    def source_hash(self, config: Config | None = None) -> str:
+        """Hash of the source that defines the kernel `config` runs (every module of the op when
+        no config is given). Injection refuses a result whose hash differs from the running one."""
         import importlib
 
         h = hashlib.sha256()

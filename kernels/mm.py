@@ -41,9 +41,17 @@ def next_pow2(x: int) -> int:
 
 
 def _flag_gems_mm_module():
-    """FlagGems' Hopper mm module (imports flag_gems; needs a GPU)."""
+    """The module FlagGems' aten::mm dispatches to on this GPU. FlagGems loads its Hopper ops
+    under its own module names (`hopper.ops.mm`), so importing the file by its package path
+    would create a second copy with its own LibTuner caches: find the loaded one instead."""
     import importlib
+    import sys
 
+    importlib.import_module("flag_gems")
+    for mod in list(sys.modules.values()):
+        entry = getattr(mod, "mm_kernel_general_host_tma", None)
+        if entry is not None and type(entry).__name__ == "LibEntry":
+            return mod
     return importlib.import_module("flag_gems.runtime.backend._nvidia.hopper.ops.mm")
 
 
@@ -163,6 +171,23 @@ class MM(Kernel):
         return None
 
     # ---- running ------------------------------------------------------------------------
+    def source_hash(self, config: Config | None = None) -> str:
+        """sha256 of the Triton source of the kernel this config runs: FlagGems' JIT function
+        for fg_* variants, kernels/triton_mm.py for split-K."""
+        import hashlib
+        import inspect
+
+        variant = (config or {}).get("variant")
+        if variant == "splitk":
+            import kernels.triton_mm as own
+
+            return hashlib.sha256(inspect.getsource(own).encode()).hexdigest()
+        if variant in ("fg_tma", "fg_general"):
+            fg = _flag_gems_mm_module()
+            fn = fg.mm_kernel_general_host_tma if variant == "fg_tma" else fg.mm_kernel_general
+            return hashlib.sha256(_jit(fn).src.encode()).hexdigest()
+        return super().source_hash()
+
     def make_inputs(self, key: Key, dtype: str, device: str, n_sets: int, seed: int) -> Inputs:
         import torch
 

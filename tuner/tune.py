@@ -185,7 +185,7 @@ def _store(db, kernel: Kernel, key: Key, dtype: str, o: Outcome, env_id: int, ru
     with db.session() as s:
         queries.upsert_best(
             s, environment_id=env_id, kernel=kernel.name, key_values=kernel.key_dict(key), dtype=dtype,
-            run_id=run_id, kernel_source_hash=kernel.source_hash(), config=o.best_config, time_us=o.best_us,
+            run_id=run_id, kernel_source_hash=kernel.source_hash(o.best_config), config=o.best_config, time_us=o.best_us,
             untuned_us=untuned, native_us=native,
             speedup_vs_untuned=untuned / o.best_us if untuned else None,
             speedup_vs_native=native / o.best_us if native else None,

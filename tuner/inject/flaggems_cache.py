@@ -15,7 +15,6 @@ so table names computed on a CPU host differ from the H100's: seed on the servin
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import logging
 import sys
@@ -66,17 +65,17 @@ def _check_version() -> None:
 
 def locate_mm_module():
     """The module whose mm FlagGems dispatches to (Hopper: loaded as `hopper.ops.mm`)."""
-    importlib.import_module("flag_gems")
+    from kernels.mm import _flag_gems_mm_module
+
+    mod = _flag_gems_mm_module()
     from flag_gems.utils.libentry import LibEntry
 
-    found = [m for m in list(sys.modules.values())
-             if isinstance(getattr(m, "mm_kernel_general_host_tma", None), LibEntry)]
-    if not found:
+    if not isinstance(getattr(mod, "mm_kernel_general_host_tma", None), LibEntry):
         raise UnsupportedFlagGemsError(
             "FlagGems' Hopper mm module (mm_kernel_general_host_tma) is not loaded; "
             "is this an sm_90 machine (or ARCH=sm_90 set)?"
         )
-    return found[0]
+    return mod
 
 
 def locate_mm_tuners() -> dict[str, Any]:
@@ -94,17 +93,11 @@ def locate_mm_tuners() -> dict[str, Any]:
 
 
 def fg_kernel_source_hash(variant: str) -> str:
-    """sha256 of the Triton source of the FlagGems kernel behind `variant`.
+    """The `kernel_source_hash` an fg_* record carries: the one kernels/mm.py stores when the
+    result is measured (sha256 of the FlagGems JIT function's source)."""
+    from kernels.mm import MM
 
-    This is the `kernel_source_hash` a record of an fg_* variant must carry: the
-    fingerprint code should compute it with this same function.
-    """
-    import triton
-
-    fn = locate_mm_tuners()[variant]
-    while not isinstance(fn, triton.runtime.JITFunction):
-        fn = fn.fn
-    return hashlib.sha256(fn.src.encode()).hexdigest()
+    return MM().source_hash({"variant": variant})
 
 
 def _runtime_args(mod, variant: str, M: int, N: int, K: int, dtype: str, b_layout: str) -> dict:
