@@ -18,20 +18,26 @@ from tuner.search import Budget, run_search
 from tuner.search_replay import ReplayMeasurer, recorded_times
 
 
+class _Reached(Exception):
+    pass
+
+
 def evaluations_to_target(kernel, key, times, sampler, seed, slack=1.02, cap=None):
+    """Measured configs until one is within `slack` of the grid's best (None: not within cap)."""
     target = min(times.values()) * slack
-    hits = []
 
     def on_event(ev):
-        if ev.kind == "measured" and ev.time_us <= target and not hits:
-            hits.append(ev.measured)
+        if ev.kind == "measured" and ev.time_us <= target:
+            raise _Reached(ev.measured)
 
-    cap = cap or len(times)
     storage = optuna.storages.InMemoryStorage()
-    run_search(kernel=kernel, key=key, dtype="bf16", device="cuda", storage=storage, study_name="replay",
-               measurer=ReplayMeasurer(times), sampler=sampler, budget=Budget(trials=cap), seed=seed,
-               on_event=on_event)
-    return hits[0] if hits else None
+    try:
+        run_search(kernel=kernel, key=key, dtype="bf16", device="cuda", storage=storage, study_name="replay",
+                   measurer=ReplayMeasurer(times), sampler=sampler, budget=Budget(trials=cap or len(times)),
+                   seed=seed, on_event=on_event)
+    except _Reached as hit:
+        return hit.args[0]
+    return None
 
 
 def main() -> None:
