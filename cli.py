@@ -224,5 +224,68 @@ def check(
         check_table(rep)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="Model to serve: a checkpoint folder (e.g. one written by "
+                                "`tuner checkpoint`, or a real MiniCPM-o 2.6 / Qwen2 checkpoint) or a name "
+                                "the engine resolves. Arguments after `--` go to the engine."),
+    use_tuned: bool = typer.Option(False, "--use-tuned", help="Inject the stored best configs measured on this "
+                                   "GPU (FlagGems LibTuner cache rows, split-K mm overrides, vLLM fused-MoE "
+                                   "files). Without it: FlagGems untuned, for comparison."),
+    engine: str = typer.Option("vllm", "--engine", help="vllm | flagscale | transformers (transformers' own "
+                               "OpenAI-compatible server)."),
+    port: int = typer.Option(8000, "--port", help="Port the engine listens on."),
+    max_tokens: int = typer.Option(8192, "--max-tokens", help="Largest M (batched tokens) the server will "
+                                   "meet: every M from 1 to this gets a seeded config."),
+    exclude: Optional[str] = typer.Option(None, "--exclude", help="FlagGems ops to leave to PyTorch, comma "
+                                          "separated. Default: the ops the stored consistency check failed."),
+    allow_foreign: bool = typer.Option(False, "--allow-foreign", help="Use results measured on another GPU or "
+                                       "software stack (loudly warned)."),
+    runtime_dir: Optional[str] = typer.Option(None, "--runtime-dir", help="Folder for the exported state "
+                                              "(default ~/.tuner/runtime)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Prepare the runtime folder, print the command and "
+                                 "environment, do not launch."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Launch an engine with FlagGems enabled (minus the ops the consistency check rejected) and,
+    with --use-tuned, every tuned config active so nothing autotunes at serve time."""
+    from tuner import serve as flow
+
+    req = flow.ServeRequest(model=model, engine=engine, use_tuned=use_tuned, engine_args=list(ctx.args),
+                            db_url=db, allow_foreign=allow_foreign, max_tokens=max_tokens,
+                            runtime_dir=runtime_dir, port=port, dry_run=dry_run,
+                            exclude=[o for o in exclude.split(",") if o] if exclude is not None else None)
+    try:
+        prepared = flow.prepare(req)
+    except UserError as e:
+        _fail(e)
+    typer.echo(f"runtime folder {prepared.runtime_dir}: {prepared.records} tuned configs, "
+               f"FlagGems excluded ops: {', '.join(prepared.exclude) or 'none'}", err=True)
+    if dry_run:
+        typer.echo(json.dumps({"command": prepared.command, "env": prepared.env}, indent=2))
+        return
+    raise typer.Exit(flow.launch(prepared))
+
+
+@app.command()
+def checkpoint(
+    folder: str = typer.Argument(..., help="New folder to write (must not exist or be empty)."),
+    scale: float = typer.Option(1.0, "--scale", help="Shrink the model (CPU tests); 1.0 = MiniCPM-o 2.6's LLM."),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16 | fp16 | fp32."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+) -> None:
+    """Write a servable checkpoint: the MiniCPM-o 2.6 LLM (Qwen2, 28 layers, hidden 3584) with random
+    weights and a tokenizer trained locally (nothing is downloaded). To serve a real checkpoint,
+    pass its folder to `tuner serve` instead."""
+    from tuner.checkpoint import write_llm_checkpoint
+
+    try:
+        path = write_llm_checkpoint(folder, scale=scale, dtype=dtype, seed=seed)
+    except UserError as e:
+        _fail(e)
+    typer.echo(str(path))
+
+
 if __name__ == "__main__":
     app()

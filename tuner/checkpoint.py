@@ -1,0 +1,79 @@
+"""A servable checkpoint of the MiniCPM-o 2.6 LLM with random weights and a locally built
+tokenizer: nothing can be downloaded, so `tuner serve` writes what it serves. A real checkpoint
+folder (config.json, *.safetensors, tokenizer files) can be served instead by passing its path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tuner.errors import UserError
+
+# enough text for a byte-level BPE to learn common merges; the model's weights are random, so the
+# tokenizer only has to round-trip text
+_CORPUS = [
+    "You are a helpful assistant. The quick brown fox jumps over the lazy dog.",
+    "MiniCPM-o 2.6 is a multimodal model with vision, audio and speech built on a Qwen2.5-7B LLM.",
+    "Hello! How can I help you today? Please describe the image and transcribe the audio.",
+    "FlagGems replaces PyTorch operators with Triton kernels; tuner injects tuned configs.",
+] * 8
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=2048, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   bos_token=None, unk_token=None)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def write_llm_checkpoint(folder: str | Path, scale: float = 1.0, dtype: str = "bf16", seed: int = 0) -> Path:
+    """Write config.json, model safetensors and tokenizer files; atomically (temp dir + rename)."""
+    import torch
+
+    from tuner.workload import WorkloadError, build_model
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder} exists and is not empty; choose a new folder for the checkpoint")
+    tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(dtype)
+    if tdt is None:
+        raise UserError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
+    try:
+        model = build_model(scale=scale, dtype=tdt, device="cpu", components=("llm",), seed=seed)
+    except WorkloadError as e:
+        raise UserError(str(e)) from None
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        llm = model.llm
+        llm.config.dtype = tdt
+        llm.config.eos_token_id = None
+        llm.generation_config.eos_token_id = None
+        llm.save_pretrained(tmp, safe_serialization=True)
+        build_tokenizer().save_pretrained(tmp)
+        (tmp / "TUNER_CHECKPOINT.txt").write_text(
+            f"MiniCPM-o 2.6 LLM (Qwen2) with RANDOM weights, scale={scale}, dtype={dtype}, seed={seed}; "
+            "tokenizer trained locally. Written by `tuner checkpoint`.\n")
+        if folder.exists():
+            folder.rmdir()
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

@@ -1,0 +1,162 @@
+"""`tuner serve`: prepare the runtime folder, set the environment, launch the engine, forward
+signals. The same runtime hook (tuner.inject.plugin.register) runs inside every engine process:
+through the `vllm.general_plugins` entry point for vLLM and FlagScale (which wraps vLLM), and
+through a `sitecustomize` module for transformers' own server."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuner.errors import UserError
+
+ENGINES = ("vllm", "flagscale", "transformers")
+DEFAULT_RUNTIME = Path("~/.tuner/runtime")
+INSTALL_HINT = {
+    "vllm": "pip install vllm (0.33 pins torch 2.14; match your torch)",
+    "flagscale": "install FlagScale (github.com/FlagOpen/FlagScale) so that `flagscale` is on PATH",
+    "transformers": 'pip install "transformers[serving]" (fastapi, uvicorn, pydantic, openai)',
+}
+_SITECUSTOMIZE = '''# written by tuner serve: applies tuned configs in engines without vLLM's plugin loader
+import os
+if os.environ.get("TUNER_RUNTIME_DIR"):
+    from tuner.inject.plugin import register
+    register()
+'''
+
+
+@dataclass
+class ServeRequest:
+    model: str
+    engine: str = "vllm"
+    use_tuned: bool = False
+    engine_args: list[str] = field(default_factory=list)
+    db_url: str | None = None
+    allow_foreign: bool = False
+    max_tokens: int = 8192
+    runtime_dir: str | None = None
+    port: int = 8000
+    exclude: list[str] | None = None  # None: the stored consistency check decides
+    dry_run: bool = False
+
+
+@dataclass
+class Prepared:
+    command: list[str]
+    env: dict[str, str]  # only what tuner adds to the caller's environment
+    runtime_dir: Path
+    records: int
+    exclude: list[str]
+
+
+def engine_command(engine: str, model: str, port: int, args: list[str]) -> list[str]:
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError(f"the vllm engine is not installed: {INSTALL_HINT['vllm']}")
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+                "--port", str(port), *args]
+    if engine == "flagscale":
+        exe = shutil.which("flagscale")
+        if exe is None:
+            raise UserError(f"the flagscale engine is not installed: {INSTALL_HINT['flagscale']}")
+        return [exe, "serve", model, *args]
+    if importlib.util.find_spec("transformers") is None:
+        raise UserError(f"the transformers engine is not installed: {INSTALL_HINT['transformers']}")
+    from transformers.utils.import_utils import is_serve_available
+
+    if not is_serve_available():
+        raise UserError(f"transformers' server needs its serving extras: {INSTALL_HINT['transformers']}")
+    return [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve",
+            "--force-model", model, "--port", str(port), "--device", "cuda", "--dtype", "bfloat16", *args]
+
+
+def _running_gpu() -> str | None:
+    from tuner.fingerprint import collect
+
+    return collect("cuda").gpu_name
+
+
+def select_records(db_url: str | None, allow_foreign: bool) -> list[dict]:
+    """Stored best configs measured on this GPU (every stored one with allow_foreign)."""
+    from db import DatabaseUnusable, open_database, queries
+
+    try:
+        db = open_database(db_url, create=False)
+    except DatabaseUnusable as e:
+        raise UserError(str(e)) from None
+    try:
+        with db.session() as s:
+            recs = queries.records(queries.best_configs(s))
+    finally:
+        db.dispose()
+    gpu = _running_gpu()
+    mine = [r for r in recs if r["environment"].get("gpu_name") == gpu and r["environment"]["device"] == "cuda"]
+    if allow_foreign:
+        return mine or [r for r in recs if r["environment"]["device"] == "cuda"]
+    if not mine:
+        raise UserError(f"no tuned results measured on this GPU ({gpu or 'none visible'}) in the database; "
+                        "run `tuner tune` here first, or pass --allow-foreign")
+    return mine
+
+
+def stored_exclude_list(db_url: str | None) -> list[str]:
+    try:
+        from tuner.profile_flow import environment_exclude_list
+    except ImportError:  # the consistency check is not part of this install
+        return []
+    try:
+        return list(environment_exclude_list(db_url, device="cuda"))
+    except UserError:
+        return []
+
+
+def prepare(req: ServeRequest) -> Prepared:
+    from tuner.inject.foreign import ForeignResultError
+    from tuner.inject.plugin import runtime_env, write_runtime_dir
+
+    if req.max_tokens <= 0:
+        raise UserError("--max-tokens must be a positive number")
+    command = engine_command(req.engine, req.model, req.port, req.engine_args)
+    if req.engine == "transformers" and not Path(req.model).exists():
+        raise UserError(f"model folder {req.model} does not exist (write one with `tuner checkpoint`)")
+    records = select_records(req.db_url, req.allow_foreign) if req.use_tuned else []
+    exclude = req.exclude if req.exclude is not None else stored_exclude_list(req.db_url)
+    folder = Path(req.runtime_dir or DEFAULT_RUNTIME).expanduser()
+    try:
+        write_runtime_dir(folder, records, exclude, max_tokens=req.max_tokens, allow_foreign=req.allow_foreign)
+    except ForeignResultError as e:
+        raise UserError(str(e)) from None
+    env = runtime_env(folder)
+    if req.engine == "transformers":
+        site = folder / "site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+        repo = str(Path(__file__).resolve().parent.parent)  # tuner importable in the engine
+        env["PYTHONPATH"] = os.pathsep.join([str(site), repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if req.engine == "flagscale":
+        env["USE_FLAGGEMS"] = "1"
+    return Prepared(command, env, folder, len(records), list(exclude))
+
+
+def launch(p: Prepared) -> int:
+    """Run the engine in the foreground; SIGINT/SIGTERM go to it; its exit code is ours."""
+    proc = subprocess.Popen(p.command, env={**os.environ, **p.env})
+
+    def forward(signum, _frame):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
