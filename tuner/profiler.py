@@ -196,6 +196,8 @@ def rank(rows: Sequence[HotOp], top: int | None = None) -> list[HotOp]:
 # --- reading torch.profiler events -----------------------------------------------------------
 
 def _dtype(input_dtypes: Sequence[str] | None) -> str:
+    """The first floating dtype among the inputs; "-" when unknown (FunctionEvent only carries
+    input dtypes from torch 2.13 on: on older torch every row reads "-")."""
     for name in input_dtypes or ():
         if name in _DTYPES:
             return _DTYPES[name]
@@ -236,7 +238,7 @@ def samples_from_events(events, time_source: str, step_names: Iterable[str] = ()
     if time_source == "cpu":
         for e in events:
             if e.device_type == DeviceType.CPU and not e.is_async and _is_op(e) and e.self_cpu_time_total > 0:
-                samples.append(KernelSample(e.name, _shapes(e), _dtype(e.input_dtypes), "cpu",
+                samples.append(KernelSample(e.name, _shapes(e), _dtype(getattr(e, "input_dtypes", None)), "cpu",
                                             float(e.self_cpu_time_total), id(e), _step_of(e, names)))
         return samples
 
@@ -249,7 +251,7 @@ def samples_from_events(events, time_source: str, step_names: Iterable[str] = ()
             continue
         owner = _owner(e) or e
         for kern in e.kernels:
-            samples.append(KernelSample(owner.name, _shapes(owner), _dtype(owner.input_dtypes), kern.name,
+            samples.append(KernelSample(owner.name, _shapes(owner), _dtype(getattr(owner, "input_dtypes", None)), kern.name,
                                         float(kern.duration), id(owner), _step_of(e, names)))
     # GPU time whose launch the profiler could not link to an op still counts in the shares
     missing = device_total - sum(s.us for s in samples)

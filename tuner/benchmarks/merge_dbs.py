@@ -1,0 +1,39 @@
+"""Merge the best configs of several tuner databases into one (same environments kept apart).
+
+usage: python -m tuner.benchmarks.merge_dbs DEST_DB SRC_DB [SRC_DB ...]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from db import open_database, queries
+
+_FIELDS = ("kernel_source_hash", "config", "time_us", "untuned_us", "native_us", "speedup_vs_untuned",
+           "speedup_vs_native", "max_abs_error", "rel_error", "trials_used", "timing", "study_name")
+
+
+def merge(dest: str, sources: list[str]) -> int:
+    out = open_database(dest)
+    n = 0
+    with out.session() as s:
+        for src in sources:
+            db = open_database(src, create=False)
+            with db.session() as r:
+                recs = queries.records(queries.best_configs(r))
+            db.dispose()
+            for rec in recs:
+                env_fields = dict(rec["environment"])
+                env = queries.get_or_create_environment(s, env_fields.pop("fingerprint"), env_fields)
+                run = queries.start_run(s, env, kernel=rec["kernel"], sampler="merge", device=env.device,
+                                        compile_workers=0, status="done", reason=f"merged from {src}")
+                queries.upsert_best(s, environment_id=env.id, kernel=rec["kernel"], key_values=rec["key"],
+                                    dtype=rec["dtype"], run_id=run.id, **{f: rec[f] for f in _FIELDS})
+                n += 1
+        s.commit()
+    out.dispose()
+    return n
+
+
+if __name__ == "__main__":
+    print(merge(sys.argv[1], sys.argv[2:]), "records merged")
