@@ -75,7 +75,7 @@ def engine_command(engine: str, model: str, port: int, args: list[str]) -> list[
     if not is_serve_available():
         raise UserError(f"transformers' server needs its serving extras: {INSTALL_HINT['transformers']}")
     return [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve",
-            "--force-model", model, "--port", str(port), "--device", "cuda", "--dtype", "bfloat16", *args]
+            model, "--port", str(port), "--device", os.environ.get("TUNER_SERVE_DEVICE", "cuda"), "--dtype", "auto", *args]
 
 
 def _running_gpu() -> str | None:
