@@ -26,8 +26,13 @@ INSTALL_HINT = {
 _SITECUSTOMIZE = '''# written by tuner serve: applies tuned configs in engines without vLLM's plugin loader
 import os
 if os.environ.get("TUNER_RUNTIME_DIR"):
-    from tuner.inject.plugin import register
-    register()
+    try:
+        from tuner.inject.plugin import register
+        register()
+    except Exception as e:  # never serve silently without the state the user asked for
+        import sys
+        print(f"tuner: cannot apply {os.environ['TUNER_RUNTIME_DIR']}: {type(e).__name__}: {e}", file=sys.stderr)
+        os._exit(3)
 '''
 
 
