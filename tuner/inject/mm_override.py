@@ -93,12 +93,15 @@ def install_mm_overrides(
     max_tokens: int = 8192,
     dispatch_key: str = "CUDA",
     splitk_mm: Callable | None = None,
+    fallback: Callable | None = None,
 ) -> MmOverride:
     """Register the aten::mm override for split-K winners; a no-op if there are none.
 
     `splitk_mm(a, b, config)` defaults to `kernels.triton_mm.splitk_mm`; `dispatch_key`
     exists so the routing can be exercised on CPU. The CUDA override needs a GPU.
-    Install after `flag_gems.enable()`: the previous kernel is captured at install time.
+    Keys no split-K winner covers go to `fallback(a, b)` when given (FlagGems' own mm, whose
+    aten registration must then be left out: torch allows one Python kernel per op and key),
+    else to the kernel registered before (captured at install time).
     """
     plan = splitk_plan(records, max_tokens)
     if not plan:
@@ -118,6 +121,8 @@ def install_mm_overrides(
             cfg = lookup(table, a.shape[0], b.shape[1], a.shape[1], a.dtype)
             if cfg is not None:
                 return splitk_mm(a, b, cfg)
+        if fallback is not None:
+            return fallback(a, b)
         return previous.call_boxed(keyset, a, b)
 
     lib = torch.library.Library("aten", "IMPL")

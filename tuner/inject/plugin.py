@@ -121,7 +121,10 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
         from tuner.inject.flaggems_cache import seed_mm_cache
         from tuner.inject.flaggems_moe import install_flaggems_moe_hook
 
-        flag_gems.enable(unused=list(exclude))  # a list: no vendor default exclude list
+        # split-K winners take aten::mm over and hand every other key to FlagGems' mm; torch
+        # allows one Python kernel per op and dispatch key, so FlagGems must not register mm too
+        unused = list(exclude) + (["mm"] if splitk_plan(records, state["max_tokens"]) else [])
+        flag_gems.enable(unused=unused)  # a list: no vendor default exclude list
         report = seed_mm_cache(records, max_tokens=state["max_tokens"],
                                allow_foreign=state["allow_foreign"])
         counts["mm_flaggems"] = report.records
@@ -130,7 +133,12 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
         import torch
 
         if torch.cuda.is_available():
-            if install_mm_overrides(records, max_tokens=state["max_tokens"]).lib is not None:
+            fallback = None
+            if state["enable_flaggems"] and "mm" not in exclude:
+                from kernels.mm import _flag_gems_mm_module
+
+                fallback = _flag_gems_mm_module().mm  # seeded above: no autotuning
+            if install_mm_overrides(records, max_tokens=state["max_tokens"], fallback=fallback).lib is not None:
                 counts["mm_splitk"] = sum(1 for r in records if r.get("kernel") == "mm"
                                           and r["config"].get("variant") == "splitk")
         else:

@@ -76,6 +76,31 @@ def test_override_routes_on_cpu_key_and_falls_back_to_previous_kernel():
     torch.testing.assert_close(torch.mm(a, b), (a.unsqueeze(-1) * b).sum(1))  # restored
 
 
+
+def test_uncovered_keys_go_to_the_given_fallback():
+    """With FlagGems enabled, keys no split-K winner covers go to FlagGems' own mm (here a
+    recording fallback on the CPU key), not to the kernel registered before."""
+    import torch
+
+    seen = []
+
+    def fallback(a, b):
+        seen.append(tuple(a.shape) + tuple(b.shape))
+        return (a.double() @ b.double()).to(a.dtype)
+
+    def splitk(a, b, cfg):
+        return torch.zeros(a.shape[0], b.shape[1], dtype=a.dtype)
+
+    h = install_mm_overrides([rec(1, N=48, K=32, dtype="fp32")], max_tokens=8, dispatch_key="CPU",
+                             splitk_mm=splitk, fallback=fallback)
+    try:
+        a, b = torch.randn(4, 32), torch.randn(32, 40)
+        torch.testing.assert_close(torch.mm(a, b), (a.double() @ b.double()).float())
+        assert (torch.mm(torch.randn(2, 32), torch.randn(32, 48)) == 0).all()  # covered: split-K
+    finally:
+        h.uninstall()
+    assert seen == [(4, 32, 32, 40)]
+
 @pytest.mark.gpu
 def test_override_routes_covered_shapes_to_splitk():
     import torch
