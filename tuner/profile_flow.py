@@ -137,12 +137,22 @@ def label(model: dict, time_source: str) -> str:
 # --- helpers ------------------------------------------------------------------------------------------
 
 def _open_db(url: str | None):
-    from db import DatabaseUnusable, open_database
+    from tuner.store import open_db
 
-    try:
-        return open_database(url)
-    except DatabaseUnusable as e:
-        raise UserError(str(e)) from None
+    return open_db(url)
+
+
+def _build_steps(req, workloads, device: str, dtype, options):
+    """The model (random or --weights), its description, and its request steps."""
+    from tuner.workload import WorkloadError, build_model, build_requests, components_for, describe, load_weights
+
+    model = build_model(req.scale, dtype, device, components=components_for(workloads))
+    if req.weights is not None:
+        try:
+            load_weights(model, req.weights)
+        except WorkloadError as e:
+            raise UserError(str(e)) from None
+    return model, describe(model) | {"weights": req.weights or "random"}, build_requests(model, workloads, options)
 
 
 def _environment(db, device: str):
@@ -228,21 +238,13 @@ def _flaggems_module():
 def profile(req: ProfileRequest, on_stage: Callable[[str], None] | None = None) -> ProfileOutcome:
     from tuner import check as chk
     from tuner.profiler import measure_overhead, profile_steps
-    from tuner.workload import WorkloadError, build_model, build_requests, components_for, describe, load_weights
 
     stage = on_stage or (lambda _msg: None)
     workloads, device, dtype, options = validate(req)
     db = _open_db(req.db_url)  # a foreign or unreadable --db is refused before any work
     try:
         stage("building the model")
-        model = build_model(req.scale, dtype, device, components=components_for(workloads))
-        if req.weights is not None:
-            try:
-                load_weights(model, req.weights)
-            except WorkloadError as e:
-                raise UserError(str(e)) from None
-        desc = describe(model) | {"weights": req.weights or "random"}
-        steps = build_requests(model, workloads, options)
+        model, desc, steps = _build_steps(req, workloads, device, dtype, options)
         source = "cuda" if device == "cuda" else "cpu"
         notes: list[str] = []
         if req.scale != 1.0:
@@ -350,7 +352,6 @@ class CheckRequest:
 def check(req: CheckRequest, on_stage: Callable[[str], None] | None = None) -> dict:
     """`tuner check`: capture the workload's FlagGems-op inputs, check each op, store, end to end."""
     from tuner import check as chk
-    from tuner.workload import WorkloadError, build_model, build_requests, components_for, describe, load_weights
 
     stage = on_stage or (lambda _msg: None)
     preq = ProfileRequest(workloads=req.workloads, scale=req.scale, weights=req.weights, device=req.device,
@@ -367,14 +368,7 @@ def check(req: CheckRequest, on_stage: Callable[[str], None] | None = None) -> d
     db = _open_db(req.db_url)
     try:
         stage("building the model")
-        model = build_model(req.scale, dtype, device, components=components_for(workloads))
-        if req.weights is not None:
-            try:
-                load_weights(model, req.weights)
-            except WorkloadError as e:
-                raise UserError(str(e)) from None
-        desc = describe(model) | {"weights": req.weights or "random"}
-        steps = build_requests(model, workloads, options)
+        model, desc, steps = _build_steps(req, workloads, device, dtype, options)
         env_id, _ = _environment(db, device)
         stage("consistency check (one subprocess per op)")
         report = _run_check(db, env_id, None, steps, req.candidate or chk.FLAGGEMS_CANDIDATE, device, preq)

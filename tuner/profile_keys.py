@@ -14,17 +14,14 @@ def keys_from_profile(db_url: str | None, profile_id_or_latest: str | int, top: 
 
     Unknown profile id, no database, or an op other than mm: UserError.
     """
-    from db import DatabaseUnusable, open_database
+    from tuner.store import open_db
     from db import profile_queries as pq
 
     if op not in SUPPORTED:
         raise UserError(f"--from-profile gives keys for {', '.join(SUPPORTED)} only, not {op!r}")
     if top is not None and top < 1:
         raise UserError("--top must be a positive number")
-    try:
-        db = open_database(db_url, create=False)
-    except DatabaseUnusable as e:
-        raise UserError(str(e)) from None
+    db = open_db(db_url, create=False)
     try:
         with db.session() as s:
             run = pq.get_profile_run(s, profile_id_or_latest)

@@ -9,7 +9,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tuner.errors import UserError
 
 console = Console(width=None if Console().is_terminal else 160)
 
@@ -73,12 +72,10 @@ def tune_table(results) -> None:
 
 
 def best_records(db_url, op, gpu) -> list[dict]:
-    from db import DatabaseUnusable, open_database, queries
+    from db import queries
+    from tuner.store import open_db
 
-    try:
-        db = open_database(db_url, create=False)
-    except DatabaseUnusable as e:
-        raise UserError(str(e)) from None
+    db = open_db(db_url, create=False)
     try:
         with db.session() as s:
             return queries.records(queries.best_configs(s, kernel=op, gpu_name=gpu))

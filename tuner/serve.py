@@ -91,12 +91,10 @@ def _running_gpu() -> str | None:
 
 def select_records(db_url: str | None, allow_foreign: bool) -> list[dict]:
     """Stored best configs measured on this GPU (every stored one with allow_foreign)."""
-    from db import DatabaseUnusable, open_database, queries
+    from db import queries
+    from tuner.store import open_db
 
-    try:
-        db = open_database(db_url, create=False)
-    except DatabaseUnusable as e:
-        raise UserError(str(e)) from None
+    db = open_db(db_url, create=False)
     try:
         with db.session() as s:
             recs = queries.records(queries.best_configs(s))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
