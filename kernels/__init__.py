@@ -9,6 +9,7 @@ from kernels.base import Kernel, KernelInputError
 # op name -> "module:ClassName"; imported lazily so listing ops never imports torch/flag_gems
 REGISTRY: dict[str, str] = {
     "mm": "kernels.mm:MM",
+    "fused_moe": "kernels.fused_moe:FusedMoE",
 }
 
 
