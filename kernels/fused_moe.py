@@ -15,10 +15,18 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
-from kernels.base import Config, Inputs, Kernel, KernelInputError, Key, Runner, torch_dtype
+from kernels.base import (
+    Config,
+    Inputs,
+    Kernel,
+    KernelInputError,
+    Key,
+    Runner,
+    torch_dtype,
+)
 
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
 # vLLM's tuner grid (benchmarks/kernels/benchmark_moe.py), plus GROUP_SIZE_M=8, which FlagGems'
@@ -93,7 +101,7 @@ def vllm_config_path(E: int, N: int, gpu_name: str) -> Path | None:
     spec = importlib.util.find_spec("vllm")
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model_executor/layers/fused_moe/configs"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model_executor/layers/fused_moe/configs"
     path = folder / f"E={E},N={N},device_name={vllm_device_name(gpu_name)}.json"
     return path if path.is_file() else None
 
@@ -149,8 +157,8 @@ def _fg_runner(key: Key, config: Config, dtype: str) -> Runner:
     bm = cfg["BLOCK_SIZE_M"]
     naive = naive_assignment(key)
     compute_type = {"bf16": tl.bfloat16, "fp16": tl.float16}[dtype]
-    flags = dict(use_fp8_w8a8=False, use_int8_w8a8=False, use_int8_w8a16=False, use_int4_w4a16=False,
-                 per_channel_quant=False, block_shape=None)
+    flags = {"use_fp8_w8a8": False, "use_int8_w8a8": False, "use_int8_w8a16": False,
+             "use_int4_w4a16": False, "per_channel_quant": False, "block_shape": None}
     bufs: list = []
 
     def run(args, out):
@@ -203,13 +211,13 @@ class FusedMoE(Kernel):
                 for name, (E, ns, K, top_k) in MODELS.items()}
 
     def flops(self, key: Key) -> float:
-        E, N, K, top_k, M = key
+        _, N, K, top_k, M = key
         return 2.0 * M * top_k * (2 * N * K + K * N)
 
     def bytes_per_set(self, key: Key, dtype: str) -> int:
         """Hidden in, out, routing, and the weights of the experts the tokens can reach."""
         E, N, K, top_k, M = key
-        experts = min(E, M * top_k)
+        experts = min(E, M * top_k)  # at most this many experts' weights are read
         return ELEM_BYTES[dtype] * (2 * M * K + experts * 3 * N * K) + 8 * M * top_k
 
     # ---- search space -------------------------------------------------------------------
