@@ -84,6 +84,8 @@ class BestConfig(Base):
     time_us: Mapped[float] = mapped_column(Float)
     untuned_us: Mapped[float | None] = mapped_column(Float)  # what the runtime picks untuned
     native_us: Mapped[float | None] = mapped_column(Float)  # torch / cuBLAS
+    # every baseline timed beside the search, by name (e.g. vLLM's shipped MoE config)
+    baselines_us: Mapped[dict | None] = mapped_column(JSON)
     speedup_vs_untuned: Mapped[float | None] = mapped_column(Float)
     speedup_vs_native: Mapped[float | None] = mapped_column(Float)
     max_abs_error: Mapped[float] = mapped_column(Float)

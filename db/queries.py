@@ -88,6 +88,7 @@ def best_as_record(row: BestConfig) -> dict[str, Any]:
         "time_us": row.time_us,
         "untuned_us": row.untuned_us,
         "native_us": row.native_us,
+        "baselines_us": dict(row.baselines_us or {}),
         "speedup_vs_untuned": row.speedup_vs_untuned,
         "speedup_vs_native": row.speedup_vs_native,
         "max_abs_error": row.max_abs_error,

@@ -52,6 +52,8 @@ class Kernel(ABC):
     description: str = ""
     key_names: tuple[str, ...] = ()
     dtypes: tuple[str, ...] = DTYPES
+    # where the op can run: "cpu" means a Triton kernel of the project's own, in the interpreter
+    devices: tuple[str, ...] = ("cuda", "cpu")
     # modules whose source defines the kernels measured; hashed into every stored result
     source_modules: tuple[str, ...] = ()
 

@@ -196,6 +196,7 @@ class FusedMoE(Kernel):
     description = "fused MoE (silu gate/up, top-k routing): FlagGems' fused_moe_kernel, vLLM's config format"
     key_names = ("E", "N", "K", "top_k", "M")
     dtypes = ("bf16", "fp16")
+    devices = ("cuda",)
     source_modules = ("flag_gems.fused.fused_moe",)
 
     # ---- keys -------------------------------------------------------------------------

@@ -90,6 +90,8 @@ def validate(req: TuneRequest) -> tuple[Kernel, list[Key], str, str]:
         raise UserError("--timeout must be a positive number of seconds")
     keys = resolve_keys(kernel, req.shapes, req.preset)
     device = resolve_device(req.device)
+    if device not in kernel.devices:
+        raise UserError(f"op {kernel.name} has no CPU implementation: it needs an NVIDIA GPU (--device cuda)")
     dtype = req.dtype or ("bf16" if device == "cuda" else "fp16")
     if dtype not in kernel.dtypes:
         raise UserError(f"unknown dtype {dtype!r} for op {kernel.name}; use one of {', '.join(kernel.dtypes)}")
@@ -186,7 +188,7 @@ def _store(db, kernel: Kernel, key: Key, dtype: str, o: Outcome, env_id: int, ru
         queries.upsert_best(
             s, environment_id=env_id, kernel=kernel.name, key_values=kernel.key_dict(key), dtype=dtype,
             run_id=run_id, kernel_source_hash=kernel.source_hash(o.best_config), config=o.best_config, time_us=o.best_us,
-            untuned_us=untuned, native_us=native,
+            untuned_us=untuned, native_us=native, baselines_us=dict(o.setup.baselines_us),
             speedup_vs_untuned=untuned / o.best_us if untuned else None,
             speedup_vs_native=native / o.best_us if native else None,
             max_abs_error=o.best_max_abs_error or 0.0, rel_error=o.best_rel_error or 0.0,

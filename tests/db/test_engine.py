@@ -65,3 +65,27 @@ def test_missing_database_when_reading(tmp_path):
     with pytest.raises(DatabaseUnusable, match="no tuner database"):
         open_database(str(tmp_path / "nope.db"), create=False)
     assert not (tmp_path / "nope.db").exists()
+
+
+def test_upgrade_keeps_best_configs_stored_before_0003(tmp_path):
+    from db import queries
+
+    db = open_database(str(tmp_path / "t.db"))
+    downgrade(db.engine, "0002")
+    with db.engine.begin() as c:  # a row written by a 0002-era tuner
+        c.exec_driver_sql("insert into tuner_environments (fingerprint, device, torch, triton, python, created_at) "
+                          "values ('fp', 'cuda', '2.11', '3.6.0', '3.12', '2026-11-24')")
+        c.exec_driver_sql(
+            "insert into tuner_tuning_runs (environment_id, kernel, sampler, device, compile_workers, status, "
+            "started_at) values (1, 'mm', 'tpe', 'cuda', 0, 'done', '2026-11-24')")
+        c.exec_driver_sql(
+            "insert into tuner_best_configs (environment_id, run_id, kernel, kernel_source_hash, key, key_values, "
+            "dtype, config, time_us, max_abs_error, rel_error, trials_used, timing, study_name, created_at, "
+            "updated_at) values (1, 1, 'mm', 'h', 'M=1', '{\"M\": 1}', 'bf16', '{}', 5.0, 0, 0, 3, 'cuda-graph', "
+            "'s', '2026-11-24', '2026-11-24')")
+    db.dispose()
+    db = open_database(str(tmp_path / "t.db"))
+    assert current_revision(db.engine) == head_revision()
+    with db.session() as s:
+        (rec,) = queries.records(queries.best_configs(s))
+    assert rec["time_us"] == 5.0 and rec["baselines_us"] == {}

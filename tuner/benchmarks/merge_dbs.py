@@ -10,7 +10,8 @@ import sys
 from db import open_database, queries
 
 _FIELDS = ("kernel_source_hash", "config", "time_us", "untuned_us", "native_us", "speedup_vs_untuned",
-           "speedup_vs_native", "max_abs_error", "rel_error", "trials_used", "timing", "study_name")
+           "speedup_vs_native", "max_abs_error", "rel_error", "trials_used", "timing", "study_name",
+           "baselines_us")
 
 
 def merge(dest: str, sources: list[str]) -> int:
