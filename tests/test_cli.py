@@ -1,0 +1,69 @@
+"""CLI errors a user can cause: one sentence, exit code 2, nothing written."""
+
+import sqlite3
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def tune(*args):
+    return runner.invoke(app, ["tune", *args])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--op", "conv", "--shape", "1,2,3"], "unknown op 'conv'"),
+    (["--op", "mm", "--shape", "1,2"], "must be M,N,K"),
+    (["--op", "mm", "--shape", "a,b,c"], "must be integers"),
+    (["--op", "mm", "--shapes", "nope"], "unknown shape preset 'nope'"),
+    (["--op", "mm"], "at least one --shape"),
+    (["--op", "mm", "--shape", "1,64,64", "--sampler", "bayes"], "unknown sampler"),
+    (["--op", "mm", "--shape", "1,64,64", "--device", "cuda"], "needs an NVIDIA GPU"),
+    (["--op", "mm", "--shape", "1,64,64", "--device", "cpu", "--dtype", "bf16"], "computes bf16 wrongly"),
+    (["--op", "mm", "--shape", "1,64,64", "--trials", "0"], "--trials must be a positive"),
+    (["--op", "fused_moe", "--shape", "8,64,64,2,4", "--device", "cpu"], "no CPU implementation"),
+])
+def test_tune_user_errors(tmp_path, args, needle):
+    db = tmp_path / "t.db"
+    res = tune(*args, "--db", str(db))
+    assert res.exit_code == 2, res.output
+    assert needle in res.output
+    assert len(res.output.strip().splitlines()) == 1  # one sentence, no traceback
+    assert not db.exists()  # nothing written
+
+
+def test_unreadable_and_foreign_databases(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all")
+    res = tune("--op", "mm", "--shape", "1,64,64", "--device", "cpu", "--db", str(junk))
+    assert res.exit_code == 2 and "not a SQLite database" in res.output
+    assert junk.read_bytes() == b"not a database at all"
+
+    foreign = tmp_path / "shop.db"
+    with sqlite3.connect(foreign) as c:
+        c.execute("create table orders (id integer)")
+    res = tune("--op", "mm", "--shape", "1,64,64", "--device", "cpu", "--db", str(foreign))
+    assert res.exit_code == 2 and "belongs to another program" in res.output
+    with sqlite3.connect(foreign) as c:
+        assert {r[0] for r in c.execute("select name from sqlite_master")} == {"orders"}
+
+
+def test_db_show_on_missing_database(tmp_path):
+    res = runner.invoke(app, ["db", "show", "--db", str(tmp_path / "none.db")])
+    assert res.exit_code == 2 and "no tuner database" in res.output
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_tune_then_show_json(tmp_path):
+    import json
+
+    db = str(tmp_path / "t.db")
+    res = tune("--op", "mm", "--shape", "4,64,64", "--trials", "2", "--device", "cpu", "--db", db, "--json")
+    assert res.exit_code == 0, res.output
+    (out,) = json.loads(res.output[res.output.index("["):])
+    assert out["stored"] and out["timing"] == "interpreter-wall"
+    shown = json.loads(runner.invoke(app, ["db", "show", "--db", db, "--json"]).output)
+    assert shown[0]["key"] == {"M": 4, "N": 64, "K": 64, "BT": 1} and shown[0]["environment"]["device"] == "cpu"
