@@ -120,9 +120,12 @@ def _history(study: optuna.Study) -> dict[str, tuple[TrialState, float | None, d
     out: dict[str, tuple[TrialState, float | None, dict]] = {}
     for t in study.get_trials(deepcopy=False):
         text = t.user_attrs.get("canonical")
-        if text is None or t.state == TrialState.RUNNING or t.user_attrs.get("duplicate"):
+        status = t.user_attrs.get("status")
+        if text is None or t.state == TrialState.RUNNING or t.user_attrs.get("duplicate") or status == "invalid":
             continue
-        if t.state == TrialState.COMPLETE or text not in out:
+        if t.state == TrialState.COMPLETE and status not in (None, "ok"):  # a penalised failure (GP)
+            out.setdefault(text, (TrialState.FAIL, None, dict(t.user_attrs)))
+        elif t.state == TrialState.COMPLETE or text not in out:
             out[text] = (t.state, t.value, dict(t.user_attrs))
     return out
 
@@ -174,6 +177,18 @@ def run_search(
     pending: deque = deque()
     lookahead = max(1, compile_pool.workers if compile_pool else 1)
 
+    # GPSampler models completed trials only: a config it never sees fail it proposes again and
+    # again (seen on the H100 grid replay: 524 invalid asks for 14 measured). For GP, invalid and
+    # failed configs are told as completed with a penalty worse than anything measured.
+    penalise = sampler == "gp"
+
+    def tell_bad(trial, state: TrialState) -> None:
+        if not penalise:
+            study.tell(trial, state=state)
+            return
+        measured = [v for st, v, _ in history.values() if st == TrialState.COMPLETE and v is not None]
+        study.tell(trial, 4.0 * max(measured) if measured else 1e9)
+
     def emit(kind: str, cfg: Config, t_us: float | None, reason: str | None = None) -> None:
         if on_event:
             on_event(Event(kind, cfg, t_us, best[0] if best else None, counts["measured"] + counts["failed"], reason))
@@ -210,7 +225,7 @@ def run_search(
             if reason:
                 trial.set_user_attr("status", "invalid")
                 trial.set_user_attr("reason", reason)
-                study.tell(trial, state=TrialState.PRUNED)
+                tell_bad(trial, TrialState.PRUNED)
                 counts["invalid"] += 1
                 emit("invalid", cfg, None, reason)
             elif text in history or any(p[2] == text for p in pending):
@@ -222,7 +237,7 @@ def run_search(
                 if prev and prev[0] == TrialState.COMPLETE:
                     study.tell(trial, prev[1])
                 else:
-                    study.tell(trial, state=TrialState.PRUNED if prev is None else prev[0])
+                    tell_bad(trial, TrialState.PRUNED if prev is None else prev[0])
                 counts["duplicate"] += 1
                 emit("duplicate", cfg, prev[1] if prev else None)
             else:
@@ -269,7 +284,7 @@ def run_search(
                 emit("measured", cfg, res.time_us)
             else:
                 trial.set_user_attr("reason", res.reason or "")
-                study.tell(trial, state=TrialState.FAIL)
+                tell_bad(trial, TrialState.FAIL)
                 history[text] = (TrialState.FAIL, None, {"reason": res.reason})
                 counts["failed"] += 1
                 emit("failed", cfg, None, res.reason)
@@ -279,7 +294,8 @@ def run_search(
         raise
 
     trials_total = sum(1 for t in study.get_trials(deepcopy=False)
-                       if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("duplicate"))
+                       if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("duplicate")
+                       and t.user_attrs.get("status") != "invalid")
     return Outcome(
         study_name=study_name, setup=setup,
         best_config=best[1] if best else None, best_us=best[0] if best else None,

@@ -82,3 +82,21 @@ def test_grid_sampler_measures_every_valid_config_once(tmp_path):
         out = run_search(kernel=kernel, key=(4,), dtype="fp32", device="cpu", storage=url, study_name="grid",
                          measurer=w, sampler="grid", budget=Budget(trials=None), seed=0)
     assert out.stop_reason == "grid exhausted" and out.measured == 15 and out.counts["duplicate"] == 0
+
+
+def test_gp_is_not_stuck_on_invalid_configs():
+    """GPSampler ignores PRUNED trials, so it kept proposing invalid configs (on the H100 grid
+    replay: 524 invalid asks for 14 measured). Told as penalised completions, it moves on."""
+    from tuner.search import canon_text, grid_configs
+    from tuner.search_replay import ReplayMeasurer
+
+    kernel = get_kernel("mm")
+    key = (16, 256, 512, 1)
+    # a recorded table: every valid config with a time that depends on it (97% of the raw
+    # space is invalid for this key on CPU, which is what trapped GP)
+    times = {canon_text(c): 10.0 + c["BLOCK_N"] / 32 + c["num_stages"] + 3 * c["SPLIT_K"]
+             for c in grid_configs(kernel, key, "fp16", "cpu")}
+    out = run_search(kernel=kernel, key=key, dtype="fp16", device="cpu", storage=optuna.storages.InMemoryStorage(),
+                     study_name="gp", measurer=ReplayMeasurer(times), sampler="gp", budget=Budget(trials=15), seed=0)
+    assert out.stop_reason == "trials" and out.measured == 15
+    assert out.trials_total == 15  # penalised invalid configs are not counted as measured
