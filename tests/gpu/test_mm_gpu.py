@@ -21,4 +21,4 @@ def test_tune_minicpmo_qkv_decode_key(tmp_path):
     with open_database(url).session() as s:
         (row,) = queries.best_configs(s, kernel="mm")
         assert row.rel_error < 1e-2 and row.native_us > 0 and row.untuned_us > 0
-        assert row.environment.gpu_name and "H100" in row.environment.gpu_name or row.environment.sm_count
+        assert row.environment.gpu_name and row.environment.sm_count > 0
