@@ -90,8 +90,9 @@ class Kernel(ABC):
         return dict(config)
 
     @abstractmethod
-    def invalid_reason(self, key: Key, config: Config, dtype: str, device: str) -> str | None:
-        """Why this config cannot run (checked before compiling), or None."""
+    def invalid_reason(self, key: Key, config: Config, dtype: str, device: str, arch: int = 9) -> str | None:
+        """Why this config cannot run (checked before compiling), or None. `arch` is the GPU's
+        compute capability major (shared-memory limits differ by architecture)."""
 
     # ---- running ------------------------------------------------------------------------
     @abstractmethod

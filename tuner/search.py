@@ -97,17 +97,10 @@ def grid_configs(kernel: Kernel, key: Key, dtype: str, device: str, arch: int = 
     for values in itertools.product(*(space[n] for n in names)):
         cfg = kernel.canonical(key, dict(zip(names, values)))
         text = canon_text(cfg)
-        if text in seen or _invalid(kernel, key, cfg, dtype, device, arch):
+        if text in seen or kernel.invalid_reason(key, cfg, dtype, device, arch=arch):
             continue
         seen[text] = cfg
     return list(seen.values())
-
-
-def _invalid(kernel: Kernel, key: Key, cfg: Config, dtype: str, device: str, arch: int) -> str | None:
-    try:
-        return kernel.invalid_reason(key, cfg, dtype, device, arch=arch)  # type: ignore[call-arg]
-    except TypeError:
-        return kernel.invalid_reason(key, cfg, dtype, device)
 
 
 def study_name_for(kernel: Kernel, key: Key, dtype: str, fingerprint: str) -> str:
@@ -166,7 +159,7 @@ def run_search(
         # warm start: what the runtime picks untuned, then winners of neighbouring keys
         for cfg in [*setup.untuned_configs, *(warm_start or [])]:
             cfg = kernel.canonical(key, {n: cfg.get(n) for n in space})
-            if all(cfg[n] in space[n] for n in space) and not _invalid(kernel, key, cfg, dtype, device, arch):
+            if all(cfg[n] in space[n] for n in space) and not kernel.invalid_reason(key, cfg, dtype, device, arch=arch):
                 study.enqueue_trial(cfg, skip_if_exists=True)
 
     counts = {"measured": 0, "failed": 0, "invalid": 0, "duplicate": 0}
@@ -221,7 +214,7 @@ def run_search(
             cfg = kernel.canonical(key, dict(trial.params))
             text = canon_text(cfg)
             trial.set_user_attr("canonical", text)
-            reason = _invalid(kernel, key, cfg, dtype, device, arch)
+            reason = kernel.invalid_reason(key, cfg, dtype, device, arch=arch)
             if reason:
                 trial.set_user_attr("status", "invalid")
                 trial.set_user_attr("reason", reason)
