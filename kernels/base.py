@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -21,6 +22,11 @@ DTYPES = ("bf16", "fp16", "fp32")
 
 class KernelInputError(ValueError):
     """A user-supplied key or dtype that this kernel cannot take."""
+
+
+def next_pow2(x: int) -> int:
+    """The smallest power of two >= x (1 for x <= 1): block sizes are compared with it."""
+    return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
 
 def torch_dtype(name: str):

@@ -24,6 +24,7 @@ from kernels.base import (
     Kernel,
     KernelInputError,
     Key,
+    next_pow2,
     Runner,
     torch_dtype,
 )
@@ -51,10 +52,6 @@ MODELS = {
 }
 NO_CPU = ("fused_moe has no CPU implementation: it runs FlagGems' Triton kernel, which needs an "
           "NVIDIA GPU (use --device cuda)")
-
-
-def next_pow2(x: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
 
 def naive_assignment(key: Key) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from kernels.base import Config, Inputs, Kernel, KernelInputError, Key, Runner, torch_dtype
+from kernels.base import Config, Inputs, Kernel, KernelInputError, Key, Runner, next_pow2, torch_dtype
 
 ELEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 # per-block opt-in shared memory by compute capability major (bytes)
@@ -34,10 +34,6 @@ MINICPMO_LLM_NK = {
     "lm_head": (151700, 3584),
 }
 SERVING_M = (1, 16, 64, 256, 2048, 8192)
-
-
-def next_pow2(x: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
 
 def _flag_gems_mm_module():

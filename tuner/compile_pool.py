@@ -7,7 +7,6 @@ fails is reported as the candidate's failure without spending worker time on it.
 from __future__ import annotations
 
 import multiprocessing as mp
-import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -22,7 +21,7 @@ def _precompile(kernel_ref: str, key: Key, dtype: str, device: str, config: Conf
         return None
     except Exception as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        return f"compile: {type(e).__name__}: {first}" or traceback.format_exc(limit=1)
+        return f"compile: {type(e).__name__}: {first}"
 
 
 class CompilePool:
