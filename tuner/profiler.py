@@ -242,10 +242,17 @@ def samples_from_events(events, time_source: str, step_names: Iterable[str] = ()
                                             float(e.self_cpu_time_total), id(e), _step_of(e, names)))
         return samples
 
-    device_total = 0.0
+    # Device events: kernels, memcpy/memset, and (torch >= 2.4 with kineto) GPU-side copies of
+    # every record_function range ("gpu_user_annotation"), which span whole steps and must not be
+    # summed as kernel time. They are recognised by flag, by activity type, or by sharing the name
+    # of a CPU-side annotation.
+    annotation_names = {e.name for e in events if e.device_type == DeviceType.CPU and e.is_user_annotation}
+    device_by_name: dict[str, float] = {}
     for e in events:
         if e.device_type == DeviceType.CUDA:
-            device_total += e.time_range.elapsed_us()
+            if _is_annotation_on_device(e, annotation_names):
+                continue
+            device_by_name[e.name] = device_by_name.get(e.name, 0.0) + e.time_range.elapsed_us()
             continue
         if e.is_async or not e.kernels:
             continue
@@ -253,11 +260,24 @@ def samples_from_events(events, time_source: str, step_names: Iterable[str] = ()
         for kern in e.kernels:
             samples.append(KernelSample(owner.name, _shapes(owner), _dtype(getattr(owner, "input_dtypes", None)), kern.name,
                                         float(kern.duration), id(owner), _step_of(e, names)))
-    # GPU time whose launch the profiler could not link to an op still counts in the shares
-    missing = device_total - sum(s.us for s in samples)
-    if missing > 1e-3 * max(device_total, 1.0):
-        samples.append(KernelSample(UNATTRIBUTED, (), "-", UNATTRIBUTED, missing, -1))
+    # GPU time whose launch the profiler could not link to an op still counts in the shares, one
+    # row per kernel name so the table says what ran unlinked
+    linked: dict[str, float] = {}
+    for s in samples:
+        linked[s.kernel] = linked.get(s.kernel, 0.0) + s.us
+    device_total = sum(device_by_name.values())
+    for name, us in sorted(device_by_name.items()):
+        missing = us - linked.get(name, 0.0)
+        if missing > 1e-6 * max(device_total, 1.0):
+            samples.append(KernelSample(UNATTRIBUTED, (), "-", name, missing, -1))
     return samples
+
+
+def _is_annotation_on_device(e, annotation_names: set[str]) -> bool:
+    if e.is_user_annotation or e.name in annotation_names:
+        return True
+    kind = getattr(e, "activity_type", None)  # absent from older FunctionEvents
+    return kind is not None and "annotation" in str(kind).lower()
 
 
 # --- running ------------------------------------------------------------------------------
