@@ -2,7 +2,7 @@
 # Issue 3 on the H100: consistency check + end-to-end logits, then the full-size profile of each
 # workload natively and under FlagGems (minus the failing ops), with the profiler's overhead.
 # Run from the repo root with $OUT set:  bash tuner/benchmarks/profile_h100.sh
-# Budget: ~8.5 min wall at most (each step has a hard timeout), < 60 GB GPU memory (bf16, one model at a time).
+# Budget: ~9.2 min wall at most (each step has a hard timeout), < 60 GB GPU memory (bf16, one model at a time).
 # Outputs under $OUT (8 files): env.txt (gpu_env.sh), run.log (all tables), check.json,
 # profile-{text,image,audio,speech}.json, tuner.db (every stored row; open with `tuner db show`
 # or sqlite3). Chrome traces stay in /tmp/tuner-traces (too large to bring back).
@@ -22,7 +22,7 @@ nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tee -a "$LOG"
 #    time), stored as the exclude list; then end-to-end logits (LLM, 8 decode steps) with FlagGems
 #    minus that list vs native. JSON to check.json, the table to run.log.
 stamp "check --workload all"
-timeout 200 python3 cli.py check --workload all "${SIZES[@]}" --e2e-steps 8 --timeout 90 --jobs 4 \
+timeout 230 python3 cli.py check --workload all "${SIZES[@]}" --e2e-steps 8 --timeout 90 --jobs 12 \
     --db "$DB" --json > "$OUT/check.json" 2>> "$LOG"
 echo "check exit $?" | tee -a "$LOG"
 python3 - "$OUT/check.json" >> "$LOG" 2>&1 <<'PY'
