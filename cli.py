@@ -94,7 +94,8 @@ def r_as_dict(r) -> dict:
             "baselines_us": o.setup.baselines_us, "baseline_errors": o.setup.baseline_errors,
             "first_call_s": o.setup.first_call_s, "measured": o.measured, "trials_total": o.trials_total,
             "counts": o.counts, "stop_reason": o.stop_reason, "timing": o.timing, "wall_s": o.wall_s, "setup_s": o.setup_s,
-            "study": o.study_name}
+            "study": o.study_name, "confirmed": o.confirmed, "search_best_us": o.search_best_us,
+            "setup_baselines_us": o.setup_baselines_us}
 
 
 @db_app.command("show")

@@ -23,6 +23,9 @@ def test_interpreter_tune_stores_best_and_a_rerun_resumes(tmp_path):
     (first,) = tune(req)
     assert first.stored and first.outcome.measured == 4
     assert first.outcome.timing == "interpreter-wall"
+    # stored numbers come from the side-by-side pass; the search's and the setup's are kept
+    assert first.outcome.confirmed and first.outcome.search_best_us > 0
+    assert set(first.outcome.setup_baselines_us) == set(first.outcome.setup.baselines_us) >= {"native"}
     db = open_database(url)
     with db.session() as s:
         (row,) = queries.best_configs(s, kernel="mm")

@@ -30,3 +30,13 @@ def test_a_hang_is_killed_and_recorded():
         hung = w.measure({"variant": "hangs", "scale": 1})
         assert not hung.ok and hung.status == "hang"
         assert w.measure({"variant": "good", "scale": 1}).ok
+
+
+def test_confirm_times_the_winner_beside_the_baselines():
+    with WorkerClient(REF, "cpu", measure_timeout_s=10) as w:
+        w.setup((16,), "fp32")
+        side = w.confirm({"variant": "good", "scale": 3}, rounds=3)
+        assert set(side) == {"tuned", "native"}
+        assert side["tuned"] > 3000 * 0.9 > side["native"] > 0  # the 3 ms sleep is the winner's only
+        assert w.confirm({"variant": "raises", "scale": 1}, rounds=2) is None
+        assert set(w.confirm({"variant": "good", "scale": 1}, rounds=1, skip=["native"])) == {"tuned"}
