@@ -90,15 +90,32 @@ def vllm_device_name(gpu_name: str) -> str:
     return "NVIDIA_H200" if "H200" in name.split("_") else name
 
 
-def vllm_config_path(E: int, N: int, gpu_name: str) -> Path | None:
-    """The bf16 config file vLLM ships for (E, N) on this GPU, or None. Located without
-    importing vllm (it is installed --no-deps and its import is heavy)."""
-    import importlib.util
+SHIPPED_DIR_ENV = "TUNER_VLLM_SHIPPED_CONFIGS"
 
+
+def vllm_config_folder() -> Path | None:
+    """Where vLLM's shipped configs are read: $TUNER_VLLM_SHIPPED_CONFIGS (the configs folder
+    copied out of a vllm wheel, for a GPU host without vllm), else the installed vllm package
+    (located without importing it: it is installed --no-deps and its import is heavy)."""
+    import importlib.util
+    import os
+
+    if os.environ.get(SHIPPED_DIR_ENV):
+        folder = Path(os.environ[SHIPPED_DIR_ENV])
+        if not folder.is_dir():
+            raise KernelInputError(f"${SHIPPED_DIR_ENV}={folder} is not a folder")
+        return folder
     spec = importlib.util.find_spec("vllm")
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model_executor/layers/fused_moe/configs"
+    return Path(next(iter(spec.submodule_search_locations))) / "model_executor/layers/fused_moe/configs"
+
+
+def vllm_config_path(E: int, N: int, gpu_name: str) -> Path | None:
+    """The bf16 config file vLLM ships for (E, N) on this GPU, or None."""
+    folder = vllm_config_folder()
+    if folder is None:
+        return None
     path = folder / f"E={E},N={N},device_name={vllm_device_name(gpu_name)}.json"
     return path if path.is_file() else None
 

@@ -140,6 +140,21 @@ def test_vllm_shipped_h100_config_is_read_from_the_wheel():
 
 
 @needs_vllm
+def test_shipped_configs_from_a_copied_folder(tmp_path, monkeypatch):
+    """A GPU host without vllm reads the configs folder copied out of the wheel."""
+    import shutil
+
+    src = vllm_config_path(128, 384, H100)
+    shutil.copy(src, tmp_path / src.name)
+    monkeypatch.setenv("TUNER_VLLM_SHIPPED_CONFIGS", str(tmp_path))
+    assert vllm_config_path(128, 384, H100) == tmp_path / src.name
+    assert vllm_config_path(*MIXTRAL_TP2[:2], H100) is None  # not copied: none, not the wheel's
+    monkeypatch.setenv("TUNER_VLLM_SHIPPED_CONFIGS", str(tmp_path / "missing"))
+    with pytest.raises(KernelInputError, match="not a folder"):
+        vllm_config_path(128, 384, H100)
+
+
+@needs_vllm
 def test_constraints_never_reject_a_config_vllm_ships():
     for E, N, K, top_k in (QWEN_TP2, MIXTRAL_TP2):
         for m in MOE.presets()["qwen3-30b-a3b" if E == 128 else "mixtral-8x7b"]:
