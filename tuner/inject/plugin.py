@@ -109,7 +109,7 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
         logger.warning("VLLM_TUNED_CONFIG_FOLDER=%s overrides the tuned MoE folder %s",
                        os.environ["VLLM_TUNED_CONFIG_FOLDER"], moe_dir)
     counts = {"fused_moe": sum(1 for r in records if r.get("kernel") == "fused_moe"),
-              "mm_flaggems": 0, "mm_splitk": 0}
+              "mm_flaggems": 0, "mm_splitk": 0, "config_memo": False}
     if state["enable_flaggems"]:
         if "flag_gems" in sys.modules:  # too late to move its cache: seeding goes where it points
             logger.warning("flag_gems was imported before the tuner plugin; tuned mm rows go to "
@@ -129,6 +129,11 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
                                allow_foreign=state["allow_foreign"])
         counts["mm_flaggems"] = report.records
         install_flaggems_moe_hook(moe_dir)
+        # FlagGems reads its SQL config cache on every kernel call; serve those reads from memory
+        from tuner.inject.flaggems_memo import install_config_memo
+
+        install_config_memo()
+        counts["config_memo"] = True
     if splitk_plan(records, state["max_tokens"]):
         import torch
 
@@ -171,7 +176,8 @@ def register() -> None:
     total = c["fused_moe"] + c["mm_flaggems"] + c["mm_splitk"]
     logger.info(
         "tuner plugin: %d tuned configs active (fused_moe %d, mm via FlagGems cache %d, "
-        "mm split-K %d); FlagGems excluded ops: %s",
+        "mm split-K %d); FlagGems excluded ops: %s%s",
         total, c["fused_moe"], c["mm_flaggems"], c["mm_splitk"],
         ", ".join(c["exclude_ops"]) or "none",
+        "; FlagGems config cache read from memory" if c.get("config_memo") else "",
     )

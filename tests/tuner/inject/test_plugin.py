@@ -78,7 +78,9 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
         assert list(load_plugins_by_group("vllm.general_plugins")) == ["tuner"]
         load_general_plugins()
         import flag_gems, flag_gems.fused.fused_moe as fm
+        import importlib
         from flag_gems.utils.libentry import libcache
+        libentry = importlib.import_module("flag_gems.utils.libentry")  # flag_gems.utils.libentry is also a function
         from tuner.inject.flaggems_cache import locate_mm_tuners, locate_mm_module, _runtime_args
         t = locate_mm_tuners()["fg_tma"]
         key = t.get_key(_runtime_args(locate_mm_module(), "fg_tma", 3, 4608, 3584, "bf16", "col"))
@@ -87,6 +89,7 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
             "registered_mm": "mm" in flag_gems.current_work_registrar.get_all_ops(),
             "registered_mm_out": "mm_out" in flag_gems.current_work_registrar.get_all_ops(),
             "seeded": key in t.cache,
+            "memo": libentry.ConfigCache.get.__module__,
             "moe_hooked": hasattr(fm.try_get_optimal_moe_config, "__tuner_original__")}))
     """
     fg_env.pop("FLAGGEMS_DB_URL")  # the plugin points FlagGems at the runtime folder's DB
@@ -96,9 +99,10 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     lines = [line for line in out.splitlines() if "tuner plugin:" in line]
     assert len(lines) == 1, out[-3000:]
     assert ("tuner plugin: 3 tuned configs active (fused_moe 1, mm via FlagGems cache 2, "
-            "mm split-K 0); FlagGems excluded ops: mm, softmax") in lines[0]
+            "mm split-K 0); FlagGems excluded ops: mm, softmax; FlagGems config cache read from memory") in lines[0]
     assert "USING FOREIGN TUNED RESULT for fused_moe" in out and "USING FOREIGN TUNED RESULT for mm" in out
     r = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     assert r == {"moe_folder": str(rt / MOE_FOLDER), "registered_mm": False, "registered_mm_out": True,
-                 "seeded": True, "moe_hooked": True, "db": runtime_env(rt)["FLAGGEMS_DB_URL"]}
+                 "seeded": True, "moe_hooked": True, "db": runtime_env(rt)["FLAGGEMS_DB_URL"],
+                 "memo": "tuner.inject.flaggems_memo"}
     assert (rt / FLAGGEMS_DB).exists()
