@@ -12,6 +12,8 @@
 #    and matter only if split-K wins there.
 # 2. runs the three modes (native, tuned, untuned: the slow untuned warm-up last, on what is left).
 # Run from the repo root with $OUT set:  bash tuner/benchmarks/e2e_h100.sh
+# REUSE_DB=FILE skips the tune (a DB tuned on this GPU model before); MODES picks the modes
+# (default native,tuned,untuned; untuned_memo = untuned + tuner's in-memory config cache).
 # Budget: < 9.5 min wall (DEADLINE s, default 550, for everything; the tune has a hard cap).
 # Outputs under $OUT: env.txt, e2e.db (tuner DB), e2e_tune.json / .log, e2e_db_show.txt,
 # e2e_records.json, e2e_{native,tuned,untuned}.json / .log, e2e.jsonl, e2e_table.md.
@@ -23,7 +25,7 @@ stamp() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
 source tuner/benchmarks/gpu_env.sh >/dev/null || { echo "gpu_env.sh failed" >&2; exit 1; }
 stamp "environment ready"
 DB=$OUT/e2e.db
-EXCL=${EXCL:-mul}  # the H100 consistency check's exclude list (results/profile/check.json)
+EXCL=${EXCL:-arange_start,layer_norm,mul,weight_norm_interface}  # the H100 consistency check's exclude list (results/profile)
 DEADLINE=${DEADLINE:-550}
 TUNE_CAP=${TUNE_CAP:-240}
 
@@ -33,22 +35,28 @@ for k in 1,$O 1,$GU 1,$DOWN 1,$LM 16,$LM 64,$O 64,$GU 64,$DOWN 64,$LM \
          2048,$O 2048,$GU 2048,$DOWN 512,$O 512,$GU 512,$DOWN 16,$O 16,$GU 16,$DOWN; do
     S="$S --shape $k"
 done
-stamp "tune: 18 mm keys, at most $TUNE_CAP s"
-timeout -s INT -k 20 "$TUNE_CAP" python3 cli.py tune --op mm $S --trials 6 --timeout 8 --seed 0 \
-    --db "$DB" --json > "$OUT/e2e_tune.json" 2> "$OUT/e2e_tune.log"
-echo "tune exit $? (124: cut at $TUNE_CAP s; keys finished before that are stored)"
-python3 cli.py db show --op mm --db "$DB" > "$OUT/e2e_db_show.txt" 2>&1
-python3 cli.py db show --op mm --db "$DB" --json > "$OUT/e2e_records.json" 2>> "$OUT/e2e_db_show.txt"
-stamp "tune done: $(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))), 'tuned keys stored')" \
-    "$OUT/e2e_records.json" 2>/dev/null || echo '? tuned keys')"
+if [ -n "${REUSE_DB:-}" ]; then
+    # a DB tuned on this GPU model in an earlier run (e.g. results/e2e/e2e.db): no tune stage
+    cp "$REUSE_DB" "$DB" && stamp "tune skipped: reusing $REUSE_DB"
+else
+    stamp "tune: 18 mm keys, at most $TUNE_CAP s"
+    timeout -s INT -k 20 "$TUNE_CAP" python3 cli.py tune --op mm $S --trials 6 --timeout 8 --seed 0 \
+        --db "$DB" --json > "$OUT/e2e_tune.json" 2> "$OUT/e2e_tune.log"
+    echo "tune exit $? (124: cut at $TUNE_CAP s; keys finished before that are stored)"
+    python3 cli.py db show --op mm --db "$DB" > "$OUT/e2e_db_show.txt" 2>&1
+    python3 cli.py db show --op mm --db "$DB" --json > "$OUT/e2e_records.json" 2>> "$OUT/e2e_db_show.txt"
+    stamp "tune done: $(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))), 'tuned keys stored')" \
+        "$OUT/e2e_records.json" 2>/dev/null || echo '? tuned keys')"
+fi
 
 LEFT=$(( DEADLINE - ($(date +%s) - T0) ))
-stamp "e2e: native, tuned, untuned in $LEFT s"
-python3 -m tuner.benchmarks.e2e_llm --modes native,tuned,untuned --db "$DB" --exclude "$EXCL" \
-    --timeout native=100,tuned=150,untuned=330 --budget "$LEFT" \
+stamp "e2e: ${MODES:-native,tuned,untuned} in $LEFT s"
+MODES=${MODES:-native,tuned,untuned}
+python3 -m tuner.benchmarks.e2e_llm --modes "$MODES" --db "$DB" --exclude "$EXCL" \
+    --timeout native=100,tuned=150,untuned=330,untuned_memo=200 --budget "$LEFT" \
     --out-dir "$OUT" --json-out "$OUT/e2e.jsonl" --table-out "$OUT/e2e_table.md"
 echo "e2e exit $?"
-for m in native tuned untuned; do
+for m in ${MODES//,/ }; do
     python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], r.get('wall_s'))" \
         "$OUT/e2e_$m.json" "$m" 2>/dev/null || echo "$m: no JSON"
 done

@@ -43,7 +43,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-MODES = ("native", "untuned", "tuned")
+# untuned_memo: FlagGems untuned with tuner's in-memory config cache (tuner/inject/flaggems_memo.py),
+# to split the tuned mode's gain into the memo's (host time) and the configs' (GPU time)
+MODES = ("native", "untuned", "tuned", "untuned_memo")
 DEFAULT_EXCLUDE = "mul"  # the ops the H100 consistency check found failing (results/profile/check.json)
 DEFAULT_TIMEOUT_S = 600.0
 BEFORE_TIMING = ("setup", "warmup", "capture", "check")
@@ -187,14 +189,19 @@ def _enable_flaggems(opts, work: Path, max_tokens: int) -> dict[str, Any]:
     exclude = [x for x in opts.exclude.split(",") if x.strip()]
     # each mode gets its own FlagGems cache database: nothing inherited, nothing left to the next
     os.environ.pop("FLAGGEMS_DB_URL", None)
-    if opts.mode == "untuned":
-        db = work / "flaggems_untuned.db"
+    if opts.mode in ("untuned", "untuned_memo"):
+        db = work / f"flaggems_{opts.mode}.db"
         db.unlink(missing_ok=True)
         os.environ["FLAGGEMS_DB_URL"] = f"sqlite:///{db}"
         import flag_gems
 
         flag_gems.enable(unused=list(exclude))  # a list: no vendor default exclude list
-        return {"exclude_ops": exclude, "flaggems_db_url": os.environ["FLAGGEMS_DB_URL"]}
+        if opts.mode == "untuned_memo":
+            from tuner.inject.flaggems_memo import install_config_memo
+
+            install_config_memo()
+        return {"exclude_ops": exclude, "flaggems_db_url": os.environ["FLAGGEMS_DB_URL"],
+                "config_memo": opts.mode == "untuned_memo"}
     from tuner.inject.plugin import apply_state, write_runtime_dir
     from tuner.serve import select_records
 
@@ -556,8 +563,10 @@ def render_table(results: list[dict], cases: list[str]) -> str:
     """The markdown report: per case times and ratios, then one row per mode."""
     by = {r["mode"]: r for r in results}
     nat, unt, tun = by.get("native"), by.get("untuned"), by.get("tuned")
-    lines = ["| case | native ms | untuned ms | tuned ms | untuned/native | tuned/native | tuned/untuned |",
-             "|---|---|---|---|---|---|---|"]
+    memo = by.get("untuned_memo")
+    lines = ["| case | native ms | untuned ms | tuned ms | untuned/native | tuned/native | tuned/untuned |"
+             + (" untuned+memo ms | untuned+memo/native |" if memo else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if memo else "")]
     ratios: dict[str, float] = {}
     for case in cases:
         nominal = _nominal_timing(case, results)
@@ -567,7 +576,8 @@ def render_table(results: list[dict], cases: list[str]) -> str:
             ratios[case] = r(t, n)
         label = case.replace("decode_bs", "decode bs=").replace("prefill_", "prefill S=")
         lines.append(f"| {label} [{nominal}] | {_cell(nat, case, nominal)} | {_cell(unt, case, nominal)} | "
-                     f"{_cell(tun, case, nominal)} | {_fmt(r(u, n))} | {_fmt(r(t, n))} | {_fmt(r(t, u))} |")
+                     f"{_cell(tun, case, nominal)} | {_fmt(r(u, n))} | {_fmt(r(t, n))} | {_fmt(r(t, u))} |"
+                     + (f" {_cell(memo, case, nominal)} | {_fmt(r(_ms(memo, case), n))} |" if memo else ""))
     lines += ["", ("| mode | status | wall s | autotunes before timing | autotunes timed | autotuned kernels "
                    "| top-1 = native | tuner plugin |"), "|---|---|---|---|---|---|---|---|"]
     for res in results:

@@ -11,7 +11,9 @@ DB=$OUT/moe.db
 T0=$(date +%s)
 stamp() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
 stamp "gpu tests"
-timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels/test_fused_moe.py > $OUT/moe_gpu_tests.log 2>&1
+# TESTS_K narrows the GPU tests (a pytest -k expression), e.g. on a re-run
+timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -k "${TESTS_K:-gpu or not gpu}" tests/kernels/test_fused_moe.py \
+    > $OUT/moe_gpu_tests.log 2>&1
 echo "tests rc=$?"; tail -3 $OUT/moe_gpu_tests.log
 TRIALS=${TRIALS:-40}; KEY_S=${KEY_S:-10}
 for preset in qwen3-30b-a3b mixtral-8x7b; do
