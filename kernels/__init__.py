@@ -10,6 +10,7 @@ from kernels.base import Kernel, KernelInputError
 REGISTRY: dict[str, str] = {
     "mm": "kernels.mm:MM",
     "fused_moe": "kernels.fused_moe:FusedMoE",
+    "attention": "kernels.attention:Attention",
 }
 
 
