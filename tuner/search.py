@@ -31,11 +31,12 @@ MAX_IDLE_ASKS = 400  # asks in a row that produced nothing new: the reachable sp
 class Measurer(Protocol):
     def setup(self, key: Key, dtype: str, seed: int = 0) -> Setup: ...
     def measure(self, config: Config) -> Result: ...
-    # optional: confirm(config, rounds, skip) -> {"tuned": us, <baseline>: us} | None, the
-    # winner and the baselines timed side by side after the search
+    # optional: confirm(configs, rounds, skip) -> {"configs": [us], "baselines": {name: us}} | None,
+    # the finalists and the baselines timed side by side after the search
 
 
 CONFIRM_ROUNDS = 5
+FINALISTS = 3  # best configs of the search re-timed side by side (plus the runtime's own pick)
 
 
 @dataclass
@@ -296,14 +297,18 @@ def run_search(
             study.tell(trial, state=TrialState.FAIL)
         raise
 
-    # re-time the winner beside the baselines (a resumed study's best comes from history and is
-    # confirmed too: the stored ratios always come from one side-by-side pass)
+    # re-time the finalists beside the baselines and keep the fastest (a resumed study's best
+    # comes from history and is confirmed too: stored ratios always come from one side-by-side pass)
     confirmed, search_best_us, setup_baselines = False, best[0] if best else None, dict(setup.baselines_us)
     if best is not None and hasattr(measurer, "confirm"):
-        side = measurer.confirm(best[1], CONFIRM_ROUNDS, skip=list(setup.baseline_errors))
-        if side and "tuned" in side:
-            best = (side.pop("tuned"), *best[1:])
-            setup.baselines_us.update(side)
+        finalists = _finalists(history, [canon_text(kernel.canonical(key, {n: c.get(n) for n in space}))
+                                         for c in setup.untuned_configs])
+        side = measurer.confirm([json.loads(t) for t in finalists], CONFIRM_ROUNDS, skip=list(setup.baseline_errors))
+        if side:
+            us, text = min(zip(side["configs"], finalists))
+            attrs = history[text][2]
+            best = (us, json.loads(text), attrs.get("rel_error"), attrs.get("max_abs_error"))
+            setup.baselines_us.update(side["baselines"])
             confirmed = True
 
     trials_total = sum(1 for t in study.get_trials(deepcopy=False)
@@ -317,6 +322,14 @@ def run_search(
         counts=counts, timing=timing, wall_s=time.monotonic() - t_start, setup_s=t_start - t_setup,
         confirmed=confirmed, search_best_us=search_best_us, setup_baselines_us=setup_baselines,
     )
+
+
+def _finalists(history: dict[str, tuple[TrialState, float | None, dict]], untuned: list[str]) -> list[str]:
+    """The FINALISTS fastest measured configs, then the runtime's own picks that were measured."""
+    done = sorted((v, text) for text, (state, v, _) in history.items() if state == TrialState.COMPLETE and v is not None)
+    top = [text for _, text in done[:FINALISTS]]
+    measured = {text for _, text in done}
+    return top + [t for t in dict.fromkeys(untuned) if t in measured and t not in top]
 
 
 def _best(history: dict[str, tuple[TrialState, float | None, dict]]):

@@ -135,22 +135,23 @@ def _handle_measure(st: _State, config: Config) -> dict:
         return {"ok": False, "status": status, "reason": text}
 
 
-def _handle_confirm(st: _State, config: Config, rounds: int, skip: list[str]) -> dict:
-    """Time the winner and every baseline in turn, `rounds` times, rotating who goes first;
-    medians per name. Baselines timed minutes earlier at setup can sit on another clock or
-    power state (seen on the H100: a 5 ms MoE GEMM timed 15% apart in setup and in the search),
-    so the stored ratios come from this side-by-side pass."""
+def _handle_confirm(st: _State, configs: list[Config], rounds: int, skip: list[str]) -> dict:
+    """Time the finalists and every baseline in turn, `rounds` times, rotating who goes first;
+    medians per entry. Timings taken minutes apart can sit on another clock or power state (seen
+    on the H100: one 5 ms MoE config timed 15% apart at setup and in the search), so the winner
+    and the stored ratios come from this side-by-side pass."""
     from tuner import measure
 
     try:
-        runners = {"tuned": st.kernel.runner(st.key, config, st.dtype, st.device)}
+        runners = {f"config{i}": st.kernel.runner(st.key, c, st.dtype, st.device) for i, c in enumerate(configs)}
         runners |= {n: r for n, r in st.kernel.baselines(st.key, st.dtype, st.device).items() if n not in skip}
         names = list(runners)
         samples: dict[str, list[float]] = {n: [] for n in names}
         for r in range(rounds):
             for n in names[r % len(names):] + names[: r % len(names)]:
                 samples[n].append(measure.time_runner(runners[n], st.inputs, st.device)[0])
-        return {"ok": True, "us": {n: statistics.median(v) for n, v in samples.items()}}
+        us = {n: statistics.median(v) for n, v in samples.items()}
+        return {"ok": True, "configs": [us.pop(f"config{i}") for i in range(len(configs))], "baselines": us}
     except Exception as e:
         return {"ok": False, "status": "failed", "reason": f"{type(e).__name__}: {str(e)[:300]}"}
 
@@ -183,7 +184,7 @@ def worker_main(conn, env: dict[str, str]) -> None:
                 if st is None:
                     conn.send({"ok": False, "status": "failed", "reason": "confirm before setup"})
                     continue
-                conn.send(_handle_confirm(st, msg["config"], msg["rounds"], msg.get("skip", [])))
+                conn.send(_handle_confirm(st, msg["configs"], msg["rounds"], msg.get("skip", [])))
             else:
                 conn.send({"ok": False, "status": "failed", "reason": f"unknown command {cmd!r}"})
         except Exception:
@@ -272,11 +273,13 @@ class WorkerClient:
                       max_abs_error=reply.get("max_abs_error"), reason=reply.get("reason"),
                       status=reply.get("status", "failed"), timing=reply.get("timing", ""))
 
-    def confirm(self, config: Config, rounds: int, skip: list[str] = ()) -> dict[str, float] | None:
-        """Side-by-side medians {"tuned": us, baseline: us, ...}, or None if that pass failed."""
+    def confirm(self, configs: list[Config], rounds: int, skip: list[str] = ()) -> dict | None:
+        """Side-by-side medians {"configs": [us per config], "baselines": {name: us}}, or None
+        if that pass failed."""
         timeout = self.measure_timeout_s * (1 + rounds)
-        reply = self._call({"cmd": "confirm", "config": config, "rounds": rounds, "skip": list(skip)}, timeout)
-        return reply["us"] if reply.get("ok") else None
+        reply = self._call({"cmd": "confirm", "configs": list(configs), "rounds": rounds, "skip": list(skip)},
+                           timeout)
+        return {"configs": reply["configs"], "baselines": reply["baselines"]} if reply.get("ok") else None
 
     def close(self) -> None:
         if self._proc is not None and self._proc.is_alive():

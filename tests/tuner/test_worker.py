@@ -32,11 +32,13 @@ def test_a_hang_is_killed_and_recorded():
         assert w.measure({"variant": "good", "scale": 1}).ok
 
 
-def test_confirm_times_the_winner_beside_the_baselines():
+def test_confirm_times_finalists_beside_the_baselines():
     with WorkerClient(REF, "cpu", measure_timeout_s=10) as w:
         w.setup((16,), "fp32")
-        side = w.confirm({"variant": "good", "scale": 3}, rounds=3)
-        assert set(side) == {"tuned", "native"}
-        assert side["tuned"] > 3000 * 0.9 > side["native"] > 0  # the 3 ms sleep is the winner's only
-        assert w.confirm({"variant": "raises", "scale": 1}, rounds=2) is None
-        assert set(w.confirm({"variant": "good", "scale": 1}, rounds=1, skip=["native"])) == {"tuned"}
+        side = w.confirm([{"variant": "good", "scale": 3}, {"variant": "good", "scale": 1}], rounds=3)
+        slow, fast = side["configs"]
+        assert set(side["baselines"]) == {"native"}
+        # each config's sleep is its own: 3 ms and 1 ms, the baseline has none
+        assert slow > 3000 * 0.9 and 1000 * 0.9 < fast < slow and side["baselines"]["native"] < fast
+        assert w.confirm([{"variant": "raises", "scale": 1}], rounds=2) is None
+        assert w.confirm([{"variant": "good", "scale": 1}], rounds=1, skip=["native"])["baselines"] == {}
