@@ -157,7 +157,7 @@ def test_sdpa_reaches_flaggems_only_on_torchs_flash_backend():
     pick = sdpa_backend(VISION, "bf16")
     fa.flash_fwd_kernel = Spy()
     try:
-        with flag_gems.use_gems(include=["_flash_attention_forward"]):
+        with flag_gems.use_gems(include=["flash_attention_forward"]):  # function names, not aten names
             F.scaled_dot_product_attention(q, k, v)
             by_default = len(calls)
             with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):

@@ -138,6 +138,15 @@ def test_block_n_vs_kv_len():
     assert ATT.invalid_reason(WHISPER, cfg(BLOCK_N=256, num_stages=2), "bf16", "cuda") is None
 
 
+def test_causal_needs_block_n_at_most_block_m():
+    causal, noncausal = MINICPMO[0], VISION
+    assert causal[6] == 1 and noncausal[6] == 0
+    wrong = cfg(BLOCK_M=16, BLOCK_N=64)  # wrong results on the H100 (rel error 0.6)
+    assert "BLOCK_N=64 > BLOCK_M=16" in ATT.invalid_reason(causal, wrong, "bf16", "cuda")
+    assert ATT.invalid_reason(causal, cfg(BLOCK_M=64, BLOCK_N=64), "bf16", "cuda") is None
+    assert ATT.invalid_reason(noncausal, wrong, "bf16", "cuda") is None
+
+
 def test_shared_memory_and_registers():
     # head_dim 128: BLOCK_K 128; K and V tiles of 128x128 bf16 are 64 KiB a stage
     assert ATT.invalid_reason(PREFILL, cfg(BLOCK_N=128, num_warps=8, num_stages=4), "bf16", "cuda") is None
