@@ -49,6 +49,7 @@ from kernels.base import (
     Key,
     Runner,
     next_pow2,
+    precompile_by_running,
     torch_dtype,
 )
 
@@ -331,10 +332,6 @@ def attention_reference(q, k, v, causal: bool):
         torch.backends.cuda.matmul.allow_tf32 = prev
 
 
-# precompile runs in helper processes, one call per candidate: keep one key's inputs around
-_PRECOMPILE_INPUTS: dict = {}
-
-
 class Attention(Kernel):
     name = "attention"
     description = "attention forward (SDPA): FlagGems' flash_fwd_kernel (triton.autotune cache)"
@@ -443,18 +440,7 @@ class Attention(Kernel):
         return _fg_runner(key, config)
 
     def precompile(self, key: Key, config: Config, dtype: str, device: str) -> None:
-        """Compile by running once on the real shapes (the kernel specialises on sizes); the
-        inputs of the last key are kept for the next candidate."""
-        if device != "cuda":
-            return
-        import torch
-
-        if (key, dtype) not in _PRECOMPILE_INPUTS:
-            _PRECOMPILE_INPUTS.clear()
-            _PRECOMPILE_INPUTS[key, dtype] = self.make_inputs(key, dtype, device, 1, seed=0)
-        inputs = _PRECOMPILE_INPUTS[key, dtype]
-        self.runner(key, config, dtype, device)(inputs.sets[0], inputs.outs[0])
-        torch.cuda.synchronize()
+        precompile_by_running(self, key, config, dtype, device)
 
     def baselines(self, key: Key, dtype: str, device: str) -> dict[str, Runner]:
         """native: torch's SDPA on its flash backend (FA2, what FlagGems replaces) where flash

@@ -52,6 +52,24 @@ class Inputs:
 # A runner takes one input set and its output buffer, and writes the result into the buffer.
 Runner = Callable[[tuple, Any], Any]
 
+# precompile runs in helper processes, one call per candidate: keep one key's inputs around
+_PRECOMPILE_INPUTS: dict = {}
+
+
+def precompile_by_running(kernel: "Kernel", key: Key, config: Config, dtype: str, device: str) -> None:
+    """Compile a GPU-only kernel by running it once on the real shapes (Triton specialises on
+    sizes and strides); the inputs of the last key are kept for the next candidate."""
+    if device != "cuda":
+        return
+    import torch
+
+    if (kernel.name, key, dtype) not in _PRECOMPILE_INPUTS:
+        _PRECOMPILE_INPUTS.clear()
+        _PRECOMPILE_INPUTS[kernel.name, key, dtype] = kernel.make_inputs(key, dtype, device, 1, seed=0)
+    inputs = _PRECOMPILE_INPUTS[kernel.name, key, dtype]
+    kernel.runner(key, config, dtype, device)(inputs.sets[0], inputs.outs[0])
+    torch.cuda.synchronize()
+
 
 class Kernel(ABC):
     name: str = ""

@@ -25,6 +25,7 @@ from kernels.base import (
     KernelInputError,
     Key,
     next_pow2,
+    precompile_by_running,
     Runner,
     torch_dtype,
 )
@@ -201,10 +202,6 @@ def _fg_runner(key: Key, config: Config, dtype: str) -> Runner:
     return run
 
 
-# precompile runs in helper processes, one call per candidate: keep one key's inputs around
-_PRECOMPILE_INPUTS: dict = {}
-
-
 class FusedMoE(Kernel):
     name = "fused_moe"
     description = "fused MoE (silu gate/up, top-k routing): FlagGems' fused_moe_kernel, vLLM's config format"
@@ -323,18 +320,7 @@ class FusedMoE(Kernel):
         return _fg_runner(key, config, dtype)
 
     def precompile(self, key: Key, config: Config, dtype: str, device: str) -> None:
-        """Compile by running once on the real shapes (the kernel specialises on sizes and
-        strides); the inputs of the last key are kept for the next candidate."""
-        if device != "cuda":
-            return
-        import torch
-
-        if (key, dtype) not in _PRECOMPILE_INPUTS:
-            _PRECOMPILE_INPUTS.clear()
-            _PRECOMPILE_INPUTS[key, dtype] = self.make_inputs(key, dtype, device, 1, seed=0)
-        inputs = _PRECOMPILE_INPUTS[key, dtype]
-        self.runner(key, config, dtype, device)(inputs.sets[0], inputs.outs[0])
-        torch.cuda.synchronize()
+        precompile_by_running(self, key, config, dtype, device)
 
     def baselines(self, key: Key, dtype: str, device: str) -> dict[str, Runner]:
         """untuned: FlagGems' own config choice. vllm_shipped: the config vLLM ships for this
