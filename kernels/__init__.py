@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "mm": "kernels.mm:MM",
     "fused_moe": "kernels.fused_moe:FusedMoE",
     "attention": "kernels.attention:Attention",
+    "addmm": "kernels.addmm:AddMM",
 }
 
 

@@ -17,6 +17,13 @@ def mm_record(M, variant="fg_tma", gpu="NVIDIA H100 80GB HBM3"):
             "environment": env_of(gpu), "kernel_source_hash": "not-this-flaggems"}
 
 
+def addmm_record(M, gpu="NVIDIA H100 80GB HBM3"):
+    return {"kernel": "addmm", "key": {"M": M, "N": 512, "K": 3584, "BT": 1}, "dtype": "bf16",
+            "config": {"variant": "fg_addmm", "BLOCK_SIZE_M": 32, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 32,
+                       "num_warps": 2, "num_stages": 5},
+            "environment": env_of(gpu), "kernel_source_hash": "not-this-flaggems"}
+
+
 def test_write_runtime_dir_replaces_atomically(tmp_path):
     run = {"gpu_name": "NVIDIA H100 80GB HBM3", "triton": env_of()["triton"]}
     folder = tmp_path / "rt"
@@ -70,7 +77,8 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     rt = tmp_path / "rt"
     # Measured "elsewhere" (this host has no GPU): allowed, so the loud path runs too.
     with pytest.warns(RuntimeWarning, match="FOREIGN"):
-        write_runtime_dir(rt, [moe_record(64), mm_record(1), mm_record(256)], ["softmax", "mm"],
+        write_runtime_dir(rt, [moe_record(64), mm_record(1), mm_record(256), addmm_record(16)],
+                          ["softmax", "mm"],
                           max_tokens=64, allow_foreign=True)
     code = """
         import os, json
@@ -84,11 +92,15 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
         from tuner.inject.flaggems_cache import locate_mm_tuners, locate_mm_module, _runtime_args
         t = locate_mm_tuners()["fg_tma"]
         key = t.get_key(_runtime_args(locate_mm_module(), "fg_tma", 3, 4608, 3584, "bf16", "col"))
+        from tuner.inject.flaggems_addmm import addmm_key, locate_addmm_tuner
+        ta = locate_addmm_tuner()
+        addmm_hit = ta.cache.get(addmm_key(ta, 512, 3584, "bf16", 40))
         print("RESULT", json.dumps({
             "moe_folder": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"), "db": libcache.db_url,
             "registered_mm": "mm" in flag_gems.current_work_registrar.get_all_ops(),
             "registered_mm_out": "mm_out" in flag_gems.current_work_registrar.get_all_ops(),
             "seeded": key in t.cache,
+            "seeded_addmm": addmm_hit.kwargs["BLOCK_SIZE_M"] if addmm_hit else None,
             "memo": libentry.ConfigCache.get.__module__,
             "moe_hooked": hasattr(fm.try_get_optimal_moe_config, "__tuner_original__")}))
     """
@@ -98,11 +110,12 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     out = run_py(code, env)
     lines = [line for line in out.splitlines() if "tuner plugin:" in line]
     assert len(lines) == 1, out[-3000:]
-    assert ("tuner plugin: 3 tuned configs active (fused_moe 1, mm via FlagGems cache 2, "
-            "mm split-K 0); FlagGems excluded ops: mm, softmax; FlagGems config cache read from memory") in lines[0]
+    assert ("tuner plugin: 4 tuned configs active (fused_moe 1, mm via FlagGems cache 2, "
+            "addmm via FlagGems cache 1, mm split-K 0); FlagGems excluded ops: mm, softmax; FlagGems config cache read from memory") in lines[0]
     assert "USING FOREIGN TUNED RESULT for fused_moe" in out and "USING FOREIGN TUNED RESULT for mm" in out
+    assert "USING FOREIGN TUNED RESULT for addmm" in out
     r = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     assert r == {"moe_folder": str(rt / MOE_FOLDER), "registered_mm": False, "registered_mm_out": True,
-                 "seeded": True, "moe_hooked": True, "db": runtime_env(rt)["FLAGGEMS_DB_URL"],
+                 "seeded": True, "seeded_addmm": 32, "moe_hooked": True, "db": runtime_env(rt)["FLAGGEMS_DB_URL"],
                  "memo": "tuner.inject.flaggems_memo"}
     assert (rt / FLAGGEMS_DB).exists()

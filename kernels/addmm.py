@@ -1,0 +1,216 @@
+"""Tunable biased GEMM: FlagGems' `addmm_kernel` (what nn.Linear with a bias reaches under FlagGems).
+
+Key (M, N, K, BT): out[M,N] = bias[N] + A[M,K] @ B[K,N], beta = alpha = 1 (nn.Linear's call);
+BT=1 means B is the transpose of an N x K weight (nn.Linear's layout, the default), BT=0 a
+K x N tensor. The bias is 1-D and broadcast over the rows, as F.linear passes it.
+
+FlagGems 5.0.2 has one addmm kernel on every NVIDIA GPU (`flag_gems/ops/addmm.py`, no Hopper
+module): a plain tiled GEMM under a LibTuner over 8 yaml configs (BLOCK_SIZE_M/N/K, num_warps,
+num_stages; no GROUP_M, no pre_hook), key M, N, K with the align32 strategy plus the four tensor
+dtypes. One variant, `fg_addmm`: that kernel launched with an explicit config, so a winner is
+exactly one row of FlagGems' addmm cache. It only runs on an NVIDIA GPU (FlagGems does not
+import under TRITON_INTERPRET=1): on the CPU every config is invalid and the runner refuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from kernels.base import (
+    Config,
+    Inputs,
+    Kernel,
+    KernelInputError,
+    Key,
+    Runner,
+    next_pow2,
+    precompile_by_running,
+    torch_dtype,
+)
+from kernels.mm import ELEM_BYTES, MM, _jit
+
+VARIANT = "fg_addmm"
+CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "num_warps", "num_stages")
+SPACE: dict[str, tuple] = {
+    "BLOCK_SIZE_M": (16, 32, 64, 128, 256),
+    "BLOCK_SIZE_N": (32, 64, 128, 256),
+    "BLOCK_SIZE_K": (32, 64, 128, 256),
+    "num_warps": (2, 4, 8),
+    "num_stages": (2, 3, 4, 5),
+}
+# FlagGems' list (runtime/backend/_nvidia/tune_configs.yaml) goes up to these blocks for every
+# key: its untuned pick must stay reachable, so smaller keys do not cap the blocks below them
+FG_MAX_BLOCK_M = 128
+FG_MAX_BLOCK_N = 256
+FG_MAX_BLOCK_K = 64
+NO_CPU = ("addmm has no CPU implementation: it runs FlagGems' Triton addmm kernel, which needs "
+          "an NVIDIA GPU (use --device cuda)")
+
+# MiniCPM-o 2.6 Linear layers with a bias, (N, K) (shared/facts/minicpmo-2.6.md)
+LLM_NK = {"q": (3584, 3584), "kv": (512, 3584)}  # Qwen2 q/k/v, unfused as transformers runs them
+LLM_M = (1, 16, 64, 512, 2048)
+VISION_M = 10240  # SigLIP over the image slices of one request (the profile's M)
+VISION_NK = {"qkv_out": (1152, 1152), "fc1": (4304, 1152), "fc2": (1152, 4304)}
+AUDIO_M = 1500  # Whisper-medium encoder positions of 30 s of audio; the projector runs at it too
+AUDIO_NK = {"qkv_out": (1024, 1024), "fc1": (4096, 1024), "fc2": (1024, 4096), "proj1": (3584, 1024)}
+
+
+def flag_gems_addmm_module():
+    """FlagGems' addmm module as loaded (its LibTuner cache lives in that module object)."""
+    import importlib
+    import sys
+
+    importlib.import_module("flag_gems")
+    mod = sys.modules.get("flag_gems.ops.addmm")
+    return mod if mod is not None else importlib.import_module("flag_gems.ops.addmm")
+
+
+def libtuner(entry):
+    """The LibTuner under a LibEntry (the object holding configs, cache and best_config)."""
+    while not hasattr(entry, "get_key"):
+        entry = entry.fn
+    return entry
+
+
+def as_config(cfg) -> Config:
+    """A triton.Config of FlagGems' addmm list as a config of this space."""
+    kw = cfg.kwargs
+    return {"variant": VARIANT, **{k: int(kw[k]) for k in CONFIG_KEYS[:3]},
+            "num_warps": int(cfg.num_warps), "num_stages": int(cfg.num_stages)}
+
+
+class AddMM(Kernel):
+    name = "addmm"
+    description = "biased GEMM bias + A @ B (aten::addmm, nn.Linear with bias): FlagGems' addmm kernel"
+    key_names = ("M", "N", "K", "BT")
+    devices = ("cuda",)
+    source_modules = ("flag_gems.ops.addmm",)
+
+    # ---- keys -------------------------------------------------------------------------
+    def parse_key(self, text: str) -> Key:
+        """M,N,K with an optional weight layout, exactly as for mm ('nk' default, or 'kn')."""
+        try:
+            return MM.parse_key(self, text)
+        except KernelInputError as e:
+            raise KernelInputError(str(e).replace("op mm", "op addmm")) from None
+
+    def presets(self) -> Mapping[str, list[Key]]:
+        llm = [(m, n, k, 1) for (n, k) in LLM_NK.values() for m in LLM_M]
+        vision = [(VISION_M, n, k, 1) for (n, k) in VISION_NK.values()]
+        audio = [(AUDIO_M, n, k, 1) for (n, k) in AUDIO_NK.values()]
+        return {"minicpmo": llm + vision + audio, "minicpmo-llm": llm,
+                "minicpmo-vision": vision, "minicpmo-audio": audio}
+
+    def flops(self, key: Key) -> float:
+        M, N, K, _ = key
+        return 2.0 * M * N * K
+
+    def bytes_per_set(self, key: Key, dtype: str) -> int:
+        M, N, K, _ = key
+        return (M * K + K * N + M * N + N) * ELEM_BYTES[dtype]
+
+    # ---- search space -------------------------------------------------------------------
+    def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:
+        return {"variant": (VARIANT,), **SPACE}
+
+    def canonical(self, key: Key, config: Config) -> Config:
+        return {k: config[k] for k in ("variant", *CONFIG_KEYS)}
+
+    def invalid_reason(self, key: Key, config: Config, dtype: str, device: str, arch: int = 9) -> str | None:
+        if device != "cuda":
+            return NO_CPU
+        if config["variant"] != VARIANT:
+            return f"variant {config['variant']} is not {VARIANT}"
+        M, N, K, _ = key
+        bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
+        warps, stages = config["num_warps"], config["num_stages"]
+        if bm > max(FG_MAX_BLOCK_M, next_pow2(M)):
+            return f"BLOCK_SIZE_M={bm} exceeds the padded M ({next_pow2(M)})"
+        if bn > max(FG_MAX_BLOCK_N, next_pow2(N)):
+            return f"BLOCK_SIZE_N={bn} exceeds the padded N ({next_pow2(N)})"
+        if bk > max(FG_MAX_BLOCK_K, next_pow2(K)):
+            return f"BLOCK_SIZE_K={bk} exceeds the padded K ({next_pow2(K)})"
+        # shared memory and registers: the same K loop as mm's split-K kernel at SPLIT_K=1, on a
+        # key padded to the tile so that only those limits can speak
+        tile = {"variant": "splitk", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 1,
+                "SPLIT_K": 1, "num_warps": warps, "num_stages": stages}
+        return MM().invalid_reason((max(M, bm), max(N, bn), max(K, bk), 1), tile, dtype, device, arch)
+
+    # ---- running ------------------------------------------------------------------------
+    def source_hash(self, config: Config | None = None) -> str:
+        """sha256 of FlagGems' addmm JIT function source (what a record's config runs)."""
+        import hashlib
+
+        if (config or {}).get("variant", VARIANT) != VARIANT:
+            raise KernelInputError(f"unknown addmm variant {config['variant']!r}")
+        return hashlib.sha256(_jit(flag_gems_addmm_module().addmm_kernel).src.encode()).hexdigest()
+
+    def make_inputs(self, key: Key, dtype: str, device: str, n_sets: int, seed: int) -> Inputs:
+        """mm's A and B (B = W.t() for BT=1) plus a 1-D bias of N per set, in addmm's order."""
+        import torch
+
+        mm = MM.make_inputs(self, key, dtype, device, n_sets, seed)
+        g = torch.Generator(device=device).manual_seed(seed + 1)
+        sets = [(torch.randn((key[1],), generator=g, device=device, dtype=torch_dtype(dtype)), a, b)
+                for a, b in mm.sets]
+        return Inputs(sets=sets, outs=mm.outs)
+
+    def reference(self, args: tuple):
+        """mm's reference (fp32 without TF32 on the GPU, fp64 on the CPU) plus the bias."""
+        bias, a, b = args
+        ref = MM.reference(self, (a, b))
+        return ref.add_(bias.to(ref.dtype))
+
+    def runner(self, key: Key, config: Config, dtype: str, device: str) -> Runner:
+        if device != "cuda":
+            raise KernelInputError(NO_CPU)
+        if config["variant"] != VARIANT:
+            raise KernelInputError(f"unknown addmm variant {config['variant']!r}")
+        return _fg_addmm_runner(config)
+
+    def precompile(self, key: Key, config: Config, dtype: str, device: str) -> None:
+        precompile_by_running(self, key, config, dtype, device)
+
+    def baselines(self, key: Key, dtype: str, device: str) -> dict[str, Runner]:
+        import torch
+
+        runners: dict[str, Runner] = {
+            "native": lambda args, out: torch.addmm(args[0], args[1], args[2], out=out)}
+        if device == "cuda":
+            fg = flag_gems_addmm_module()
+            runners["untuned"] = lambda args, out: fg.addmm_out(args[0], args[1], args[2], out=out)
+        return runners
+
+    def untuned_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
+        """The config FlagGems' own LibTuner chose: the untuned baseline has just run this key,
+        and LibTuner.run leaves the config of its last call in `best_config`."""
+        if device != "cuda":
+            return []
+        cfg = getattr(libtuner(flag_gems_addmm_module().addmm_kernel), "best_config", None)
+        return [] if cfg is None else [as_config(cfg)]
+
+
+def _fg_addmm_runner(config: Config) -> Runner:
+    """FlagGems' addmm_out body with the LibTuner bypassed: the JIT function, one config."""
+    import triton
+
+    jit = _jit(flag_gems_addmm_module().addmm_kernel)
+    bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
+
+    def run(args, out):
+        bias, a, b = args
+        M, K = a.shape
+        N = b.shape[1]
+        a = a.contiguous()
+        bias = bias.broadcast_to(out.shape)
+        grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
+        jit[grid](
+            a, b, bias, out, 1, 1, M, N, K,
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+            bias.stride(0), bias.stride(1), out.stride(0), out.stride(1),
+            BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk,
+            num_warps=config["num_warps"], num_stages=config["num_stages"],
+        )
+        return out
+
+    return run

@@ -1,0 +1,136 @@
+"""addmm: key, presets, space, constraints, canonical and reference on the CPU; FlagGems' own
+config list, LibTuner and kernel source read from the real flag_gems in a subprocess (it cannot
+import here: other test modules set TRITON_INTERPRET=1). The runner is checked on the H100 in
+tests/gpu/test_addmm_gpu.py."""
+
+import pytest
+import torch
+
+from kernels import get_kernel
+from kernels.addmm import CONFIG_KEYS, NO_CPU, SPACE, VARIANT
+from kernels.base import KernelInputError
+from tests.tuner.inject.conftest import needs_flag_gems, result, run_py
+from tuner.search import grid_configs
+
+ADDMM = get_kernel("addmm")
+
+
+def cfg(**kw):
+    return {"variant": VARIANT, "BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 32,
+            "num_warps": 4, "num_stages": 4} | kw
+
+
+def test_parse_key():
+    assert ADDMM.parse_key("16,512,3584") == (16, 512, 3584, 1)
+    assert ADDMM.parse_key("16, 512, 3584, kn") == (16, 512, 3584, 0)
+    for bad, msg in [("16,512", "op addmm must be M,N,K"), ("a,b,c", "integers"),
+                     ("0,512,3584", "positive"), ("1,2,3,xx", "weight layout"), ("1,2,3,4,5", "op addmm")]:
+        with pytest.raises(KernelInputError, match=msg):
+            ADDMM.parse_key(bad)
+
+
+def test_presets():
+    p = ADDMM.presets()
+    llm = {(m, n, k, 1) for m in (1, 16, 64, 512, 2048) for n, k in ((3584, 3584), (512, 3584))}
+    vision = {(10240, 1152, 1152, 1), (10240, 4304, 1152, 1), (10240, 1152, 4304, 1)}
+    audio = {(1500, 1024, 1024, 1), (1500, 4096, 1024, 1), (1500, 1024, 4096, 1), (1500, 3584, 1024, 1)}
+    assert set(p["minicpmo-llm"]) == llm and set(p["minicpmo-vision"]) == vision
+    assert set(p["minicpmo-audio"]) == audio
+    assert sorted(p["minicpmo"]) == sorted(llm | vision | audio) and len(p["minicpmo"]) == 17
+
+
+def test_cpu_has_no_implementation():
+    assert ADDMM.devices == ("cuda",)
+    assert ADDMM.invalid_reason((16, 512, 3584, 1), cfg(), "fp16", "cpu") == NO_CPU
+    with pytest.raises(KernelInputError) as e:
+        ADDMM.runner((16, 512, 3584, 1), cfg(), "fp16", "cpu")
+    assert str(e.value) == NO_CPU and str(e.value).count(". ") == 0  # one sentence
+    assert ADDMM.untuned_configs((16, 512, 3584, 1), "fp16", "cpu") == []
+    assert set(ADDMM.baselines((16, 512, 3584, 1), "fp16", "cpu")) == {"native"}
+
+
+def test_constraints():
+    key = (1, 512, 3584, 1)
+    assert ADDMM.invalid_reason(key, cfg(), "bf16", "cuda") is None
+    assert "BLOCK_SIZE_M=256" in ADDMM.invalid_reason(key, cfg(BLOCK_SIZE_M=256), "bf16", "cuda")
+    assert ADDMM.invalid_reason((300, 512, 3584, 1), cfg(BLOCK_SIZE_M=256, BLOCK_SIZE_N=32, num_warps=8),
+                                "bf16", "cuda") is None
+    # FlagGems' list (up to 128 x 256 x 64) stays reachable for small keys: its untuned pick
+    assert ADDMM.invalid_reason((1, 32, 32, 1), cfg(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64,
+                                                    num_warps=8, num_stages=3), "bf16", "cuda") is None
+    assert "BLOCK_SIZE_K=128" in ADDMM.invalid_reason((16, 512, 40, 1), cfg(BLOCK_SIZE_K=128), "bf16", "cuda")
+    big = cfg(BLOCK_SIZE_M=256, BLOCK_SIZE_N=256, BLOCK_SIZE_K=128, num_warps=8, num_stages=5)
+    assert "shared memory" in ADDMM.invalid_reason((4096, 4096, 4096, 1), big, "bf16", "cuda")
+    assert "registers" in ADDMM.invalid_reason((4096, 4096, 4096, 1), cfg(BLOCK_SIZE_M=256, BLOCK_SIZE_N=256),
+                                               "bf16", "cuda")
+    assert "2 warps" in ADDMM.invalid_reason((4096, 4096, 4096, 1), cfg(num_warps=2), "bf16", "cuda")
+    assert "not fg_addmm" in ADDMM.invalid_reason(key, cfg(variant="splitk"), "bf16", "cuda")
+
+
+def test_grid_is_nonempty_valid_and_canonical():
+    for key in ADDMM.presets()["minicpmo"]:
+        space = ADDMM.space(key, "bf16", "cuda")
+        assert space == {"variant": (VARIANT,), **SPACE}
+        valid = grid_configs(ADDMM, key, "bf16", "cuda")
+        assert len(valid) > 50, key
+        assert all(ADDMM.canonical(key, c) == c for c in valid)
+    assert grid_configs(ADDMM, (16, 512, 3584, 1), "fp16", "cpu") == []
+    assert ADDMM.canonical((1, 2, 3, 1), {**cfg(), "extra": 1}) == cfg()
+
+
+def test_reference_is_addmm_with_a_broadcast_bias():
+    key = (5, 24, 40, 1)
+    inputs = ADDMM.make_inputs(key, "fp32", "cpu", 2, seed=0)
+    assert len(inputs.sets) == len(inputs.outs) == 2
+    bias, a, b = inputs.sets[0]
+    assert bias.shape == (24,) and a.shape == (5, 40) and b.shape == (40, 24) and b.stride() == (1, 40)
+    assert not torch.equal(inputs.sets[0][1], inputs.sets[1][1])
+    ref = ADDMM.reference(inputs.sets[0])
+    assert ref.dtype == torch.float64
+    torch.testing.assert_close(ref, (a.double() @ b.double()) + bias.double()[None, :])
+    torch.testing.assert_close(ref.float(), torch.addmm(bias, a, b), rtol=1e-5, atol=1e-5)
+    out = inputs.outs[0]
+    ADDMM.baselines(key, "fp32", "cpu")["native"](inputs.sets[0], out)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    _, _, b_kn = ADDMM.make_inputs((5, 24, 40, 0), "fp32", "cpu", 1, seed=0).sets[0]
+    assert b_kn.is_contiguous()
+    assert ADDMM.bytes_per_set(key, "bf16") == (5 * 40 + 40 * 24 + 5 * 24 + 24) * 2
+    assert ADDMM.flops(key) == 2 * 5 * 24 * 40
+
+
+@needs_flag_gems
+def test_space_holds_flaggems_list_and_its_libtuner(tmp_path):
+    """FlagGems' own addmm list (what its LibTuner picks from untuned) is inside the space and
+    accepted by the constraints for every preset key; the kernel source hash is stable."""
+    fg_env = {"GEMS_VENDOR": "nvidia", "ARCH": "sm_90", "HOME": str(tmp_path),
+              "FLAGGEMS_DB_URL": f"sqlite:///{tmp_path / 'flaggems.db'}"}
+    out = run_py("""
+        import json, inspect
+        from kernels import get_kernel
+        from kernels.addmm import as_config, flag_gems_addmm_module, libtuner
+        k = get_kernel("addmm")
+        mod = flag_gems_addmm_module()
+        t = libtuner(mod.addmm_kernel)
+        keys = [key for key in k.presets()["minicpmo"]] + [(1, 32, 32, 1), (3, 64, 48, 0)]
+        print("RESULT", json.dumps({
+            "configs": [as_config(c) for c in t.configs],
+            "hooks": [c.pre_hook is not None for c in t.configs],
+            "key_args": t.keys, "strategy": [s.__name__ for s in t.strategy],
+            "reasons": sorted({str(k.invalid_reason(key, as_config(c), dt, "cuda"))
+                               for key in keys for c in t.configs for dt in ("bf16", "fp16")}),
+            "canonical": all(k.canonical(key, as_config(c)) == as_config(c) for key in keys for c in t.configs),
+            "hash": k.source_hash({"variant": "fg_addmm"}), "hash_none": k.source_hash(),
+            "src_has_kernel": "def addmm_kernel(" in inspect.getsource(mod)}))
+    """, fg_env)
+    r = result(out)
+    assert len(r["configs"]) == 8 and not any(r["hooks"])
+    assert r["key_args"] == ["M", "N", "K"] and r["strategy"] == ["align32_strategy"] * 3
+    for c in r["configs"]:
+        assert c["variant"] == VARIANT and all(c[n] in SPACE[n] for n in CONFIG_KEYS), c
+    assert r["reasons"] == ["None"] and r["canonical"] and r["src_has_kernel"]
+    assert len(r["hash"]) == 64 and r["hash"] == r["hash_none"]
+    again = result(run_py("""
+        from kernels import get_kernel
+        print("RESULT", '"' + get_kernel("addmm").source_hash({"variant": "fg_addmm"}) + '"')
+    """, fg_env))
+    assert again == r["hash"]
