@@ -119,9 +119,11 @@ def seed_addmm_cache(
 
     from kernels.addmm import VARIANT
 
-    tuner = locate_addmm_tuner()
     recs = [r for r in records if r.get("kernel") == KERNEL
             and (r.get("config") or {}).get("variant") == VARIANT]
+    if not recs:  # nothing to seed: do not depend on FlagGems' addmm internals at all
+        return SeedReport()
+    tuner = locate_addmm_tuner()
     base = dict(running if running is not None else running_environment(ENV_FIELDS))
     expected = {"kernel_source_hash": addmm_source_hash()}
     check_records(recs, base, allow_foreign=allow_foreign, running_for=lambda r: expected)
