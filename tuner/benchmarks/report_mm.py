@@ -11,19 +11,14 @@ import argparse
 import json
 import math
 
-from db import open_database, queries
+from tuner.report import best_records
 
 LAYERS = {(4608, 3584): "qkv", (3584, 3584): "o", (37888, 3584): "gate_up", (3584, 18944): "down",
           (151700, 3584): "lm_head"}
 
 
 def rows_from(urls: list[str]) -> list[dict]:
-    rows = []
-    for url in urls:
-        db = open_database(url, create=False)
-        with db.session() as s:
-            rows += queries.records(queries.best_configs(s, kernel="mm"))
-        db.dispose()
+    rows = [r for url in urls for r in best_records(url, "mm", None)]
     order = list(LAYERS)
     return sorted(rows, key=lambda r: (order.index((r["key"]["N"], r["key"]["K"]))
                                        if (r["key"]["N"], r["key"]["K"]) in LAYERS else 99, r["key"]["M"]))

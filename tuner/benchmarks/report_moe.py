@@ -11,18 +11,13 @@ from __future__ import annotations
 import argparse
 import math
 
-from db import open_database, queries
+from tuner.report import best_records
 
 KEY_ORDER = ("E", "N", "K", "top_k", "M")
 
 
 def rows_from(urls: list[str]) -> list[dict]:
-    rows = []
-    for url in urls:
-        db = open_database(url, create=False)
-        with db.session() as s:
-            rows += queries.records(queries.best_configs(s, kernel="fused_moe"))
-        db.dispose()
+    rows = [r for url in urls for r in best_records(url, "fused_moe", None)]
     return sorted(rows, key=lambda r: (-r["key"]["E"], -r["key"]["N"], r["key"]["M"]))
 
 

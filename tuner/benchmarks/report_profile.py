@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from sqlalchemy import text
-
-from db import open_database
+from db import open_database, profile_queries
+from tuner.profiler import UNATTRIBUTED
 
 
 def main() -> None:
@@ -18,21 +17,18 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
     db = open_database(args.db, create=False)
-    with db.engine.connect() as c:
-        runs = c.execute(text("select r.id, r.workloads, r.flaggems, r.total_us, r.overhead_ratio, r.created_at, "
-                              "e.gpu_name from tuner_profile_runs r join tuner_environments e "
-                              "on e.id = r.environment_id order by r.id")).all()
-        for rid, workloads, flaggems, total, overhead, created, gpu in runs:
-            rows = c.execute(text("select rank, op, shapes, kernel, calls, total_us, share, tunable from tuner_hot_ops "
-                                  "where profile_run_id = :r order by rank limit :n"), {"r": rid, "n": args.top}).all()
-            unattributed = c.execute(text("select coalesce(sum(share), 0) from tuner_hot_ops where profile_run_id = :r "
-                                          "and op = '(unattributed)'"), {"r": rid}).scalar()
-            print(f"\n## run {rid}: {workloads}, {'FlagGems' if flaggems else 'native'} ({gpu}, {created})\n")
-            print(f"GPU kernel time {total / 1e3:.2f} ms; unattributed {unattributed:.1%}"
-                  + (f"; profiler overhead x{overhead:.2f}" if overhead else "") + "\n")
+    with db.session() as s:
+        for run in reversed(profile_queries.profile_runs(s, limit=10**6)):
+            rows = profile_queries.hot_ops(s, run)
+            unattributed = sum(r.share for r in rows if r.op == UNATTRIBUTED)
+            print(f"\n## run {run.id}: {run.workloads}, {'FlagGems' if run.flaggems else 'native'} "
+                  f"({run.environment.gpu_name}, {run.created_at})\n")
+            print(f"GPU kernel time {run.total_us / 1e3:.2f} ms; unattributed {unattributed:.1%}"
+                  + (f"; profiler overhead x{run.overhead_ratio:.2f}" if run.overhead_ratio else "") + "\n")
             print("| # | op | shapes | kernel | calls | ms | share | tunable |\n|---|---|---|---|---|---|---|---|")
-            for rank, op, shapes, kernel, calls, us, share, tunable in rows:
-                print(f"| {rank} | {op} | {shapes[:60]} | {kernel[:60]} | {calls} | {us / 1e3:.3f} | {share:.1%} | {tunable} |")
+            for r in rows[: args.top]:
+                print(f"| {r.rank} | {r.op} | {r.shapes[:60]} | {r.kernel[:60]} | {r.calls} | {r.total_us / 1e3:.3f} | "
+                      f"{r.share:.1%} | {r.tunable} |")
     db.dispose()
 
 
