@@ -288,6 +288,11 @@ def profile(req: ProfileRequest, on_stage: Callable[[str], None] | None = None) 
             else:
                 exclude = _exclude(db, env_id)
                 stage(f"profiling with FlagGems (excluded: {', '.join(exclude) or 'none'})")
+                # as under `tuner serve`, FlagGems' configs are read from memory: otherwise every
+                # LibTuner call costs two SQL sessions (~0.6 ms), thousands per TTS decode
+                from tuner.inject.flaggems_memo import install_config_memo
+
+                undo_memo = install_config_memo()
                 try:
                     with flag_gems.use_gems(exclude=exclude):
                         gems = profile_steps(steps, _trace_path(req, True), time_source=source)
@@ -298,6 +303,8 @@ def profile(req: ProfileRequest, on_stage: Callable[[str], None] | None = None) 
                     gid, grows = _store(db, env_id, gems, workloads, True, None, {"exclude": exclude})
                     modes.append(ModeResult(gid, True, source, str(gems.trace_path), gems.total_us,
                                             grows[: req.top], len(grows), None, exclude))
+                finally:
+                    undo_memo()
         return ProfileOutcome(label(desc, source), desc, asdict(options), modes, notes,
                               check_report.to_dict() if check_report else None)
     finally:

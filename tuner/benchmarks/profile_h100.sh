@@ -2,6 +2,9 @@
 # Issue 3 on the H100: consistency check + end-to-end logits, then the full-size profile of each
 # workload natively and under FlagGems (minus the failing ops), with the profiler's overhead.
 # Run from the repo root with $OUT set:  bash tuner/benchmarks/profile_h100.sh
+# Parts of it (env): CHECK=all|text|...|none (the check's workloads, default all), CHECK_LIMIT
+# (s, default 230), PROFILES="image speech" (default all four), LIMIT=<s> (every profile step),
+# START_DB=<file> (copied first: a stored check's exclude list is reused, new runs add to it).
 # Budget: ~9.2 min wall at most (each step has a hard timeout), < 60 GB GPU memory (bf16, one model at a time).
 # Outputs under $OUT (8 files): env.txt (gpu_env.sh), run.log (all tables), check.json,
 # profile-{text,image,audio,speech}.json, tuner.db (every stored row; open with `tuner db show`
@@ -11,6 +14,9 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/tuner-traces
 source tuner/benchmarks/gpu_env.sh || { echo "gpu_env.sh failed" >&2; exit 1; }
 DB=/tmp/tuner-h100.db
+CHECK=${CHECK:-all}
+PROFILES=${PROFILES:-text image audio speech}
+[ -n "${START_DB:-}" ] && cp "$START_DB" "$DB"
 LOG="$OUT/run.log"
 SIZES=(--prompt-tokens 512 --decode-batches 1,8 --decode-steps 4)
 T0=$(date +%s)
@@ -21,8 +27,9 @@ nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tee -a "$LOG"
 # 1. consistency check of every FlagGems op the four workloads use (one subprocess per op, 4 at a
 #    time), stored as the exclude list; then end-to-end logits (LLM, 8 decode steps) with FlagGems
 #    minus that list vs native. JSON to check.json, the table to run.log.
-stamp "check --workload all"
-timeout 230 python3 cli.py check --workload all "${SIZES[@]}" --e2e-steps 8 --timeout 90 --jobs 12 \
+if [ "$CHECK" != none ]; then
+stamp "check --workload $CHECK"
+timeout "${CHECK_LIMIT:-230}" python3 cli.py check --workload "$CHECK" "${SIZES[@]}" --e2e-steps 8 --timeout 90 --jobs 12 \
     --db "$DB" --json > "$OUT/check.json" 2>> "$LOG"
 echo "check exit $?" | tee -a "$LOG"
 python3 - "$OUT/check.json" >> "$LOG" 2>&1 <<'PY'
@@ -39,12 +46,14 @@ for r in rep["results"]:
 e = rep.get("e2e") or {}
 print("e2e", {k: v for k, v in e.items() if k != "per_step"})
 PY
+fi
 
 # 2. each workload at full size: native, then FlagGems minus the stored exclude list (top 15);
 #    text also measures the profiler's overhead.
-for w in text image audio speech; do
+for w in $PROFILES; do
   extra=(); limit=50; [ "$w" = image ] && limit=60
   [ "$w" = text ] && { extra=(--overhead); limit=140; }  # FlagGems autotunes each new decode GEMM once
+  limit=${LIMIT:-$limit}
   stamp "profile --workload $w"
   timeout $limit python3 cli.py profile --workload "$w" "${SIZES[@]}" --top 15 --no-check "${extra[@]}" \
       --trace "/tmp/tuner-traces/$w.json.gz" --db "$DB" --json > "$OUT/profile-$w.json" 2>> "$LOG"
