@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "fused_moe": "kernels.fused_moe:FusedMoE",
     "attention": "kernels.attention:Attention",
     "addmm": "kernels.addmm:AddMM",
+    "bmm": "kernels.bmm:BMM",
 }
 
 

@@ -23,10 +23,10 @@ from kernels.base import (
     KernelInputError,
     Key,
     Runner,
-    next_pow2,
     precompile_by_running,
     torch_dtype,
 )
+from kernels.flaggems_ops import last_pick, libtuner, op_module, tile_invalid_reason  # noqa: F401 (libtuner: re-exported)
 from kernels.mm import ELEM_BYTES, MM, _jit
 
 VARIANT = "fg_addmm"
@@ -57,19 +57,7 @@ AUDIO_NK = {"qkv_out": (1024, 1024), "fc1": (4096, 1024), "fc2": (1024, 4096), "
 
 def flag_gems_addmm_module():
     """FlagGems' addmm module as loaded (its LibTuner cache lives in that module object)."""
-    import importlib
-    import sys
-
-    importlib.import_module("flag_gems")
-    mod = sys.modules.get("flag_gems.ops.addmm")
-    return mod if mod is not None else importlib.import_module("flag_gems.ops.addmm")
-
-
-def libtuner(entry):
-    """The LibTuner under a LibEntry (the object holding configs, cache and best_config)."""
-    while not hasattr(entry, "get_key"):
-        entry = entry.fn
-    return entry
+    return op_module("addmm")
 
 
 def as_config(cfg) -> Config:
@@ -122,19 +110,10 @@ class AddMM(Kernel):
         if config["variant"] != VARIANT:
             return f"variant {config['variant']} is not {VARIANT}"
         M, N, K, _ = key
-        bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
-        warps, stages = config["num_warps"], config["num_stages"]
-        if bm > max(FG_MAX_BLOCK_M, next_pow2(M)):
-            return f"BLOCK_SIZE_M={bm} exceeds the padded M ({next_pow2(M)})"
-        if bn > max(FG_MAX_BLOCK_N, next_pow2(N)):
-            return f"BLOCK_SIZE_N={bn} exceeds the padded N ({next_pow2(N)})"
-        if bk > max(FG_MAX_BLOCK_K, next_pow2(K)):
-            return f"BLOCK_SIZE_K={bk} exceeds the padded K ({next_pow2(K)})"
-        # shared memory and registers: the same K loop as mm's split-K kernel at SPLIT_K=1, on a
-        # key padded to the tile so that only those limits can speak
-        tile = {"variant": "splitk", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 1,
-                "SPLIT_K": 1, "num_warps": warps, "num_stages": stages}
-        return MM().invalid_reason((max(M, bm), max(N, bn), max(K, bk), 1), tile, dtype, device, arch)
+        tile = (config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"])
+        return tile_invalid_reason((M, N, K), tile, config["num_warps"], config["num_stages"],
+                                   (FG_MAX_BLOCK_M, FG_MAX_BLOCK_N, FG_MAX_BLOCK_K), CONFIG_KEYS[:3],
+                                   dtype, device, arch)
 
     # ---- running ------------------------------------------------------------------------
     def source_hash(self, config: Config | None = None) -> str:
@@ -182,11 +161,8 @@ class AddMM(Kernel):
         return runners
 
     def untuned_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
-        """The config FlagGems' own LibTuner chose: the untuned baseline has just run this key,
-        and LibTuner.run leaves the config of its last call in `best_config`."""
-        if device != "cuda":
-            return []
-        cfg = getattr(libtuner(flag_gems_addmm_module().addmm_kernel), "best_config", None)
+        """The config FlagGems' own LibTuner chose for this key (its last call)."""
+        cfg = last_pick(flag_gems_addmm_module().addmm_kernel) if device == "cuda" else None
         return [] if cfg is None else [as_config(cfg)]
 
 

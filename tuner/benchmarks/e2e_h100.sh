@@ -12,7 +12,7 @@
 #    and matter only if split-K wins there.
 # 2. runs the three modes (native, tuned, untuned: the slow untuned warm-up last, on what is left).
 # Run from the repo root with $OUT set:  bash tuner/benchmarks/e2e_h100.sh
-# TUNE_ADDMM=1 also tunes FlagGems' addmm for q/k/v (not yet run on a GPU).
+# TUNE_ADDMM=1 also tunes FlagGems' addmm for q/k/v (ADDMM_CAP s), with or without REUSE_DB.
 # REUSE_DB=FILE skips the tune (a DB tuned on this GPU model before); MODES picks the modes
 # (default native,tuned,untuned; untuned_memo = untuned + tuner's in-memory config cache).
 # Budget: < 9.5 min wall (DEADLINE s, default 550, for everything; the tune has a hard cap).
@@ -44,16 +44,17 @@ else
     timeout -s INT -k 20 "$TUNE_CAP" python3 cli.py tune --op mm $S --trials 6 --timeout 8 --seed 0 \
         --db "$DB" --json > "$OUT/e2e_tune.json" 2> "$OUT/e2e_tune.log"
     echo "tune exit $? (124: cut at $TUNE_CAP s; keys finished before that are stored)"
-    if [ -n "${TUNE_ADDMM:-}" ]; then  # q/k/v (bias: FlagGems' addmm) at the same Ms
-        stamp "tune addmm: q/k/v keys"
-        timeout -s INT -k 20 "${ADDMM_CAP:-150}" python3 cli.py tune --op addmm --shapes minicpmo-llm --trials 6 \
-            --timeout 8 --seed 0 --db "$DB" --json > "$OUT/e2e_tune_addmm.json" 2>> "$OUT/e2e_tune.log"
-        echo "addmm tune exit $?"
-    fi
     python3 cli.py db show --op mm --db "$DB" > "$OUT/e2e_db_show.txt" 2>&1
     python3 cli.py db show --op mm --db "$DB" --json > "$OUT/e2e_records.json" 2>> "$OUT/e2e_db_show.txt"
     stamp "tune done: $(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))), 'tuned keys stored')" \
         "$OUT/e2e_records.json" 2>/dev/null || echo '? tuned keys')"
+fi
+if [ -n "${TUNE_ADDMM:-}" ]; then  # q/k/v (bias: FlagGems' addmm) at the same Ms, also on a reused DB
+    stamp "tune addmm: q/k/v keys"
+    timeout -s INT -k 20 "${ADDMM_CAP:-150}" python3 cli.py tune --op addmm --shapes minicpmo-llm --trials 6 \
+        --timeout 8 --seed 0 --db "$DB" --json > "$OUT/e2e_tune_addmm.json" 2>> "$OUT/e2e_tune.log"
+    echo "addmm tune exit $?"
+    python3 cli.py db show --op addmm --db "$DB" > "$OUT/e2e_db_show_addmm.txt" 2>&1
 fi
 
 LEFT=$(( DEADLINE - ($(date +%s) - T0) ))

@@ -210,8 +210,9 @@ def _enable_flaggems(opts, work: Path, max_tokens: int) -> dict[str, Any]:
                                allow_foreign=opts.allow_foreign)
     counts = apply_state(folder)
     log.info("tuner plugin: %d records from the DB; applied: fused_moe %d, mm via FlagGems cache %d, "
-             "mm split-K %d; FlagGems excluded ops: %s", len(records), counts["fused_moe"],
-             counts["mm_flaggems"], counts["mm_splitk"], ", ".join(counts["exclude_ops"]) or "none")
+             "addmm %d, bmm %d, mm split-K %d; FlagGems excluded ops: %s", len(records), counts["fused_moe"],
+             counts["mm_flaggems"], counts["addmm_flaggems"], counts["bmm_flaggems"], counts["mm_splitk"],
+             ", ".join(counts["exclude_ops"]) or "none")
     return {"exclude_ops": exclude, "records": len(records), "plugin": counts, "runtime_dir": str(folder),
             "flaggems_db_url": os.environ.get("FLAGGEMS_DB_URL")}
 
@@ -585,6 +586,7 @@ def render_table(results: list[dict], cases: list[str]) -> str:
         kernels = ", ".join(f"{k} {v}" for k, v in sorted((a.get("by_kernel") or {}).items())) or "none"
         plugin = res.get("plugin")
         plugin_txt = "—" if not plugin else (f"mm cache {plugin.get('mm_flaggems')}, split-K {plugin.get('mm_splitk')}, "
+                                             f"addmm {plugin.get('addmm_flaggems', 0)}, bmm {plugin.get('bmm_flaggems', 0)}, "
                                              f"moe {plugin.get('fused_moe')} (of {res.get('records')} records)")
         lines.append(f"| {res['mode']} | {res.get('status')} | {res.get('driver_wall_s', '—')} | "
                      f"{a.get('before_timing', '—')} | {a.get('timed', '—')} | {kernels} | "

@@ -3,7 +3,7 @@
 # workload natively and under FlagGems (minus the failing ops), with the profiler's overhead.
 # Run from the repo root with $OUT set:  bash tuner/benchmarks/profile_h100.sh
 # Parts of it (env): CHECK=all|text|...|none (the check's workloads, default all), CHECK_LIMIT
-# (s, default 230), PROFILES="image speech" (default all four), LIMIT=<s> (every profile step),
+# (s, default 230), PROFILES="image speech" (default all four; none), LIMIT=<s> (every profile step),
 # START_DB=<file> (copied first: a stored check's exclude list is reused, new runs add to it).
 # Budget: ~9.2 min wall at most (each step has a hard timeout), < 60 GB GPU memory (bf16, one model at a time).
 # Outputs under $OUT (8 files): env.txt (gpu_env.sh), run.log (all tables), check.json,
@@ -16,6 +16,7 @@ source tuner/benchmarks/gpu_env.sh || { echo "gpu_env.sh failed" >&2; exit 1; }
 DB=/tmp/tuner-h100.db
 CHECK=${CHECK:-all}
 PROFILES=${PROFILES:-text image audio speech}
+[ "$PROFILES" = none ] && PROFILES=""
 [ -n "${START_DB:-}" ] && cp "$START_DB" "$DB"
 LOG="$OUT/run.log"
 SIZES=(--prompt-tokens 512 --decode-batches 1,8 --decode-steps 4)

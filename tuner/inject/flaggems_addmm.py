@@ -9,42 +9,21 @@ both weight layouts.
 """
 from __future__ import annotations
 
-import functools
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tuner.inject._select import plan_buckets
-from tuner.inject.flaggems_cache import (
-    _TORCH_DTYPES,
-    SeedReport,
-    UnsupportedFlagGemsError,
-    _check_version,
-    _same,
-    _write_rows,
-)
-from tuner.inject.foreign import ENV_FIELDS, check_records, running_environment
-
-logger = logging.getLogger(__name__)
+from tuner.inject._libtuner_seed import locate_libtuner, seed_kernel_records
+from tuner.inject.flaggems_cache import _TORCH_DTYPES, SeedReport
 
 KERNEL = "addmm"
+CONFIG_META = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K")
 
 
 def locate_addmm_tuner():
     """The LibTuner of FlagGems' addmm_kernel in the loaded `flag_gems.ops.addmm`."""
-    _check_version()
-    from flag_gems.utils.libentry import LibEntry
+    from kernels.addmm import flag_gems_addmm_module
 
-    from kernels.addmm import flag_gems_addmm_module, libtuner
-
-    entry = getattr(flag_gems_addmm_module(), "addmm_kernel", None)
-    if not isinstance(entry, LibEntry):
-        raise UnsupportedFlagGemsError("FlagGems' addmm_kernel is not a LibEntry-wrapped LibTuner")
-    tuner = libtuner(entry)
-    for attr in ("get_key", "config_table_name", "cache", "configs", "arg_names"):
-        if not hasattr(tuner, attr):
-            raise UnsupportedFlagGemsError(f"addmm_kernel's LibTuner has no {attr!r}")
-    return tuner
+    return locate_libtuner(flag_gems_addmm_module, "addmm_kernel")
 
 
 def addmm_source_hash() -> str:
@@ -71,14 +50,6 @@ def runtime_args(tuner, M: int, N: int, K: int, dtype: str) -> dict:
 def addmm_key(tuner, N: int, K: int, dtype: str, M: int) -> tuple:
     """The LibTuner cache key FlagGems computes for this addmm call."""
     return tuner.get_key(runtime_args(tuner, M, N, K, dtype))
-
-
-def triton_config(cfg: Mapping[str, Any], pre_hook=None):
-    import triton
-
-    return triton.Config({k: int(cfg[k]) for k in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K")},
-                         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
-                         pre_hook=pre_hook)
 
 
 def _group(recs: list[Mapping[str, Any]], report: SeedReport) -> dict[tuple, dict[int, Mapping]]:
@@ -115,46 +86,10 @@ def seed_addmm_cache(
     process; should a later list carry one, off-list configs get it appended in this process
     and are skipped for another, as for mm.
     """
-    from flag_gems.utils.models import SQLPersistantModel
-
     from kernels.addmm import VARIANT
 
-    recs = [r for r in records if r.get("kernel") == KERNEL
-            and (r.get("config") or {}).get("variant") == VARIANT]
-    if not recs:  # nothing to seed: do not depend on FlagGems' addmm internals at all
-        return SeedReport()
-    tuner = locate_addmm_tuner()
-    base = dict(running if running is not None else running_environment(ENV_FIELDS))
-    expected = {"kernel_source_hash": addmm_source_hash()}
-    check_records(recs, base, allow_foreign=allow_foreign, running_for=lambda r: expected)
-    report = SeedReport()
-    hook = next((c.pre_hook for c in tuner.configs if c.pre_hook is not None), None)
-    rows: dict[tuple, Any] = {}
-    for (N, K, dtype), by_m in sorted(_group(recs, report).items()):
-        where = f"addmm N={N} K={K} {dtype}"
-        if dtype not in _TORCH_DTYPES:
-            report.skipped.append(f"{where}: dtype not supported")
-            continue
-        cfgs = {}
-        for m, r in sorted(by_m.items()):
-            cfg = triton_config(r["config"], hook)
-            listed = next((c for c in tuner.configs if _same(c, cfg)), None)
-            if listed is None and hook is not None:
-                if db_url is not None:
-                    report.skipped.append(f"{where} M={m}: off-list config needs this process's pre_hook")
-                    continue
-                tuner.configs.append(cfg)  # kernel_hash is cached: the table name is unchanged
-                report.appended_configs += 1
-            cfgs[m] = listed or cfg
-        if not cfgs:
-            continue
-        key_of = functools.partial(addmm_key, tuner, N, K, dtype)
-        for key, m in plan_buckets(sorted(cfgs), max_tokens, key_of).items():
-            rows[key] = cfgs[m]
-        report.records += len(cfgs)
-    if rows:
-        model = tuner.cache.model if db_url is None else SQLPersistantModel(db_url)
-        report.rows[_write_rows(model, tuner.config_table_name, rows)] = len(rows)
-    for s in report.skipped:
-        logger.warning("not seeded: %s", s)
-    return report
+    return seed_kernel_records(
+        records, kernel=KERNEL, variant=VARIANT, locate=locate_addmm_tuner, source_hash=addmm_source_hash,
+        group=_group, what=lambda g: f"addmm N={g[0]} K={g[1]} {g[2]}",
+        key_of=lambda t, g, m: addmm_key(t, g[0], g[1], g[2], m), meta_keys=CONFIG_META,
+        max_tokens=max_tokens, db_url=db_url, allow_foreign=allow_foreign, running=running)

@@ -34,7 +34,10 @@ def run_py(code: str, env: dict[str, str] | None = None, timeout: int = 120) -> 
 
     The code prints a final line `RESULT <json>`; use `result()` to read it.
     """
-    base = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO),
+    # the caller's PYTHONPATH stays behind the checkout: on the GPU host flag_gems is installed
+    # there (tuner/benchmarks/gpu_env.sh), not in site-packages
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    base = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": path,
             "HOME": os.environ.get("HOME", "/tmp"), "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
                           env={**base, **(env or {})}, capture_output=True, text=True,

@@ -24,6 +24,13 @@ def addmm_record(M, gpu="NVIDIA H100 80GB HBM3"):
             "environment": env_of(gpu), "kernel_source_hash": "not-this-flaggems"}
 
 
+def bmm_record(M, gpu="NVIDIA H100 80GB HBM3"):
+    return {"kernel": "bmm", "key": {"BATCH": 1024, "M": M, "N": 3584, "K": 3584, "LAYOUT": 1}, "dtype": "bf16",
+            "config": {"variant": "fg_bmm", "TILE_M": 16, "TILE_N": 128, "TILE_K": 64, "GROUP_M": 1,
+                       "num_warps": 4, "num_stages": 4},
+            "environment": env_of(gpu), "kernel_source_hash": "not-this-flaggems"}
+
+
 def test_write_runtime_dir_replaces_atomically(tmp_path):
     run = {"gpu_name": "NVIDIA H100 80GB HBM3", "triton": env_of()["triton"]}
     folder = tmp_path / "rt"
@@ -77,7 +84,7 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     rt = tmp_path / "rt"
     # Measured "elsewhere" (this host has no GPU): allowed, so the loud path runs too.
     with pytest.warns(RuntimeWarning, match="FOREIGN"):
-        write_runtime_dir(rt, [moe_record(64), mm_record(1), mm_record(256), addmm_record(16)],
+        write_runtime_dir(rt, [moe_record(64), mm_record(1), mm_record(256), addmm_record(16), bmm_record(10)],
                           ["softmax", "mm"],
                           max_tokens=64, allow_foreign=True)
     code = """
@@ -95,12 +102,16 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
         from tuner.inject.flaggems_addmm import addmm_key, locate_addmm_tuner
         ta = locate_addmm_tuner()
         addmm_hit = ta.cache.get(addmm_key(ta, 512, 3584, "bf16", 40))
+        from tuner.inject.flaggems_bmm import bmm_key, locate_bmm_tuner
+        tb = locate_bmm_tuner()
+        bmm_hit = tb.cache.get(bmm_key(tb, 1024, 3584, 3584, 1, "bf16", 9))
         print("RESULT", json.dumps({
             "moe_folder": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"), "db": libcache.db_url,
             "registered_mm": "mm" in flag_gems.current_work_registrar.get_all_ops(),
             "registered_mm_out": "mm_out" in flag_gems.current_work_registrar.get_all_ops(),
             "seeded": key in t.cache,
             "seeded_addmm": addmm_hit.kwargs["BLOCK_SIZE_M"] if addmm_hit else None,
+            "seeded_bmm": bmm_hit.kwargs["TILE_M"] if bmm_hit else None,
             "memo": libentry.ConfigCache.get.__module__,
             "moe_hooked": hasattr(fm.try_get_optimal_moe_config, "__tuner_original__")}))
     """
@@ -110,12 +121,13 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     out = run_py(code, env)
     lines = [line for line in out.splitlines() if "tuner plugin:" in line]
     assert len(lines) == 1, out[-3000:]
-    assert ("tuner plugin: 4 tuned configs active (fused_moe 1, mm via FlagGems cache 2, "
-            "addmm via FlagGems cache 1, mm split-K 0); FlagGems excluded ops: mm, softmax; FlagGems config cache read from memory") in lines[0]
+    assert ("tuner plugin: 5 tuned configs active (fused_moe 1, mm via FlagGems cache 2, "
+            "addmm via FlagGems cache 1, bmm via FlagGems cache 1, mm split-K 0); FlagGems excluded ops: mm, "
+            "softmax; FlagGems config cache read from memory") in lines[0]
     assert "USING FOREIGN TUNED RESULT for fused_moe" in out and "USING FOREIGN TUNED RESULT for mm" in out
-    assert "USING FOREIGN TUNED RESULT for addmm" in out
+    assert "USING FOREIGN TUNED RESULT for addmm" in out and "USING FOREIGN TUNED RESULT for bmm" in out
     r = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     assert r == {"moe_folder": str(rt / MOE_FOLDER), "registered_mm": False, "registered_mm_out": True,
-                 "seeded": True, "seeded_addmm": 32, "moe_hooked": True, "db": runtime_env(rt)["FLAGGEMS_DB_URL"],
+                 "seeded": True, "seeded_addmm": 32, "seeded_bmm": 16, "moe_hooked": True, "db": runtime_env(rt)["FLAGGEMS_DB_URL"],
                  "memo": "tuner.inject.flaggems_memo"}
     assert (rt / FLAGGEMS_DB).exists()

@@ -1,0 +1,232 @@
+"""Tunable batched GEMM: FlagGems' `bmm_kernel` (aten::bmm under FlagGems).
+
+Key (BATCH, M, N, K, LAYOUT): out[b] = A[b] @ B[b] for b < BATCH, A[b] M x K, B[b] K x N.
+LAYOUT says how the operands lie in memory, because FlagGems' cache key holds two strides:
+- 0 `bmm`: A contiguous [BATCH, M, K], B contiguous [BATCH, K, N] (a plain torch.bmm);
+- 1 `linear`: what F.linear on a sequence-first 3-D input reaches. A = X.permute(1, 0, 2) for a
+  contiguous X [M, BATCH, K], and B = W.t() of one N x K weight, expanded over the batch (stride
+  0). torch.matmul cannot fold such an input into one mm, so it calls bmm; MiniCPM-o's resampler
+  (nn.MultiheadAttention, batch_first=False) projects its 1024 image positions x 10 slices this
+  way: the image workload's largest GEMM (results/profile/PROFILE.md).
+
+FlagGems 5.0.2 runs one bmm kernel on every NVIDIA GPU (`flag_gems/ops/bmm.py`, no Hopper
+module): a tiled GEMM per batch (grid z = BATCH) under a LibTuner over 12 yaml configs (TILE_M/N/K,
+GROUP_M, num_warps, num_stages), key M, N, K (log2 strategy) and stride_am, stride_bk (align32),
+plus the dtypes of A, B and out; DIVISIBLE_M/N/K come from triton.heuristics. The batch is not
+in its key. One variant, `fg_bmm`: that kernel launched with an explicit config, so a winner is
+exactly one row of FlagGems' bmm cache. GPU only (FlagGems does not import in the interpreter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from kernels.base import (
+    Config,
+    Inputs,
+    Kernel,
+    KernelInputError,
+    Key,
+    Runner,
+    precompile_by_running,
+    torch_dtype,
+)
+from kernels.flaggems_ops import last_pick, op_module, tile_invalid_reason
+from kernels.mm import ELEM_BYTES, MM, _jit
+
+VARIANT = "fg_bmm"
+TILE_KEYS = ("TILE_M", "TILE_N", "TILE_K")
+CONFIG_KEYS = (*TILE_KEYS, "GROUP_M", "num_warps", "num_stages")
+SPACE: dict[str, tuple] = {
+    "TILE_M": (16, 32, 64, 128, 256),
+    "TILE_N": (32, 64, 128, 256),
+    "TILE_K": (32, 64, 128, 256),
+    "GROUP_M": (1, 2, 4, 8),
+    "num_warps": (2, 4, 8),
+    "num_stages": (2, 3, 4, 5),
+}
+FG_MAX_TILE = (128, 128, 32)  # FlagGems' yaml list: its untuned pick stays reachable on small keys
+LAYOUTS = {"bmm": 0, "linear": 1}
+LAYOUT_NAMES = {v: k for k, v in LAYOUTS.items()}
+NO_CPU = ("bmm has no CPU implementation: it runs FlagGems' Triton bmm kernel, which needs an "
+          "NVIDIA GPU (use --device cuda)")
+
+# MiniCPM-o 2.6 resampler (shared/facts/minicpmo-2.6.md): 64 queries x 3584, over the 32 x 32
+# patch grid of each 448 x 448 slice; a 1344 x 1344 image gives 10 slices. Its k and v
+# projections run as bmm with the linear layout, BATCH = positions, M = slices.
+RESAMPLER_POSITIONS = 1024
+RESAMPLER_EMBED = 3584
+RESAMPLER_SLICES = (1, 4, 10)
+
+
+def flag_gems_bmm_module():
+    """FlagGems' bmm module as loaded (its LibTuner cache lives in that module object)."""
+    return op_module("bmm")
+
+
+def as_config(cfg) -> Config:
+    """A triton.Config of FlagGems' bmm list as a config of this space."""
+    kw = cfg.kwargs
+    return {"variant": VARIANT, **{k: int(kw[k]) for k in (*TILE_KEYS, "GROUP_M")},
+            "num_warps": int(cfg.num_warps), "num_stages": int(cfg.num_stages)}
+
+
+def operand_strides(key: Key) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(A strides, B strides) of the key's layout, as [batch, row, col] element strides."""
+    batch, M, N, K, layout = key
+    if layout == LAYOUTS["bmm"]:
+        return (M * K, K, 1), (K * N, N, 1)
+    return (K, batch * K, 1), (0, 1, K)  # X[M, BATCH, K].permute(1, 0, 2); W[N, K].t() expanded
+
+
+class BMM(Kernel):
+    name = "bmm"
+    description = "batched GEMM A[b] @ B[b] (aten::bmm): FlagGems' bmm kernel"
+    key_names = ("BATCH", "M", "N", "K", "LAYOUT")
+    devices = ("cuda",)
+    source_modules = ("flag_gems.ops.bmm",)
+
+    # ---- keys -------------------------------------------------------------------------
+    def parse_key(self, text: str) -> Key:
+        """'BATCH,M,N,K' (layout bmm) or 'BATCH,M,N,K,bmm|linear'."""
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        layout = LAYOUTS["bmm"]
+        if len(parts) == 5:
+            name = parts.pop().lower()
+            if name not in LAYOUTS:
+                raise KernelInputError(
+                    f"shape {text!r}: the 5th field is the layout, 'bmm' (contiguous, default) or 'linear' "
+                    "(F.linear on a sequence-first input)")
+            layout = LAYOUTS[name]
+        if len(parts) != 4:
+            raise KernelInputError(f"shape {text!r} for op bmm must be BATCH,M,N,K (optionally ,bmm|linear)")
+        try:
+            dims = tuple(int(p) for p in parts)
+        except ValueError:
+            raise KernelInputError(f"shape {text!r} must be integers BATCH,M,N,K") from None
+        if min(dims) <= 0:
+            raise KernelInputError(f"shape {text!r} must be positive integers")
+        return (*dims, layout)
+
+    def presets(self) -> Mapping[str, list[Key]]:
+        d = RESAMPLER_EMBED
+        return {"minicpmo": [(RESAMPLER_POSITIONS, s, d, d, LAYOUTS["linear"]) for s in RESAMPLER_SLICES]}
+
+    def flops(self, key: Key) -> float:
+        batch, M, N, K, _ = key
+        return 2.0 * batch * M * N * K
+
+    def bytes_per_set(self, key: Key, dtype: str) -> int:
+        batch, M, N, K, layout = key
+        b_elems = K * N if layout == LAYOUTS["linear"] else batch * K * N  # one shared weight
+        return (batch * M * K + b_elems + batch * M * N) * ELEM_BYTES[dtype]
+
+    # ---- search space -------------------------------------------------------------------
+    def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:
+        return {"variant": (VARIANT,), **SPACE}
+
+    def canonical(self, key: Key, config: Config) -> Config:
+        c = {k: config[k] for k in ("variant", *CONFIG_KEYS)}
+        if -(-key[1] // c["TILE_M"]) == 1:
+            c["GROUP_M"] = 1  # one row of tiles: FlagGems' reordering cannot change anything
+        return c
+
+    def invalid_reason(self, key: Key, config: Config, dtype: str, device: str, arch: int = 9) -> str | None:
+        if device != "cuda":
+            return NO_CPU
+        if config["variant"] != VARIANT:
+            return f"variant {config['variant']} is not {VARIANT}"
+        _, M, N, K, layout = key
+        if layout not in LAYOUT_NAMES:
+            return f"unknown layout {layout}"
+        tile = tuple(config[k] for k in TILE_KEYS)
+        return tile_invalid_reason((M, N, K), tile, config["num_warps"], config["num_stages"],
+                                   FG_MAX_TILE, TILE_KEYS, dtype, device, arch)
+
+    # ---- running ------------------------------------------------------------------------
+    def source_hash(self, config: Config | None = None) -> str:
+        """sha256 of FlagGems' bmm JIT function source (what a record's config runs)."""
+        import hashlib
+
+        if (config or {}).get("variant", VARIANT) != VARIANT:
+            raise KernelInputError(f"unknown bmm variant {config['variant']!r}")
+        return hashlib.sha256(_jit(flag_gems_bmm_module().bmm_kernel).src.encode()).hexdigest()
+
+    def make_inputs(self, key: Key, dtype: str, device: str, n_sets: int, seed: int) -> Inputs:
+        """(A, B) per set in the key's layout; the output is a contiguous [BATCH, M, N]."""
+        import torch
+
+        batch, M, N, K, layout = key
+        dt = torch_dtype(dtype)
+        g = torch.Generator(device=device).manual_seed(seed)
+        sets, outs = [], []
+        for _ in range(n_sets):
+            if layout == LAYOUTS["bmm"]:
+                a = torch.randn((batch, M, K), generator=g, device=device, dtype=dt)
+                b = torch.randn((batch, K, N), generator=g, device=device, dtype=dt)
+            else:
+                a = torch.randn((M, batch, K), generator=g, device=device, dtype=dt).permute(1, 0, 2)
+                w = torch.randn((N, K), generator=g, device=device, dtype=dt) * K ** -0.5
+                b = w.t().expand(batch, K, N)
+            sets.append((a, b))
+            outs.append(torch.empty((batch, M, N), device=device, dtype=dt))
+        return Inputs(sets=sets, outs=outs)
+
+    def reference(self, args: tuple):
+        """fp32 without TF32 on the GPU, fp64 on the CPU (mm's reference, batched). A weight
+        expanded over the batch is used as the one matrix it is: converting the expanded view
+        would materialise BATCH copies (26 GB for the resampler key)."""
+        a, b = args
+        if b.stride(0) == 0:
+            b = b[0]
+        return MM.reference(self, (a, b))
+
+    def runner(self, key: Key, config: Config, dtype: str, device: str) -> Runner:
+        if device != "cuda":
+            raise KernelInputError(NO_CPU)
+        if config["variant"] != VARIANT:
+            raise KernelInputError(f"unknown bmm variant {config['variant']!r}")
+        return _fg_bmm_runner(config)
+
+    def precompile(self, key: Key, config: Config, dtype: str, device: str) -> None:
+        precompile_by_running(self, key, config, dtype, device)
+
+    def baselines(self, key: Key, dtype: str, device: str) -> dict[str, Runner]:
+        import torch
+
+        runners: dict[str, Runner] = {"native": lambda args, out: torch.bmm(args[0], args[1], out=out)}
+        if device == "cuda":
+            fg = flag_gems_bmm_module()
+            runners["untuned"] = lambda args, out: fg.bmm_out(args[0], args[1], out)
+        return runners
+
+    def untuned_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
+        """The config FlagGems' own LibTuner chose for this key (its last call)."""
+        cfg = last_pick(flag_gems_bmm_module().bmm_kernel) if device == "cuda" else None
+        return [] if cfg is None else [as_config(cfg)]
+
+
+def _fg_bmm_runner(config: Config) -> Runner:
+    """FlagGems' bmm_out body with the LibTuner bypassed: the JIT function, one config, and the
+    DIVISIBLE_* flags its triton.heuristics would have computed."""
+    import triton
+
+    jit = _jit(flag_gems_bmm_module().bmm_kernel)
+    tm, tn, tk = (config[k] for k in TILE_KEYS)
+
+    def run(args, out):
+        a, b = args
+        batch, M, K = a.shape
+        N = b.shape[2]
+        grid = (triton.cdiv(M, tm), triton.cdiv(N, tn), batch)
+        jit[grid](
+            a, b, out, M, N, K,
+            a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            TILE_M=tm, TILE_N=tn, TILE_K=tk, GROUP_M=config["GROUP_M"],
+            DIVISIBLE_M=M % tm == 0, DIVISIBLE_N=N % tn == 0, DIVISIBLE_K=K % tk == 0,
+            num_warps=config["num_warps"], num_stages=config["num_stages"],
+        )
+        return out
+
+    return run

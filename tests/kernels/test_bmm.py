@@ -1,0 +1,123 @@
+"""bmm: key, layouts, presets, space, constraints, canonical and reference on the CPU; FlagGems'
+own config list, LibTuner key and kernel source read from the real flag_gems in a subprocess.
+The runner is checked on the H100 in tests/gpu/test_bmm_gpu.py."""
+
+import pytest
+import torch
+
+from kernels import get_kernel
+from kernels.base import KernelInputError
+from kernels.bmm import CONFIG_KEYS, NO_CPU, SPACE, VARIANT, operand_strides
+from tests.tuner.inject.conftest import needs_flag_gems, result, run_py
+from tuner.search import grid_configs
+
+BMM = get_kernel("bmm")
+
+
+def cfg(**kw):
+    return {"variant": VARIANT, "TILE_M": 32, "TILE_N": 128, "TILE_K": 32, "GROUP_M": 2,
+            "num_warps": 4, "num_stages": 3} | kw
+
+
+def test_parse_key():
+    assert BMM.parse_key("8,64,128,1024") == (8, 64, 128, 1024, 0)
+    assert BMM.parse_key("1024, 10, 3584, 3584, LINEAR") == (1024, 10, 3584, 3584, 1)
+    assert BMM.parse_key("8,64,128,1024,bmm") == (8, 64, 128, 1024, 0)
+    for bad, msg in [("8,64,128", "BATCH,M,N,K"), ("a,b,c,d", "integers"), ("0,1,2,3", "positive"),
+                     ("1,2,3,4,kn", "layout"), ("1,2,3,4,5,6", "BATCH,M,N,K")]:
+        with pytest.raises(KernelInputError, match=msg):
+            BMM.parse_key(bad)
+
+
+def test_presets_are_the_resampler_projection():
+    assert BMM.presets() == {"minicpmo": [(1024, s, 3584, 3584, 1) for s in (1, 4, 10)]}
+
+
+def test_cpu_has_no_implementation():
+    key = (8, 64, 128, 1024, 0)
+    assert BMM.devices == ("cuda",)
+    assert BMM.invalid_reason(key, cfg(), "bf16", "cpu") == NO_CPU
+    with pytest.raises(KernelInputError, match="needs an NVIDIA GPU"):
+        BMM.runner(key, cfg(), "bf16", "cpu")
+    assert BMM.untuned_configs(key, "bf16", "cpu") == []
+    assert set(BMM.baselines(key, "bf16", "cpu")) == {"native"}
+
+
+def test_constraints():
+    key = (1024, 10, 3584, 3584, 1)
+    assert BMM.invalid_reason(key, cfg(), "bf16", "cuda") is None
+    # FlagGems' largest tile (128 x 128 x 32) stays reachable at M=10; 256 does not
+    assert BMM.invalid_reason(key, cfg(TILE_M=128), "bf16", "cuda") is None
+    assert "TILE_M=256 exceeds the padded M (16)" in BMM.invalid_reason(key, cfg(TILE_M=256, num_warps=8),
+                                                                       "bf16", "cuda")
+    assert "TILE_K=128" in BMM.invalid_reason((4, 16, 64, 40, 0), cfg(TILE_K=128), "bf16", "cuda")
+    big = cfg(TILE_M=256, TILE_N=256, TILE_K=128, num_warps=8, num_stages=5)
+    assert "shared memory" in BMM.invalid_reason((2, 4096, 4096, 4096, 0), big, "bf16", "cuda")
+    assert "registers" in BMM.invalid_reason((2, 4096, 4096, 4096, 0), cfg(TILE_M=256, TILE_N=256), "bf16", "cuda")
+    assert "not fg_bmm" in BMM.invalid_reason(key, cfg(variant="splitk"), "bf16", "cuda")
+    assert "unknown layout 7" in BMM.invalid_reason((1, 2, 3, 4, 7), cfg(), "bf16", "cuda")
+
+
+def test_grid_is_valid_and_canonical():
+    for key in [*BMM.presets()["minicpmo"], (280, 64, 1024, 128, 0)]:
+        valid = grid_configs(BMM, key, "bf16", "cuda")
+        assert len(valid) > 100, key
+        assert all(BMM.canonical(key, c) == c for c in valid)
+        assert BMM.space(key, "bf16", "cuda") == {"variant": (VARIANT,), **SPACE}
+    # one row of tiles: GROUP_M cannot matter and is folded to 1
+    assert BMM.canonical((8, 10, 64, 64, 0), cfg(TILE_M=16, GROUP_M=8))["GROUP_M"] == 1
+    assert BMM.canonical((8, 100, 64, 64, 0), cfg(TILE_M=16, GROUP_M=8))["GROUP_M"] == 8
+    assert grid_configs(BMM, (8, 64, 128, 1024, 0), "bf16", "cpu") == []
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+def test_inputs_reference_and_native(layout):
+    key = (6, 5, 24, 40, layout)
+    inputs = BMM.make_inputs(key, "fp32", "cpu", 2, seed=0)
+    a, b = inputs.sets[0]
+    assert a.shape == (6, 5, 40) and b.shape == (6, 40, 24) and inputs.outs[0].shape == (6, 5, 24)
+    assert (a.stride(), b.stride()) == operand_strides(key)
+    if layout:  # the resampler's F.linear: a permuted sequence-first input, one weight for every batch
+        assert a.permute(1, 0, 2).is_contiguous() and b.stride(0) == 0
+    assert not torch.equal(inputs.sets[0][0], inputs.sets[1][0])
+    ref = BMM.reference(inputs.sets[0])
+    assert ref.dtype == torch.float64
+    torch.testing.assert_close(ref, torch.bmm(a.double(), b.double()))
+    out = inputs.outs[0]
+    BMM.baselines(key, "fp32", "cpu")["native"](inputs.sets[0], out)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    weight_elems = 40 * 24 if layout else 6 * 40 * 24
+    assert BMM.bytes_per_set(key, "bf16") == (6 * 5 * 40 + weight_elems + 6 * 5 * 24) * 2
+    assert BMM.flops(key) == 2 * 6 * 5 * 24 * 40
+
+
+@needs_flag_gems
+def test_space_holds_flaggems_list_and_its_libtuner(tmp_path):
+    """FlagGems' own bmm list is inside the space and valid for every preset key; its LibTuner
+    key is what the module docstring says; the kernel source hash is stable across processes."""
+    fg_env = {"GEMS_VENDOR": "nvidia", "ARCH": "sm_90", "HOME": str(tmp_path),
+              "FLAGGEMS_DB_URL": f"sqlite:///{tmp_path / 'flaggems.db'}"}
+    code = """
+        import json
+        from kernels import get_kernel
+        from kernels.bmm import as_config, flag_gems_bmm_module
+        from kernels.flaggems_ops import libtuner
+        k = get_kernel("bmm")
+        t = libtuner(flag_gems_bmm_module().bmm_kernel)
+        keys = k.presets()["minicpmo"] + [(280, 64, 1024, 128, 0), (1, 64, 512, 1, 0)]
+        print("RESULT", json.dumps({
+            "configs": [as_config(c) for c in t.configs], "hooks": [c.pre_hook is not None for c in t.configs],
+            "key_args": t.keys, "strategy": [s.__name__ for s in t.strategy],
+            "reasons": sorted({str(k.invalid_reason(key, as_config(c), dt, "cuda"))
+                               for key in keys for c in t.configs for dt in ("bf16", "fp16", "fp32")}),
+            "hash": k.source_hash({"variant": "fg_bmm"}), "hash_none": k.source_hash()}))
+    """
+    r = result(run_py(code, fg_env))
+    assert len(r["configs"]) == 12 and not any(r["hooks"])
+    assert r["key_args"] == ["M", "N", "K", "stride_am", "stride_bk"]
+    assert r["strategy"] == ["log2_strategy"] * 3 + ["align32_strategy"] * 2
+    for c in r["configs"]:
+        assert all(c[n] in SPACE[n] for n in CONFIG_KEYS), c
+    assert r["reasons"] == ["None"]
+    assert len(r["hash"]) == 64 and r["hash"] == r["hash_none"]
+    assert result(run_py(code, fg_env))["hash"] == r["hash"]
