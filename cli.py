@@ -49,8 +49,8 @@ def tune(
                                                   "upcoming candidates while one is timed (0 = off). "
                                                   "Default: up to 8 on a GPU."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed, for reproducible searches."),
-    from_profile: Optional[str] = typer.Option(None, "--from-profile", help="Add the hot mm keys of a stored "
-                                               "profile run (its id, or latest), hottest first."),
+    from_profile: Optional[str] = typer.Option(None, "--from-profile", help="Add the hot keys of a stored profile "
+                                               "run (its id, or latest), hottest first: mm or addmm."),
     top: Optional[int] = typer.Option(None, "--top", help="With --from-profile: at most this many keys."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),

@@ -53,14 +53,16 @@ def hot_ops(session: Session, run: ProfileRun | int, top: int | None = None) -> 
     return list(session.scalars(q))
 
 
-def mm_best_by_mnk(session: Session, environment_id: int, dtype: str) -> dict[tuple[int, int, int], BestConfig]:
-    """Stored mm winners of this environment for nn.Linear's layout (BT=1), by (M, N, K).
+def mm_best_by_mnk(session: Session, environment_id: int, dtype: str,
+                   kernel: str = "mm") -> dict[tuple[int, int, int], BestConfig]:
+    """Stored winners of a GEMM kernel keyed M,N,K,BT (mm, addmm) of this environment for
+    nn.Linear's layout (BT=1), by (M, N, K).
 
     `dtype` may be the profiler's name ("bfloat16") or tuner's ("bf16").
     """
     short = _SHORT_DTYPE.get(dtype, dtype)
     rows = session.scalars(select(BestConfig).where(
-        BestConfig.environment_id == environment_id, BestConfig.kernel == "mm", BestConfig.dtype == short))
+        BestConfig.environment_id == environment_id, BestConfig.kernel == kernel, BestConfig.dtype == short))
     out: dict[tuple[int, int, int], BestConfig] = {}
     for r in rows:
         kv = r.key_values or {}

@@ -178,17 +178,20 @@ def _row_dict(r) -> dict:
 
 
 def with_gains(rows, session, environment_id: int, flaggems: bool) -> list[dict]:
-    """HotOp rows as dicts, `predicted_gain_us` set on aten::mm rows a stored best mm config covers."""
+    """HotOp rows as dicts, `predicted_gain_us` set on aten::mm / aten::addmm rows that a stored
+    best mm / addmm config covers (bmm rows do not say their operand layout: no prediction)."""
     from db import profile_queries as pq
 
-    cache: dict[str, dict] = {}
+    cache: dict[tuple[str, str], dict] = {}
     out = []
     for r in rows:
         d = _row_dict(r)
         d["predicted_gain_us"] = None
         key = d.get("key") or {}
-        if d["op"] == "aten::mm" and d.get("tunable") == "mm" and key.get("batch", 1) == 1:
-            best_by = cache.setdefault(d["dtype"], pq.mm_best_by_mnk(session, environment_id, d["dtype"]))
+        kernel = d.get("tunable")
+        if d["op"] == f"aten::{kernel}" and kernel in ("mm", "addmm") and key.get("batch", 1) == 1:
+            best_by = cache.setdefault((kernel, d["dtype"]),
+                                       pq.mm_best_by_mnk(session, environment_id, d["dtype"], kernel))
             best = best_by.get((key.get("M"), key.get("N"), key.get("K")))
             if best is not None:
                 d["predicted_gain_us"] = pq.predicted_gain_us(d["calls"], best, flaggems)

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from tuner.errors import UserError
 
-SUPPORTED = ("mm",)
+SUPPORTED = ("mm", "addmm")
 
 
 def keys_from_profile(db_url: str | None, profile_id_or_latest: str | int, top: int | None, op: str = "mm") -> list[str]:
     """Shape strings ("16,4608,3584", i.e. M,N,K with nn.Linear's weight layout BT=1) of the
-    profile's mm-family rows without a batch dimension, in rank order, without repeats, at most
-    `top` of them. Batched rows (bmm, attention matmuls) are not mm keys and are left out.
+    profile's rows that `op`'s kernel runs (aten::mm, linear and matmul rows for mm; aten::addmm
+    rows for addmm) without a batch dimension, in rank order, without repeats, at most `top`.
 
-    Unknown profile id, no database, or an op other than mm: UserError.
+    Unknown profile id, no database, or another op: UserError (bmm rows do not record their
+    operands' strides, which its key needs).
     """
     from tuner.store import open_db
     from db import profile_queries as pq
 
+    if op == "bmm":
+        raise UserError("--from-profile cannot give bmm keys: a profile row has the shapes but not the "
+                        "operand layout the key needs; pass them with --shape BATCH,M,N,K,bmm|linear")
     if op not in SUPPORTED:
         raise UserError(f"--from-profile gives keys for {', '.join(SUPPORTED)} only, not {op!r}")
     if top is not None and top < 1:
@@ -32,7 +36,7 @@ def keys_from_profile(db_url: str | None, profile_id_or_latest: str | int, top: 
             keys: list[str] = []
             for h in pq.hot_ops(s, run):
                 k = h.key or {}
-                if h.tunable != "mm" or k.get("batch", 1) != 1:
+                if h.tunable != op or k.get("batch", 1) != 1:
                     continue
                 try:
                     text = f"{int(k['M'])},{int(k['N'])},{int(k['K'])}"

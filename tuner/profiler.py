@@ -27,6 +27,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 Shapes = tuple[tuple[int, ...], ...]
 
+GEMM_KERNELS = ("mm", "addmm", "bmm")  # tuner kernels whose rows carry an M, N, K key
 MM_OPS = {"aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::bmm", "aten::baddbmm",
           "aten::_addmm_activation"}
 # ops whose first operand is (B, H, L, D) / (B, L, H, D)
@@ -63,7 +64,7 @@ class HotOp:
     calls: int
     total_us: float
     share: float  # of all profiled time (all rows, before any top-N cut)
-    tunable: str  # "mm" | "fused_moe" | "attention" | "not tunable"
+    tunable: str  # "mm" | "addmm" | "bmm" | "fused_moe" | "attention" | "not tunable"
     m: int | None = None
     n: int | None = None
     k: int | None = None
@@ -102,6 +103,8 @@ class Overhead:
 def tunable_kernel(op: str) -> str:
     """Which tuner kernel covers `op`."""
     low = op.lower()
+    if op in ("aten::addmm", "aten::bmm"):  # FlagGems runs these through their own kernels
+        return op.split("::")[1]
     if op in MM_OPS:
         return "mm"
     if "moe" in low or "fused_experts" in low:
@@ -172,9 +175,9 @@ def aggregate(samples: Iterable[KernelSample]) -> list[HotOp]:
     for (op, shapes, dtype, kernel), group in groups.items():
         total = sum(s.us for s in group)
         tunable = tunable_kernel(op)
-        key = mm_key(op, shapes) if tunable == "mm" else (
-            attention_key(op, shapes) if tunable == "attention" else None)
-        mm = key if tunable == "mm" and key else {}
+        gemm = tunable in GEMM_KERNELS
+        key = mm_key(op, shapes) if gemm else (attention_key(op, shapes) if tunable == "attention" else None)
+        mm = key if gemm and key else {}
         rows.append(HotOp(
             op=op, shapes=json.dumps([list(s) for s in shapes]), dtype=dtype, kernel=kernel,
             calls=len({s.call for s in group}), total_us=total,

@@ -53,12 +53,12 @@ def test_trace_file_is_written(profiled):
     assert "aten::mm" in names and any(str(n).startswith("text.decode") for n in names)
 
 
-def _store_best(url, env_id, key, time_us, native_us, untuned_us):
+def _store_best(url, env_id, key, time_us, native_us, untuned_us, kernel="mm"):
     db = open_database(url)
     with db.session() as s:
         env = s.get(queries.Environment, env_id)
-        run = queries.start_run(s, env, kernel="mm", sampler="tpe", device="cpu", compile_workers=0)
-        queries.upsert_best(s, environment_id=env_id, kernel="mm", key_values={**key, "BT": 1}, dtype="fp32",
+        run = queries.start_run(s, env, kernel=kernel, sampler="tpe", device="cpu", compile_workers=0)
+        queries.upsert_best(s, environment_id=env_id, kernel=kernel, key_values={**key, "BT": 1}, dtype="fp32",
                             run_id=run.id, kernel_source_hash="h", config={"BLOCK_M": 16}, time_us=time_us,
                             untuned_us=untuned_us, native_us=native_us, speedup_vs_untuned=None,
                             speedup_vs_native=None, max_abs_error=0.0, rel_error=0.0, trials_used=1,
@@ -94,6 +94,18 @@ def test_predicted_gain_from_a_stored_best_config(profiled, tmp_path):
         assert with_gains(hit, s, env_id, flaggems=False)[0]["predicted_gain_us"] is None
         s.rollback()
     db.dispose()
+    # an aten::addmm row takes its prediction from a stored addmm winner, never from an mm one
+    _store_best(url, env_id, key, time_us=1.0, native_us=4.0, untuned_us=6.0, kernel="addmm")
+    row = {"op": "aten::addmm", "shapes": "[]", "dtype": "float32", "kernel": "k", "calls": 3,
+           "total_us": 1.0, "share": 0.1, "tunable": "addmm", "key": {**key, "batch": 1, "bias": True}}
+    db = open_database(url)
+    with db.session() as s:
+        gems, native = with_gains([row], s, env_id, flaggems=True), with_gains([row], s, env_id, flaggems=False)
+        assert gems[0]["predicted_gain_us"] == pytest.approx(3 * (6.0 - 1.0))
+        assert native[0]["predicted_gain_us"] == pytest.approx(3 * (4.0 - 1.0))
+        as_mm = with_gains([row | {"op": "aten::mm", "tunable": "mm"}], s, env_id, flaggems=True)
+        assert as_mm[0]["predicted_gain_us"] == pytest.approx(3 * (3.5 - 2.0))
+    db.dispose()
 
 
 def test_keys_from_profile(profiled):
@@ -115,6 +127,10 @@ def test_keys_from_profile(profiled):
             row | {"op": "aten::mm", "total_us": 8.0, "key": {"M": 16, "N": 4608, "K": 3584, "batch": 1}},
             row | {"op": "aten::addmm", "total_us": 7.0, "key": {"M": 16, "N": 4608, "K": 3584, "batch": 1}},
             row | {"op": "aten::softmax", "total_us": 6.0, "tunable": "not tunable", "key": None},
+            row | {"op": "aten::addmm", "total_us": 5.0, "tunable": "addmm",
+                   "key": {"M": 10240, "N": 1152, "K": 1152, "batch": 1, "bias": True}},
+            row | {"op": "aten::bmm", "total_us": 4.0, "tunable": "bmm",
+                   "key": {"M": 10, "N": 3584, "K": 3584, "batch": 1024, "bias": False}},
         ], workloads="text", scale=1.0, dtype="bfloat16", device="cuda", time_source="cuda", flaggems=False,
             options={}, model={}, trace_path=None, total_us=30.0)
         s.commit()
@@ -128,3 +144,7 @@ def test_keys_from_profile(profiled):
         keys_from_profile(url, "9999", 3, "mm")
     with pytest.raises(UserError):
         keys_from_profile(url, "latest", 3, "fused_moe")
+    # addmm rows (what FlagGems' addmm kernel runs) give addmm keys; bmm rows lack the layout
+    assert keys_from_profile(url, "latest", None, "addmm") == ["10240,1152,1152"]
+    with pytest.raises(UserError, match="--shape BATCH,M,N,K,bmm|linear"):
+        keys_from_profile(url, "latest", 3, "bmm")

@@ -9,7 +9,7 @@ from torch.autograd import DeviceType
 from torch.autograd.profiler_util import FunctionEvent
 
 from tuner.profiler import (
-    UNATTRIBUTED, HotOp, KernelSample, aggregate, attention_key, measure_overhead, mm_key,
+    GEMM_KERNELS, UNATTRIBUTED, HotOp, KernelSample, aggregate, attention_key, measure_overhead, mm_key,
     profile_steps, rank, samples_from_events, tunable_kernel,
 )
 from tuner.workload import RequestOptions, build_model, build_requests
@@ -18,8 +18,8 @@ from tuner.workload import RequestOptions, build_model, build_requests
 
 
 @pytest.mark.parametrize("op, kernel", [
-    ("aten::mm", "mm"), ("aten::addmm", "mm"), ("aten::linear", "mm"), ("aten::matmul", "mm"),
-    ("aten::bmm", "mm"), ("aten::baddbmm", "mm"),
+    ("aten::mm", "mm"), ("aten::addmm", "addmm"), ("aten::linear", "mm"), ("aten::matmul", "mm"),
+    ("aten::bmm", "bmm"), ("aten::baddbmm", "mm"),
     ("vllm::fused_moe", "fused_moe"), ("_moe_C::topk_softmax", "fused_moe"),
     ("vllm::outplace_fused_experts", "fused_moe"),
     ("aten::_scaled_dot_product_flash_attention", "attention"),
@@ -156,7 +156,7 @@ def test_cuda_kernels_are_charged_to_their_launching_op():
     rows = aggregate(samples)
     got = [(r.op, r.kernel, r.calls, r.total_us, r.share, r.tunable, r.dtype) for r in rows]
     assert got == [
-        ("aten::addmm", "sm90_xmma_gemm_bf16", 2, 60.0, 0.6, "mm", "bfloat16"),
+        ("aten::addmm", "sm90_xmma_gemm_bf16", 2, 60.0, 0.6, "addmm", "bfloat16"),
         ("aten::_flash_attention_forward", "flash_fwd_splitkv_kernel", 1, 20.0, 0.2, "attention", "bfloat16"),
         ("aten::mm", "mm_kernel_triton", 1, 10.0, 0.1, "mm", "bfloat16"),
         (UNATTRIBUTED, "ncclKernel_unlinked", 1, 5.0, 0.05, "not tunable", "-"),
@@ -210,7 +210,7 @@ def test_profiled_run_ranks_cpu_time(profiled):
 
 def _mm_rows(rows, step_prefix):
     return {(r.op, r.m, r.n, r.k) for r in rows
-            if r.tunable == "mm" and any(s.startswith(step_prefix) for s in r.steps)}
+            if r.tunable in GEMM_KERNELS and any(s.startswith(step_prefix) for s in r.steps)}
 
 
 def test_profiled_run_finds_the_model_gemms(profiled, model):
