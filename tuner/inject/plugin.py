@@ -110,7 +110,7 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
                        os.environ["VLLM_TUNED_CONFIG_FOLDER"], moe_dir)
     counts = {"fused_moe": sum(1 for r in records if r.get("kernel") == "fused_moe"),
               "mm_flaggems": 0, "addmm_flaggems": 0, "bmm_flaggems": 0,
-              "mm_splitk": 0, "config_memo": False}
+              "attention_flaggems": 0, "mm_splitk": 0, "config_memo": False}
     if state["enable_flaggems"]:
         if "flag_gems" in sys.modules:  # too late to move its cache: seeding goes where it points
             logger.warning("flag_gems was imported before the tuner plugin; tuned mm rows go to "
@@ -119,6 +119,7 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
             os.environ.setdefault("FLAGGEMS_DB_URL", runtime_env(folder)["FLAGGEMS_DB_URL"])
         import flag_gems
 
+        from tuner.inject.attention_cache import seed_attention_cache
         from tuner.inject.flaggems_addmm import seed_addmm_cache
         from tuner.inject.flaggems_bmm import seed_bmm_cache
         from tuner.inject.flaggems_cache import seed_mm_cache
@@ -135,6 +136,9 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
                                                     allow_foreign=state["allow_foreign"]).records
         counts["bmm_flaggems"] = seed_bmm_cache(records, max_tokens=state["max_tokens"],
                                                 allow_foreign=state["allow_foreign"]).records
+        # FlagGems' flash_fwd_kernel (reached when torch or the engine picks FlagGems' flash
+        # attention; on an H100 torch's SDPA prefers cuDNN): one config per head dim and dtype
+        counts["attention_flaggems"] = seed_attention_cache(records, allow_foreign=state["allow_foreign"])
         install_flaggems_moe_hook(moe_dir)
         # FlagGems reads its SQL config cache on every kernel call; serve those reads from memory
         from tuner.inject.flaggems_memo import install_config_memo
@@ -180,12 +184,14 @@ def register() -> None:
     if _applied is None:
         _applied = apply_state(folder)
     c = _applied
-    total = c["fused_moe"] + c["mm_flaggems"] + c["addmm_flaggems"] + c["bmm_flaggems"] + c["mm_splitk"]
+    total = (c["fused_moe"] + c["mm_flaggems"] + c["addmm_flaggems"] + c["bmm_flaggems"]
+             + c["attention_flaggems"] + c["mm_splitk"])
     logger.info(
         "tuner plugin: %d tuned configs active (fused_moe %d, mm via FlagGems cache %d, "
-        "addmm via FlagGems cache %d, bmm via FlagGems cache %d, mm split-K %d); "
-        "FlagGems excluded ops: %s%s",
-        total, c["fused_moe"], c["mm_flaggems"], c["addmm_flaggems"], c["bmm_flaggems"], c["mm_splitk"],
+        "addmm via FlagGems cache %d, bmm via FlagGems cache %d, attention via FlagGems autotuner %d, "
+        "mm split-K %d); FlagGems excluded ops: %s%s",
+        total, c["fused_moe"], c["mm_flaggems"], c["addmm_flaggems"], c["bmm_flaggems"],
+        c["attention_flaggems"], c["mm_splitk"],
         ", ".join(c["exclude_ops"]) or "none",
         "; FlagGems config cache read from memory" if c.get("config_memo") else "",
     )

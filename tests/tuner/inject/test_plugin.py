@@ -31,6 +31,13 @@ def bmm_record(M, gpu="NVIDIA H100 80GB HBM3"):
             "environment": env_of(gpu), "kernel_source_hash": "not-this-flaggems"}
 
 
+def attention_record(gpu="NVIDIA H100 80GB HBM3"):
+    key = {"batch": 1, "heads": 28, "kv_heads": 4, "q_len": 2048, "kv_len": 2048, "head_dim": 128, "causal": 1}
+    return {"kernel": "attention", "key": key, "dtype": "bf16",
+            "config": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+            "environment": env_of(gpu), "kernel_source_hash": "not-this-flaggems"}
+
+
 def test_write_runtime_dir_replaces_atomically(tmp_path):
     run = {"gpu_name": "NVIDIA H100 80GB HBM3", "triton": env_of()["triton"]}
     folder = tmp_path / "rt"
@@ -84,7 +91,8 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     rt = tmp_path / "rt"
     # Measured "elsewhere" (this host has no GPU): allowed, so the loud path runs too.
     with pytest.warns(RuntimeWarning, match="FOREIGN"):
-        write_runtime_dir(rt, [moe_record(64), mm_record(1), mm_record(256), addmm_record(16), bmm_record(10)],
+        write_runtime_dir(rt, [moe_record(64), mm_record(1), mm_record(256), addmm_record(16), bmm_record(10),
+                                attention_record()],
                           ["softmax", "mm"],
                           max_tokens=64, allow_foreign=True)
     code = """
@@ -105,6 +113,8 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
         from tuner.inject.flaggems_bmm import bmm_key, locate_bmm_tuner
         tb = locate_bmm_tuner()
         bmm_hit = tb.cache.get(bmm_key(tb, 1024, 3584, 3584, 1, "bf16", 9))
+        from kernels.attention import as_space_config, autotuner, runtime_key
+        attn_hit = autotuner().cache.get(runtime_key(128, "bf16"))
         print("RESULT", json.dumps({
             "moe_folder": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"), "db": libcache.db_url,
             "registered_mm": "mm" in flag_gems.current_work_registrar.get_all_ops(),
@@ -112,6 +122,7 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
             "seeded": key in t.cache,
             "seeded_addmm": addmm_hit.kwargs["BLOCK_SIZE_M"] if addmm_hit else None,
             "seeded_bmm": bmm_hit.kwargs["TILE_M"] if bmm_hit else None,
+            "seeded_attention": as_space_config(attn_hit) if attn_hit else None,
             "memo": libentry.ConfigCache.get.__module__,
             "moe_hooked": hasattr(fm.try_get_optimal_moe_config, "__tuner_original__")}))
     """
@@ -121,13 +132,16 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     out = run_py(code, env)
     lines = [line for line in out.splitlines() if "tuner plugin:" in line]
     assert len(lines) == 1, out[-3000:]
-    assert ("tuner plugin: 5 tuned configs active (fused_moe 1, mm via FlagGems cache 2, "
-            "addmm via FlagGems cache 1, bmm via FlagGems cache 1, mm split-K 0); FlagGems excluded ops: mm, "
-            "softmax; FlagGems config cache read from memory") in lines[0]
+    assert ("tuner plugin: 6 tuned configs active (fused_moe 1, mm via FlagGems cache 2, "
+            "addmm via FlagGems cache 1, bmm via FlagGems cache 1, attention via FlagGems autotuner 1, "
+            "mm split-K 0); FlagGems excluded ops: mm, softmax; FlagGems config cache read from memory") in lines[0]
     assert "USING FOREIGN TUNED RESULT for fused_moe" in out and "USING FOREIGN TUNED RESULT for mm" in out
     assert "USING FOREIGN TUNED RESULT for addmm" in out and "USING FOREIGN TUNED RESULT for bmm" in out
+    assert "USING FOREIGN TUNED RESULT for attention" in out
     r = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     assert r == {"moe_folder": str(rt / MOE_FOLDER), "registered_mm": False, "registered_mm_out": True,
-                 "seeded": True, "seeded_addmm": 32, "seeded_bmm": 16, "moe_hooked": True, "db": runtime_env(rt)["FLAGGEMS_DB_URL"],
+                 "seeded": True, "seeded_addmm": 32, "seeded_bmm": 16,
+                 "seeded_attention": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+                 "moe_hooked": True, "db": runtime_env(rt)["FLAGGEMS_DB_URL"],
                  "memo": "tuner.inject.flaggems_memo"}
     assert (rt / FLAGGEMS_DB).exists()
