@@ -247,6 +247,10 @@ def serve(
                                               "(default ~/.tuner/runtime)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Prepare the runtime folder, print the command and "
                                  "environment, do not launch."),
+    native_when_faster: bool = typer.Option(True, "--native-when-faster/--flaggems-always",
+                                            help="With --use-tuned: also leave to PyTorch every FlagGems "
+                                            "op (addmm, bmm) whose tuned kernel is slower than native on "
+                                            "every stored key."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Launch an engine with FlagGems enabled (minus the ops the consistency check rejected) and,
@@ -256,13 +260,16 @@ def serve(
     req = flow.ServeRequest(model=model, engine=engine, use_tuned=use_tuned, engine_args=list(ctx.args),
                             db_url=db, allow_foreign=allow_foreign, max_tokens=max_tokens,
                             runtime_dir=runtime_dir, port=port, dry_run=dry_run,
+                            native_when_faster=native_when_faster,
                             exclude=[o for o in exclude.split(",") if o] if exclude is not None else None)
     try:
         prepared = flow.prepare(req)
     except UserError as e:
         _fail(e)
     typer.echo(f"runtime folder {prepared.runtime_dir}: {prepared.records} tuned configs, "
-               f"FlagGems excluded ops: {', '.join(prepared.exclude) or 'none'}", err=True)
+               f"FlagGems excluded ops: {', '.join(prepared.exclude) or 'none'}"
+               + (f" ({', '.join(prepared.left_native)}: tuned still slower than native)" if prepared.left_native
+                  else ""), err=True)
     if dry_run:
         typer.echo(json.dumps({"command": prepared.command, "env": prepared.env}, indent=2))
         return

@@ -49,6 +49,7 @@ class ServeRequest:
     port: int = 8000
     exclude: list[str] | None = None  # None: the stored consistency check decides
     dry_run: bool = False
+    native_when_faster: bool = True  # with use_tuned: leave_native() ops go to PyTorch too
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Prepared:
     runtime_dir: Path
     records: int
     exclude: list[str]
+    left_native: list[str] = field(default_factory=list)  # excluded because native was faster
 
 
 def engine_command(engine: str, model: str, port: int, args: list[str]) -> list[str]:
@@ -110,6 +112,26 @@ def select_records(db_url: str | None, allow_foreign: bool) -> list[dict]:
     return mine
 
 
+# tuner kernels that are one FlagGems op each, by the name flag_gems.enable(unused=...) takes
+_FLAGGEMS_OP_OF_KERNEL = {"addmm": "addmm", "bmm": "bmm"}
+
+
+def leave_native(records: list[dict]) -> list[str]:
+    """FlagGems ops whose every stored tuned key is still slower than native PyTorch (cuBLAS):
+    serving them through FlagGems would only cost time. On the H100 FlagGems' addmm is 0.41-0.78x
+    cuBLAS on all 17 MiniCPM-o keys even tuned (results/ops); leaving it native made the LLM's
+    decode 0.93-0.96x native instead of 0.99-1.02x (results/e2e/run5_addmm_native). An op with no
+    timed record, or with one key where the tuned kernel wins, stays with FlagGems."""
+    by_op: dict[str, list[bool]] = {}
+    for r in records:
+        op = _FLAGGEMS_OP_OF_KERNEL.get(r.get("kernel"))
+        if op is None:
+            continue
+        native, tuned = r.get("native_us"), r.get("time_us")
+        by_op.setdefault(op, []).append(bool(native and tuned and tuned > native))
+    return sorted(op for op, slower in by_op.items() if all(slower))
+
+
 def stored_exclude_list(db_url: str | None) -> list[str]:
     try:
         from tuner.profile_flow import environment_exclude_list
@@ -132,6 +154,8 @@ def prepare(req: ServeRequest) -> Prepared:
         raise UserError(f"model folder {req.model} does not exist (write one with `tuner checkpoint`)")
     records = select_records(req.db_url, req.allow_foreign) if req.use_tuned else []
     exclude = req.exclude if req.exclude is not None else stored_exclude_list(req.db_url)
+    left_native = [op for op in leave_native(records) if op not in exclude] if req.native_when_faster else []
+    exclude = [*exclude, *left_native]
     folder = Path(req.runtime_dir or DEFAULT_RUNTIME).expanduser()
     try:
         write_runtime_dir(folder, records, exclude, max_tokens=req.max_tokens, allow_foreign=req.allow_foreign)
@@ -146,7 +170,7 @@ def prepare(req: ServeRequest) -> Prepared:
         env["PYTHONPATH"] = os.pathsep.join([str(site), repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if req.engine == "flagscale":
         env["USE_FLAGGEMS"] = "1"
-    return Prepared(command, env, folder, len(records), list(exclude))
+    return Prepared(command, env, folder, len(records), list(exclude), left_native)
 
 
 def launch(p: Prepared) -> int:

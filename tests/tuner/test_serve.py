@@ -1,0 +1,106 @@
+"""`tuner serve` preparation on a real SQLite database: which stored results are used, the
+exclude list (consistency check + ops whose tuned kernel is still slower than native), the
+runtime folder, and the CLI's answers to bad input. Nothing is launched (--dry-run)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from db import open_database, queries
+from tests.tuner.inject.conftest import H100, env_of
+from tuner.errors import UserError
+from tuner.serve import ServeRequest, leave_native, prepare
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rec(kernel, M, tuned, native, variant=None):
+    return {"kernel": kernel, "key": {"M": M}, "time_us": tuned, "native_us": native,
+            "config": {"variant": variant or f"fg_{kernel}"}}
+
+
+def test_leave_native_needs_every_key_slower():
+    recs = [rec("addmm", 1, 14.3, 7.0), rec("addmm", 2048, 99.9, 76.6),   # all slower: native
+            rec("bmm", 1, 3148.8, 3174.5), rec("bmm", 10, 3297.7, 3231.3),  # one key wins: FlagGems
+            rec("mm", 1, 20.0, 10.0)]                                         # not a one-op kernel here
+    assert leave_native(recs) == ["addmm"]
+    assert leave_native([rec("addmm", 1, 14.3, None)]) == []  # never timed against native: no claim
+    assert leave_native([]) == []
+
+
+def _db_with(tmp_path, *recs) -> str:
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    db = open_database(url)
+    with db.session() as s:
+        env = queries.get_or_create_environment(s, "h100", {**env_of(H100), "device": "cuda", "python": "3.12"})
+        for kernel, key, tuned, native in recs:
+            run = queries.start_run(s, env, kernel=kernel, sampler="tpe", device="cuda", compile_workers=0)
+            queries.upsert_best(s, environment_id=env.id, kernel=kernel, key_values=key, dtype="bf16",
+                                run_id=run.id, kernel_source_hash="h",
+                                config={"variant": f"fg_{kernel}", "BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 64,
+                                        "BLOCK_SIZE_K": 64, "num_warps": 4, "num_stages": 3},
+                                time_us=tuned, untuned_us=tuned * 1.2, native_us=native, speedup_vs_untuned=1.2,
+                                speedup_vs_native=native / tuned, max_abs_error=0.0, rel_error=1e-3,
+                                trials_used=6, timing="cuda-graph", study_name="s")
+        s.commit()
+    db.dispose()
+    return url
+
+
+ADDMM_SLOW = ("addmm", {"M": 16, "N": 512, "K": 3584, "BT": 1}, 14.7, 7.3)
+
+
+def test_prepare_leaves_slower_ops_native(tmp_path):
+    url = _db_with(tmp_path, ADDMM_SLOW)
+    base = dict(model="Qwen/whatever", use_tuned=True, db_url=url, allow_foreign=True,
+                runtime_dir=str(tmp_path / "rt"), exclude=["mul"], dry_run=True)
+    with pytest.warns(RuntimeWarning, match="FOREIGN"):  # this host has no H100
+        p = prepare(ServeRequest(**base))
+    assert p.records == 1 and p.exclude == ["mul", "addmm"] and p.left_native == ["addmm"]
+    state = json.loads((tmp_path / "rt" / "state.json").read_text())
+    assert state["exclude_ops"] == ["addmm", "mul"]  # stored sorted
+    with pytest.warns(RuntimeWarning, match="FOREIGN"):
+        kept = prepare(ServeRequest(**base, native_when_faster=False))
+    assert kept.exclude == ["mul"] and kept.left_native == []
+    with pytest.warns(RuntimeWarning, match="FOREIGN"):  # already excluded by the user: said once
+        again = prepare(ServeRequest(**{**base, "exclude": ["addmm"]}))
+    assert again.exclude == ["addmm"] and again.left_native == []
+    untuned = prepare(ServeRequest(**{**base, "use_tuned": False}))  # nothing injected: nothing to judge
+    assert untuned.records == 0 and untuned.exclude == ["mul"]
+
+
+def test_prepare_refuses_results_of_another_gpu_without_allow_foreign(tmp_path):
+    url = _db_with(tmp_path, ADDMM_SLOW)
+    with pytest.raises(UserError, match="no tuned results measured on this GPU"):
+        prepare(ServeRequest(model="m", use_tuned=True, db_url=url, runtime_dir=str(tmp_path / "rt")))
+    assert not (tmp_path / "rt").exists()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, str(REPO / "cli.py"), "serve", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_cli_dry_run_says_what_is_left_native(tmp_path):
+    url = _db_with(tmp_path, ADDMM_SLOW)
+    r = _cli("Qwen/x", "--use-tuned", "--allow-foreign", "--db", url, "--runtime-dir", str(tmp_path / "rt"),
+             "--exclude", "mul", "--dry-run", "--", "--max-model-len", "4096")
+    assert r.returncode == 0, r.stderr
+    assert "1 tuned configs, FlagGems excluded ops: mul, addmm (addmm: tuned still slower than native)" in r.stderr
+    out = json.loads(r.stdout)
+    assert out["command"][-2:] == ["--max-model-len", "4096"]
+    assert out["env"]["TUNER_RUNTIME_DIR"] == str((tmp_path / "rt").resolve())
+
+
+@pytest.mark.parametrize("args, words", [
+    (["m", "--max-tokens", "0", "--dry-run"], "--max-tokens must be a positive number"),
+    (["m", "--engine", "tgi", "--dry-run"], "unknown engine 'tgi'"),
+    (["/no/such/folder", "--engine", "transformers", "--dry-run"], "does not exist"),
+])
+def test_cli_bad_input_is_one_sentence_exit_2(tmp_path, args, words):
+    r = _cli(*args, "--runtime-dir", str(tmp_path / "rt"), "--db", str(tmp_path / "none.db"))
+    assert r.returncode == 2 and words in r.stderr, r.stderr
+    assert not (tmp_path / "rt").exists()
