@@ -7,7 +7,8 @@ LAYOUT says how the operands lie in memory, because FlagGems' cache key holds tw
   contiguous X [M, BATCH, K], and B = W.t() of one N x K weight, expanded over the batch (stride
   0). torch.matmul cannot fold such an input into one mm, so it calls bmm; MiniCPM-o's resampler
   (nn.MultiheadAttention, batch_first=False) projects its 1024 image positions x 10 slices this
-  way: the image workload's largest GEMM (results/profile/PROFILE.md).
+  way: the image workload's largest GEMM (results/profile/PROFILE.md). transformers' LLM prefill
+  meets it too: lm_head on the last position (a slice of the hidden states) at M=1.
 
 FlagGems 5.0.2 runs one bmm kernel on every NVIDIA GPU (`flag_gems/ops/bmm.py`, no Hopper
 module): a tiled GEMM per batch (grid z = BATCH) under a LibTuner over 12 yaml configs (TILE_M/N/K,
@@ -57,6 +58,10 @@ NO_CPU = ("bmm has no CPU implementation: it runs FlagGems' Triton bmm kernel, w
 RESAMPLER_POSITIONS = 1024
 RESAMPLER_EMBED = 3584
 RESAMPLER_SLICES = (1, 4, 10)
+# transformers' Qwen2 prefill keeps the last position's logits (logits_to_keep=1): lm_head sees
+# hidden[:, -1:, :], a slice matmul cannot fold, so it runs as bmm with one weight expanded over
+# the batch: the linear layout at M=1 (FlagGems' key has no batch, one row serves every batch)
+LM_HEAD = (1, 1, 151700, 3584, 1)
 
 
 def flag_gems_bmm_module():
@@ -110,7 +115,8 @@ class BMM(Kernel):
 
     def presets(self) -> Mapping[str, list[Key]]:
         d = RESAMPLER_EMBED
-        return {"minicpmo": [(RESAMPLER_POSITIONS, s, d, d, LAYOUTS["linear"]) for s in RESAMPLER_SLICES]}
+        resampler = [(RESAMPLER_POSITIONS, s, d, d, LAYOUTS["linear"]) for s in RESAMPLER_SLICES]
+        return {"minicpmo": [*resampler, LM_HEAD], "minicpmo-resampler": resampler, "minicpmo-llm": [LM_HEAD]}
 
     def flops(self, key: Key) -> float:
         batch, M, N, K, _ = key

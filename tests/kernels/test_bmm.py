@@ -29,8 +29,11 @@ def test_parse_key():
             BMM.parse_key(bad)
 
 
-def test_presets_are_the_resampler_projection():
-    assert BMM.presets() == {"minicpmo": [(1024, s, 3584, 3584, 1) for s in (1, 4, 10)]}
+def test_presets_are_the_resampler_projection_and_the_prefill_lm_head():
+    p = BMM.presets()
+    assert p["minicpmo-resampler"] == [(1024, s, 3584, 3584, 1) for s in (1, 4, 10)]
+    assert p["minicpmo-llm"] == [(1, 1, 151700, 3584, 1)]
+    assert p["minicpmo"] == p["minicpmo-resampler"] + p["minicpmo-llm"]
 
 
 def test_cpu_has_no_implementation():

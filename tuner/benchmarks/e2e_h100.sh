@@ -12,7 +12,8 @@
 #    and matter only if split-K wins there.
 # 2. runs the three modes (native, tuned, untuned: the slow untuned warm-up last, on what is left).
 # Run from the repo root with $OUT set:  bash tuner/benchmarks/e2e_h100.sh
-# TUNE_ADDMM=1 also tunes FlagGems' addmm for q/k/v (ADDMM_CAP s), with or without REUSE_DB.
+# TUNE_ADDMM=1 also tunes FlagGems' addmm for q/k/v (ADDMM_CAP s), TUNE_BMM=1 the prefill lm_head
+# bmm (BMM_CAP s), with or without REUSE_DB.
 # REUSE_DB=FILE skips the tune (a DB tuned on this GPU model before); MODES picks the modes
 # (default native,tuned,untuned; untuned_memo = untuned + tuner's in-memory config cache).
 # Budget: < 9.5 min wall (DEADLINE s, default 550, for everything; the tune has a hard cap).
@@ -55,6 +56,13 @@ if [ -n "${TUNE_ADDMM:-}" ]; then  # q/k/v (bias: FlagGems' addmm) at the same M
         --timeout 8 --seed 0 --db "$DB" --json > "$OUT/e2e_tune_addmm.json" 2>> "$OUT/e2e_tune.log"
     echo "addmm tune exit $?"
     python3 cli.py db show --op addmm --db "$DB" > "$OUT/e2e_db_show_addmm.txt" 2>&1
+fi
+if [ -n "${TUNE_BMM:-}" ]; then  # lm_head on the prefill's last position runs as bmm (kernels/bmm.py)
+    stamp "tune bmm: prefill lm_head"
+    timeout -s INT -k 20 "${BMM_CAP:-150}" python3 cli.py tune --op bmm --shapes minicpmo-llm --trials 20 \
+        --timeout 60 --seed 0 --db "$DB" --json > "$OUT/e2e_tune_bmm.json" 2>> "$OUT/e2e_tune.log"
+    echo "bmm tune exit $?"
+    python3 cli.py db show --op bmm --db "$DB" > "$OUT/e2e_db_show_bmm.txt" 2>&1
 fi
 
 LEFT=$(( DEADLINE - ($(date +%s) - T0) ))
