@@ -6,6 +6,11 @@ N: the up projection: FlagGems' silu_and_mul takes silu of the first half), w2 i
 One config (vLLM's six keys) drives both GEMMs of a forward, as in vLLM and FlagGems, so a
 winner is exactly one entry of a vLLM config JSON and of FlagGems' MoE lookup.
 
+dtypes: bf16, fp16, and fp8_w8a8 (vLLM's name, also in its config file names): fp8 e4m3 weights
+with one scale per expert, activations quantized to fp8 per tensor on every call from their
+amax (dynamic scales: what vLLM's online `--quantization fp8` runs), bf16 output; both GEMMs then
+read fp8 operands, so a config tuned for bf16 is not the fp8 answer.
+
 The kernel only runs on an NVIDIA GPU (FlagGems does not import under TRITON_INTERPRET=1):
 on the CPU every config is invalid and the runner refuses, clearly.
 """
@@ -41,7 +46,9 @@ SPACE: dict[str, tuple] = {
     "num_warps": (4, 8),
     "num_stages": (2, 3, 4, 5),
 }
-ELEM_BYTES = {"bf16": 2, "fp16": 2}
+FP8 = "fp8_w8a8"
+ELEM_BYTES = {"bf16": 2, "fp16": 2, FP8: 1}  # of the GEMM operands (fp8: x and weights)
+FP8_MAX = 448.0  # largest float8_e4m3fn
 SMEM_BY_ARCH = {9: 232448, 8: 166912}  # per-block opt-in shared memory (bytes)
 SMEM_DEFAULT = 101376
 SPARSITY_FACTOR = 4  # FlagGems/vLLM: M*top_k*4 <= E gives every routed token its own block
@@ -112,20 +119,22 @@ def vllm_config_folder() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "model_executor/layers/fused_moe/configs"
 
 
-def vllm_config_path(E: int, N: int, gpu_name: str) -> Path | None:
-    """The bf16 config file vLLM ships for (E, N) on this GPU, or None."""
+def vllm_config_path(E: int, N: int, gpu_name: str, dtype: str = "bf16") -> Path | None:
+    """The config file vLLM ships for (E, N) on this GPU (bf16/fp16 files carry no dtype part,
+    fp8_w8a8 ones end in ",dtype=fp8_w8a8"), or None."""
     folder = vllm_config_folder()
     if folder is None:
         return None
-    path = folder / f"E={E},N={N},device_name={vllm_device_name(gpu_name)}.json"
+    suffix = f",dtype={FP8}" if dtype == FP8 else ""
+    path = folder / f"E={E},N={N},device_name={vllm_device_name(gpu_name)}{suffix}.json"
     return path if path.is_file() else None
 
 
-def vllm_shipped_config(key: Key, gpu_name: str) -> Config | None:
+def vllm_shipped_config(key: Key, gpu_name: str, dtype: str = "bf16") -> Config | None:
     """The config vLLM would use for this key from its shipped file: nearest M, ties to the
     smaller (vLLM: min over the file's M keys by |m - M|)."""
     E, N, _, _, M = key
-    path = vllm_config_path(E, N, gpu_name)
+    path = vllm_config_path(E, N, gpu_name, dtype)
     if path is None:
         return None
     table = {int(m): c for m, c in json.loads(path.read_text()).items() if m.isdigit()}
@@ -147,21 +156,34 @@ def flaggems_default_config(key: Key) -> Config:
             if k in CONFIG_KEYS}
 
 
-def flaggems_untuned_config(key: Key) -> Config:
+def flaggems_untuned_config(key: Key, dtype: str = "bf16") -> Config:
     """What fused_experts_impl looks up for this key on this GPU, bypassing tuner's own hook."""
     E, N, K, top_k, M = key
     fm = _fg_moe()
     lookup = fm.try_get_optimal_moe_config
     lookup = getattr(lookup, "__tuner_original__", lookup)
-    cfg = lookup((E, 2 * N, K), (E, K, N), top_k, None, M, E)
+    cfg = lookup((E, 2 * N, K), (E, K, N), top_k, FP8 if dtype == FP8 else None, M, E)
     return {k: int(cfg[k]) for k in CONFIG_KEYS}
 
 
+def quantize_per_expert(w):
+    """bf16 expert weights [E, rows, cols] -> (float8_e4m3fn weights, fp32 scale per expert), the
+    per-tensor weight scales vLLM's fp8 MoE passes as w1_scale / w2_scale."""
+    import torch
+
+    scale = w.abs().amax(dim=(1, 2)).float().clamp(min=1e-12) / FP8_MAX
+    q = torch.empty(w.shape, device=w.device, dtype=torch.float8_e4m3fn)
+    for e in range(w.shape[0]):  # one expert at a time: an fp32 copy of all of Mixtral's w1 is 3.8 GB
+        q[e] = (w[e].float() / scale[e]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
 def _fg_runner(key: Key, config: Config, dtype: str) -> Runner:
-    """fused_experts_impl's bf16/fp16 path for one chunk, step by step with FlagGems' own
-    functions, but with the given config and the output written into `out`: calling
-    fused_experts_impl itself would add a copy of its freshly allocated output to every timed
-    call. Buffers are allocated once per runner (same sizes every call: CUDA-graph safe).
+    """fused_experts_impl's path for one chunk, step by step with FlagGems' own functions, but
+    with the given config and the output written into `out`: calling fused_experts_impl itself
+    would add a copy of its freshly allocated output to every timed call. Buffers are allocated
+    once per runner (same sizes every call: CUDA-graph safe). fp8_w8a8 quantizes x before GEMM1
+    and the activation before GEMM2 with FlagGems' moe_kernel_quantize_input, as it does.
     tests/kernels/test_fused_moe.py checks bit-equality with fused_experts_impl on the GPU."""
     import torch
     import triton.language as tl
@@ -171,13 +193,16 @@ def _fg_runner(key: Key, config: Config, dtype: str) -> Runner:
     cfg = {k: int(config[k]) for k in CONFIG_KEYS}
     bm = cfg["BLOCK_SIZE_M"]
     naive = naive_assignment(key)
-    compute_type = {"bf16": tl.bfloat16, "fp16": tl.float16}[dtype]
-    flags = {"use_fp8_w8a8": False, "use_int8_w8a8": False, "use_int8_w8a16": False,
+    fp8 = dtype == FP8
+    compute_type = {"bf16": tl.bfloat16, "fp16": tl.float16, FP8: tl.bfloat16}[dtype]
+    flags = {"use_fp8_w8a8": fp8, "use_int8_w8a8": False, "use_int8_w8a16": False,
              "use_int4_w4a16": False, "per_channel_quant": False, "block_shape": None}
+    quant = torch.float8_e4m3fn if fp8 else None
     bufs: list = []
 
     def run(args, out):
-        x, w1, w2, topk_weights, topk_ids = args
+        x, w1, w2, topk_weights, topk_ids = args[:5]
+        w1_scale, w2_scale = args[5:] if fp8 else (None, None)
         if not bufs:
             # cache1 and cache3 share memory, as in fused_experts_impl (same L2 footprint)
             c13 = torch.empty(M * top_k * max(2 * N, K), device=x.device, dtype=x.dtype)
@@ -191,10 +216,12 @@ def _fg_runner(key: Key, config: Config, dtype: str) -> Runner:
             post_pad.fill_(topk_ids.numel() * bm)
         else:
             sorted_ids, expert_ids, post_pad = fm.moe_align_block_size(topk_ids, bm, E, None)
-        fm.dispatch_fused_moe_kernel(x, w1, c1, None, None, None, topk_weights, sorted_ids, expert_ids,
+        qx, a1_scale = fm.moe_kernel_quantize_input(x, None, quant, False, None)
+        fm.dispatch_fused_moe_kernel(qx, w1, c1, a1_scale, w1_scale, None, topk_weights, sorted_ids, expert_ids,
                                      post_pad, False, top_k, cfg, compute_type=compute_type, **flags)
         fm.apply_moe_activation(fm.MoEActivation.SILU, c2, c1.view(-1, 2 * N))
-        fm.dispatch_fused_moe_kernel(c2, w2, c3, None, None, None, topk_weights, sorted_ids, expert_ids,
+        qc2, a2_scale = fm.moe_kernel_quantize_input(c2, None, quant, False, None)
+        fm.dispatch_fused_moe_kernel(qc2, w2, c3, a2_scale, w2_scale, None, topk_weights, sorted_ids, expert_ids,
                                      post_pad, True, 1, cfg, compute_type=compute_type, **flags)
         fm.moe_sum(c3, out)
         return out
@@ -206,7 +233,7 @@ class FusedMoE(Kernel):
     name = "fused_moe"
     description = "fused MoE (silu gate/up, top-k routing): FlagGems' fused_moe_kernel, vLLM's config format"
     key_names = ("E", "N", "K", "top_k", "M")
-    dtypes = ("bf16", "fp16")
+    dtypes = ("bf16", "fp16", FP8)
     devices = ("cuda",)
     source_modules = ("flag_gems.fused.fused_moe",)
 
@@ -230,7 +257,8 @@ class FusedMoE(Kernel):
         """Hidden in, out, routing, and the weights of the experts the tokens can reach."""
         E, N, K, top_k, M = key
         experts = min(E, M * top_k)  # at most this many experts' weights are read
-        return ELEM_BYTES[dtype] * (2 * M * K + experts * 3 * N * K) + 8 * M * top_k
+        act = 2 if dtype == FP8 else ELEM_BYTES[dtype]  # fp8 reads bf16 x and writes bf16 out
+        return act * 2 * M * K + ELEM_BYTES[dtype] * experts * 3 * N * K + 8 * M * top_k
 
     # ---- search space -------------------------------------------------------------------
     def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:
@@ -277,7 +305,7 @@ class FusedMoE(Kernel):
         import torch
 
         E, N, K, top_k, M = key
-        dt = torch_dtype(dtype)
+        dt = torch_dtype("bf16" if dtype == FP8 else dtype)
         g = torch.Generator(device=device).manual_seed(seed)
         sets, outs = [], []
         for _ in range(n_sets):
@@ -287,7 +315,11 @@ class FusedMoE(Kernel):
             w2 = torch.randn((E, K, N), generator=g, device=device, dtype=dt).mul_(N ** -0.5)
             logits = torch.randn((M, E), generator=g, device=device, dtype=torch.float32)
             weights, ids = route(logits, top_k)
-            sets.append((x, w1, w2, weights, ids))
+            if dtype == FP8:  # the (x, w1, w2, weights, ids, w1_scale, w2_scale) of fused_experts_impl
+                (w1, s1), (w2, s2) = quantize_per_expert(w1), quantize_per_expert(w2)
+                sets.append((x, w1, w2, weights, ids, s1, s2))
+            else:
+                sets.append((x, w1, w2, weights, ids))
             outs.append(torch.empty((M, K), device=device, dtype=dt))
         return Inputs(sets=sets, outs=outs)
 
@@ -298,8 +330,9 @@ class FusedMoE(Kernel):
         import torch
         import torch.nn.functional as F
 
-        x, w1, w2, weights, ids = args
+        x, w1, w2, weights, ids = args[:5]
         acc = torch.float32 if x.is_cuda else torch.float64
+        s1, s2 = (args[5].to(acc), args[6].to(acc)) if len(args) == 7 else (None, None)
         N = w2.shape[2]
         out = torch.zeros((x.shape[0], w2.shape[1]), device=x.device, dtype=acc)
         prev = torch.backends.cuda.matmul.allow_tf32
@@ -307,12 +340,21 @@ class FusedMoE(Kernel):
         try:
             for e in torch.unique(ids).tolist():
                 tok, slot = (ids == e).nonzero(as_tuple=True)
-                h = x[tok].to(acc) @ w1[e].to(acc).T
-                y = (F.silu(h[:, :N]) * h[:, N:]) @ w2[e].to(acc).T
+                w1e, w2e = w1[e].to(acc), w2[e].to(acc)
+                if s1 is not None:  # fp8 weights: dequantized; x and activations stay exact
+                    w1e, w2e = w1e * s1[e], w2e * s2[e]
+                h = x[tok].to(acc) @ w1e.T
+                y = (F.silu(h[:, :N]) * h[:, N:]) @ w2e.T
                 out.index_add_(0, tok, y * weights[tok, slot].to(acc)[:, None])
         finally:
             torch.backends.cuda.matmul.allow_tf32 = prev
         return out
+
+    def tolerance(self, dtype: str) -> float:
+        """fp8_w8a8 rounds x, the weights and the activation to 3 mantissa bits (about 2-4% per
+        element) before two GEMMs, measured against exact activations: 1e-1. Bit-equality with
+        FlagGems' own fused_experts_impl is what the GPU tests check."""
+        return 1e-1 if dtype == FP8 else super().tolerance(dtype)
 
     def runner(self, key: Key, config: Config, dtype: str, device: str) -> Runner:
         if device != "cuda":
@@ -330,9 +372,9 @@ class FusedMoE(Kernel):
             return {}
         import torch
 
-        runners = {"untuned": self.runner(key, flaggems_untuned_config(key), dtype, device)}
-        shipped = vllm_shipped_config(key, torch.cuda.get_device_name())
-        if shipped is not None and dtype in ("bf16", "fp16"):
+        runners = {"untuned": self.runner(key, flaggems_untuned_config(key, dtype), dtype, device)}
+        shipped = vllm_shipped_config(key, torch.cuda.get_device_name(), dtype)
+        if shipped is not None:
             runners["vllm_shipped"] = self.runner(key, shipped, dtype, device)
         return runners
 
@@ -341,8 +383,8 @@ class FusedMoE(Kernel):
             return []
         import torch
 
-        out = [flaggems_untuned_config(key)]
-        shipped = vllm_shipped_config(key, torch.cuda.get_device_name())
+        out = [flaggems_untuned_config(key, dtype)]
+        shipped = vllm_shipped_config(key, torch.cuda.get_device_name(), dtype)
         if shipped is not None:
             out.append(shipped)
         return out

@@ -149,9 +149,9 @@ def prepare(req: ServeRequest) -> Prepared:
 
     if req.max_tokens <= 0:
         raise UserError("--max-tokens must be a positive number")
-    command = engine_command(req.engine, req.model, req.port, req.engine_args)
-    if req.engine == "transformers" and not Path(req.model).exists():
+    if req.engine == "transformers" and not Path(req.model).exists():  # the user's input first
         raise UserError(f"model folder {req.model} does not exist (write one with `tuner checkpoint`)")
+    command = engine_command(req.engine, req.model, req.port, req.engine_args)
     records = select_records(req.db_url, req.allow_foreign) if req.use_tuned else []
     exclude = req.exclude if req.exclude is not None else stored_exclude_list(req.db_url)
     left_native = [op for op in leave_native(records) if op not in exclude] if req.native_when_faster else []

@@ -18,6 +18,7 @@ from kernels import get_kernel
 from kernels.base import KernelInputError
 from kernels.fused_moe import (
     CONFIG_KEYS,
+    FP8,
     NO_CPU,
     SPACE,
     m_blocks,
@@ -212,6 +213,38 @@ def test_reference_matches_dense_computation(key):
     torch.testing.assert_close(ref, dense_moe(x, w1, w2, weights, ids), rtol=1e-12, atol=1e-12)
 
 
+def test_fp8_w8a8_inputs_reference_and_limits():
+    """fp8_w8a8: e4m3 weights with one scale per expert (vLLM's w1_scale / w2_scale), bf16 x and
+    out; the reference runs on the dequantized weights; operands are 1 byte in shared memory."""
+    key = (6, 24, 40, 2, 7)
+    x, w1, w2, weights, ids, s1, s2 = args = MOE.make_inputs(key, FP8, "cpu", 1, seed=3).sets[0]
+    assert (x.dtype, w1.dtype, w2.dtype) == (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e4m3fn)
+    assert s1.shape == s2.shape == (6,) and s1.dtype == torch.float32
+    deq1, deq2 = w1.double() * s1.double()[:, None, None], w2.double() * s2.double()[:, None, None]
+    assert (w1.float().abs().amax(dim=(1, 2)) == 448).all()  # each expert's largest weight maps to fp8 max
+    bf16 = MOE.make_inputs(key, "bf16", "cpu", 1, seed=3).sets[0]  # same draw, before quantizing
+    assert ((deq1 - bf16[1].double()).norm() / bf16[1].double().norm()).item() < 0.05
+    ref = MOE.reference(args)
+    torch.testing.assert_close(ref, dense_moe(x, deq1, deq2, weights, ids), rtol=1e-12, atol=1e-12)
+    assert MOE.tolerance(FP8) == 0.1 and MOE.tolerance("bf16") == 1e-2
+    assert MOE.bytes_per_set(key, FP8) == 2 * 2 * 7 * 40 + 6 * 3 * 24 * 40 + 8 * 7 * 2
+    # a tile over the shared-memory limit in bf16 fits in fp8 (half the bytes per stage)
+    big = cfg(BLOCK_SIZE_M=256, BLOCK_SIZE_N=256, BLOCK_SIZE_K=128, num_stages=3)
+    heavy = (8, 14336, 4096, 2, 4096)
+    assert "shared memory" in MOE.invalid_reason(heavy, big, "bf16", "cuda")
+    assert MOE.invalid_reason(heavy, big, FP8, "cuda") is None
+    assert MOE.invalid_reason(heavy, big, "fp32", "cuda").startswith("fused_moe runs bf16, fp16, fp8_w8a8")
+
+
+@needs_vllm
+def test_vllm_shipped_fp8_config_file():
+    path = vllm_config_path(*MIXTRAL_TP2[:2], H100, FP8)
+    assert path is not None and path.name == "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8.json"
+    table = {int(m): c for m, c in json.loads(path.read_text()).items()}
+    assert vllm_shipped_config((*MIXTRAL_TP2, 64), H100, FP8) == table[64]
+    assert vllm_config_path(*QWEN_TP2[:2], H100, FP8) is None  # bf16 only for that one
+
+
 # ---- FlagGems on the CPU: its import works without a GPU in a clean subprocess ---------------
 @needs_flag_gems
 def test_flaggems_default_config_is_a_valid_warm_start(tmp_path):
@@ -290,6 +323,37 @@ def test_runner_is_fused_experts_impl(key):
         MOE.runner(key, want_cfg, "bf16", "cuda")(args, out)
         torch.cuda.synchronize()
         assert torch.equal(out, want), want_cfg
+
+
+@on_gpu
+@pytest.mark.parametrize("key", [(*MIXTRAL_TP2, 16), (*QWEN_TP2, 256)])
+def test_fp8_runner_is_fused_experts_impl(key):
+    """fp8_w8a8: the launcher (activation quantization included) is bit for bit FlagGems'
+    fused_experts_impl(use_fp8_w8a8=True, per-expert weight scales, dynamic activation scales),
+    with FlagGems' own config and a grid one, and within the fp8 tolerance of the reference."""
+    import flag_gems.fused.fused_moe as fm
+    from tuner.measure import check
+
+    x, w1, w2, weights, ids, s1, s2 = args = MOE.make_inputs(key, FP8, "cuda", 1, seed=5).sets[0]
+    grid = grid_configs(MOE, key, FP8, "cuda")
+    original = fm.try_get_optimal_moe_config
+    for c in (None, grid[len(grid) // 3]):
+        want_cfg = c or {k: v for k, v in original(w1.shape, w2.shape, key[3], FP8, key[-1], key[0]).items()}
+        fm.try_get_optimal_moe_config = lambda *a, _c=want_cfg, **kw: dict(_c)
+        try:
+            want = fm.fused_experts_impl(x, w1, w2, weights, ids, use_fp8_w8a8=True, w1_scale=s1, w2_scale=s2)
+        finally:
+            fm.try_get_optimal_moe_config = original
+        out = torch.empty_like(x)
+        MOE.runner(key, want_cfg, FP8, "cuda")(args, out)
+        torch.cuda.synchronize()
+        assert torch.equal(out, want), want_cfg
+        res = check(MOE, MOE.runner(key, want_cfg, FP8, "cuda"), MOE.make_inputs(key, FP8, "cuda", 1, seed=7))
+        assert res.rel_error < MOE.tolerance(FP8), (want_cfg, res)
+    base = MOE.baselines(key, FP8, "cuda")
+    shipped = vllm_shipped_config(key, torch.cuda.get_device_name(), FP8)
+    assert set(base) == ({"untuned", "vllm_shipped"} if shipped else {"untuned"})
+    assert "H100" not in torch.cuda.get_device_name() or (shipped is not None) == (key[0] == 8)
 
 
 @on_gpu

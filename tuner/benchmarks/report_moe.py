@@ -46,7 +46,8 @@ def main() -> None:
     if not rows:
         raise SystemExit("no fused_moe results in these databases")
     env = rows[0]["environment"]
-    print(f"# fused_moe bf16: tuned vs FlagGems default vs vLLM shipped ({env.get('gpu_name')}, driver "
+    dtypes = ", ".join(sorted({r["dtype"] for r in rows}))
+    print(f"# fused_moe {dtypes}: tuned vs FlagGems default vs vLLM shipped ({env.get('gpu_name')}, driver "
           f"{env.get('driver')}, torch {env.get('torch')}, triton {env.get('triton')}, "
           f"flag_gems {env.get('flag_gems')})\n")
     print("| E | N | K | top_k | M | default µs | vLLM shipped µs | tuned µs | vs default | vs shipped | "
