@@ -52,6 +52,7 @@ from kernels.base import (
     precompile_by_running,
     torch_dtype,
 )
+from kernels.flaggems_ops import op_module
 
 CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
 # a superset of FlagGems' list (BLOCK_M, BLOCK_N 32..128, 4|8 warps, 2..4 stages, before `keep`)
@@ -100,17 +101,11 @@ def attended_pairs(key: Key) -> int:
 
 
 # ---- FlagGems ---------------------------------------------------------------------------------
-def _fg(name: str):
-    import importlib
-
-    return importlib.import_module(f"flag_gems.ops.{name}")
-
-
 def autotuner():
     """The triton Autotuner inside FlagGems' `flash_fwd_kernel` LibEntry."""
     from triton.runtime.autotuner import Autotuner
 
-    tuner = _fg("flash_kernel").flash_fwd_kernel.fn
+    tuner = op_module("flash_kernel").flash_fwd_kernel.fn
     if not isinstance(tuner, Autotuner):
         raise RuntimeError("FlagGems' flash_fwd_kernel is no longer a triton.autotune kernel: re-read flash_kernel.py")
     return tuner
@@ -121,7 +116,7 @@ def flaggems_path(key: Key, num_sms: int) -> str:
     Its splits_heuristic is a nested function: rebuilt from mha_fwd's own code object."""
     import types
 
-    fa, fk = _fg("flash_api"), _fg("flash_kernel")
+    fa, fk = op_module("flash_api"), op_module("flash_kernel")
     code = next((c for c in fa.mha_fwd.__code__.co_consts
                  if isinstance(c, types.CodeType) and c.co_name == "splits_heuristic"), None)
     if code is None or code.co_freevars:
@@ -184,7 +179,7 @@ def flaggems_configs() -> list[Config]:
 def clear_compiled() -> None:
     """Empty LibEntry's compiled-kernel cache: once filled for an argument specialisation it
     launches without asking the autotuner, so a changed choice would not be seen."""
-    for cache in _fg("flash_kernel").flash_fwd_kernel.kernel_cache:
+    for cache in op_module("flash_kernel").flash_fwd_kernel.kernel_cache:
         cache.clear()
 
 
@@ -208,7 +203,7 @@ class _FixedConfig:
 
 @contextlib.contextmanager
 def _fixed_kernel(fixed: _FixedConfig):
-    fa = _fg("flash_api")
+    fa = op_module("flash_api")
     saved = fa.flash_fwd_kernel  # mha_fwd's dispatch reads the module global at call time
     fa.flash_fwd_kernel = fixed
     try:
@@ -221,7 +216,7 @@ def _flaggems_call(key: Key, args: tuple, disable_splitkv: bool):
     """FlagGems' aten `_flash_attention_forward` as torch's flash SDPA calls it (scale None)."""
     _, _, _, Sq, Skv, _, causal = key
     q, k, v, _ = args
-    return _fg("attention").flash_attention_forward(q, k, v, None, None, Sq, Skv, 0.0, bool(causal), False,
+    return op_module("attention").flash_attention_forward(q, k, v, None, None, Sq, Skv, 0.0, bool(causal), False,
                                                     disable_splitkv=disable_splitkv)[0]
 
 
@@ -476,4 +471,4 @@ class Attention(Kernel):
         import hashlib
         import inspect
 
-        return hashlib.sha256(inspect.getsource(_fg("flash_kernel")).encode()).hexdigest()
+        return hashlib.sha256(inspect.getsource(op_module("flash_kernel")).encode()).hexdigest()

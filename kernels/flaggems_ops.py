@@ -8,15 +8,11 @@ from kernels.base import Key, next_pow2
 
 
 def op_module(name: str):
-    """FlagGems' `flag_gems.ops.<name>` as loaded: its LibTuner cache lives in that module object,
-    so the one flag_gems registered is the one to read and seed."""
+    """FlagGems' `flag_gems.ops.<name>` as loaded (importing it imports flag_gems first): its
+    LibTuner / autotuner caches live in that module object, so it is the one to read and seed."""
     import importlib
-    import sys
 
-    importlib.import_module("flag_gems")
-    full = f"flag_gems.ops.{name}"
-    mod = sys.modules.get(full)
-    return mod if mod is not None else importlib.import_module(full)
+    return importlib.import_module(f"flag_gems.ops.{name}")
 
 
 def libtuner(entry):

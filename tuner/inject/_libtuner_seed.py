@@ -18,6 +18,7 @@ from tuner.inject.flaggems_cache import (
     _check_version,
     _same,
     _write_rows,
+    require_libtuner,
 )
 from tuner.inject.foreign import ENV_FIELDS, check_records, running_environment
 
@@ -35,11 +36,7 @@ def locate_libtuner(load_module: Callable[[], Any], attr: str):
     entry = getattr(load_module(), attr, None)
     if not isinstance(entry, LibEntry):
         raise UnsupportedFlagGemsError(f"FlagGems' {attr} is not a LibEntry-wrapped LibTuner")
-    tuner = libtuner(entry)
-    for name in ("get_key", "config_table_name", "cache", "configs", "arg_names"):
-        if not hasattr(tuner, name):
-            raise UnsupportedFlagGemsError(f"{attr}'s LibTuner has no {name!r}")
-    return tuner
+    return require_libtuner(libtuner(entry), attr, extra=("arg_names",))
 
 
 def triton_config(cfg: Mapping[str, Any], meta_keys: tuple[str, ...], pre_hook=None):

@@ -83,12 +83,17 @@ def locate_mm_tuners() -> dict[str, Any]:
     mod = locate_mm_module()
     out = {}
     for variant, name in VARIANT_KERNELS.items():
-        tuner = getattr(mod, name).fn
-        for attr in ("get_key", "config_table_name", "cache", "configs"):
-            if not hasattr(tuner, attr):
-                raise UnsupportedFlagGemsError(f"{name}'s LibTuner has no {attr!r}")
-        out[variant] = tuner
+        out[variant] = require_libtuner(getattr(mod, name).fn, name)
     return out
+
+
+def require_libtuner(tuner, name: str, extra: tuple[str, ...] = ()):
+    """`tuner` if it has what seeding uses (a FlagGems that changed it is refused, not
+    half-seeded); `name` says which kernel in the error."""
+    for attr in ("get_key", "config_table_name", "cache", "configs", *extra):
+        if not hasattr(tuner, attr):
+            raise UnsupportedFlagGemsError(f"{name}'s LibTuner has no {attr!r}")
+    return tuner
 
 
 def fg_kernel_source_hash(variant: str) -> str:

@@ -3,7 +3,7 @@
 The only stand-in is the final JIT launch (`tuner.fn`), replaced by a recorder because nothing
 can run on CUDA here: LibTuner.run's own key computation and cache lookup are exercised.
 """
-from tests.tuner.inject.conftest import env_of, needs_flag_gems, result, run_py
+from tests.tuner.inject.conftest import LIBTUNER_LAUNCH, env_of, needs_flag_gems, result, run_py
 
 pytestmark = needs_flag_gems
 
@@ -22,22 +22,13 @@ t = locate_addmm_tuner()
 def bm(M, N=512, K=3584, dtype="bf16"):
     c = t.cache.get(addmm_key(t, N, K, dtype, M))
     return None if c is None else c.kwargs["BLOCK_SIZE_M"]
-def launch(M, N=512, K=3584):
-    # LibTuner.run up to the JIT launch, with FlagGems' own argument order: no benchmark allowed
-    def no_bench(*a, **k):
-        raise AssertionError("LibTuner benchmarked: cache miss")
-    class Launch:
-        def run(self, *args, **kwargs):
-            self.kwargs = kwargs
-    t._bench, t.fn = no_bench, Launch()
-    a = runtime_args(t, M, N, K, "bf16")
-    t.run(*a.values(), grid=lambda meta: (1,))
-    return t.fn.kwargs["BLOCK_SIZE_M"]
+def launch(M, N=512, K=3584):  # FlagGems' own argument order: no benchmark allowed
+    return launch_kwargs(t, runtime_args(t, M, N, K, "bf16"))["BLOCK_SIZE_M"]
 """
 
 
 def _code(body: str) -> str:
-    return RECORDS.format(env=env_of()) + body
+    return LIBTUNER_LAUNCH + RECORDS.format(env=env_of()) + body
 
 
 def test_seed_then_lookup_in_process_and_in_a_fresh_one(fg_env):

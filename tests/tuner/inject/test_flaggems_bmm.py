@@ -3,7 +3,7 @@
 As for addmm, the only stand-in is the final JIT launch (`tuner.fn`), replaced by a recorder
 because nothing can run on CUDA here: LibTuner.run's key computation and cache lookup run.
 """
-from tests.tuner.inject.conftest import env_of, needs_flag_gems, result, run_py
+from tests.tuner.inject.conftest import LIBTUNER_LAUNCH, env_of, needs_flag_gems, result, run_py
 
 pytestmark = needs_flag_gems
 
@@ -22,20 +22,12 @@ def tm(B, M, N=3584, K=3584, layout=1, dtype="bf16"):
     c = t.cache.get(bmm_key(t, B, N, K, layout, dtype, M))
     return None if c is None else c.kwargs["TILE_M"]
 def launch(B, M, N=3584, K=3584, layout=1):
-    def no_bench(*a, **k):
-        raise AssertionError("LibTuner benchmarked: cache miss")
-    class Launch:
-        def run(self, *args, **kwargs):
-            self.kwargs = kwargs
-    t._bench, t.fn = no_bench, Launch()
-    a = runtime_args(t, B, M, N, K, layout, "bf16")
-    t.run(*a.values(), grid=lambda meta: (1,))
-    return t.fn.kwargs["TILE_M"]
+    return launch_kwargs(t, runtime_args(t, B, M, N, K, layout, "bf16"))["TILE_M"]
 """
 
 
 def _code(body: str) -> str:
-    return RECORDS.format(env=env_of()) + body
+    return LIBTUNER_LAUNCH + RECORDS.format(env=env_of()) + body
 
 
 def test_seed_then_lookup_in_process_and_in_a_fresh_one(fg_env):
