@@ -58,11 +58,11 @@ def tune(
     """Search Triton configs for an op's keys, measure each safely in a worker process, check it
     against the native result, and store the best per key. Running the same command again
     continues the same Optuna studies."""
-    from tuner import tune as flow
+    from tuner.tuning import flow
     from tuner.report import tune_progress, tune_table
 
     if from_profile is not None:
-        from tuner.profile_keys import keys_from_profile
+        from tuner.profiling.hot_keys import keys_from_profile
 
         try:
             shape = list(shape) + keys_from_profile(db, from_profile, top, op)
@@ -167,7 +167,7 @@ def profile(
 ) -> None:
     """Profile MiniCPM-o 2.6 serving requests natively and with FlagGems (minus the ops the consistency
     check rejects), rank (op, shapes, dtype, kernel) by time, store the runs, write the trace."""
-    from tuner import profile_flow as flow
+    from tuner.profiling import flow
     from tuner.report import console, profile_tables
 
     req = flow.ProfileRequest(workloads=workload, scale=scale, weights=weights, device=device, dtype=dtype,
@@ -207,7 +207,7 @@ def check(
     """Consistency check: every FlagGems op the workload uses, on inputs recorded from it, against the
     native op, each in its own subprocess; stores the results (the exclude list `tuner serve` uses)
     and compares end-to-end logits."""
-    from tuner import profile_flow as flow
+    from tuner.profiling import flow
     from tuner.report import check_table, console
 
     req = flow.CheckRequest(workloads=workload, scale=scale, weights=weights, device=device, dtype=dtype,
@@ -255,7 +255,7 @@ def serve(
 ) -> None:
     """Launch an engine with FlagGems enabled (minus the ops the consistency check rejected) and,
     with --use-tuned, every tuned config active so nothing autotunes at serve time."""
-    from tuner import serve as flow
+    from tuner.serving import flow
 
     req = flow.ServeRequest(model=model, engine=engine, use_tuned=use_tuned, engine_args=list(ctx.args),
                             db_url=db, allow_foreign=allow_foreign, max_tokens=max_tokens,
@@ -286,7 +286,7 @@ def checkpoint(
     """Write a servable checkpoint: the MiniCPM-o 2.6 LLM (Qwen2, 28 layers, hidden 3584) with random
     weights and a tokenizer trained locally (nothing is downloaded). To serve a real checkpoint,
     pass its folder to `tuner serve` instead."""
-    from tuner.checkpoint import write_llm_checkpoint
+    from tuner.serving.checkpoint import write_llm_checkpoint
 
     try:
         path = write_llm_checkpoint(folder, scale=scale, dtype=dtype, seed=seed)

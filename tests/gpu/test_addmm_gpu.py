@@ -66,7 +66,7 @@ def test_tune_minicpmo_kv_decode_key(tmp_path):
     r = result(run_py(f"""
 import json
 from db import open_database, queries
-from tuner.tune import TuneRequest, tune
+from tuner.tuning.flow import TuneRequest, tune
 url = "sqlite:///{tmp_path / 't.db'}"
 (res,) = tune(TuneRequest(op="addmm", shapes=["16,512,3584"], trials=10, device="cuda", seed=0, db_url=url))
 o = res.outcome

@@ -20,7 +20,7 @@ from kernels.attention import (
     sdpa_backend,
     triton_config,
 )
-from tuner.search import grid_configs
+from tuner.tuning.search import grid_configs
 
 ATT = get_kernel("attention")
 VISION, PREFILL = MINICPMO[3], MINICPMO[0]
@@ -51,7 +51,7 @@ def test_runner_matches_reference(key):
     resources is what the worker records as failed, never a wrong result."""
     from triton.runtime.errors import OutOfResources
 
-    from tuner.measure import check
+    from tuner.tuning.measure import check
 
     grid = grid_configs(ATT, key, "bf16", "cuda")
     configs = flaggems_configs() + grid[:: max(1, len(grid) // 8)]
@@ -89,7 +89,7 @@ def test_runner_is_flaggems_with_that_config(key):
 
 @pytest.mark.parametrize("key", [VISION, PREFILL, MINICPMO[2]])
 def test_baselines_and_untuned_configs(key):
-    from tuner.measure import check, time_runner
+    from tuner.tuning.measure import check, time_runner
 
     base = ATT.baselines(key, "bf16", "cuda")
     pick = sdpa_backend(key, "bf16")
@@ -176,7 +176,7 @@ def test_sdpa_reaches_flaggems_only_on_torchs_flash_backend():
 
 
 def test_tune_end_to_end(tmp_path):
-    from tuner.tune import TuneRequest, tune
+    from tuner.tuning.flow import TuneRequest, tune
 
     url = f"sqlite:///{tmp_path / 't.db'}"
     (res,) = tune(TuneRequest(op="attention", shapes=["1,16,16,1500,1500,64,0"], trials=10, device="cuda",

@@ -68,7 +68,7 @@ def test_tune_resampler_key(tmp_path):
     r = result(run_py(f"""
 import json
 from db import open_database, queries
-from tuner.tune import TuneRequest, tune
+from tuner.tuning.flow import TuneRequest, tune
 url = "sqlite:///{tmp_path / 't.db'}"
 (res,) = tune(TuneRequest(op="bmm", shapes=["1024,10,3584,3584,linear"], trials=8, device="cuda", seed=0, db_url=url))
 o = res.outcome

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from db import open_database, queries
-from tuner.tune import TuneRequest, tune
+from tuner.tuning.flow import TuneRequest, tune
 
 pytestmark = pytest.mark.gpu
 

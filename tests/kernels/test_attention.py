@@ -26,7 +26,7 @@ from kernels.attention import (
     padded_head_dim,
 )
 from kernels.base import KernelInputError
-from tuner.search import grid_configs
+from tuner.tuning.search import grid_configs
 
 ATT = get_kernel("attention")
 REPO = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ from kernels.fused_moe import (
     vllm_config_path,
     vllm_shipped_config,
 )
-from tuner.search import grid_configs
+from tuner.tuning.search import grid_configs
 
 MOE = get_kernel("fused_moe")
 REPO = Path(__file__).resolve().parents[2]
@@ -280,7 +280,7 @@ GPU_KEYS = [(*QWEN_TP2, 1), (128, 768, 2048, 8, 64), (*MIXTRAL_TP2, 16), (8, 143
 
 
 def _gpu_check(key, config):
-    from tuner.measure import check
+    from tuner.tuning.measure import check
 
     inputs = MOE.make_inputs(key, "bf16", "cuda", 1, seed=7)
     return check(MOE, MOE.runner(key, config, "bf16", "cuda"), inputs)
@@ -332,7 +332,7 @@ def test_fp8_runner_is_fused_experts_impl(key):
     fused_experts_impl(use_fp8_w8a8=True, per-expert weight scales, dynamic activation scales),
     with FlagGems' own config and a grid one, and within the fp8 tolerance of the reference."""
     import flag_gems.fused.fused_moe as fm
-    from tuner.measure import check
+    from tuner.tuning.measure import check
 
     x, w1, w2, weights, ids, s1, s2 = args = MOE.make_inputs(key, FP8, "cuda", 1, seed=5).sets[0]
     grid = grid_configs(MOE, key, FP8, "cuda")
@@ -359,7 +359,7 @@ def test_fp8_runner_is_fused_experts_impl(key):
 @on_gpu
 @pytest.mark.parametrize("key", [(*QWEN_TP2, 16), (128, 768, 2048, 8, 16)])
 def test_untuned_and_vllm_baselines(key):
-    from tuner.measure import check, time_runner
+    from tuner.tuning.measure import check, time_runner
 
     base = MOE.baselines(key, "bf16", "cuda")
     shipped = vllm_shipped_config(key, torch.cuda.get_device_name())
@@ -376,7 +376,7 @@ def test_untuned_and_vllm_baselines(key):
 
 @on_gpu
 def test_tune_end_to_end(tmp_path):
-    from tuner.tune import TuneRequest, tune
+    from tuner.tuning.flow import TuneRequest, tune
 
     url = f"sqlite:///{tmp_path / 't.db'}"
     (res,) = tune(TuneRequest(op="fused_moe", shapes=["128,384,2048,8,16"], trials=10, device="cuda", seed=0,

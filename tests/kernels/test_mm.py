@@ -8,7 +8,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 from kernels import UnknownOp, get_kernel  # noqa: E402
 from kernels.base import KernelInputError  # noqa: E402
 from kernels.triton_mm import splitk_mm  # noqa: E402
-from tuner.search import grid_configs  # noqa: E402
+from tuner.tuning.search import grid_configs  # noqa: E402
 
 MM = get_kernel("mm")
 

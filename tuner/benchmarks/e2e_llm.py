@@ -3,7 +3,7 @@
 Cases: one decode step at each batch of --decode-batches against a transformers StaticCache
 (--cache-len slots, --filled of them holding random K/V), captured in a CUDA graph and replayed;
 prefill of each --prefill length at batch 1, eager (the workload's text prefill step:
-logits for the last position only). Random bf16 weights from tuner.workload (seeded: every mode
+logits for the last position only). Random bf16 weights from tuner.profiling.workload (seeded: every mode
 builds the same model), all inputs made with plain torch before FlagGems is switched on.
 
 One mode per process (`--mode`):
@@ -203,7 +203,7 @@ def _enable_flaggems(opts, work: Path, max_tokens: int) -> dict[str, Any]:
         return {"exclude_ops": exclude, "flaggems_db_url": os.environ["FLAGGEMS_DB_URL"],
                 "config_memo": opts.mode == "untuned_memo"}
     from tuner.inject.plugin import apply_state, write_runtime_dir
-    from tuner.serve import select_records
+    from tuner.serving.flow import select_records
 
     records = select_records(opts.db, opts.allow_foreign)
     folder = write_runtime_dir(work / "runtime", records, exclude, max_tokens=max_tokens,
@@ -353,8 +353,8 @@ def run_mode(opts) -> dict[str, Any]:
         import torch
         from transformers import StaticCache
 
-        from tuner.workload.model import build_model, describe
-        from tuner.workload.requests import RequestOptions, build_requests
+        from tuner.profiling.workload.model import build_model, describe
+        from tuner.profiling.workload.requests import RequestOptions, build_requests
 
         device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
         cuda = device.startswith("cuda")

@@ -39,8 +39,8 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from tuner.inject.plugin import apply_state, write_runtime_dir
-    from tuner.serve import select_records
-    from tuner.workload import RequestOptions, build_model, build_requests
+    from tuner.serving.flow import select_records
+    from tuner.profiling.workload import RequestOptions, build_model, build_requests
 
     model = build_model(1.0, torch.bfloat16, "cuda", components=["llm"])
     steps = build_requests(model, "text", RequestOptions(prompt_tokens=args.tokens, decode_batches=(1,), decode_steps=1))

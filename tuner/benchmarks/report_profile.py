@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from db import open_database, profile_queries
-from tuner.profiler import UNATTRIBUTED
+from tuner.profiling.profiler import UNATTRIBUTED
 
 
 def main() -> None:

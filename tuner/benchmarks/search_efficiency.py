@@ -1,6 +1,6 @@
 """Search efficiency against an exhaustive grid recorded on the GPU.
 
-For each grid study in DB: run each sampler (the real tuner.search code) against the recorded
+For each grid study in DB: run each sampler (the real tuner.tuning.search code) against the recorded
 timings with several seeds, and count the measured configs until the best found is within 2%
 of the grid's best. usage: python -m tuner.benchmarks.search_efficiency GRID_DB [--seeds 10]
 """
@@ -14,8 +14,8 @@ import statistics
 import optuna
 
 from kernels import get_kernel
-from tuner.search import Budget, run_search
-from tuner.search_replay import ReplayMeasurer, recorded_times
+from tuner.tuning.search import Budget, run_search
+from tuner.tuning.replay import ReplayMeasurer, recorded_times
 
 
 class _Reached(Exception):

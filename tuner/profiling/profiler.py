@@ -376,7 +376,7 @@ def run_profile(trace_path: str | Path, workloads: str | Sequence[str] = "all", 
                 weights: str | Path | None = None, options=None, warmup: int = 1) -> ProfileResult:
     """The `tuner profile` flow: build only the components the workloads need, load weights if
     given, profile the requests. User mistakes raise WorkloadError before any model is built."""
-    from tuner.workload import RequestOptions, build_model, build_requests, components_for, describe, load_weights
+    from tuner.profiling.workload import RequestOptions, build_model, build_requests, components_for, describe, load_weights
 
     components = components_for(workloads)
     options = options or RequestOptions()

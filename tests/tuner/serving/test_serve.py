@@ -12,9 +12,9 @@ import pytest
 from db import open_database, queries
 from tests.tuner.inject.conftest import H100, env_of
 from tuner.errors import UserError
-from tuner.serve import ServeRequest, leave_native, prepare
+from tuner.serving.flow import ServeRequest, leave_native, prepare
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def rec(kernel, M, tuned, native, variant=None):

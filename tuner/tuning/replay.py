@@ -11,8 +11,8 @@ import optuna
 from optuna.trial import TrialState
 
 from kernels.base import Config, Key
-from tuner.search import canon_text
-from tuner.worker import Result, Setup
+from tuner.tuning.search import canon_text
+from tuner.tuning.worker import Result, Setup
 
 
 def recorded_times(storage: str, study_name: str) -> dict[str, float]:

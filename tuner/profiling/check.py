@@ -4,7 +4,7 @@
    (aten op, input shapes, dtypes) among the ops FlagGems registers, one copy of the inputs
    (taken before the op runs, strides kept, moved to the host), capped in count and bytes.
 2. Save: one torch.save file per op, all its recorded input sets.
-3. Check: per op, a fresh subprocess (`python -m tuner.check_one`) computes the native result,
+3. Check: per op, a fresh subprocess (`python -m tuner.profiling.check_worker`) computes the native result,
    then the candidate's (default: FlagGems with only that op enabled), and compares them with
    dtype-aware tolerances. A subprocess that dies, raises a CUDA error, or gives no answer within
    the timeout is a "crash" with its reason; the harness starts a new one for the remaining inputs.
@@ -39,8 +39,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-FLAGGEMS_CANDIDATE = "tuner.check_one:flaggems_candidate"
-REPO = Path(__file__).resolve().parents[1]
+FLAGGEMS_CANDIDATE = "tuner.profiling.check_worker:flaggems_candidate"
+REPO = Path(__file__).resolve().parents[2]
 
 # ops whose result is random or uninitialised: nothing to compare
 _NONDETERMINISTIC = ("rand", "randn", "rand_like", "randn_like", "randperm", "normal", "normal_", "uniform_",
@@ -286,7 +286,7 @@ def check_file(path: str | Path, candidate: str = FLAGGEMS_CANDIDATE, device: st
     while start < len(variants):
         with tempfile.NamedTemporaryFile("r", suffix=".jsonl", delete=False) as fh:
             out_path = fh.name
-        cmd = [sys.executable, "-m", "tuner.check_one", str(path), "--out", out_path, "--start", str(start),
+        cmd = [sys.executable, "-m", "tuner.profiling.check_worker", str(path), "--out", out_path, "--start", str(start),
                "--candidate", candidate, "--device", device]
         child_env = {**os.environ, **(env or {})}
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), child_env.get("PYTHONPATH", "")) if p)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tuner.workload import build_model
+from tuner.profiling.workload import build_model
 
 SCALE = 0.05  # tiny enough for 2 CPU cores, same module structure as the real model
 

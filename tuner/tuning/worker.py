@@ -50,7 +50,7 @@ class Result:
 class _State:
     def __init__(self, kernel_ref: str, key: Key, dtype: str, device: str, seed: int):
         from kernels import get_kernel
-        from tuner import measure
+        from tuner.tuning import measure
 
         self.kernel = get_kernel(kernel_ref)
         self.key, self.dtype, self.device, self.seed = key, dtype, device, seed
@@ -83,7 +83,7 @@ def _sync_ok(device: str) -> bool:
 
 
 def _handle_setup(msg: dict) -> tuple[_State, dict]:
-    from tuner import measure
+    from tuner.tuning import measure
 
     st = _State(msg["kernel"], tuple(msg["key"]), msg["dtype"], msg["device"], msg["seed"])
     out: dict[str, Any] = {"n_sets": st.n_sets, "baselines_us": {}, "baseline_errors": {},
@@ -115,7 +115,7 @@ def _handle_setup(msg: dict) -> tuple[_State, dict]:
 
 
 def _handle_measure(st: _State, config: Config) -> dict:
-    from tuner import measure
+    from tuner.tuning import measure
 
     tol = st.kernel.tolerance(st.dtype)
     try:
@@ -140,7 +140,7 @@ def _handle_confirm(st: _State, configs: list[Config], rounds: int, skip: list[s
     medians per entry. Timings taken minutes apart can sit on another clock or power state (seen
     on the H100: one 5 ms MoE config timed 15% apart at setup and in the search), so the winner
     and the stored ratios come from this side-by-side pass."""
-    from tuner import measure
+    from tuner.tuning import measure
 
     try:
         runners = {f"config{i}": st.kernel.runner(st.key, c, st.dtype, st.device) for i, c in enumerate(configs)}

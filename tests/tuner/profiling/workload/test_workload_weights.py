@@ -2,7 +2,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tuner.workload import WorkloadError, build_model, load_weights
+from tuner.profiling.workload import WorkloadError, build_model, load_weights
 
 
 def _model(seed):

@@ -21,8 +21,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from kernels.base import Config, Kernel, Key
-from tuner.compile_pool import CompilePool
-from tuner.worker import Result, Setup
+from tuner.tuning.compile_pool import CompilePool
+from tuner.tuning.worker import Result, Setup
 
 SAMPLERS = ("tpe", "gp", "random", "grid")
 MAX_IDLE_ASKS = 400  # asks in a row that produced nothing new: the reachable space is exhausted

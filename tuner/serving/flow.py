@@ -134,7 +134,7 @@ def leave_native(records: list[dict]) -> list[str]:
 
 def stored_exclude_list(db_url: str | None) -> list[str]:
     try:
-        from tuner.profile_flow import environment_exclude_list
+        from tuner.profiling.flow import environment_exclude_list
     except ImportError:  # the consistency check is not part of this install
         return []
     try:
@@ -166,7 +166,7 @@ def prepare(req: ServeRequest) -> Prepared:
         site = folder / "site"
         site.mkdir(exist_ok=True)
         (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-        repo = str(Path(__file__).resolve().parent.parent)  # tuner importable in the engine
+        repo = str(Path(__file__).resolve().parents[2])  # tuner importable in the engine
         env["PYTHONPATH"] = os.pathsep.join([str(site), repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if req.engine == "flagscale":
         env["USE_FLAGGEMS"] = "1"

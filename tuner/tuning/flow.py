@@ -13,10 +13,10 @@ from db import queries
 from kernels import get_kernel, kernel_ref
 from kernels.base import Kernel, KernelInputError, Key
 from tuner import fingerprint as fp
-from tuner.compile_pool import CompilePool
+from tuner.tuning.compile_pool import CompilePool
 from tuner.errors import UserError
-from tuner.search import SAMPLERS, Budget, Event, Outcome, run_search, study_name_for
-from tuner.worker import WorkerClient
+from tuner.tuning.search import SAMPLERS, Budget, Event, Outcome, run_search, study_name_for
+from tuner.tuning.worker import WorkerClient
 
 
 @dataclass

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tuner.workload import WORKLOADS, RequestOptions, WorkloadError, build_model, build_requests
+from tuner.profiling.workload import WORKLOADS, RequestOptions, WorkloadError, build_model, build_requests
 
 SMALL = RequestOptions(prompt_tokens=16, prefill_batch=2, decode_batches=(1, 3), decode_steps=2,
                        image_slices=2, audio_seconds=45, speech_prompt_tokens=5, speech_tokens=3,
@@ -92,7 +92,7 @@ def test_bad_options(tiny_model, bad):
 
 
 def test_resolve_workloads_and_components():
-    from tuner.workload import components_for, resolve_workloads
+    from tuner.profiling.workload import components_for, resolve_workloads
     assert resolve_workloads(["speech", "all", "speech"]) == ["speech", "text", "image", "audio"]
     assert components_for("image") == ["vision"]
     assert components_for(["speech", "text"]) == ["tts", "llm"]

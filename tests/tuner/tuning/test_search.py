@@ -5,9 +5,9 @@ import pytest
 from optuna.trial import TrialState
 
 from kernels import get_kernel
-from tuner.search import Budget, run_search
-from tuner.tune import TuneRequest, tune
-from tuner.worker import WorkerClient
+from tuner.tuning.search import Budget, run_search
+from tuner.tuning.flow import TuneRequest, tune
+from tuner.tuning.worker import WorkerClient
 
 from db import open_database, queries
 
@@ -53,7 +53,7 @@ def test_duplicate_suggestion_is_not_measured(tmp_path):
     """The faulty kernel's space has 15 configs; asking for 40 measurements exhausts it, and
     every repeat is answered from the study's history instead of being measured."""
     url = f"sqlite:///{tmp_path / 't.db'}"
-    kernel = get_kernel("tests.tuner.faulty_kernel:Faulty")
+    kernel = get_kernel("tests.tuner.tuning.faulty_kernel:Faulty")
     calls = []
 
     class Counting(WorkerClient):
@@ -61,7 +61,7 @@ def test_duplicate_suggestion_is_not_measured(tmp_path):
             calls.append(tuple(sorted(config.items())))
             return super().measure(config)
 
-    with Counting("tests.tuner.faulty_kernel:Faulty", "cpu", measure_timeout_s=2) as w:
+    with Counting("tests.tuner.tuning.faulty_kernel:Faulty", "cpu", measure_timeout_s=2) as w:
         out = run_search(kernel=kernel, key=(8,), dtype="fp32", device="cpu", storage=url, study_name="dup",
                          measurer=w, sampler="random", budget=Budget(trials=40), seed=0)
     assert len(calls) == len(set(calls)) == out.measured <= 15
@@ -77,12 +77,12 @@ def test_duplicate_suggestion_is_not_measured(tmp_path):
 
 def test_grid_sampler_measures_every_valid_config_once(tmp_path):
     url = f"sqlite:///{tmp_path / 't.db'}"
-    kernel = get_kernel("tests.tuner.faulty_kernel:Faulty")
+    kernel = get_kernel("tests.tuner.tuning.faulty_kernel:Faulty")
 
     class OnlyGood(WorkerClient):
         pass
 
-    with OnlyGood("tests.tuner.faulty_kernel:Faulty", "cpu", measure_timeout_s=2) as w:
+    with OnlyGood("tests.tuner.tuning.faulty_kernel:Faulty", "cpu", measure_timeout_s=2) as w:
         out = run_search(kernel=kernel, key=(4,), dtype="fp32", device="cpu", storage=url, study_name="grid",
                          measurer=w, sampler="grid", budget=Budget(trials=None), seed=0)
     assert out.stop_reason == "grid exhausted" and out.measured == 15 and out.counts["duplicate"] == 0
@@ -91,8 +91,8 @@ def test_grid_sampler_measures_every_valid_config_once(tmp_path):
 def test_gp_is_not_stuck_on_invalid_configs():
     """GPSampler ignores PRUNED trials, so it kept proposing invalid configs (on the H100 grid
     replay: 524 invalid asks for 14 measured). Told as penalised completions, it moves on."""
-    from tuner.search import canon_text, grid_configs
-    from tuner.search_replay import ReplayMeasurer
+    from tuner.tuning.search import canon_text, grid_configs
+    from tuner.tuning.replay import ReplayMeasurer
 
     kernel = get_kernel("mm")
     key = (16, 256, 512, 1)
@@ -109,9 +109,9 @@ def test_gp_is_not_stuck_on_invalid_configs():
 def test_side_by_side_pass_picks_the_winner_and_the_baselines():
     """The search's timings are one pass each; the finalists (its 3 best plus the runtime's own
     pick) are re-timed beside the baselines and the fastest of that pass is stored."""
-    from tuner.search import canon_text, grid_configs
-    from tuner.search_replay import ReplayMeasurer
-    from tuner.worker import Setup
+    from tuner.tuning.search import canon_text, grid_configs
+    from tuner.tuning.replay import ReplayMeasurer
+    from tuner.tuning.worker import Setup
 
     kernel = get_kernel("mm")
     key = (16, 256, 512, 1)

@@ -1,4 +1,4 @@
-"""One op's consistency check, in its own process: `python -m tuner.check_one FILE --out JSONL`.
+"""One op's consistency check, in its own process: `python -m tuner.profiling.check_worker FILE --out JSONL`.
 
 For each recorded input set from --start on: write {"start": i}, compute the native result on a
 fresh copy of the inputs, then the candidate's on another fresh copy, compare (outputs and every
@@ -19,7 +19,7 @@ import sys
 import torch
 from torch.utils._pytree import tree_map
 
-from tuner.check import compare, resolve_op
+from tuner.profiling.check import compare, resolve_op
 
 
 def _to(device: str):

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from cli import app
-from tuner.workload import build_model
+from tuner.profiling.workload import build_model
 
 runner = CliRunner()
 SMALL = ["--scale", "0.05", "--device", "cpu", "--prompt-tokens", "8", "--decode-batches", "1", "--decode-steps", "1"]
@@ -101,12 +101,12 @@ def test_check_without_gpu_or_candidate_is_refused(tmp_path):
 
 
 def test_check_with_a_crashing_candidate_stores_the_exclude_list(tmp_path):
-    """Harness test on CPU: the candidate is tests/tuner/check_candidates.dies_on_mm (real code
+    """Harness test on CPU: the candidate is tests/tuner/profiling/check_candidates.dies_on_mm (real code
     that kills its process on matrix products), not FlagGems."""
     db = tmp_path / "t.db"
     res = runner.invoke(app, ["check", "--workload", "text", "--scale", "0.02", "--device", "cpu", "--prompt-tokens", "4",
                               "--decode-batches", "1", "--decode-steps", "1", "--jobs", "2", "--db", str(db), "--json",
-                              "--candidate", "tests.tuner.check_candidates:dies_on_mm"])
+                              "--candidate", "tests.tuner.profiling.check_candidates:dies_on_mm"])
     assert res.exit_code == 0, res.output
     rep = json.loads(res.output)
     assert "mm" in rep["exclude"] and "addmm" in rep["exclude"] and rep["stored_exclude_list"] == rep["exclude"]

@@ -1,7 +1,7 @@
 """The consistency-check harness on CPU: real recorded inputs, real subprocesses, real compare.
 
 FlagGems kernels cannot run without a GPU, so these tests plug in candidate implementations from
-tests/tuner/check_candidates.py instead: real code that is correct (float64 then rounded), wrong
+tests/tuner/profiling/check_candidates.py instead: real code that is correct (float64 then rounded), wrong
 (additions 5% off), dies (os._exit on matrix products), raises a CUDA error, or hangs. They test
 the harness (capture, isolation, crash naming, restart after a crash, tolerances), not FlagGems.
 """
@@ -9,10 +9,10 @@ the harness (capture, isolation, crash naming, restart after a crash, tolerances
 import pytest
 import torch
 
-from tuner.check import Capture, check_steps, compare, flaggems_table, op_key
-from tuner.workload import RequestOptions, build_model, build_requests
+from tuner.profiling.check import Capture, check_steps, compare, flaggems_table, op_key
+from tuner.profiling.workload import RequestOptions, build_model, build_requests
 
-C = "tests.tuner.check_candidates:"
+C = "tests.tuner.profiling.check_candidates:"
 
 
 @pytest.fixture(scope="module")

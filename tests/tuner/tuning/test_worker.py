@@ -1,6 +1,6 @@
-from tuner.worker import WorkerClient
+from tuner.tuning.worker import WorkerClient
 
-REF = "tests.tuner.faulty_kernel:Faulty"
+REF = "tests.tuner.tuning.faulty_kernel:Faulty"
 
 
 def test_failures_are_recorded_and_the_worker_recovers():

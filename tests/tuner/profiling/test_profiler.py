@@ -8,11 +8,11 @@ import torch
 from torch.autograd import DeviceType
 from torch.autograd.profiler_util import FunctionEvent
 
-from tuner.profiler import (
+from tuner.profiling.profiler import (
     GEMM_KERNELS, UNATTRIBUTED, HotOp, KernelSample, aggregate, attention_key, measure_overhead, mm_key,
     profile_steps, rank, samples_from_events, tunable_kernel,
 )
-from tuner.workload import RequestOptions, build_model, build_requests
+from tuner.profiling.workload import RequestOptions, build_model, build_requests
 
 # --- pure functions --------------------------------------------------------------------------
 
@@ -286,7 +286,7 @@ def test_profile_argument_errors(model, tmp_path):
 
 
 def test_run_profile_builds_only_what_it_needs(tmp_path):
-    from tuner.profiler import run_profile
+    from tuner.profiling.profiler import run_profile
     result = run_profile(tmp_path / "t.json", ["audio", "speech"], scale=0.02, dtype=torch.float32,
                          device="cpu", options=OPTIONS, warmup=0)
     assert result.model["components"] == ["audio", "tts"] and result.model["scale"] == 0.02
@@ -297,8 +297,8 @@ def test_run_profile_builds_only_what_it_needs(tmp_path):
 
 
 def test_run_profile_rejects_mistakes_before_profiling(tmp_path):
-    from tuner.profiler import run_profile
-    from tuner.workload import WorkloadError
+    from tuner.profiling.profiler import run_profile
+    from tuner.profiling.workload import WorkloadError
     with pytest.raises(WorkloadError, match="unknown workload"):
         run_profile(tmp_path / "t.json", "video", scale=0.02)
     with pytest.raises(WorkloadError, match="does not exist"):

@@ -9,8 +9,8 @@ from db import BestConfig, ProfileRun, open_database
 from db import profile_queries as pq
 from db import queries
 from tuner.errors import UserError
-from tuner.profile_flow import ProfileRequest, profile, with_gains
-from tuner.profile_keys import keys_from_profile
+from tuner.profiling.flow import ProfileRequest, profile, with_gains
+from tuner.profiling.hot_keys import keys_from_profile
 
 SMALL = dict(workloads=["text"], scale=0.05, device="cpu", dtype="fp32", prompt_tokens=16, decode_batches=[1, 4],
              decode_steps=2, top=10, check=False)

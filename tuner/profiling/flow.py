@@ -82,7 +82,7 @@ def _resolve_device(device: str) -> str:
 
 
 def _options(req: ProfileRequest):
-    from tuner.workload import RequestOptions, WorkloadError
+    from tuner.profiling.workload import RequestOptions, WorkloadError
 
     over = {k: v for k, v in (("prompt_tokens", req.prompt_tokens), ("decode_steps", req.decode_steps),
                               ("decode_batches", tuple(req.decode_batches) if req.decode_batches else None))
@@ -107,7 +107,7 @@ def _check_weights_folder(weights: str | None) -> None:
 
 def validate(req: ProfileRequest) -> tuple[list[str], str, torch.dtype, object]:
     """Every mistake a user can make that is visible before building the model."""
-    from tuner.workload import WorkloadError, model_dims, resolve_workloads
+    from tuner.profiling.workload import WorkloadError, model_dims, resolve_workloads
 
     try:
         workloads = resolve_workloads(req.workloads)
@@ -144,7 +144,7 @@ def _open_db(url: str | None):
 
 def _build_steps(req, workloads, device: str, dtype, options):
     """The model (random or --weights), its description, and its request steps."""
-    from tuner.workload import WorkloadError, build_model, build_requests, components_for, describe, load_weights
+    from tuner.profiling.workload import WorkloadError, build_model, build_requests, components_for, describe, load_weights
 
     model = build_model(req.scale, dtype, device, components=components_for(workloads))
     if req.weights is not None:
@@ -239,8 +239,8 @@ def _flaggems_module():
 # --- the flows ----------------------------------------------------------------------------------------
 
 def profile(req: ProfileRequest, on_stage: Callable[[str], None] | None = None) -> ProfileOutcome:
-    from tuner import check as chk
-    from tuner.profiler import measure_overhead, profile_steps
+    from tuner.profiling import check as chk
+    from tuner.profiling.profiler import measure_overhead, profile_steps
 
     stage = on_stage or (lambda _msg: None)
     workloads, device, dtype, options = validate(req)
@@ -315,7 +315,7 @@ def profile(req: ProfileRequest, on_stage: Callable[[str], None] | None = None) 
 
 
 def _candidate_name(candidate: str | None) -> str:
-    from tuner import check as chk
+    from tuner.profiling import check as chk
 
     return "flag_gems" if candidate in (None, chk.FLAGGEMS_CANDIDATE) else candidate
 
@@ -330,7 +330,7 @@ def _exclude(db, env_id: int, candidate: str | None = None) -> list[str]:
 def _run_check(db, env_id: int, profile_run_id: int | None, steps, candidate: str, device: str, req) -> object:
     from db import Environment
     from db import profile_queries as pq
-    from tuner import check as chk
+    from tuner.profiling import check as chk
 
     jobs = req.check_jobs or (4 if device == "cuda" else 1)
     report = chk.check_steps(steps, candidate=candidate, device=device, timeout_s=req.check_timeout_s, jobs=jobs)
@@ -361,7 +361,7 @@ class CheckRequest:
 
 def check(req: CheckRequest, on_stage: Callable[[str], None] | None = None) -> dict:
     """`tuner check`: capture the workload's FlagGems-op inputs, check each op, store, end to end."""
-    from tuner import check as chk
+    from tuner.profiling import check as chk
 
     stage = on_stage or (lambda _msg: None)
     preq = ProfileRequest(workloads=req.workloads, scale=req.scale, weights=req.weights, device=req.device,

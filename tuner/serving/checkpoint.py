@@ -46,7 +46,7 @@ def write_llm_checkpoint(folder: str | Path, scale: float = 1.0, dtype: str = "b
     """Write config.json, model safetensors and tokenizer files; atomically (temp dir + rename)."""
     import torch
 
-    from tuner.workload import WorkloadError, build_model
+    from tuner.profiling.workload import WorkloadError, build_model
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):

@@ -1,6 +1,6 @@
 """A kernel whose configs misbehave on purpose, to exercise the real worker's failure handling:
 one raises, one kills its process, one returns wrong numbers, one hangs. The worker imports it
-by reference ("tests.tuner.faulty_kernel:Faulty"), as it imports any kernel module."""
+by reference ("tests.tuner.tuning.faulty_kernel:Faulty"), as it imports any kernel module."""
 
 import os
 import time

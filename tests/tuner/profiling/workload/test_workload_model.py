@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from tuner.workload import WorkloadError, build_model, describe
-from tuner.workload.resampler import sincos_pos_embed_2d
+from tuner.profiling.workload import WorkloadError, build_model, describe
+from tuner.profiling.workload.resampler import sincos_pos_embed_2d
 
 
 def test_llm_logits_shape(tiny_model):

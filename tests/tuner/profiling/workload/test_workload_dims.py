@@ -1,6 +1,6 @@
 import pytest
 
-from tuner.workload import WorkloadError, model_dims
+from tuner.profiling.workload import WorkloadError, model_dims
 
 
 def test_scale_one_is_the_published_model():
