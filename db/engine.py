@@ -11,9 +11,10 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.models import VERSION_TABLE
+
 ENV_VAR = "TUNER_DB_URL"
 DEFAULT_PATH = Path("~/.tuner/tuner.db")
-VERSION_TABLE = "tuner_alembic_version"  # Optuna's migrations own `alembic_version`
 
 
 class DatabaseUnusable(Exception):
@@ -104,7 +105,7 @@ def open_database(url: str | None = None, *, create: bool = True) -> Database:
         if not create:
             engine.dispose()
             raise DatabaseUnusable(f"the database at {url} has no tuner schema")
-    from db.migrate import upgrade
+    from db.migrate import upgrade  # Alembic (~0.25 s to import) only once a database is opened
 
     upgrade(engine)
     return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))

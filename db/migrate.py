@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-from db.engine import VERSION_TABLE
+from db.models import VERSION_TABLE
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 

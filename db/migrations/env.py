@@ -2,8 +2,7 @@
 
 from alembic import context
 
-from db.engine import VERSION_TABLE
-from db.models import Base
+from db.models import VERSION_TABLE, Base
 
 engine = context.config.attributes["engine"]
 with engine.begin() as connection:

@@ -5,8 +5,9 @@ import pytest
 from sqlalchemy import inspect
 
 from db import DatabaseUnusable, open_database, resolve_url
-from db.engine import ENV_VAR, VERSION_TABLE
+from db.engine import ENV_VAR
 from db.migrate import current_revision, downgrade, head_revision, upgrade
+from db.models import VERSION_TABLE
 
 
 def test_url_resolution_order(tmp_path, monkeypatch):
