@@ -395,21 +395,3 @@ def check(req: CheckRequest, on_stage: Callable[[str], None] | None = None) -> d
         return out
     finally:
         db.dispose()
-
-
-def environment_exclude_list(db_url: str | None = None, device: str = "cuda") -> list[str]:
-    """The exclude list of this machine's environment (what `tuner serve` passes to FlagGems)."""
-    from db import DatabaseUnusable, open_database
-    from db import profile_queries as pq
-    from tuner import fingerprint as fp
-
-    try:
-        db = open_database(db_url, create=False)
-    except DatabaseUnusable:
-        return []
-    try:
-        with db.session() as s:
-            return pq.exclude_list(s, fp.collect(device).digest())
-    finally:
-        db.dispose()
-

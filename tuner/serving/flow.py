@@ -1,39 +1,21 @@
 """`tuner serve`: prepare the runtime folder, set the environment, launch the engine, forward
 signals. The same runtime hook (tuner.inject.plugin.register) runs inside every engine process:
 through the `vllm.general_plugins` entry point for vLLM and FlagScale (which wraps vLLM), and
-through a `sitecustomize` module for transformers' own server."""
+through a `sitecustomize` module for transformers' own server (tuner.serving.engines, one module
+per engine)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.errors import UserError
+from tuner.serving import engines
 
-ENGINES = ("vllm", "flagscale", "transformers")
 DEFAULT_RUNTIME = Path("~/.tuner/runtime")
-INSTALL_HINT = {
-    "vllm": "pip install vllm (0.33 pins torch 2.14; match your torch)",
-    "flagscale": "install FlagScale (github.com/FlagOpen/FlagScale) so that `flagscale` is on PATH",
-    "transformers": 'pip install "transformers[serving]" (fastapi, uvicorn, pydantic, openai)',
-}
-_SITECUSTOMIZE = '''# written by tuner serve: applies tuned configs in engines without vLLM's plugin loader
-import os
-if os.environ.get("TUNER_RUNTIME_DIR"):
-    try:
-        from tuner.inject.plugin import register
-        register()
-    except Exception as e:  # never serve silently without the state the user asked for
-        import sys
-        print(f"tuner: cannot apply {os.environ['TUNER_RUNTIME_DIR']}: {type(e).__name__}: {e}", file=sys.stderr)
-        os._exit(3)
-'''
 
 
 @dataclass
@@ -60,29 +42,6 @@ class Prepared:
     records: int
     exclude: list[str]
     left_native: list[str] = field(default_factory=list)  # excluded because native was faster
-
-
-def engine_command(engine: str, model: str, port: int, args: list[str]) -> list[str]:
-    if engine not in ENGINES:
-        raise UserError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
-    if engine == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError(f"the vllm engine is not installed: {INSTALL_HINT['vllm']}")
-        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-                "--port", str(port), *args]
-    if engine == "flagscale":
-        exe = shutil.which("flagscale")
-        if exe is None:
-            raise UserError(f"the flagscale engine is not installed: {INSTALL_HINT['flagscale']}")
-        return [exe, "serve", model, *args]
-    if importlib.util.find_spec("transformers") is None:
-        raise UserError(f"the transformers engine is not installed: {INSTALL_HINT['transformers']}")
-    from transformers.utils.import_utils import is_serve_available
-
-    if not is_serve_available():
-        raise UserError(f"transformers' server needs its serving extras: {INSTALL_HINT['transformers']}")
-    return [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve",
-            model, "--port", str(port), "--device", os.environ.get("TUNER_SERVE_DEVICE", "cuda"), "--dtype", "auto", *args]
 
 
 def _running_gpu() -> str | None:
@@ -133,14 +92,26 @@ def leave_native(records: list[dict]) -> list[str]:
 
 
 def stored_exclude_list(db_url: str | None) -> list[str]:
+    """The FlagGems ops the stored consistency check (`tuner check`) found failing in this
+    machine's CUDA environment; none without a tuner database, or without torch (the environment's
+    fingerprint names the torch build, so without torch nothing here was ever checked)."""
+    from db import DatabaseUnusable, open_database
+    from db import profile_queries as pq
+    from tuner import fingerprint as fp
+
     try:
-        from tuner.profiling.flow import environment_exclude_list
-    except ImportError:  # the consistency check is not part of this install
+        db = open_database(db_url, create=False)
+    except DatabaseUnusable:
         return []
     try:
-        return list(environment_exclude_list(db_url, device="cuda"))
-    except UserError:
-        return []
+        try:
+            digest = fp.collect("cuda").digest()
+        except ImportError:  # no torch in this install
+            return []
+        with db.session() as s:
+            return pq.exclude_list(s, digest)
+    finally:
+        db.dispose()
 
 
 def prepare(req: ServeRequest) -> Prepared:
@@ -149,9 +120,8 @@ def prepare(req: ServeRequest) -> Prepared:
 
     if req.max_tokens <= 0:
         raise UserError("--max-tokens must be a positive number")
-    if req.engine == "transformers" and not Path(req.model).exists():  # the user's input first
-        raise UserError(f"model folder {req.model} does not exist (write one with `tuner checkpoint`)")
-    command = engine_command(req.engine, req.model, req.port, req.engine_args)
+    engine = engines.engine(req.engine)
+    command = engine.command(req.model, req.port, req.engine_args)
     records = select_records(req.db_url, req.allow_foreign) if req.use_tuned else []
     exclude = req.exclude if req.exclude is not None else stored_exclude_list(req.db_url)
     left_native = [op for op in leave_native(records) if op not in exclude] if req.native_when_faster else []
@@ -161,15 +131,7 @@ def prepare(req: ServeRequest) -> Prepared:
         write_runtime_dir(folder, records, exclude, max_tokens=req.max_tokens, allow_foreign=req.allow_foreign)
     except ForeignResultError as e:
         raise UserError(str(e)) from None
-    env = runtime_env(folder)
-    if req.engine == "transformers":
-        site = folder / "site"
-        site.mkdir(exist_ok=True)
-        (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-        repo = str(Path(__file__).resolve().parents[2])  # tuner importable in the engine
-        env["PYTHONPATH"] = os.pathsep.join([str(site), repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    if req.engine == "flagscale":
-        env["USE_FLAGGEMS"] = "1"
+    env = runtime_env(folder) | engine.env(folder)
     return Prepared(command, env, folder, len(records), list(exclude), left_native)
 
 

@@ -104,3 +104,83 @@ def test_cli_bad_input_is_one_sentence_exit_2(tmp_path, args, words):
     r = _cli(*args, "--runtime-dir", str(tmp_path / "rt"), "--db", str(tmp_path / "none.db"))
     assert r.returncode == 2 and words in r.stderr, r.stderr
     assert not (tmp_path / "rt").exists()
+
+
+def _db_with_checks(tmp_path) -> str:
+    """Consistency verdicts of this machine's CUDA environment (FlagGems and another candidate) and
+    of another machine's: only this machine's FlagGems verdicts make serve's exclude list."""
+    from db import profile_queries as pq
+    from tuner import fingerprint as fp
+
+    url = f"sqlite:///{tmp_path / 'checks.db'}"
+    db = open_database(url)
+    here = fp.collect("cuda")
+    with db.session() as s:
+        mine = queries.get_or_create_environment(s, here.digest(), here.as_dict())
+        other = queries.get_or_create_environment(s, "h100", {**env_of(H100), "device": "cuda", "python": "3.12"})
+        pq.add_consistency_results(s, mine, [
+            {"op": "aten::mul.Tensor", "gems_fn": "mul", "inputs": "a", "status": "mismatch"},
+            {"op": "aten::add.Tensor", "gems_fn": "add", "inputs": "a", "status": "pass"},
+            {"op": "aten::silu", "gems_fn": "silu", "inputs": "a", "status": "crash"},
+            {"op": "aten::silu", "gems_fn": "silu", "inputs": "a", "status": "pass"},  # newest verdict wins
+        ])
+        pq.add_consistency_results(s, mine, [{"op": "aten::gelu", "gems_fn": "gelu", "inputs": "a",
+                                              "status": "crash"}], candidate="tests:candidate")
+        pq.add_consistency_results(s, other, [{"op": "aten::exp", "gems_fn": "exp", "inputs": "a",
+                                               "status": "mismatch"}])
+        s.commit()
+    db.dispose()
+    return url
+
+
+def test_prepare_takes_the_stored_exclude_list_of_this_machine(tmp_path):
+    url = _db_with_checks(tmp_path)
+    p = prepare(ServeRequest(model="m", db_url=url, runtime_dir=str(tmp_path / "rt"), dry_run=True))
+    assert p.exclude == ["mul"] and p.left_native == []
+    assert json.loads((tmp_path / "rt" / "state.json").read_text())["exclude_ops"] == ["mul"]
+    given = prepare(ServeRequest(model="m", db_url=url, runtime_dir=str(tmp_path / "rt"), exclude=[]))
+    assert given.exclude == []  # --exclude "" beats the stored list
+    for db_url in (str(tmp_path / "none.db"), str(tmp_path)):  # no database, a folder: nothing stored
+        assert prepare(ServeRequest(model="m", db_url=db_url, runtime_dir=str(tmp_path / "rt"))).exclude == []
+
+
+def test_engine_modules_command_and_environment(tmp_path, monkeypatch):
+    """flagscale: the `flagscale` on PATH, USE_FLAGGEMS after the runtime folder's variables;
+    transformers: a sitecustomize module that runs the hook, tuner importable beside it."""
+    from tuner.serving import engines
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "flagscale").write_text("#!/bin/sh\n")
+    (bin_dir / "flagscale").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    p = prepare(ServeRequest(model="m", engine="flagscale", engine_args=["--x"], exclude=["mul"],
+                             runtime_dir=str(tmp_path / "rt")))
+    assert p.command == [str(bin_dir / "flagscale"), "serve", "m", "--x"]
+    assert list(p.env) == ["TUNER_RUNTIME_DIR", "VLLM_TUNED_CONFIG_FOLDER", "FLAGGEMS_DB_URL", "USE_FLAGGEMS"]
+    assert p.env["USE_FLAGGEMS"] == "1"
+
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = engines.engine("transformers").env(tmp_path)
+    site = tmp_path / "site"
+    assert env == {"PYTHONPATH": f"{site}:{REPO}:/elsewhere"}
+    assert "from tuner.inject.plugin import register" in (site / "sitecustomize.py").read_text()
+    assert engines.engine("vllm").env(tmp_path) == {}
+    with pytest.raises(UserError, match="unknown engine 'tgi'; use one of vllm, flagscale, transformers"):
+        engines.engine("tgi")
+
+
+def test_serve_imports_no_torch_before_it_needs_the_fingerprint(tmp_path):
+    """Loading the serve flow and its engines, building a command and finding no stored exclude
+    list leave torch unloaded (the fingerprint and write_runtime_dir's GPU check load it)."""
+    code = f"""
+import sys
+from tuner.serving import flow
+from tuner.serving.engines import ENGINES
+assert flow.stored_exclude_list({str(tmp_path / 'none.db')!r}) == []
+cmd = ENGINES["vllm"].command("m", 8000, [])
+print("torch" in sys.modules, cmd[1:4])
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 0 and r.stdout.split()[0] == "False", r.stdout + r.stderr
