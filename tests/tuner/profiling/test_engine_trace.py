@@ -1,0 +1,65 @@
+import gzip
+import json
+
+import pytest
+
+from tuner.profiling import engine_trace as et
+
+FG = frozenset({"mm_kernel_general_host_tma", "addmm_kernel", "argmax_kernel_inner"})
+
+
+@pytest.mark.parametrize("name, cls", [
+    ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0", "triton/inductor"),
+    ("mm_kernel_general_host_tma", "triton/flaggems"),
+    ("_compute_slot_mapping_kernel", "triton/other"),
+    ("nvjet_sm90_tst_64x8_64x16_4x1_v_bz_splitK_TNT", "cublas"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize64x64x64_warpgroupsize1x1x1", "cublas"),
+    ("void flash::FlashAttnFwdSm90<flash::CollectiveMainloopFwdSm90<2, cute::tuple<> > >(...)", "attention"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, "
+     "std::array<char*, 1ul> >(int, at::native::FillFunctor<float>, std::array<char*, 1ul>)", "torch"),
+    ("void cutlass::device_kernel<foo>(bar)", "cutlass"),
+    ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "nccl"),
+])
+def test_classify(name, cls):
+    assert et.classify(name, FG) == cls
+
+
+def _k(name, ts, dur, corr):
+    return {"cat": "kernel", "name": name, "ts": ts, "dur": dur, "args": {"correlation": corr}}
+
+
+def _events():
+    return [
+        # eager: aten::argmax launches FlagGems' argmax kernel one by one
+        {"cat": "cpu_op", "name": "aten::argmax", "ts": 0, "dur": 50, "tid": 1},
+        {"cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 10, "dur": 5, "tid": 1,
+         "args": {"correlation": 1}},
+        _k("argmax_kernel_inner", 100, 10, 1),
+        # a CUDA graph replay: kernels with no per-kernel launch
+        {"cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 60, "dur": 5, "tid": 1,
+         "args": {"correlation": 2}},
+        _k("mm_kernel_general_host_tma", 120, 60, 2),
+        _k("triton_poi_fused_silu_0", 170, 20, 2),  # overlaps the mm (another stream): counted once in busy
+        _k("nvjet_sm90_tst_64x8", 300, 100, 2),
+    ]
+
+
+def test_aggregate_shares_idle_and_eager_ops():
+    p = et.aggregate(_events(), steps=2, flaggems=FG)
+    assert p.kernel_us == 190
+    assert p.span_us == 300  # 100 .. 400
+    assert p.gpu_busy_us == 10 + 70 + 100  # [100,110) + [120,190) + [300,400)
+    assert p.idle_us_per_step == pytest.approx((300 - 180) / 2)
+    assert p.share("triton") == pytest.approx(90 / 190)
+    assert p.shares()["cublas"] == pytest.approx(100 / 190)
+    assert p.eager_ops == [("aten::argmax", 1)]
+    assert p.graph_launches == 1
+    top = p.to_dict(top=2)["top_kernels"]
+    assert [t["name"] for t in top] == ["nvjet_sm90_tst_64x8", "mm_kernel_general_host_tma"]
+
+
+def test_load_trace_reads_gzipped_chrome_traces(tmp_path):
+    path = tmp_path / "worker.pt.trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": _events()}, f)
+    assert len(et.load_trace(path)) == len(_events())

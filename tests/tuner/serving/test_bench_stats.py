@@ -1,0 +1,66 @@
+import pytest
+
+from tuner.serving import bench_stats as bs
+
+
+def test_percentile_interpolates_and_handles_edges():
+    assert bs.percentile([], 50) is None
+    assert bs.percentile([3.0], 99) == 3.0
+    assert bs.percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
+    assert bs.percentile([4.0, 1.0, 3.0, 2.0], 100) == 4.0
+    assert bs.percentile(list(map(float, range(101))), 99) == pytest.approx(99.0)
+
+
+def test_log_events_counts_autotunes_and_jit_compiles_by_kernel():
+    lines = [
+        "INFO flag_gems.utils.libentry: Autotuning kernel mm_kernel_general_host_tma with 162 configs",
+        "WARNING [jit_monitor.py:52] Triton kernel JIT compilation during inference: argmax_kernel_inner",
+        "WARNING [jit_monitor.py:52] Triton kernel JIT compilation during inference: argmax_kernel_inner",
+        "WARNING Triton kernel JIT compilation during inference: fill_scalar_kernel",
+        "INFO tuner plugin: 24 tuned configs active",
+    ]
+    ev = bs.log_events(lines)
+    assert ev == {"autotunes": 1, "jit_compiles": 3,
+                  "jit_kernels": {"argmax_kernel_inner": 2, "fill_scalar_kernel": 1}}
+
+
+def _batch(c, phase, tps, ttft=(), tpot=()):
+    return {"concurrency": c, "phase": phase, "output_tok_s": tps, "ttft_ms": list(ttft), "tpot_ms": list(tpot)}
+
+
+def test_summarise_mode_takes_warm_median_and_keeps_cold_apart():
+    result = {"mode": "tuned", "start_s": 52.0, "batches": [
+        _batch(1, "cold", 100.0, [50.0], [9.0]),
+        _batch(64, "cold", 4000.0),
+        _batch(1, "warm", 140.0, [20.0], [7.0]),
+        _batch(1, "warm", 150.0, [22.0], [6.0]),
+        _batch(1, "warm", 120.0, [24.0], [8.0]),
+        _batch(1, "profile", 1.0),  # never part of the numbers
+    ]}
+    rows = bs.summarise_mode(result, {"autotunes": 0, "jit_compiles": 2})
+    one = next(r for r in rows if r["concurrency"] == 1)
+    assert one["output_tok_s"] == 140.0 and one["output_tok_s_cold"] == 100.0
+    assert one["ttft_ms_p50"] == 22.0 and one["tpot_ms_p50"] == 7.0
+    assert one["autotunes"] == 0 and one["jit_compiles"] == 2 and one["start_s"] == 52.0
+    many = next(r for r in rows if r["concurrency"] == 64)
+    assert many["output_tok_s"] == 4000.0  # no warm batch: the cold one stands in
+    assert many["ttft_ms_p50"] is None
+
+
+def test_agreement_counts_positions_and_the_worst_logprob_gap():
+    ref = [{"top1": [1, 2, 3, 4], "actual_logprob": [-1.0, -2.0, None, -0.5]}]
+    other = [{"top1": [1, 2, 9, 4], "actual_logprob": [-1.1, -2.0, -3.0, -0.2]}]
+    a = bs.agreement(ref, other)
+    assert a["positions"] == 4
+    assert a["top1_agreement"] == pytest.approx(0.75)
+    assert a["max_abs_dlogprob"] == pytest.approx(0.3)
+    assert bs.agreement([], [])["top1_agreement"] is None
+
+
+def test_ratios_are_against_native_at_the_same_concurrency():
+    rows = [{"mode": "native", "concurrency": 1, "output_tok_s": 200.0},
+            {"mode": "tuned", "concurrency": 1, "output_tok_s": 210.0},
+            {"mode": "tuned", "concurrency": 64, "output_tok_s": 5000.0}]
+    out = bs.with_ratios(rows)
+    assert out[1]["vs_native"] == pytest.approx(1.05)
+    assert out[2]["vs_native"] is None  # no native row at 64

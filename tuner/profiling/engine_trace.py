@@ -1,0 +1,190 @@
+"""Read a torch.profiler Chrome trace written inside an engine's worker (vLLM's own profiler hooks)
+and say where the GPU time went: kernels by name and class, the Triton share, GPU idle time, and
+the eager host work (ops launched outside CUDA graphs).
+
+Kernel classes:
+  triton/inductor   Inductor-generated Triton kernels (`triton_poi_*`, `triton_red_*`, ...);
+  triton/flaggems   a Triton kernel whose name is one of FlagGems' JIT functions (the caller passes
+                    the names found in the installed flag_gems; see `flaggems_kernel_names`);
+  triton/tuner      tuner's own Triton kernels (kernels.triton_mm ...);
+  triton/other      any other Triton kernel (vLLM's own: sampling, slot mapping, MoE ...);
+  cublas, attention (FlashAttention / cuDNN SDPA), cutlass, nccl, torch (ATen's CUDA kernels), other.
+A Triton kernel's name is a bare identifier; CUDA C++ kernels are demangled signatures
+(`void at::native::...`, `void flash::...`) or vendor prefixes (cuBLAS' `nvjet_*`, `sm90_xmma_*`).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VENDOR = (("cublas", re.compile(r"^(nvjet|sm\d+_xmma|ampere_|hopper_|gemm|gemv|cublas|Kernel2|"
+                                 r"dot_kernel|splitKreduce)", re.I)),
+           ("attention", re.compile(r"flash|fmha|cudnn|FlashAttn", re.I)),
+           ("cutlass", re.compile(r"cutlass", re.I)),
+           ("nccl", re.compile(r"nccl", re.I)))
+TUNER_KERNELS = frozenset({"splitk_kernel", "_splitk_kernel", "mm_splitk_kernel"})
+
+
+def classify(name: str, flaggems: frozenset[str] = frozenset(), tuner: frozenset[str] = TUNER_KERNELS) -> str:
+    if _IDENT.match(name):
+        if name.startswith("triton_"):
+            return "triton/inductor"
+        if name in flaggems:
+            return "triton/flaggems"
+        if name in tuner:
+            return "triton/tuner"
+        for cls, pat in _VENDOR:
+            if pat.search(name):
+                return cls
+        return "triton/other"
+    for cls, pat in _VENDOR:
+        if pat.search(name):
+            return cls
+    if "at::native" in name or "at::cuda" in name or "c10::" in name:
+        return "torch"
+    return "other"
+
+
+@dataclass
+class KernelRow:
+    name: str
+    cls: str
+    calls: int = 0
+    gpu_us: float = 0.0
+
+    @property
+    def mean_us(self) -> float:
+        return self.gpu_us / self.calls if self.calls else 0.0
+
+
+@dataclass
+class EngineProfile:
+    kernels: list[KernelRow]
+    gpu_busy_us: float
+    span_us: float
+    steps: int
+    eager_ops: list[tuple[str, int]] = field(default_factory=list)  # (aten op, kernel launches)
+    graph_launches: int = 0
+
+    @property
+    def kernel_us(self) -> float:
+        return sum(k.gpu_us for k in self.kernels)
+
+    def share(self, prefix: str) -> float:
+        total = self.kernel_us
+        return sum(k.gpu_us for k in self.kernels if k.cls.startswith(prefix)) / total if total else 0.0
+
+    @property
+    def idle_us(self) -> float:
+        return max(0.0, self.span_us - self.gpu_busy_us)
+
+    @property
+    def idle_us_per_step(self) -> float:
+        return self.idle_us / self.steps if self.steps else 0.0
+
+    def top(self, n: int = 15) -> list[KernelRow]:
+        return sorted(self.kernels, key=lambda k: -k.gpu_us)[:n]
+
+    def to_dict(self, top: int = 15) -> dict[str, Any]:
+        return {"kernel_ms": self.kernel_us / 1e3, "gpu_busy_ms": self.gpu_busy_us / 1e3,
+                "span_ms": self.span_us / 1e3, "steps": self.steps,
+                "idle_us_per_step": self.idle_us_per_step, "triton_share": self.share("triton"),
+                "share_by_class": self.shares(), "graph_launches": self.graph_launches,
+                "eager_ops": self.eager_ops[:20],
+                "top_kernels": [{"name": k.name, "class": k.cls, "calls": k.calls, "gpu_ms": k.gpu_us / 1e3,
+                                 "mean_us": k.mean_us} for k in self.top(top)]}
+
+    def shares(self) -> dict[str, float]:
+        total = self.kernel_us or 1.0
+        out: dict[str, float] = {}
+        for k in self.kernels:
+            out[k.cls] = out.get(k.cls, 0.0) + k.gpu_us / total
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def load_trace(path: str | Path) -> list[dict]:
+    """The traceEvents of a Chrome trace file, gzipped or not."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        data = json.load(f)
+    return data["traceEvents"] if isinstance(data, dict) else data
+
+
+def _busy_us(intervals: Sequence[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals (kernels on several streams may overlap)."""
+    busy, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(intervals):
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                busy += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        busy += cur_e - cur_s
+    return busy
+
+
+def _eager_ops(events: Sequence[Mapping], kernel_corr: set) -> list[tuple[str, int]]:
+    """aten ops whose kernels were launched one by one (cudaLaunchKernel), i.e. outside a CUDA
+    graph: the host work of an eager path, counted by the launches they made."""
+    launches = [e for e in events if e.get("cat") == "cuda_runtime" and "LaunchKernel" in e.get("name", "")
+                and e.get("args", {}).get("correlation") in kernel_corr]
+    ops = sorted((e for e in events if e.get("cat") == "cpu_op" and e.get("name", "").startswith("aten::")),
+                 key=lambda e: e["ts"])
+    counts: dict[str, int] = {}
+    for launch in launches:
+        owner = None
+        for op in ops:  # the innermost aten op that encloses the launch, on the same thread
+            if op["ts"] > launch["ts"]:
+                break
+            if op.get("tid") == launch.get("tid") and op["ts"] + op.get("dur", 0) >= launch["ts"]:
+                owner = op["name"]
+        if owner:
+            counts[owner] = counts.get(owner, 0) + 1
+    return sorted(counts.items(), key=lambda kv: -kv[1])
+
+
+def aggregate(events: Iterable[Mapping], steps: int, flaggems: frozenset[str] = frozenset()) -> EngineProfile:
+    events = list(events)
+    kernels = [e for e in events if e.get("cat") == "kernel" and "dur" in e]
+    rows: dict[str, KernelRow] = {}
+    for k in kernels:
+        row = rows.setdefault(k["name"], KernelRow(k["name"], classify(k["name"], flaggems)))
+        row.calls += 1
+        row.gpu_us += float(k["dur"])
+    intervals = [(float(k["ts"]), float(k["ts"]) + float(k["dur"])) for k in kernels]
+    span = (max(e for _, e in intervals) - min(s for s, _ in intervals)) if intervals else 0.0
+    corr = {k.get("args", {}).get("correlation") for k in kernels}
+    graphs = sum(1 for e in events if e.get("cat") == "cuda_runtime" and "GraphLaunch" in e.get("name", ""))
+    return EngineProfile(list(rows.values()), _busy_us(intervals), span, steps, _eager_ops(events, corr), graphs)
+
+
+def flaggems_kernel_names() -> frozenset[str]:
+    """The names of every Triton JIT function in the installed flag_gems (GPU host: importing
+    flag_gems needs a GPU), so the trace's FlagGems kernels are told from vLLM's and Inductor's."""
+    import importlib
+    import pkgutil
+
+    import flag_gems
+    from triton.runtime.jit import JITFunction
+
+    names = set()
+    for info in pkgutil.walk_packages(flag_gems.__path__, "flag_gems."):
+        try:
+            mod = importlib.import_module(info.name)
+        except Exception:  # vendor modules of other chips do not import here
+            continue
+        for obj in vars(mod).values():
+            while obj is not None and not isinstance(obj, JITFunction) and hasattr(obj, "fn"):
+                obj = obj.fn  # LibEntry / Autotuner / Heuristics wrap the JIT function
+            if isinstance(obj, JITFunction):
+                names.add(obj.fn.__name__)
+    return frozenset(names)
