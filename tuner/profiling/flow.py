@@ -9,7 +9,7 @@ stored tuned config covers carries the gain that config predicts.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +22,9 @@ _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.flo
 
 
 @dataclass
-class ProfileRequest:
+class WorkloadRequest:
+    """What `tuner profile` and `tuner check` both build, run and check, and where they store."""
+
     workloads: list[str] = field(default_factory=lambda: ["all"])
     scale: float = 1.0
     weights: str | None = None
@@ -31,16 +33,20 @@ class ProfileRequest:
     prompt_tokens: int | None = None
     decode_batches: list[int] | None = None
     decode_steps: int | None = None
+    e2e_steps: int = 8
+    candidate: str | None = None  # consistency-check candidate "module:function" (default FlagGems)
+    db_url: str | None = None
+
+
+@dataclass
+class ProfileRequest(WorkloadRequest):
     top: int = 15
     trace: str | None = None  # default: ./tuner-trace-<run>.json
     check: bool = True
     flaggems: bool = True
     overhead: bool = False
-    e2e_steps: int = 8
     check_timeout_s: float = 300.0
     check_jobs: int | None = None
-    candidate: str | None = None  # consistency-check candidate "module:function" (default FlagGems)
-    db_url: str | None = None
 
 
 @dataclass
@@ -343,20 +349,14 @@ def _run_check(db, env_id: int, profile_run_id: int | None, steps, candidate: st
 
 
 @dataclass
-class CheckRequest:
-    workloads: list[str] = field(default_factory=lambda: ["all"])
-    scale: float = 1.0
-    weights: str | None = None
-    device: str = "auto"
-    dtype: str | None = None
-    prompt_tokens: int | None = None
-    decode_batches: list[int] | None = None
-    decode_steps: int | None = None
-    e2e_steps: int = 8
-    timeout_s: float = 300.0
-    jobs: int | None = None
-    candidate: str | None = None
-    db_url: str | None = None
+class CheckRequest(WorkloadRequest):
+    timeout_s: float = 300.0  # a profile's check_timeout_s
+    jobs: int | None = None  # a profile's check_jobs
+
+    def as_profile(self) -> ProfileRequest:
+        """The same workload as a profile request, for what the two flows share (validate, _run_check)."""
+        return ProfileRequest(**{f.name: getattr(self, f.name) for f in fields(WorkloadRequest)},
+                              check_timeout_s=self.timeout_s, check_jobs=self.jobs)
 
 
 def check(req: CheckRequest, on_stage: Callable[[str], None] | None = None) -> dict:
@@ -364,10 +364,7 @@ def check(req: CheckRequest, on_stage: Callable[[str], None] | None = None) -> d
     from tuner.profiling import check as chk
 
     stage = on_stage or (lambda _msg: None)
-    preq = ProfileRequest(workloads=req.workloads, scale=req.scale, weights=req.weights, device=req.device,
-                          dtype=req.dtype, prompt_tokens=req.prompt_tokens, decode_batches=req.decode_batches,
-                          decode_steps=req.decode_steps, check_timeout_s=req.timeout_s, check_jobs=req.jobs,
-                          candidate=req.candidate, db_url=req.db_url)
+    preq = req.as_profile()
     workloads, device, dtype, options = validate(preq)
     if req.candidate is None:
         why = "FlagGems kernels need an NVIDIA GPU, and none is visible" if device != "cuda" else chk.flaggems_importable()

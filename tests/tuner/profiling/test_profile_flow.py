@@ -1,6 +1,7 @@
 """`tuner profile` flow on CPU: a real scaled-down model profiled natively, stored in real SQLite."""
 
 import json
+from dataclasses import fields
 
 import pytest
 from sqlalchemy import select
@@ -9,7 +10,7 @@ from db import BestConfig, ProfileRun, open_database
 from db import profile_queries as pq
 from db import queries
 from tuner.errors import UserError
-from tuner.profiling.flow import ProfileRequest, profile, with_gains
+from tuner.profiling.flow import CheckRequest, ProfileRequest, WorkloadRequest, profile, with_gains
 from tuner.profiling.hot_keys import keys_from_profile
 
 SMALL = dict(workloads=["text"], scale=0.05, device="cpu", dtype="fp32", prompt_tokens=16, decode_batches=[1, 4],
@@ -148,3 +149,18 @@ def test_keys_from_profile(profiled):
     assert keys_from_profile(url, "latest", None, "addmm") == ["10240,1152,1152"]
     with pytest.raises(UserError, match="--shape BATCH,M,N,K,bmm|linear"):
         keys_from_profile(url, "latest", 3, "bmm")
+
+
+def test_check_request_is_the_profile_workload_plus_the_checks_own_settings():
+    """`tuner check` takes the workload fields `tuner profile` takes; only its timeout and jobs are its
+    own (a profile's check_timeout_s and check_jobs), and the flows share code through as_profile()."""
+    shared = [f.name for f in fields(WorkloadRequest)]
+    assert [f.name for f in fields(CheckRequest)] == [*shared, "timeout_s", "jobs"]
+    assert set(shared) < {f.name for f in fields(ProfileRequest)}
+    req = CheckRequest(workloads=["text"], scale=0.05, weights="w", device="cpu", dtype="fp32", prompt_tokens=16,
+                       decode_batches=[1, 4], decode_steps=2, e2e_steps=3, timeout_s=7.5, jobs=2,
+                       candidate="m:f", db_url="x.db")
+    p = req.as_profile()
+    assert {n: getattr(p, n) for n in shared} == {n: getattr(req, n) for n in shared}
+    assert (p.check_timeout_s, p.check_jobs) == (7.5, 2)
+    assert (p.top, p.check, p.flaggems, p.overhead, p.trace) == (15, True, True, False, None)  # profile defaults
