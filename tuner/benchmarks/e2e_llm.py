@@ -343,81 +343,8 @@ def run_mode(opts) -> dict[str, Any]:
     counter.install()
     result: dict[str, Any] = {"mode": opts.mode, "status": "running", "error": None, "scale": opts.scale,
                               "cases": {}, "wall_s": {}}
-
-    def stage(name: str, since: float) -> float:
-        now = time.monotonic()
-        result["wall_s"][name] = round(now - since, 2)
-        return now
-
     try:
-        import torch
-        from transformers import StaticCache
-
-        from tuner.profiling.workload.model import build_model, describe
-        from tuner.profiling.workload.requests import RequestOptions, build_requests
-
-        device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        cuda = device.startswith("cuda")
-        result["device"] = device
-        result["environment"] = _environment(device)
-        if opts.mode != "native" and not cuda:
-            raise RuntimeError(f"mode {opts.mode} runs FlagGems, which needs a CUDA GPU; this run is on {device}")
-        if opts.filled + opts.iters > opts.cache_len:
-            raise ValueError(f"--filled {opts.filled} + --iters {opts.iters} decode steps overflow "
-                             f"--cache-len {opts.cache_len}")
-        torch.manual_seed(opts.seed)
-        t = stage("import", t0)
-        with torch.inference_mode():
-            model = build_model(opts.scale, torch.bfloat16, device, components=["llm"], seed=opts.seed)
-            llm, d = model.llm, model.dims.llm
-            result["model"] = {k: v for k, v in describe(model).items() if k != "dims"} | {"llm": model.dims.as_dict()["llm"]}
-            if cuda:
-                torch.cuda.synchronize()
-            t = stage("build", t)
-            # every input (random K/V included) is made now, with plain torch, the same in each mode
-            gen = torch.Generator(device=device).manual_seed(opts.seed + 1)
-            decode = {}
-            for b in opts.decode_batches:
-                cache = StaticCache(config=llm.config, max_cache_len=opts.cache_len)
-                shape = (b, d.kv_heads, opts.filled, d.head_dim)
-                for i in range(d.layers):
-                    kv = [torch.randn(shape, generator=gen, device=device, dtype=torch.bfloat16) for _ in range(2)]
-                    cache.update(*kv, i)
-                decode[b] = {"batch": b, "cache": cache,
-                             "ids": torch.randint(d.vocab, (b, 1), generator=gen, device=device)}
-            prefill = {}
-            for s in opts.prefill:
-                ro = RequestOptions(prompt_tokens=s, prefill_batch=1, decode_batches=(1,), decode_steps=1)
-                prefill[s] = build_requests(model, "text", ro, seed=opts.seed + s)[0]  # the text.prefill step
-            if cuda:
-                torch.cuda.synchronize()
-            t = stage("prepare", t)
-            max_tokens = max([*opts.prefill, *opts.decode_batches])
-            work = Path(opts.work_dir or tempfile.mkdtemp(prefix=f"e2e_{opts.mode}_"))
-            work.mkdir(parents=True, exist_ok=True)
-            if opts.mode != "native":
-                result.update(_enable_flaggems(opts, work, max_tokens))
-            t = stage("enable", t)
-            result["status"] = "cases"
-            _write_json(opts.json_out, result)
-            clock = _Clock(torch, cuda)
-            for b, prep in decode.items():
-                name = f"decode_bs{b}"
-                result["cases"][name] = _guarded(partial(_decode_case, torch, llm, prep, opts, clock, counter, name))
-                result["cases"][name]["autotunes"] = counter.counts(name)
-                decode[b] = prep = None  # release this batch's cache and graph
-                if cuda:
-                    torch.cuda.empty_cache()
-                t = stage(name, t)
-                _write_json(opts.json_out, result | {"autotune": counter.summary()})
-            for s, step in prefill.items():
-                name = f"prefill_{s}"
-                result["cases"][name] = _guarded(partial(_prefill_case, step, s, opts, clock, counter, name))
-                result["cases"][name]["autotunes"] = counter.counts(name)
-                t = stage(name, t)
-                _write_json(opts.json_out, result | {"autotune": counter.summary()})
-            if cuda:
-                result["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+        _run_mode(opts, result, counter, _Laps(result["wall_s"], t0))
         failed = [n for n, c in result["cases"].items() if c.get("error")]
         result["status"] = "ok" if not failed else "case errors"
         if failed:
@@ -428,6 +355,105 @@ def run_mode(opts) -> dict[str, Any]:
     result["autotune"] = counter.summary()
     result["wall_s"]["total"] = round(time.monotonic() - t0, 2)
     return result
+
+
+class _Laps:
+    """Seconds since the previous lap (the first one: since t0), by name, into `wall`."""
+
+    def __init__(self, wall: dict[str, float], t0: float) -> None:
+        self.wall, self.last = wall, t0
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.wall[name] = round(now - self.last, 2)
+        self.last = now
+
+
+def _run_mode(opts, result: dict[str, Any], counter: AutotuneCounter, lap: _Laps) -> None:
+    """run_mode's stages; each writes what it learns into `result` at once, so an error keeps it."""
+    import torch
+    from transformers import StaticCache
+
+    from tuner.profiling.workload.model import build_model, describe
+
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.startswith("cuda")
+    result["device"] = device
+    result["environment"] = _environment(device)
+    if opts.mode != "native" and not cuda:
+        raise RuntimeError(f"mode {opts.mode} runs FlagGems, which needs a CUDA GPU; this run is on {device}")
+    if opts.filled + opts.iters > opts.cache_len:
+        raise ValueError(f"--filled {opts.filled} + --iters {opts.iters} decode steps overflow "
+                         f"--cache-len {opts.cache_len}")
+    torch.manual_seed(opts.seed)
+    lap("import")
+    with torch.inference_mode():
+        model = build_model(opts.scale, torch.bfloat16, device, components=["llm"], seed=opts.seed)
+        result["model"] = {k: v for k, v in describe(model).items() if k != "dims"} | {"llm": model.dims.as_dict()["llm"]}
+        if cuda:
+            torch.cuda.synchronize()
+        lap("build")
+        decode, prefill = _make_inputs(torch, StaticCache, model, opts, device)
+        if cuda:
+            torch.cuda.synchronize()
+        lap("prepare")
+        max_tokens = max([*opts.prefill, *opts.decode_batches])
+        work = Path(opts.work_dir or tempfile.mkdtemp(prefix=f"e2e_{opts.mode}_"))
+        work.mkdir(parents=True, exist_ok=True)
+        if opts.mode != "native":
+            result.update(_enable_flaggems(opts, work, max_tokens))
+        lap("enable")
+        result["status"] = "cases"
+        _write_json(opts.json_out, result)
+        _time_cases(torch, model.llm, decode, prefill, opts, _Clock(torch, cuda), counter, result, lap)
+        if cuda:
+            result["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+
+
+def _make_inputs(torch, cache_cls, model, opts, device: str) -> tuple[dict[int, dict], dict[int, Any]]:
+    """Every input (random K/V included), made now with plain torch, the same in each mode: per decode
+    batch a StaticCache with --filled positions and the next tokens; per prefill length its text step."""
+    from tuner.profiling.workload.requests import RequestOptions, build_requests
+
+    d = model.dims.llm
+    gen = torch.Generator(device=device).manual_seed(opts.seed + 1)
+    decode = {}
+    for b in opts.decode_batches:
+        cache = cache_cls(config=model.llm.config, max_cache_len=opts.cache_len)
+        shape = (b, d.kv_heads, opts.filled, d.head_dim)
+        for i in range(d.layers):
+            kv = [torch.randn(shape, generator=gen, device=device, dtype=torch.bfloat16) for _ in range(2)]
+            cache.update(*kv, i)
+        decode[b] = {"batch": b, "cache": cache,
+                     "ids": torch.randint(d.vocab, (b, 1), generator=gen, device=device)}
+    prefill = {}
+    for s in opts.prefill:
+        ro = RequestOptions(prompt_tokens=s, prefill_batch=1, decode_batches=(1,), decode_steps=1)
+        prefill[s] = build_requests(model, "text", ro, seed=opts.seed + s)[0]  # the text.prefill step
+    return decode, prefill
+
+
+def _time_cases(torch, llm, decode: dict, prefill: dict, opts, clock: _Clock, counter: AutotuneCounter,
+                result: dict[str, Any], lap: _Laps) -> None:
+    """Every decode batch, then every prefill length; the mode's JSON rewritten after each case."""
+
+    def time_case(name: str, fn: Callable[[], dict]) -> None:
+        result["cases"][name] = _guarded(fn)
+        result["cases"][name]["autotunes"] = counter.counts(name)
+
+    for b, prep in decode.items():
+        name = f"decode_bs{b}"
+        time_case(name, partial(_decode_case, torch, llm, prep, opts, clock, counter, name))
+        decode[b] = prep = None  # release this batch's cache and graph
+        if clock.cuda:
+            torch.cuda.empty_cache()
+        lap(name)
+        _write_json(opts.json_out, result | {"autotune": counter.summary()})
+    for s, step in prefill.items():
+        name = f"prefill_{s}"
+        time_case(name, partial(_prefill_case, step, s, opts, clock, counter, name))
+        lap(name)
+        _write_json(opts.json_out, result | {"autotune": counter.summary()})
 
 
 def _guarded(fn: Callable[[], dict]) -> dict:
