@@ -1,0 +1,122 @@
+"""The GEMM router: routes from stored timings (pure) and the routing kernels on the CPU key (the
+same registration path as CUDA), with ATen's real kernels as the native route."""
+import pytest
+
+from tuner.inject import gemm_router as gr
+
+
+def rec(M, N=37888, K=3584, *, tuned=10.0, native=11.0, variant="fg_tma", kernel="mm", bt=1, dtype="bf16"):
+    cfg = {"variant": variant, "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "GROUP_M": 8,
+           "SPLIT_K": 4 if variant == "splitk" else 1, "num_warps": 4, "num_stages": 4}
+    return {"kernel": kernel, "key": {"M": M, "N": N, "K": K, "BT": bt}, "dtype": dtype,
+            "config": cfg, "time_us": tuned, "native_us": native}
+
+
+def test_record_target_needs_a_measured_win_over_native():
+    assert gr.record_target(rec(16, tuned=10, native=11)) == gr.FLAGGEMS
+    assert gr.record_target(rec(16, tuned=11, native=11)) == gr.NATIVE  # a tie stays native
+    assert gr.record_target(rec(16, tuned=12, native=11)) == gr.NATIVE
+    assert gr.record_target(rec(16, native=None)) == gr.NATIVE  # no native timing: nothing proven
+    assert gr.record_target(rec(16, variant="splitk")) == gr.SPLITK
+    assert gr.record_target(rec(16, kernel="addmm", variant="fg_addmm")) == gr.FLAGGEMS
+
+
+def test_plan_routes_near_winning_ms_only():
+    # the H200's decode picture for gate_up: M=1 loses, M=16 and M=64 win
+    recs = [rec(1, tuned=75.0, native=71.7), rec(16, tuned=68.1, native=74.1), rec(64, tuned=72.1, native=74.2)]
+    plan = gr.plan_routes(recs, max_tokens=4096)
+    runs = plan[("mm", 37888, 3584, "bf16")]
+    # M=8..32 -> 16 (M=4: 4/1 == 16/4, a tie goes to the smaller, which is native); 33..128 -> 64;
+    # nothing above 128 (a decode win says nothing about prefill)
+    assert [(lo, hi, r.tuned_m, r.target) for lo, hi, r in runs] == [(8, 32, 16, gr.FLAGGEMS),
+                                                                      (33, 128, 64, gr.FLAGGEMS)]
+
+
+def test_plan_skips_groups_with_no_win_and_other_layouts():
+    recs = [rec(16, tuned=12, native=11), rec(16, N=3584, bt=0), rec(16, kernel="bmm")]
+    assert gr.plan_routes(recs, max_tokens=64) == {}
+
+
+def test_conflicting_winners_raise():
+    with pytest.raises(ValueError, match="two different mm winners"):
+        gr.plan_routes([rec(16), rec(16, variant="splitk")], max_tokens=64)
+
+
+def test_route_counts_say_where_stored_keys_go():
+    recs = [rec(1, tuned=12), rec(16), rec(64, variant="splitk"), rec(16, kernel="addmm", tuned=20),
+            rec(16, kernel="fused_moe")]
+    assert gr.route_counts({}, recs) == {gr.NATIVE: 2, gr.FLAGGEMS: 1, gr.SPLITK: 1}
+
+
+def test_lookup_by_op_shape_dtype_and_m():
+    table = gr.build_table(gr.plan_routes([rec(16)], max_tokens=64))
+    assert gr.lookup(table, "mm", 8, 37888, 3584, "bf16").target == gr.FLAGGEMS
+    assert gr.lookup(table, "mm", 7, 37888, 3584, "bf16") is None
+    assert gr.lookup(table, "mm", 33, 37888, 3584, "bf16") is None
+    assert gr.lookup(table, "addmm", 16, 37888, 3584, "bf16") is None
+    assert gr.lookup(table, "mm", 16, 37888, 3584, "fp16") is None
+
+
+def test_installed_router_routes_mm_and_mm_out_and_falls_back_to_aten():
+    # The CPU dispatch key stands in for CUDA; FlagGems' function is replaced by a recorder, the
+    # native route is ATen's real CPU kernel captured before the router registered.
+    import torch
+
+    calls = []
+
+    def fg_mm(a, b, out=None):
+        calls.append(("fg", a.shape[0], out is not None))
+        res = (a[:, :, None] * b[None]).sum(1)  # not a GEMM: the router is installed for mm
+        return res if out is None else out.copy_(res)
+
+    plan = gr.plan_routes([rec(16, N=64, K=32, dtype="fp32")], max_tokens=64)
+    router = gr.install_router(plan, gr.Targets(flaggems_mm=fg_mm), dispatch_key="CPU")
+    try:
+        w = torch.randn(64, 32)
+        a16, a4 = torch.randn(16, 32), torch.randn(4, 32)
+        ref16 = (a16.double() @ w.double().t()).float()
+        assert torch.allclose(torch.mm(a16, w.t()), ref16, atol=1e-4)  # routed: FlagGems
+        buf = torch.empty(16, 64)
+        torch.mm(a16, w.t(), out=buf)  # the overload Inductor's extern kernels call
+        assert torch.allclose(buf, ref16, atol=1e-4)
+        y4 = torch.mm(a4, w.t())  # M=4 is not near M=16: native ATen
+        assert torch.allclose(y4, (a4.double() @ w.double().t()).float(), atol=1e-4)
+        assert calls == [("fg", 16, False), ("fg", 16, True)]
+        # native: M=4 and the float64 references, which pass through the router too
+        assert router.hits[gr.FLAGGEMS] == 2 and router.hits[gr.SPLITK] == 0 and router.hits[gr.NATIVE] >= 1
+        assert router.ops == ["mm"]
+    finally:
+        router.uninstall()
+    calls.clear()
+    torch.mm(torch.randn(16, 32), torch.randn(32, 64))
+    assert calls == []  # uninstalled: ATen again
+
+
+def test_installed_router_routes_addmm_out_with_bias():
+    import torch
+
+    calls = []
+
+    def fg_addmm(bias, a, b, *, beta=1, alpha=1, out=None):
+        calls.append(("fg_addmm", a.shape[0], out is not None))
+        res = beta * bias + alpha * (a[:, :, None] * b[None]).sum(1)
+        return res if out is None else out.copy_(res)
+
+    recs = [rec(16, N=48, K=32, kernel="addmm", variant="fg_addmm", dtype="fp32")]
+    router = gr.install_router(gr.plan_routes(recs, 64), gr.Targets(flaggems_addmm=fg_addmm), dispatch_key="CPU")
+    try:
+        bias, a, w = torch.randn(48), torch.randn(16, 32), torch.randn(48, 32)
+        out = torch.empty(16, 48)
+        torch.addmm(bias, a, w.t(), out=out)
+        assert torch.allclose(out, (bias.double() + a.double() @ w.double().t()).float(), atol=1e-4)
+        y = torch.nn.functional.linear(torch.randn(2, 32), w, bias)  # M=2: native
+        assert y.shape == (2, 48)
+        assert calls == [("fg_addmm", 16, True)]
+        assert router.hits[gr.FLAGGEMS] == 1 and router.hits[gr.NATIVE] >= 1
+    finally:
+        router.uninstall()
+
+
+def test_no_plan_installs_nothing():
+    r = gr.install_router({}, gr.Targets(), dispatch_key="CPU")
+    assert r.libs == [] and r.ops == []

@@ -1,0 +1,231 @@
+"""Route every GEMM key to whichever kernel measured faster: tuned FlagGems, tuner's split-K, or native.
+
+Why a router and not FlagGems' own registration: on the H200 tuned FlagGems GEMMs beat cuBLAS on
+only 4 of the 12 vLLM decode keys (results/vllm/tune_keys: gate_up M=16/64 1.09x/1.03x, lm_head
+M=16/64 1.03x/1.04x) and lose up to 0.81x elsewhere; FlagGems' registration sends every key to its
+kernel. And vLLM's Inductor graphs call GEMMs as `aten::mm.out` / `aten::addmm.out`
+(`extern_kernels.mm(..., out=buf)`), which a `flag_gems.enable(unused=["addmm"])` leaves registered
+(FlagGems names that overload `addmm_out`) and which an `aten::mm` override never sees.
+
+So the router registers its own CUDA kernels for `mm`, `mm.out`, `addmm` and `addmm.out` (only for
+ops that have at least one non-native route); each looks the call's (N, K, dtype, M) up in a table
+built from the stored records and calls FlagGems' function, tuner's split-K kernel, or the ATen
+kernel that was registered before (cuBLAS), captured with `torch.library.get_kernel`.
+
+A record routes the runtime M near its own M only: nearest tuned M in log space, and within a factor
+of two of it (a decode win at M=64 says nothing about a 4096-token prefill chunk). Everything else
+stays native: the router never sends a key to a kernel that was not measured faster on it.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuner.inject._select import nearest_m
+
+logger = logging.getLogger(__name__)
+
+NATIVE, FLAGGEMS, SPLITK = "native", "flaggems", "splitk"
+REACH = 2  # a tuned M routes runtime M in [M / REACH, M * REACH] (and only where it is the nearest)
+ROUTED_OPS = ("mm", "addmm")  # the tuner kernels (record["kernel"]) the router serves
+_LIBS: list[Any] = []  # a torch.library.Library deregisters its kernels when collected
+
+
+@dataclass(frozen=True)
+class Route:
+    target: str  # NATIVE | FLAGGEMS | SPLITK
+    config: Mapping[str, Any] | None = None
+    tuned_m: int | None = None
+
+
+def record_target(record: Mapping[str, Any]) -> str:
+    """Where a stored record's key should run: its tuned kernel only if it was timed faster than
+    native beside it (time_us < native_us); a record without a native timing proves nothing."""
+    tuned, native = record.get("time_us"), record.get("native_us")
+    if not tuned or not native or tuned >= native:
+        return NATIVE
+    variant = str((record.get("config") or {}).get("variant", ""))
+    if variant == "splitk":
+        return SPLITK
+    return FLAGGEMS if variant.startswith("fg_") or record.get("kernel") == "addmm" else NATIVE
+
+
+def _groups(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int, int, str], dict[int, Mapping]]:
+    groups: dict[tuple[str, int, int, str], dict[int, Mapping]] = {}
+    for r in records:
+        if r.get("kernel") not in ROUTED_OPS or int(r["key"].get("BT", 1)) != 1:
+            continue  # only nn.Linear's layout (B = W^T) is what the engines call
+        k = r["key"]
+        g = groups.setdefault((r["kernel"], int(k["N"]), int(k["K"]), r["dtype"]), {})
+        m = int(k["M"])
+        if m in g and g[m]["config"] != r["config"]:
+            raise ValueError(f"two different {r['kernel']} winners for {dict(k)} {r['dtype']}")
+        g[m] = r
+    return groups
+
+
+def plan_routes(records: Iterable[Mapping[str, Any]], max_tokens: int) -> dict[tuple, list[tuple[int, int, Route]]]:
+    """(op, N, K, dtype) -> [(M_lo, M_hi, Route)] for the runtime M that do not go native."""
+    plan: dict[tuple, list[tuple[int, int, Route]]] = {}
+    for group, by_m in sorted(_groups(records).items()):
+        tuned = sorted(by_m)
+        runs: list[tuple[int, int, Route]] = []
+        for m in range(1, max_tokens + 1):
+            t = nearest_m(tuned, m)
+            if not (t <= m * REACH and m <= t * REACH):
+                continue
+            target = record_target(by_m[t])
+            if target == NATIVE:
+                continue
+            if runs and runs[-1][1] == m - 1 and runs[-1][2].tuned_m == t:
+                runs[-1] = (runs[-1][0], m, runs[-1][2])
+            else:
+                runs.append((m, m, Route(target, dict(by_m[t]["config"]), t)))
+        if runs:
+            plan[group] = runs
+    return plan
+
+
+def route_counts(plan: Mapping[tuple, list], records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many stored keys go where: the numbers the plugin's line reports."""
+    counts = {NATIVE: 0, FLAGGEMS: 0, SPLITK: 0}
+    for r in records:
+        if r.get("kernel") in ROUTED_OPS:
+            counts[record_target(r)] += 1
+    return counts
+
+
+def build_table(plan: Mapping[tuple, list], dtype_of: Callable[[str], Any] = lambda d: d) -> dict:
+    """plan -> {(op, N, K, dtype_of(dtype)): (sorted M_lo list, runs)} for bisect lookup."""
+    return {(op, N, K, dtype_of(d)): ([r[0] for r in runs], runs) for (op, N, K, d), runs in plan.items()}
+
+
+def lookup(table: Mapping, op: str, M: int, N: int, K: int, dtype: Any) -> Route | None:
+    entry = table.get((op, N, K, dtype))
+    if entry is None:
+        return None
+    los, runs = entry
+    i = bisect.bisect_right(los, M) - 1
+    if i >= 0 and runs[i][0] <= M <= runs[i][1]:
+        return runs[i][2]
+    return None
+
+
+@dataclass
+class Router:
+    """An installed router; `hits` counts calls per target (what ran, not what was planned)."""
+
+    plan: dict = field(default_factory=dict)
+    libs: list = field(default_factory=list)
+    hits: dict = field(default_factory=lambda: {NATIVE: 0, FLAGGEMS: 0, SPLITK: 0})
+
+    @property
+    def ops(self) -> list[str]:
+        return sorted({op for op, *_ in self.plan})
+
+    def uninstall(self) -> None:
+        for lib in self.libs:
+            _LIBS.remove(lib)
+            lib._destroy()
+        self.libs = []
+
+
+@dataclass
+class Targets:
+    """The callables a route can end in, per op: FlagGems' function and tuner's split-K."""
+
+    flaggems_mm: Callable | None = None  # (a, b, out=None)
+    flaggems_addmm: Callable | None = None  # (bias, a, b, beta, alpha, out=None)
+    splitk_mm: Callable | None = None  # (a, b, config, out=None)
+
+
+def _mm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str, Any]):
+    def route_mm(a, b):
+        if a.dim() == 2 and b.dim() == 2 and a.dtype == b.dtype:
+            return lookup(table, "mm", a.shape[0], b.shape[1], a.shape[1], a.dtype)
+        return None
+
+    def mm(keyset, a, b):
+        r = route_mm(a, b)
+        if r is not None and r.target == SPLITK and t.splitk_mm is not None:
+            router.hits[SPLITK] += 1
+            return t.splitk_mm(a, b, r.config)
+        if r is not None and r.target == FLAGGEMS and t.flaggems_mm is not None:
+            router.hits[FLAGGEMS] += 1
+            return t.flaggems_mm(a, b)
+        router.hits[NATIVE] += 1
+        return native["mm"].call_boxed(keyset, a, b)
+
+    def mm_out(keyset, a, b, *, out):
+        r = route_mm(a, b)
+        if r is not None and r.target == SPLITK and t.splitk_mm is not None:
+            router.hits[SPLITK] += 1
+            return t.splitk_mm(a, b, r.config, out=out)
+        if r is not None and r.target == FLAGGEMS and t.flaggems_mm is not None:
+            router.hits[FLAGGEMS] += 1
+            return t.flaggems_mm(a, b, out=out)
+        router.hits[NATIVE] += 1
+        return native["mm.out"].call_boxed(keyset, a, b, out=out)
+
+    return {"mm": mm, "mm.out": mm_out}
+
+
+def _addmm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str, Any]):
+    def routed(bias, a, b):
+        if a.dim() == 2 and b.dim() == 2 and bias.dim() == 1 and a.dtype == b.dtype and t.flaggems_addmm:
+            r = lookup(table, "addmm", a.shape[0], b.shape[1], a.shape[1], a.dtype)
+            return r is not None and r.target == FLAGGEMS
+        return False
+
+    def addmm(keyset, bias, a, b, *, beta=1, alpha=1):
+        if routed(bias, a, b):
+            router.hits[FLAGGEMS] += 1
+            return t.flaggems_addmm(bias, a, b, beta=beta, alpha=alpha)
+        router.hits[NATIVE] += 1
+        return native["addmm"].call_boxed(keyset, bias, a, b, beta=beta, alpha=alpha)
+
+    def addmm_out(keyset, bias, a, b, *, beta=1, alpha=1, out):
+        if routed(bias, a, b):
+            router.hits[FLAGGEMS] += 1
+            return t.flaggems_addmm(bias, a, b, beta=beta, alpha=alpha, out=out)
+        router.hits[NATIVE] += 1
+        return native["addmm.out"].call_boxed(keyset, bias, a, b, beta=beta, alpha=alpha, out=out)
+
+    return {"addmm": addmm, "addmm.out": addmm_out}
+
+
+def install_router(plan: Mapping[tuple, list], targets: Targets, *, dispatch_key: str = "CUDA") -> Router:
+    """Register the routing kernels for every op the plan sends anywhere but native (none: no-op).
+
+    The kernels registered before (ATen's, as long as FlagGems did not register these overloads:
+    the plugin leaves them out of `flag_gems.enable`) are captured first and are the native route.
+    """
+    import torch
+
+    from tuner.devices import torch_dtype
+
+    router = Router(dict(plan))
+    if not plan:
+        return router
+    table = build_table(plan, torch_dtype)
+    ops = {op for op, *_ in plan}
+    kernels: dict[str, Callable] = {}
+    overloads = [o for op in ops for o in (op, f"{op}.out")]
+    native = {o: torch.library.get_kernel(f"aten::{o}", dispatch_key) for o in overloads}
+    if "mm" in ops:
+        kernels.update(_mm_kernels(table, targets, router, native))
+    if "addmm" in ops:
+        kernels.update(_addmm_kernels(table, targets, router, native))
+    lib = torch.library.Library("aten", "IMPL")
+    with warnings.catch_warnings():  # "Overriding a previously registered kernel" is the point
+        warnings.simplefilter("ignore", UserWarning)
+        for name, fn in kernels.items():
+            lib.impl(name, fn, dispatch_key, with_keyset=True)
+    _LIBS.append(lib)
+    router.libs.append(lib)
+    logger.debug("GEMM router on %s for %d (op, N, K, dtype)", ", ".join(sorted(kernels)), len(plan))
+    return router
