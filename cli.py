@@ -237,8 +237,10 @@ def serve(
     engine: str = typer.Option("vllm", "--engine", help="vllm | flagscale | transformers (transformers' own "
                                "OpenAI-compatible server)."),
     port: int = typer.Option(8000, "--port", help="Port the engine listens on."),
-    max_tokens: int = typer.Option(8192, "--max-tokens", help="Largest M (batched tokens) the server will "
-                                   "meet: every M from 1 to this gets a seeded config."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Largest M (batched tokens) the "
+                                             "engine meets: every M from 1 to this gets a seeded config. The "
+                                             "same setting as vLLM's --max-num-batched-tokens, which tuner "
+                                             "passes (default 8192, or the value given after `--`)."),
     exclude: Optional[str] = typer.Option(None, "--exclude", help="FlagGems ops to leave to PyTorch, comma "
                                           "separated. Default: the ops the stored consistency check failed."),
     allow_foreign: bool = typer.Option(False, "--allow-foreign", help="Use results measured on another GPU or "

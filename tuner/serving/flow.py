@@ -26,7 +26,7 @@ class ServeRequest:
     engine_args: list[str] = field(default_factory=list)
     db_url: str | None = None
     allow_foreign: bool = False
-    max_tokens: int = 8192
+    max_tokens: int | None = None  # None: the engine's own setting if given, else 8192
     runtime_dir: str | None = None
     port: int = 8000
     exclude: list[str] | None = None  # None: the stored consistency check decides
@@ -118,17 +118,18 @@ def prepare(req: ServeRequest) -> Prepared:
     from tuner.inject.foreign import ForeignResultError
     from tuner.inject.plugin import runtime_env, write_runtime_dir
 
-    if req.max_tokens <= 0:
+    if req.max_tokens is not None and req.max_tokens <= 0:
         raise UserError("--max-tokens must be a positive number")
     engine = engines.engine(req.engine)
-    command = engine.command(req.model, req.port, req.engine_args)
+    max_tokens, engine_args = engines.batch_tokens(engine, req.max_tokens, req.engine_args)
+    command = engine.command(req.model, req.port, engine_args)
     records = select_records(req.db_url, req.allow_foreign) if req.use_tuned else []
     exclude = req.exclude if req.exclude is not None else stored_exclude_list(req.db_url)
     left_native = [op for op in leave_native(records) if op not in exclude] if req.native_when_faster else []
     exclude = [*exclude, *left_native]
     folder = Path(req.runtime_dir or DEFAULT_RUNTIME).expanduser()
     try:
-        write_runtime_dir(folder, records, exclude, max_tokens=req.max_tokens, allow_foreign=req.allow_foreign)
+        write_runtime_dir(folder, records, exclude, max_tokens=max_tokens, allow_foreign=req.allow_foreign)
     except ForeignResultError as e:
         raise UserError(str(e)) from None
     env = runtime_env(folder) | engine.env(folder)

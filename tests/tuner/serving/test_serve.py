@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from db import open_database, queries
+from tests.conftest import needs_vllm, result, run_py
 from tests.tuner.inject.conftest import H100, env_of
 from tuner.errors import UserError
 from tuner.serving.flow import ServeRequest, leave_native, prepare
@@ -91,7 +92,8 @@ def test_cli_dry_run_says_what_is_left_native(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "1 tuned configs, FlagGems excluded ops: mul, addmm (addmm: tuned still slower than native)" in r.stderr
     out = json.loads(r.stdout)
-    assert out["command"][-2:] == ["--max-model-len", "4096"]
+    # the engine's arguments, then tuner's --max-tokens as vLLM's batched-token bound (one setting)
+    assert out["command"][-4:] == ["--max-model-len", "4096", "--max-num-batched-tokens", "8192"]
     assert out["env"]["TUNER_RUNTIME_DIR"] == str((tmp_path / "rt").resolve())
 
 
@@ -184,3 +186,36 @@ print("torch" in sys.modules, cmd[1:4])
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                        check=False)
     assert r.returncode == 0 and r.stdout.split()[0] == "False", r.stdout + r.stderr
+
+
+def test_max_tokens_and_vllms_batched_tokens_are_one_setting():
+    from tuner.serving.engines import batch_tokens, transformers, vllm
+
+    assert batch_tokens(vllm, None, ["--dtype", "bfloat16"]) == (
+        8192, ["--dtype", "bfloat16", "--max-num-batched-tokens", "8192"])
+    assert batch_tokens(vllm, 4096, []) == (4096, ["--max-num-batched-tokens", "4096"])
+    assert batch_tokens(vllm, None, ["--max-num-batched-tokens=2048"]) == (2048, ["--max-num-batched-tokens=2048"])
+    assert batch_tokens(vllm, 2048, ["--max-num-batched-tokens", "2048"])[0] == 2048
+    with pytest.raises(UserError, match="one setting"):
+        batch_tokens(vllm, 4096, ["--max-num-batched-tokens", "2048"])
+    with pytest.raises(UserError, match="whole number"):
+        batch_tokens(vllm, None, ["--max-num-batched-tokens", "many"])
+    assert batch_tokens(transformers, None, ["--x"]) == (8192, ["--x"])
+
+
+@needs_vllm
+def test_vllm_command_is_what_vllms_own_parser_accepts(tmp_path):
+    """The command `tuner serve --engine vllm` runs, parsed by vLLM's real argument parser."""
+    from tuner.serving.engines import batch_tokens, vllm
+
+    _, args = batch_tokens(vllm, None, ["--gpu-memory-utilization", "0.8"])
+    cmd = vllm.command(str(tmp_path), 8123, args)
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    out = run_py(f"""
+        import json
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+        from vllm.entrypoints.common.cli_args import make_arg_parser
+        a = make_arg_parser(FlexibleArgumentParser()).parse_args({cmd[3:]!r})
+        print("RESULT " + json.dumps([a.model, a.port, a.max_num_batched_tokens, a.gpu_memory_utilization]))
+    """, env={"VLLM_TARGET_DEVICE": "cpu"}, timeout=240)
+    assert result(out) == [str(tmp_path), 8123, 8192, 0.8]

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from tuner.errors import UserError
 
-INSTALL_HINT = "pip install vllm (0.33 pins torch 2.14; match your torch)"
+INSTALL_HINT = ("pip install vllm with a version built for your torch (vLLM 0.20-0.26 pin torch 2.11, "
+                "0.27-0.32 torch 2.13, 0.33 torch 2.14)")
+BATCH_FLAG = "--max-num-batched-tokens"
+DEFAULT_MAX_TOKENS = 8192
 
 
 def command(model: str, port: int, args: list[str]) -> list[str]:
@@ -16,6 +19,25 @@ def command(model: str, port: int, args: list[str]) -> list[str]:
         raise UserError(f"the vllm engine is not installed: {INSTALL_HINT}")
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
             "--port", str(port), *args]
+
+
+def batch_tokens(max_tokens: int | None, args: list[str]) -> tuple[int, list[str]]:
+    """tuner's --max-tokens and vLLM's --max-num-batched-tokens are one setting: the largest M a
+    GEMM meets in one engine step (chunked prefill) is the bound tuner seeds configs up to. A value
+    in the engine arguments wins; otherwise tuner's (default 8192) is passed to the engine."""
+    for i, a in enumerate(args):
+        if a == BATCH_FLAG or a.startswith(BATCH_FLAG + "="):
+            text = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+            try:
+                n = int(text)
+            except ValueError:
+                raise UserError(f"{BATCH_FLAG} needs a whole number, got {text!r}") from None
+            if max_tokens is not None and max_tokens != n:
+                raise UserError(f"--max-tokens {max_tokens} and the engine's {BATCH_FLAG} {n} differ: they "
+                                "are one setting (the largest batch of tokens); give one of them")
+            return n, list(args)
+    n = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    return n, [*args, BATCH_FLAG, str(n)]
 
 
 def env(folder: Path) -> dict[str, str]:
