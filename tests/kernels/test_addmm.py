@@ -9,7 +9,7 @@ import torch
 from kernels import get_kernel
 from kernels.addmm import CONFIG_KEYS, NO_CPU, SPACE, VARIANT
 from kernels.base import KernelInputError
-from tests.tuner.inject.conftest import needs_flag_gems, result, run_py
+from tests.conftest import needs_flag_gems, result, run_py
 from tuner.tuning.search import grid_configs
 
 ADDMM = get_kernel("addmm")

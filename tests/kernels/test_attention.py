@@ -3,12 +3,7 @@ FlagGems' real modules runs in a clean subprocess (it cannot import under TRITON
 which other test modules set). The runner and baselines run on the H100:
 tests/gpu/test_attention_gpu.py."""
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,13 +21,11 @@ from kernels.attention import (
     padded_head_dim,
 )
 from kernels.base import KernelInputError
+from tests.conftest import flaggems_env, needs_flag_gems, result, run_py
 from tuner.tuning.search import grid_configs
 
 ATT = get_kernel("attention")
-REPO = Path(__file__).resolve().parents[2]
 PREFILL, DECODE, VISION, WHISPER = MINICPMO[1], MINICPMO[2], MINICPMO[3], MINICPMO[4]
-needs_flag_gems = pytest.mark.skipif(__import__("importlib").util.find_spec("flag_gems") is None,
-                                     reason="flag_gems not installed")
 
 
 def cfg(**kw):
@@ -225,13 +218,7 @@ def test_reference_causal_is_bottom_right():
 
 # ---- FlagGems on the CPU: its real modules, in a clean subprocess ----------------------------
 def run_fg(code: str, tmp_path) -> dict:
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "HOME": str(tmp_path),
-           "GEMS_VENDOR": "nvidia", "ARCH": "sm_90", "FLAGGEMS_DB_URL": f"sqlite:///{tmp_path / 'fg.db'}",
-           "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    return result(run_py(code, flaggems_env(tmp_path), timeout=300))
 
 
 @needs_flag_gems

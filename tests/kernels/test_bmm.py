@@ -8,7 +8,7 @@ import torch
 from kernels import get_kernel
 from kernels.base import KernelInputError
 from kernels.bmm import CONFIG_KEYS, NO_CPU, SPACE, VARIANT, operand_strides
-from tests.tuner.inject.conftest import needs_flag_gems, result, run_py
+from tests.conftest import needs_flag_gems, result, run_py
 from tuner.tuning.search import grid_configs
 
 BMM = get_kernel("bmm")

@@ -2,13 +2,8 @@
 baselines on the H100 (`pytest -m gpu tests/kernels/test_fused_moe.py`, this file alone: other
 test modules set TRITON_INTERPRET=1, which FlagGems cannot run under)."""
 
-import importlib.util
 import json
 import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,15 +21,12 @@ from kernels.fused_moe import (
     vllm_config_path,
     vllm_shipped_config,
 )
+from tests.conftest import H100, flaggems_env, needs_flag_gems, needs_vllm, result, run_py
 from tuner.tuning.search import grid_configs
 
 MOE = get_kernel("fused_moe")
-REPO = Path(__file__).resolve().parents[2]
-H100 = "NVIDIA H100 80GB HBM3"
 QWEN_TP2 = (128, 384, 2048, 8)
 MIXTRAL_TP2 = (8, 7168, 4096, 2)
-needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm not installed (--no-deps)")
-needs_flag_gems = pytest.mark.skipif(importlib.util.find_spec("flag_gems") is None, reason="flag_gems not installed")
 
 
 def cfg(**kw):
@@ -250,7 +242,7 @@ def test_vllm_shipped_fp8_config_file():
 def test_flaggems_default_config_is_a_valid_warm_start(tmp_path):
     """For every preset key FlagGems' own config is a point of the space that the constraints
     accept (so the search can measure it); and the kernel source hash is computable."""
-    code = textwrap.dedent("""
+    res = result(run_py("""
         import json
         from kernels import get_kernel
         from kernels.fused_moe import flaggems_default_config
@@ -260,14 +252,7 @@ def test_flaggems_default_config_is_a_valid_warm_start(tmp_path):
             c = flaggems_default_config(key)
             rows.append([list(key), c, k.invalid_reason(key, c, "bf16", "cuda"), k.canonical(key, c) == c])
         print("RESULT " + json.dumps({"rows": rows, "hash": k.source_hash(None)}))
-    """)
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "HOME": str(tmp_path),
-           "GEMS_VENDOR": "nvidia", "ARCH": "sm_90", "FLAGGEMS_DB_URL": f"sqlite:///{tmp_path / 'fg.db'}",
-           "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    """, flaggems_env(tmp_path), timeout=300))
     assert len(res["rows"]) == 24
     for key, c, reason, _ in res["rows"]:
         assert all(c[n] in SPACE[n] for n in CONFIG_KEYS), (key, c)

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 
-from tests.tuner.inject.conftest import REPO, needs_flag_gems, result, run_py
+from tests.conftest import REPO, needs_flag_gems, result, run_py
 
 HEADER = "| case | native ms | untuned ms | tuned ms | untuned/native | tuned/native | tuned/untuned |"
 SMALL = ["--device", "cpu", "--scale", "0.05", "--decode-batches", "1,3", "--prefill", "16,40",

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from tests.tuner.inject.conftest import env_of, needs_flag_gems, result, run_py
+from tests.conftest import needs_flag_gems, result, run_py
+from tests.tuner.inject.conftest import env_of
 from tuner.inject.attention_cache import select_records
 
 ENV = env_of()

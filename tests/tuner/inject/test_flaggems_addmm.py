@@ -3,7 +3,8 @@
 The only stand-in is the final JIT launch (`tuner.fn`), replaced by a recorder because nothing
 can run on CUDA here: LibTuner.run's own key computation and cache lookup are exercised.
 """
-from tests.tuner.inject.conftest import LIBTUNER_LAUNCH, env_of, needs_flag_gems, result, run_py
+from tests.conftest import needs_flag_gems, result, run_py
+from tests.tuner.inject.conftest import LIBTUNER_LAUNCH, env_of
 
 pytestmark = needs_flag_gems
 

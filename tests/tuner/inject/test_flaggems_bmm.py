@@ -3,7 +3,8 @@
 As for addmm, the only stand-in is the final JIT launch (`tuner.fn`), replaced by a recorder
 because nothing can run on CUDA here: LibTuner.run's key computation and cache lookup run.
 """
-from tests.tuner.inject.conftest import LIBTUNER_LAUNCH, env_of, needs_flag_gems, result, run_py
+from tests.conftest import needs_flag_gems, result, run_py
+from tests.tuner.inject.conftest import LIBTUNER_LAUNCH, env_of
 
 pytestmark = needs_flag_gems
 

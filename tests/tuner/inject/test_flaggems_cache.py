@@ -10,7 +10,8 @@ import sqlite3
 
 import pytest
 
-from tests.tuner.inject.conftest import env_of, needs_flag_gems, result, run_py
+from tests.conftest import needs_flag_gems, result, run_py
+from tests.tuner.inject.conftest import env_of
 
 pytestmark = needs_flag_gems
 

@@ -1,5 +1,5 @@
 """The config memo against the real flag_gems package (imported without a GPU)."""
-from tests.tuner.inject.conftest import needs_flag_gems, result, run_py
+from tests.conftest import needs_flag_gems, result, run_py
 
 
 @needs_flag_gems

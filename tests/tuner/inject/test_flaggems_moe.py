@@ -1,7 +1,8 @@
 """FlagGems' fused MoE picks up the tuned configs through the replaced lookup (real flag_gems)."""
 import pytest
 
-from tests.tuner.inject.conftest import moe_record, needs_flag_gems, result, run_py
+from tests.conftest import needs_flag_gems, result, run_py
+from tests.tuner.inject.conftest import moe_record
 from tuner.inject.vllm_moe import export_moe_configs
 
 

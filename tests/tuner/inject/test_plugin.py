@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from tests.tuner.inject.conftest import env_of, moe_record, needs_flag_gems, needs_vllm, run_py
+from tests.conftest import needs_flag_gems, needs_vllm, run_py
+from tests.tuner.inject.conftest import env_of, moe_record
 from tuner.inject import ForeignResultError
 from tuner.inject.plugin import FLAGGEMS_DB, MOE_FOLDER, apply_state, runtime_env, write_runtime_dir
 

@@ -9,7 +9,8 @@ import warnings
 
 import pytest
 
-from tests.tuner.inject.conftest import H100, env_of, moe_record, needs_vllm, result, run_py
+from tests.conftest import H100, needs_vllm, result, run_py
+from tests.tuner.inject.conftest import env_of, moe_record
 from tuner.inject import ForeignResultError
 from tuner.inject.vllm_moe import config_file_name, export_moe_configs, moe_tables
 

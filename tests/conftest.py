@@ -1,0 +1,67 @@
+"""Helpers shared by the test packages: real flag_gems / vllm code, each in a clean subprocess.
+
+FlagGems imports without a GPU only with GEMS_VENDOR=nvidia and FLAGGEMS_DB_URL set
+(ARCH=sm_90 selects the Hopper modules) and never under TRITON_INTERPRET=1; vLLM reads
+several settings at import. So both run in subprocesses with an explicit environment.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+H100 = "NVIDIA H100 80GB HBM3"
+
+needs_flag_gems = pytest.mark.skipif(
+    importlib.util.find_spec("flag_gems") is None,
+    reason="flag_gems not installed (pip install --no-deps flag-gems==5.0.2)",
+)
+needs_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="vllm not installed (pip install --no-deps vllm==0.33.0 plus its small deps, see .ci/run)",
+)
+
+
+def run_py(code: str, env: dict[str, str] | None = None, timeout: int = 120) -> str:
+    """Run `code` in a fresh interpreter with a minimal environment; return stdout+stderr.
+
+    The code prints a final line `RESULT <json>`; use `result()` to read it.
+    """
+    # the caller's PYTHONPATH stays behind the checkout: on the GPU host flag_gems is installed
+    # there (tuner/benchmarks/gpu_env.sh), not in site-packages
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    base = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": path,
+            "HOME": os.environ.get("HOME", "/tmp"), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
+                          env={**base, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def result(out: str):
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    assert lines, out[-4000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def flaggems_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a FlagGems subprocess on any host, its cache DB and home in tmp_path."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {"GEMS_VENDOR": "nvidia", "ARCH": "sm_90", "HOME": str(home),
+            "FLAGGEMS_DB_URL": f"sqlite:///{tmp_path / 'flaggems.db'}"}
+
+
+@pytest.fixture
+def fg_env(tmp_path):
+    """`flaggems_env` of the test's tmp_path."""
+    return flaggems_env(tmp_path)
