@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -276,6 +277,63 @@ def serve(
         typer.echo(json.dumps({"command": prepared.command, "env": prepared.env}, indent=2))
         return
     raise typer.Exit(flow.launch(prepared))
+
+
+@app.command()
+def bench(
+    model: str = typer.Argument(..., help="Checkpoint folder to serve (e.g. one written by `tuner checkpoint`)."),
+    engine: str = typer.Option("vllm", "--engine", help="Engine to benchmark: vllm."),
+    modes: str = typer.Option("native,untuned,tuned", "--modes", help="Comma-separated: native (the engine "
+                              "as it is), untuned (what `tuner serve` starts), tuned (`tuner serve --use-tuned`)."),
+    concurrency: str = typer.Option("1,64", "--concurrency", help="Concurrent requests per batch, e.g. 1,64."),
+    prompt_tokens: int = typer.Option(512, "--prompt-tokens", help="Prompt length of every request."),
+    output_tokens: int = typer.Option(128, "--output-tokens", help="Generated tokens per request (EOS ignored)."),
+    warm_repeats: int = typer.Option(2, "--warm-repeats", help="Warm batches per concurrency after the cold one."),
+    max_tokens: int = typer.Option(4096, "--max-tokens", help="The engine's max_num_batched_tokens, which is "
+                                   "also the largest M tuned configs are seeded for."),
+    profile: bool = typer.Option(False, "--profile", help="Also write a torch.profiler trace of one request "
+                                 "per mode (vLLM's profiler, inside the engine's worker)."),
+    out_dir: str = typer.Option("bench", "--out-dir", help="Folder for each mode's log, result and trace, "
+                                "bench.json and bench.png."),
+    exclude: Optional[str] = typer.Option(None, "--exclude", help="As `tuner serve --exclude` (default: the "
+                                          "stored consistency check's failures)."),
+    allow_foreign: bool = typer.Option(False, "--allow-foreign", help="As `tuner serve --allow-foreign`."),
+    timeout: float = typer.Option(900.0, "--timeout", help="Seconds one mode may take, engine start included."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Serve the same model and requests natively, with FlagGems untuned and with FlagGems + tuned
+    configs, one engine process per mode, and compare: engine start, output tokens/s at each
+    concurrency (cold and warm), TTFT/TPOT percentiles, autotunes and Triton JIT compilations seen in
+    the engine log, and teacher-forced prompt-logprob agreement with native. Stored in the database.
+
+    Example: tuner bench /tmp/ck --modes native,tuned --concurrency 1,64 --out-dir /tmp/bench"""
+    from tuner.serving import bench as flow
+    from tuner.serving.bench_report import agreement_lines, bench_chart, bench_table
+
+    req = flow.BenchRequest(model=model, engine=engine, modes=tuple(m for m in modes.split(",") if m),
+                            concurrency=tuple(_int_list(concurrency, "--concurrency") or ()),
+                            prompt_tokens=prompt_tokens, output_tokens=output_tokens, warm_repeats=warm_repeats,
+                            max_tokens=max_tokens, profile=profile, out_dir=out_dir, db_url=db,
+                            exclude=[o for o in exclude.split(",") if o] if exclude is not None else None,
+                            allow_foreign=allow_foreign, timeout_s=timeout)
+    try:
+        report = flow.bench(req, on_mode=lambda m: typer.echo(f"bench: {m} ...", err=True))
+    except UserError as e:
+        _fail(e)
+    chart = bench_chart(report, Path(out_dir) / "bench.png") if report["runs"] else None
+    if as_json:
+        typer.echo(json.dumps(report, indent=1, default=str))
+    else:
+        from tuner.report import console
+
+        console.print(bench_table(report))
+        for line in agreement_lines(report):
+            console.print(line)
+        if chart:
+            console.print(f"chart: {chart}")
+    if report["errors"]:
+        raise typer.Exit(1)
 
 
 @app.command()

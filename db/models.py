@@ -167,3 +167,27 @@ class ConsistencyResult(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     environment: Mapped[Environment] = relationship()
+
+
+class BenchRun(Base):
+    """One (mode, concurrency) row of a `tuner bench`: the same engine, model and requests served
+    natively, with FlagGems untuned, or with FlagGems + tuner's routes."""
+
+    __tablename__ = "tuner_bench_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("tuner_environments.id"), index=True)
+    bench_id: Mapped[str] = mapped_column(String(64), index=True)  # one `tuner bench` invocation
+    engine: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(Text)
+    mode: Mapped[str] = mapped_column(String(16))  # native | untuned | tuned
+    concurrency: Mapped[int] = mapped_column(Integer)
+    output_tok_s: Mapped[float | None] = mapped_column(Float)  # warm
+    output_tok_s_cold: Mapped[float | None] = mapped_column(Float)
+    start_s: Mapped[float | None] = mapped_column(Float)
+    autotunes: Mapped[int | None] = mapped_column(Integer)
+    jit_compiles: Mapped[int | None] = mapped_column(Integer)
+    metrics: Mapped[dict] = mapped_column(JSON)  # TTFT/TPOT percentiles, agreement, ratio to native
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    environment: Mapped[Environment] = relationship()

@@ -128,15 +128,42 @@ def summarise(results: list[dict]) -> dict[str, Any]:
             "jit_kernels": {r["mode"]: r["events"]["jit_kernels"] for r in results}}
 
 
+def store(req: BenchRequest, report: dict[str, Any]) -> str:
+    """Every (mode, concurrency) row in the database under one bench id; returns the id."""
+    from db import bench_queries, queries
+    from tuner import fingerprint
+    from tuner.store import open_db
+
+    env = fingerprint.collect("cuda")
+    bench_id = time.strftime("bench-%Y%m%d-%H%M%S")
+    db = open_db(req.db_url)
+    try:
+        with db.session() as s:
+            row = queries.get_or_create_environment(s, env.digest(), env.as_dict())
+            bench_queries.add_bench(s, environment_id=row.id, bench_id=bench_id, engine=req.engine,
+                                    model=req.model, rows=report["runs"])
+            s.commit()
+    finally:
+        db.dispose()
+    return bench_id
+
+
 def bench(req: BenchRequest, on_mode: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every mode (each in its own engine process), summarise, write bench.json, store."""
     validate(req)
-    Path(req.out_dir).mkdir(parents=True, exist_ok=True)
+    out = Path(req.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     results = []
     for mode in req.modes:
         if on_mode:
             on_mode(mode)
         results.append(run_mode(req, mode))
+        # what is finished is on disk even if a later mode is killed
+        (out / "modes.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "prompt_logprobs"}
+                                                     for r in results], default=str))
     report = summarise(results)
     report["request"] = {k: v for k, v in vars(req).items() if k != "extra_env"}
-    (Path(req.out_dir) / "bench.json").write_text(json.dumps(report, indent=1, default=str))
+    if report["runs"]:
+        report["bench_id"] = store(req, report)
+    (out / "bench.json").write_text(json.dumps(report, indent=1, default=str))
     return report

@@ -1,0 +1,90 @@
+"""`tuner bench`'s flow pieces that need no GPU: input checks, the summary of recorded mode results,
+the 80-column table, the chart, and the database rows (real SQLite, migrated)."""
+import io
+
+import pytest
+from rich.console import Console
+
+from db import bench_queries, open_database, queries
+from tuner.errors import UserError
+from tuner.serving import bench as flow
+from tuner.serving.bench_report import agreement_lines, bench_chart, bench_table
+
+
+def _mode(mode, tps1, tps64, start, logprob_shift=0.0, flip=0):
+    batches = [{"concurrency": 1, "phase": "cold", "output_tok_s": tps1 * 0.8, "ttft_ms": [30.0], "tpot_ms": [5.0]},
+               {"concurrency": 64, "phase": "cold", "output_tok_s": tps64 * 0.9, "ttft_ms": [], "tpot_ms": []}]
+    for _ in range(2):
+        batches += [{"concurrency": 1, "phase": "warm", "output_tok_s": tps1, "ttft_ms": [20.0], "tpot_ms": [4.8]},
+                    {"concurrency": 64, "phase": "warm", "output_tok_s": tps64, "ttft_ms": [300.0] * 64,
+                     "tpot_ms": [11.0] * 63 + [14.0]}]
+    top1 = list(range(100))
+    top1[:flip] = [-1] * flip
+    return {"mode": mode, "start_s": start, "batches": batches,
+            "prompt_logprobs": [{"top1": top1, "actual_logprob": [-2.0 + logprob_shift] * 100}],
+            "events": {"autotunes": 0, "jit_compiles": 0, "jit_kernels": {}}}
+
+
+def _report():
+    return flow.summarise([_mode("native", 208.0, 5611.0, 59.0), _mode("tuned", 210.0, 5600.0, 61.0, 0.05, 1),
+                           {"mode": "untuned", "error": "engine process ended with 1; see log",
+                            "events": {"autotunes": 3, "jit_compiles": 0, "jit_kernels": {}}}])
+
+
+def test_summarise_ratios_agreement_and_errors():
+    rep = _report()
+    tuned1 = next(r for r in rep["runs"] if r["mode"] == "tuned" and r["concurrency"] == 1)
+    assert tuned1["vs_native"] == pytest.approx(210 / 208)
+    assert tuned1["agreement_top1_agreement"] == pytest.approx(0.99)
+    assert tuned1["tpot_ms_p50"] == pytest.approx(4.8)
+    assert rep["errors"] == {"untuned": "engine process ended with 1; see log"}
+    assert {r["mode"] for r in rep["runs"]} == {"native", "tuned"}
+
+
+def test_table_fits_80_columns_without_cutting(tmp_path):
+    rep = _report()
+    buf = io.StringIO()
+    Console(file=buf, width=80).print(bench_table(rep))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text and "5611" in text and "1.01" in text
+    lines = agreement_lines(rep)
+    assert any("top-1 agreement 99.0%" in line for line in lines)
+    assert any("untuned: FAILED" in line for line in lines)
+
+
+def test_chart_is_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = bench_chart(_report(), tmp_path / "bench.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rows_are_stored_and_read_back(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path / 't.db'}")
+    try:
+        with db.session() as s:
+            env = queries.get_or_create_environment(s, "f" * 64, {"device": "cuda", "gpu_name": "NVIDIA H200",
+                                                                  "torch": "2.11", "triton": "3.6", "python": "3.12"})
+            bench_queries.add_bench(s, environment_id=env.id, bench_id="b1", engine="vllm", model="/m",
+                                    rows=_report()["runs"])
+            s.commit()
+        with db.session() as s:
+            rows = bench_queries.bench_rows(s)
+    finally:
+        db.dispose()
+    assert len(rows) == 4 and rows[0]["bench_id"] == "b1"
+    tuned = next(r for r in rows if r["mode"] == "tuned" and r["concurrency"] == 64)
+    assert tuned["output_tok_s"] == 5600.0 and tuned["vs_native"] == pytest.approx(5600 / 5611)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"engine": "transformers"}, "vllm engine only"),
+    ({"modes": ("native", "fast")}, "unknown mode fast"),
+    ({"concurrency": (0,)}, "positive"),
+    ({"prompt_tokens": 4000}, "4096-token context"),
+    ({"warm_repeats": 0}, "--warm-repeats must be a positive number"),
+])
+def test_bad_requests_are_refused(tmp_path, change, words):
+    req = flow.BenchRequest(model=str(tmp_path), **change)
+    with pytest.raises(UserError, match=words):
+        flow.validate(req)

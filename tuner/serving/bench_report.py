@@ -1,0 +1,75 @@
+"""What `tuner bench` prints (a table that fits 80 columns) and draws (a PNG of output tokens/s)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+MODE_COLOURS = {"native": "#4c72b0", "untuned": "#c44e52", "tuned": "#55a868"}
+
+
+def _f(v: Any, spec: str = ".0f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def bench_table(report: Mapping[str, Any]) -> Table:
+    """One row per (mode, concurrency); 10 narrow columns (< 80 characters wide)."""
+    t = Table(title="tuner bench: output tokens/s (warm), x native, cold; TTFT/TPOT ms",
+              title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    for col, just in (("mode", "left"), ("c", "right"), ("tok/s", "right"), ("x nat", "right"),
+                      ("cold", "right"), ("TTFT50", "right"), ("TPOT50", "right"), ("TPOT99", "right"),
+                      ("start", "right"), ("tune/JIT", "right")):
+        t.add_column(col, justify=just, no_wrap=True)
+    for r in report["runs"]:
+        t.add_row(r["mode"], str(r["concurrency"]), _f(r["output_tok_s"]), _f(r.get("vs_native"), ".2f"),
+                  _f(r.get("output_tok_s_cold")), _f(r.get("ttft_ms_p50"), ".1f"), _f(r.get("tpot_ms_p50"), ".2f"),
+                  _f(r.get("tpot_ms_p99"), ".2f"), _f(r.get("start_s")),
+                  f"{_f(r.get('autotunes'))}/{_f(r.get('jit_compiles'))}")
+    return t
+
+
+def agreement_lines(report: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for mode, a in report.get("agreement", {}).items():
+        if a.get("top1_agreement") is not None:
+            lines.append(f"{mode} vs native, teacher-forced on {a['positions']} prompt positions: top-1 "
+                         f"agreement {a['top1_agreement']:.1%}, max |d logprob| {a['max_abs_dlogprob']:.3f}")
+    for mode, err in report.get("errors", {}).items():
+        lines.append(f"{mode}: FAILED: {err}")
+    return lines
+
+
+def bench_chart(report: Mapping[str, Any], path: str | Path) -> Path | None:
+    """Grouped bars of warm output tokens/s by concurrency, one bar per mode, the ratio to native
+    written on each; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    runs = report["runs"]
+    conc = sorted({r["concurrency"] for r in runs})
+    modes = [m for m in MODE_COLOURS if any(r["mode"] == m for r in runs)]
+    fig, axes = plt.subplots(1, len(conc), figsize=(4 * len(conc), 3.6), squeeze=False)
+    for ax, c in zip(axes[0], conc):
+        rows = {r["mode"]: r for r in runs if r["concurrency"] == c}
+        vals = [rows[m]["output_tok_s"] if m in rows else 0 for m in modes]
+        bars = ax.bar(modes, vals, color=[MODE_COLOURS[m] for m in modes])
+        for bar, m in zip(bars, modes):
+            ratio = rows.get(m, {}).get("vs_native")
+            if ratio is not None:
+                ax.annotate(f"{ratio:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=9)
+        ax.set_title(f"{c} concurrent request{'s' if c > 1 else ''}")
+        ax.set_ylabel("output tokens/s (warm)")
+    fig.suptitle(f"{report.get('request', {}).get('engine', 'vllm')}: native vs FlagGems untuned vs tuned")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
