@@ -13,35 +13,14 @@ import statistics
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any
 
 from kernels.base import Config, Key
+from tuner.tuning.measurer import Measurer, Result, Setup, Status
 
 # errors after which the CUDA context cannot be trusted: the worker must be replaced
 _STICKY = ("illegal memory access", "illegal instruction", "misaligned address", "unspecified launch failure",
            "device-side assert", "an illegal", "cudaErrorLaunchFailure", "CUDA error: unknown error")
-
-
-@dataclass
-class Setup:
-    baselines_us: dict[str, float] = field(default_factory=dict)
-    baseline_errors: dict[str, str] = field(default_factory=dict)
-    first_call_s: dict[str, float] = field(default_factory=dict)
-    untuned_configs: list[Config] = field(default_factory=list)
-    timing: str = ""
-    n_sets: int = 1
-
-
-@dataclass
-class Result:
-    ok: bool
-    time_us: float | None = None
-    rel_error: float | None = None
-    max_abs_error: float | None = None
-    reason: str | None = None
-    status: str = "ok"  # ok | failed | wrong | crashed | hang
-    timing: str = ""
 
 
 # ---------------------------------------------------------------- the worker process side
@@ -122,16 +101,16 @@ def _handle_measure(st: _State, config: Config) -> dict:
         run = st.kernel.runner(st.key, config, st.dtype, st.device)
         chk = measure.check(st.kernel, run, st.fresh_check_inputs())
         if not chk.rel_error <= tol:  # NaN fails too
-            return {"ok": False, "status": "wrong", "rel_error": chk.rel_error, "max_abs_error": chk.max_abs_error,
+            return {"ok": False, "status": Status.WRONG, "rel_error": chk.rel_error, "max_abs_error": chk.max_abs_error,
                     "reason": f"wrong result: rel error {chk.rel_error:.3g} > {tol:g}"}
         us, method = measure.time_runner(run, st.inputs, st.device)
-        return {"ok": True, "status": "ok", "time_us": us, "timing": method,
+        return {"ok": True, "status": Status.OK, "time_us": us, "timing": method,
                 "rel_error": chk.rel_error, "max_abs_error": chk.max_abs_error}
     except Exception as e:
         text = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
-        status = "failed"
+        status = Status.FAILED
         if any(s in str(e) for s in _STICKY) or not _sync_ok(st.device):
-            status = "crashed"
+            status = Status.CRASHED
         return {"ok": False, "status": status, "reason": text}
 
 
@@ -153,7 +132,7 @@ def _handle_confirm(st: _State, configs: list[Config], rounds: int, skip: list[s
         us = {n: statistics.median(v) for n, v in samples.items()}
         return {"ok": True, "configs": [us.pop(f"config{i}") for i in range(len(configs))], "baselines": us}
     except Exception as e:
-        return {"ok": False, "status": "failed", "reason": f"{type(e).__name__}: {str(e)[:300]}"}
+        return {"ok": False, "status": Status.FAILED, "reason": f"{type(e).__name__}: {str(e)[:300]}"}
 
 
 def worker_main(conn, env: dict[str, str]) -> None:
@@ -174,28 +153,28 @@ def worker_main(conn, env: dict[str, str]) -> None:
                 conn.send({"ok": True, **out})
             elif cmd == "measure":
                 if st is None:
-                    conn.send({"ok": False, "status": "failed", "reason": "measure before setup"})
+                    conn.send({"ok": False, "status": Status.FAILED, "reason": "measure before setup"})
                     continue
                 res = _handle_measure(st, msg["config"])
                 conn.send(res)
-                if res.get("status") == "crashed":
+                if res.get("status") == Status.CRASHED:
                     return  # the CUDA context is gone: let the client start a fresh worker
             elif cmd == "confirm":
                 if st is None:
-                    conn.send({"ok": False, "status": "failed", "reason": "confirm before setup"})
+                    conn.send({"ok": False, "status": Status.FAILED, "reason": "confirm before setup"})
                     continue
                 conn.send(_handle_confirm(st, msg["configs"], msg["rounds"], msg.get("skip", [])))
             else:
-                conn.send({"ok": False, "status": "failed", "reason": f"unknown command {cmd!r}"})
+                conn.send({"ok": False, "status": Status.FAILED, "reason": f"unknown command {cmd!r}"})
         except Exception:
-            conn.send({"ok": False, "status": "failed", "reason": traceback.format_exc(limit=3)[-600:]})
+            conn.send({"ok": False, "status": Status.FAILED, "reason": traceback.format_exc(limit=3)[-600:]})
 
 
 # ---------------------------------------------------------------- the client side
 
 
-class WorkerClient:
-    """Starts, talks to and replaces the worker process."""
+class WorkerClient(Measurer):
+    """The measurer on a device: starts, talks to and replaces the worker process."""
 
     def __init__(self, kernel_ref: str, device: str, *, measure_timeout_s: float = 120.0,
                  setup_timeout_s: float = 900.0, flaggems_cache_dir: str | None = None):
@@ -243,7 +222,7 @@ class WorkerClient:
             self._conn.send(msg)
             if not self._conn.poll(timeout):
                 self._kill()
-                return {"ok": False, "status": "hang", "reason": f"no answer within {timeout:.0f} s (hang)"}
+                return {"ok": False, "status": Status.HANG, "reason": f"no answer within {timeout:.0f} s (hang)"}
             reply = self._conn.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError):
             code = self._proc.exitcode if self._proc is not None else None
@@ -251,8 +230,8 @@ class WorkerClient:
                 self._proc.join(timeout=10)
                 code = self._proc.exitcode
             self._kill()
-            return {"ok": False, "status": "crashed", "reason": f"worker died (exit code {code})"}
-        if reply.get("status") == "crashed":
+            return {"ok": False, "status": Status.CRASHED, "reason": f"worker died (exit code {code})"}
+        if reply.get("status") == Status.CRASHED:
             self._kill()
         return reply
 
@@ -271,7 +250,7 @@ class WorkerClient:
         reply = self._call({"cmd": "measure", "config": config}, self.measure_timeout_s)
         return Result(ok=bool(reply.get("ok")), time_us=reply.get("time_us"), rel_error=reply.get("rel_error"),
                       max_abs_error=reply.get("max_abs_error"), reason=reply.get("reason"),
-                      status=reply.get("status", "failed"), timing=reply.get("timing", ""))
+                      status=reply.get("status", Status.FAILED), timing=reply.get("timing", ""))
 
     def confirm(self, configs: list[Config], rounds: int, skip: list[str] = ()) -> dict | None:
         """Side-by-side medians {"configs": [us per config], "baselines": {name: us}}, or None
