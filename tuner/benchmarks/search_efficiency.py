@@ -14,7 +14,8 @@ import statistics
 import optuna
 
 from kernels import get_kernel
-from tuner.tuning.search import Budget, run_search
+from tuner.tuning.budget import Budget
+from tuner.tuning.search import EventKind, run_search
 from tuner.tuning.replay import ReplayMeasurer, recorded_times
 
 
@@ -27,7 +28,7 @@ def evaluations_to_target(kernel, key, times, sampler, seed, slack=1.02, cap=Non
     target = min(times.values()) * slack
 
     def on_event(ev):
-        if ev.kind == "measured" and ev.time_us <= target:
+        if ev.kind == EventKind.MEASURED and ev.time_us <= target:
             raise _Reached(ev.measured)
 
     storage = optuna.storages.InMemoryStorage()

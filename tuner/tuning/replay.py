@@ -11,8 +11,8 @@ import optuna
 from optuna.trial import TrialState
 
 from kernels.base import Config, Key
-from tuner.tuning.search import canon_text
-from tuner.tuning.worker import Result, Setup
+from tuner.tuning.candidates import canon_text
+from tuner.tuning.measurer import Measurer, Result, Setup, Status
 
 
 def recorded_times(storage: str, study_name: str) -> dict[str, float]:
@@ -22,7 +22,9 @@ def recorded_times(storage: str, study_name: str) -> dict[str, float]:
             if t.state == TrialState.COMPLETE and not t.user_attrs.get("duplicate")}
 
 
-class ReplayMeasurer:
+class ReplayMeasurer(Measurer):
+    """The measurer on a recording: each config's recorded time, no device."""
+
     def __init__(self, times: dict[str, float]):
         self.times = times
         self.calls = 0
@@ -34,5 +36,9 @@ class ReplayMeasurer:
         self.calls += 1
         t = self.times.get(canon_text(config))
         if t is None:
-            return Result(ok=False, status="failed", reason="not in the recording")
+            return Result(ok=False, status=Status.FAILED, reason="not in the recording")
         return Result(ok=True, time_us=t, rel_error=0.0, max_abs_error=0.0, timing="replay")
+
+    def confirm(self, configs: list[Config], rounds: int, skip: list[str] = ()) -> None:
+        """A recording has one time per config and no baselines to re-time beside them."""
+        return None

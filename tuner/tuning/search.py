@@ -3,54 +3,47 @@
 Candidates flow through a short pipeline: asked from the sampler, canonicalised, checked
 against the constraints (invalid ones are told PRUNED without compiling), deduplicated against
 every earlier trial of the study (a config is never measured twice), compiled ahead in the
-compile pool, then timed and checked in the worker.
+compile pool, then timed and checked in the worker. As in Optuna's study/_optimize.py, the loop
+is split into small steps: fill the pipeline, measure the oldest candidate, record it.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import time
 import warnings
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from enum import Enum
+from typing import Callable
 
 import optuna
-from optuna.distributions import CategoricalDistribution
-from optuna.trial import TrialState
+from optuna.trial import Trial
 
 from kernels.base import Config, Kernel, Key
+from tuner.tuning.budget import Budget
+from tuner.tuning.candidates import Candidate, Candidates, canon_text, grid_configs
 from tuner.tuning.compile_pool import CompilePool
-from tuner.tuning.worker import Result, Setup
+from tuner.tuning.finalists import side_by_side
+from tuner.tuning.history import Best, History
+from tuner.tuning.measurer import Measurer, Result, Setup, Status
 
 SAMPLERS = ("tpe", "gp", "random", "grid")
 MAX_IDLE_ASKS = 400  # asks in a row that produced nothing new: the reachable space is exhausted
 
 
-class Measurer(Protocol):
-    def setup(self, key: Key, dtype: str, seed: int = 0) -> Setup: ...
-    def measure(self, config: Config) -> Result: ...
-    # optional: confirm(configs, rounds, skip) -> {"configs": [us], "baselines": {name: us}} | None,
-    # the finalists and the baselines timed side by side after the search
-
-
-CONFIRM_ROUNDS = 5
-FINALISTS = 3  # best configs of the search re-timed side by side (plus the runtime's own pick)
-
-
-@dataclass
-class Budget:
-    trials: int | None = 50  # measured configs (failures count, duplicates and invalid do not)
-    timeout_s: float | None = None
-    patience: int | None = None  # stop after this many measured trials without a 0.5% gain
+class EventKind(str, Enum):
+    MEASURED = "measured"
+    FAILED = "failed"
+    INVALID = "invalid"  # refused by the constraints, not compiled
+    DUPLICATE = "duplicate"  # asked again, answered from the history
 
 
 @dataclass
 class Event:
     """One step of the search, for progress display."""
 
-    kind: str  # measured | failed | invalid | duplicate
+    kind: EventKind
     config: Config
     time_us: float | None
     best_us: float | None
@@ -80,8 +73,14 @@ class Outcome:
     setup_baselines_us: dict[str, float] = field(default_factory=dict)
 
 
-def canon_text(config: Config) -> str:
-    return json.dumps(config, sort_keys=True)
+@dataclass
+class InFlight:
+    """A candidate in the pipeline: asked, compiling ahead, not measured yet."""
+
+    trial: Trial
+    config: Config
+    text: str
+    future: Future | None
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -100,239 +99,175 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     raise ValueError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
 
 
-def grid_configs(kernel: Kernel, key: Key, dtype: str, device: str, arch: int = 9) -> list[Config]:
-    """Every valid config of the space, canonicalised and without duplicates."""
-    space = kernel.space(key, dtype, device)
-    names = list(space)
-    seen: dict[str, Config] = {}
-    for values in itertools.product(*(space[n] for n in names)):
-        cfg = kernel.canonical(key, dict(zip(names, values)))
-        text = canon_text(cfg)
-        if text in seen or kernel.invalid_reason(key, cfg, dtype, device, arch=arch):
-            continue
-        seen[text] = cfg
-    return list(seen.values())
-
-
 def study_name_for(kernel: Kernel, key: Key, dtype: str, fingerprint: str) -> str:
     key_text = ",".join(f"{n}={v}" for n, v in zip(kernel.key_names, key))
     return f"{kernel.name}|{key_text}|{dtype}|{fingerprint[:12]}"
 
 
-def _history(study: optuna.Study) -> dict[str, tuple[TrialState, float | None, dict]]:
-    """Canonical config -> outcome of every finished trial of the study."""
-    out: dict[str, tuple[TrialState, float | None, dict]] = {}
-    for t in study.get_trials(deepcopy=False):
-        text = t.user_attrs.get("canonical")
-        status = t.user_attrs.get("status")
-        if text is None or t.state == TrialState.RUNNING or t.user_attrs.get("duplicate") or status == "invalid":
-            continue
-        if t.state == TrialState.COMPLETE and status not in (None, "ok"):  # a penalised failure (GP)
-            out.setdefault(text, (TrialState.FAIL, None, dict(t.user_attrs)))
-        elif t.state == TrialState.COMPLETE or text not in out:
-            out[text] = (t.state, t.value, dict(t.user_attrs))
-    return out
+class Search:
+    """One search: set up, ask/measure/record until the budget or the space ends, confirm."""
 
+    def __init__(self, *, kernel: Kernel, key: Key, dtype: str, device: str,
+                 storage: optuna.storages.BaseStorage | str, study_name: str, measurer: Measurer,
+                 sampler: str = "tpe", budget: Budget | None = None, compile_pool: CompilePool | None = None,
+                 warm_start: list[Config] | None = None, seed: int | None = None, arch: int = 9,
+                 on_event: Callable[[Event], None] | None = None):
+        self.kernel, self.key, self.dtype, self.device, self.arch = kernel, key, dtype, device, arch
+        self.storage, self.study_name, self.sampler, self.seed = storage, study_name, sampler, seed
+        self.measurer, self.compile_pool, self.on_event = measurer, compile_pool, on_event
+        self.budget = budget or Budget()
+        self.warm_start = warm_start or []
+        self.counts = {kind.value: 0 for kind in EventKind}
+        self.pending: deque[InFlight] = deque()
+        # ask ahead one candidate per compile process, so compiling overlaps timing
+        self.lookahead = max(1, compile_pool.workers if compile_pool else 1)
+        self.best: Best | None = None
+        self.last_gain_at = 0  # measured count at the last gain of 0.5% or more
+        self.stop_reason = "budget"
+        self.exhausted = False  # nothing more to ask: grid done, space exhausted, or timed out
+        self.timing = ""
+        self.t_start = 0.0
 
-def run_search(
-    *,
-    kernel: Kernel,
-    key: Key,
-    dtype: str,
-    device: str,
-    storage: optuna.storages.BaseStorage | str,
-    study_name: str,
-    measurer: Measurer,
-    sampler: str = "tpe",
-    budget: Budget | None = None,
-    compile_pool: CompilePool | None = None,
-    warm_start: list[Config] | None = None,
-    seed: int | None = None,
-    arch: int = 9,
-    on_event: Callable[[Event], None] | None = None,
-) -> Outcome:
-    budget = budget or Budget()
-    t_setup = time.monotonic()
-    setup = measurer.setup(key, dtype, seed=seed or 0)
-    # the budget is for searching: the baselines (FlagGems' own first-call autotune) come before
-    t_start = time.monotonic()
-    space = kernel.space(key, dtype, device)
-    dists = {n: CategoricalDistribution(list(c)) for n, c in space.items()}
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=make_sampler(sampler, seed),
-                                direction="minimize", load_if_exists=True)
-    history = _history(study)
-    fresh_study = len(study.get_trials(deepcopy=False)) == 0
+    def run(self) -> Outcome:
+        t_setup = time.monotonic()
+        setup = self.measurer.setup(self.key, self.dtype, seed=self.seed or 0)
+        # the budget is for searching: the baselines (FlagGems' own first-call autotune) come before
+        self.t_start = time.monotonic()
+        self._open_study(setup)
+        self.timing = setup.timing
+        self._optimize()
+        search_best_us = self.best.us if self.best else None
+        setup_baselines = dict(setup.baselines_us)
+        confirmed = self._confirm(setup)
+        best = self.best
+        return Outcome(
+            study_name=self.study_name, setup=setup,
+            best_config=best.config if best else None, best_us=best.us if best else None,
+            best_rel_error=best.rel_error if best else None, best_max_abs_error=best.max_abs_error if best else None,
+            measured=self._done(), trials_total=self.history.trials_total(), stop_reason=self.stop_reason,
+            counts=self.counts, timing=self.timing, wall_s=time.monotonic() - self.t_start,
+            setup_s=self.t_start - t_setup, confirmed=confirmed, search_best_us=search_best_us,
+            setup_baselines_us=setup_baselines,
+        )
 
-    grid_iter: Iterator[Config] | None = None
-    if sampler == "grid":
-        grid_iter = iter([c for c in grid_configs(kernel, key, dtype, device, arch) if canon_text(c) not in history])
-    elif fresh_study:
-        # warm start: what the runtime picks untuned, then winners of neighbouring keys
-        for cfg in [*setup.untuned_configs, *(warm_start or [])]:
-            cfg = kernel.canonical(key, {n: cfg.get(n) for n in space})
-            if all(cfg[n] in space[n] for n in space) and not kernel.invalid_reason(key, cfg, dtype, device, arch=arch):
-                study.enqueue_trial(cfg, skip_if_exists=True)
+    def _open_study(self, setup: Setup) -> None:
+        """Create or resume the study, load its history, queue the configs to try first."""
+        study = optuna.create_study(study_name=self.study_name, storage=self.storage,
+                                    sampler=make_sampler(self.sampler, self.seed),
+                                    direction="minimize", load_if_exists=True)
+        fresh_study = len(study.get_trials(deepcopy=False)) == 0
+        self.history = History(study, penalise=self.sampler == "gp")
+        grid = None
+        if self.sampler == "grid":
+            grid = [c for c in grid_configs(self.kernel, self.key, self.dtype, self.device, self.arch)
+                    if canon_text(c) not in self.history]
+        self.candidates = Candidates(study, self.kernel, self.key, self.dtype, self.device, self.arch, grid)
+        if grid is None and fresh_study:
+            # warm start: what the runtime picks untuned, then winners of neighbouring keys
+            self.candidates.enqueue_warm([*setup.untuned_configs, *self.warm_start])
+        self.best = self.history.best()  # a resumed study starts from its best so far
 
-    counts = {"measured": 0, "failed": 0, "invalid": 0, "duplicate": 0}
-    best = _best(history)
-    last_gain_at = 0
-    idle = 0
-    stop_reason = "budget"
-    pending: deque = deque()
-    lookahead = max(1, compile_pool.workers if compile_pool else 1)
+    def _optimize(self) -> None:
+        try:
+            while self._fill_pipeline():
+                self._measure_next()
+        except KeyboardInterrupt:
+            self.history.abandon(job.trial for job in self.pending)
+            raise
 
-    # GPSampler models completed trials only: a config it never sees fail it proposes again and
-    # again (seen on the H100 grid replay: 524 invalid asks for 14 measured). For GP, invalid and
-    # failed configs are told as completed with a penalty worse than anything measured.
-    penalise = sampler == "gp"
+    def _fill_pipeline(self) -> bool:
+        """Ask ahead while budget is left; False when nothing is left to measure."""
+        while not self.exhausted and len(self.pending) < self.lookahead and self._budget_left():
+            self.exhausted = not self._ask_next()
+        return bool(self.pending)
 
-    def tell_bad(trial, state: TrialState) -> None:
-        if not penalise:
-            study.tell(trial, state=state)
-            return
-        measured = [v for st, v, _ in history.values() if st == TrialState.COMPLETE and v is not None]
-        study.tell(trial, 4.0 * max(measured) if measured else 1e9)
+    def _budget_left(self) -> bool:
+        done = self._done()
+        reason = self.budget.stop_reason(done=done, in_flight=len(self.pending), elapsed_s=self._elapsed(),
+                                         since_gain=done - self.last_gain_at if self.best is not None else None)
+        # asked again after each measurement: the latest reason is the one reported
+        if reason:
+            self.stop_reason = reason
+        return reason is None
 
-    def emit(kind: str, cfg: Config, t_us: float | None, reason: str | None = None) -> None:
-        if on_event:
-            on_event(Event(kind, cfg, t_us, best[0] if best else None, counts["measured"] + counts["failed"], reason))
-
-    def budget_left() -> bool:
-        nonlocal stop_reason
-        done = counts["measured"] + counts["failed"]
-        if budget.trials is not None and done + len(pending) >= budget.trials:
-            stop_reason = "trials"
-            return False
-        if budget.timeout_s is not None and time.monotonic() - t_start >= budget.timeout_s:
-            stop_reason = "timeout"
-            return False
-        if budget.patience is not None and done - last_gain_at >= budget.patience and best is not None:
-            stop_reason = f"no gain in {budget.patience} trials"
-            return False
-        return True
-
-    def ask_next() -> bool:
+    def _ask_next(self) -> bool:
         """Ask candidates until one goes into the pipeline; False when nothing is left."""
-        nonlocal idle, stop_reason
+        idle = 0
         while True:
-            if grid_iter is not None:
-                nxt = next(grid_iter, None)
-                if nxt is None:
-                    stop_reason = "grid exhausted"
-                    return False
-                study.enqueue_trial(nxt)
-            trial = study.ask(dists)
-            cfg = kernel.canonical(key, dict(trial.params))
-            text = canon_text(cfg)
-            trial.set_user_attr("canonical", text)
-            reason = kernel.invalid_reason(key, cfg, dtype, device, arch=arch)
-            if reason:
-                trial.set_user_attr("status", "invalid")
-                trial.set_user_attr("reason", reason)
-                tell_bad(trial, TrialState.PRUNED)
-                counts["invalid"] += 1
-                emit("invalid", cfg, None, reason)
-            elif text in history or any(p[2] == text for p in pending):
-                # never measure twice: repeat the known outcome to the sampler
-                trial.set_user_attr("duplicate", True)
-                prev = history.get(text)
-                if prev and prev[2].get("reason"):
-                    trial.set_user_attr("reason", f"duplicate of a failed config: {prev[2]['reason']}")
-                if prev and prev[0] == TrialState.COMPLETE:
-                    study.tell(trial, prev[1])
-                else:
-                    tell_bad(trial, TrialState.PRUNED if prev is None else prev[0])
-                counts["duplicate"] += 1
-                emit("duplicate", cfg, prev[1] if prev else None)
-            else:
-                fut = compile_pool.submit(key, dtype, cfg) if compile_pool else None
-                pending.append((trial, cfg, text, fut))
-                idle = 0
+            cand = self.candidates.ask()
+            if cand is None:
+                return self._stop("grid exhausted")
+            if self._admit(cand):
                 return True
             idle += 1
             if idle >= MAX_IDLE_ASKS:
-                stop_reason = "space exhausted"
-                return False
-            if budget.timeout_s is not None and time.monotonic() - t_start >= budget.timeout_s:
-                stop_reason = "timeout"
-                return False
+                return self._stop("space exhausted")
+            if self.budget.timed_out(self._elapsed()):
+                return self._stop("timeout")
 
-    timing = setup.timing
-    try:
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < lookahead and budget_left():
-                exhausted = not ask_next()
-            if not pending:
-                break
-            trial, cfg, text, fut = pending.popleft()
-            compile_error = compile_pool.result(fut) if compile_pool else None
-            if compile_error:
-                res = Result(ok=False, status="failed", reason=compile_error)
-            else:
-                res = measurer.measure(cfg)
-            for name in ("rel_error", "max_abs_error"):
-                if getattr(res, name) is not None:
-                    trial.set_user_attr(name, getattr(res, name))
-            trial.set_user_attr("status", res.status)
-            if res.ok:
-                study.tell(trial, res.time_us)
-                history[text] = (TrialState.COMPLETE, res.time_us, {"rel_error": res.rel_error,
-                                                                      "max_abs_error": res.max_abs_error})
-                counts["measured"] += 1
-                timing = res.timing or timing
-                if best is None or res.time_us < best[0] * 0.995:
-                    last_gain_at = counts["measured"] + counts["failed"]
-                if best is None or res.time_us < best[0]:
-                    best = (res.time_us, cfg, res.rel_error, res.max_abs_error)
-                emit("measured", cfg, res.time_us)
-            else:
-                trial.set_user_attr("reason", res.reason or "")
-                tell_bad(trial, TrialState.FAIL)
-                history[text] = (TrialState.FAIL, None, {"reason": res.reason})
-                counts["failed"] += 1
-                emit("failed", cfg, None, res.reason)
-    except KeyboardInterrupt:
-        for trial, *_ in pending:
-            study.tell(trial, state=TrialState.FAIL)
-        raise
+    def _admit(self, cand: Candidate) -> bool:
+        """Into the pipeline when valid and new; an invalid or known config is answered at once."""
+        if cand.invalid_reason:
+            self.history.tell_invalid(cand.trial, cand.invalid_reason)
+            self._note(EventKind.INVALID, cand.config, None, cand.invalid_reason)
+            return False
+        if cand.text in self.history or any(job.text == cand.text for job in self.pending):
+            # never measure twice: repeat the known outcome to the sampler
+            known_us = self.history.tell_repeat(cand.trial, cand.text)
+            self._note(EventKind.DUPLICATE, cand.config, known_us)
+            return False
+        future = self.compile_pool.submit(self.key, self.dtype, cand.config) if self.compile_pool else None
+        self.pending.append(InFlight(cand.trial, cand.config, cand.text, future))
+        return True
 
-    # re-time the finalists beside the baselines and keep the fastest (a resumed study's best
-    # comes from history and is confirmed too: stored ratios always come from one side-by-side pass)
-    confirmed, search_best_us, setup_baselines = False, best[0] if best else None, dict(setup.baselines_us)
-    if best is not None and hasattr(measurer, "confirm"):
-        finalists = _finalists(history, [canon_text(kernel.canonical(key, {n: c.get(n) for n in space}))
-                                         for c in setup.untuned_configs])
-        side = measurer.confirm([json.loads(t) for t in finalists], CONFIRM_ROUNDS, skip=list(setup.baseline_errors))
-        if side:
-            us, text = min(zip(side["configs"], finalists))
-            attrs = history[text][2]
-            best = (us, json.loads(text), attrs.get("rel_error"), attrs.get("max_abs_error"))
-            setup.baselines_us.update(side["baselines"])
-            confirmed = True
+    def _measure_next(self) -> None:
+        job = self.pending.popleft()
+        compile_error = self.compile_pool.result(job.future) if self.compile_pool else None
+        if compile_error:
+            res = Result(ok=False, status=Status.FAILED, reason=compile_error)
+        else:
+            res = self.measurer.measure(job.config)
+        self.history.tell_result(job.trial, job.text, res)
+        if not res.ok:
+            self._note(EventKind.FAILED, job.config, None, res.reason)
+            return
+        self.timing = res.timing or self.timing
+        gained = self.best is None or res.time_us < self.best.us * 0.995  # under 0.5% is noise
+        if self.best is None or res.time_us < self.best.us:
+            self.best = Best(res.time_us, job.config, res.rel_error, res.max_abs_error)
+        self._note(EventKind.MEASURED, job.config, res.time_us)
+        if gained:
+            self.last_gain_at = self._done()
 
-    trials_total = sum(1 for t in study.get_trials(deepcopy=False)
-                       if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("duplicate")
-                       and t.user_attrs.get("status") != "invalid")
-    return Outcome(
-        study_name=study_name, setup=setup,
-        best_config=best[1] if best else None, best_us=best[0] if best else None,
-        best_rel_error=best[2] if best else None, best_max_abs_error=best[3] if best else None,
-        measured=counts["measured"] + counts["failed"], trials_total=trials_total, stop_reason=stop_reason,
-        counts=counts, timing=timing, wall_s=time.monotonic() - t_start, setup_s=t_start - t_setup,
-        confirmed=confirmed, search_best_us=search_best_us, setup_baselines_us=setup_baselines,
-    )
+    def _confirm(self, setup: Setup) -> bool:
+        """Re-time the finalists beside the baselines and keep the fastest (a resumed study's
+        best comes from history and is confirmed too)."""
+        if self.best is None:
+            return False
+        untuned = [canon_text(self.candidates.project(c)) for c in setup.untuned_configs]
+        side = side_by_side(self.measurer, self.history, untuned, skip=list(setup.baseline_errors))
+        if side is None:
+            return False
+        self.best = side.best
+        setup.baselines_us.update(side.baselines_us)
+        return True
+
+    def _note(self, kind: EventKind, config: Config, time_us: float | None, reason: str | None = None) -> None:
+        self.counts[kind] += 1
+        if self.on_event:
+            self.on_event(Event(kind, config, time_us, self.best.us if self.best else None, self._done(), reason))
+
+    def _stop(self, reason: str) -> bool:
+        self.stop_reason = reason
+        return False
+
+    def _done(self) -> int:
+        return self.counts[EventKind.MEASURED] + self.counts[EventKind.FAILED]
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.t_start
 
 
-def _finalists(history: dict[str, tuple[TrialState, float | None, dict]], untuned: list[str]) -> list[str]:
-    """The FINALISTS fastest measured configs, then the runtime's own picks that were measured."""
-    done = sorted((v, text) for text, (state, v, _) in history.items() if state == TrialState.COMPLETE and v is not None)
-    top = [text for _, text in done[:FINALISTS]]
-    measured = {text for _, text in done}
-    return top + [t for t in dict.fromkeys(untuned) if t in measured and t not in top]
-
-
-def _best(history: dict[str, tuple[TrialState, float | None, dict]]):
-    done = [(v, json.loads(text), a.get("rel_error"), a.get("max_abs_error"))
-            for text, (state, v, a) in history.items() if state == TrialState.COMPLETE and v is not None]
-    return min(done, key=lambda r: r[0]) if done else None
+def run_search(**kwargs) -> Outcome:
+    """One search; the keyword arguments are Search's."""
+    return Search(**kwargs).run()

@@ -5,7 +5,8 @@ import pytest
 from optuna.trial import TrialState
 
 from kernels import get_kernel
-from tuner.tuning.search import Budget, run_search
+from tuner.tuning.budget import Budget
+from tuner.tuning.search import run_search
 from tuner.tuning.flow import TuneRequest, tune
 from tuner.tuning.worker import WorkerClient
 
@@ -91,7 +92,7 @@ def test_grid_sampler_measures_every_valid_config_once(tmp_path):
 def test_gp_is_not_stuck_on_invalid_configs():
     """GPSampler ignores PRUNED trials, so it kept proposing invalid configs (on the H100 grid
     replay: 524 invalid asks for 14 measured). Told as penalised completions, it moves on."""
-    from tuner.tuning.search import canon_text, grid_configs
+    from tuner.tuning.candidates import canon_text, grid_configs
     from tuner.tuning.replay import ReplayMeasurer
 
     kernel = get_kernel("mm")
@@ -109,9 +110,9 @@ def test_gp_is_not_stuck_on_invalid_configs():
 def test_side_by_side_pass_picks_the_winner_and_the_baselines():
     """The search's timings are one pass each; the finalists (its 3 best plus the runtime's own
     pick) are re-timed beside the baselines and the fastest of that pass is stored."""
-    from tuner.tuning.search import canon_text, grid_configs
+    from tuner.tuning.candidates import canon_text, grid_configs
     from tuner.tuning.replay import ReplayMeasurer
-    from tuner.tuning.worker import Setup
+    from tuner.tuning.measurer import Setup
 
     kernel = get_kernel("mm")
     key = (16, 256, 512, 1)

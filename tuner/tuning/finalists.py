@@ -1,0 +1,43 @@
+"""The finalists' side-by-side pass after the search.
+
+The search times each config once, minutes apart from the baselines; a clock or power state can
+move in between. The best few and the runtime's own pick are re-timed beside the baselines and
+the fastest of that one pass wins, so stored ratios always come from one side-by-side pass.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+from tuner.tuning.history import Best, History
+from tuner.tuning.measurer import Measurer
+
+CONFIRM_ROUNDS = 5
+FINALISTS = 3  # best configs of the search re-timed side by side (plus the runtime's own pick)
+
+
+class SideBySide(NamedTuple):
+    best: Best
+    baselines_us: dict[str, float]
+
+
+def finalists(history: History, untuned: list[str]) -> list[str]:
+    """The FINALISTS fastest measured configs, then the runtime's own picks that were measured."""
+    done = sorted(history.measured())
+    top = [text for _, text in done[:FINALISTS]]
+    measured = {text for _, text in done}
+    return top + [t for t in dict.fromkeys(untuned) if t in measured and t not in top]
+
+
+def side_by_side(measurer: Measurer, history: History, untuned: list[str], skip: list[str]) -> SideBySide | None:
+    """The fastest finalist of the pass and the baselines' times in it; None when the measurer
+    gave no side-by-side timings. untuned: the runtime's picks as canonical texts."""
+    texts = finalists(history, untuned)
+    side = measurer.confirm([json.loads(t) for t in texts], CONFIRM_ROUNDS, skip=skip)
+    if not side:
+        return None
+    us, text = min(zip(side["configs"], texts))
+    attrs = history.get(text).attrs
+    return SideBySide(Best(us, json.loads(text), attrs.get("rel_error"), attrs.get("max_abs_error")),
+                      side["baselines"])

@@ -1,0 +1,128 @@
+"""The study's record: the outcome of every config tried, and what the sampler is told.
+
+Every tell to the Optuna study goes through here, with the user attrs it stores (status,
+reason, duplicate, errors); only "canonical" is set earlier, when the candidate is asked.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable, NamedTuple
+
+import optuna
+from optuna.trial import Trial, TrialState
+
+from kernels.base import Config
+from tuner.tuning.measurer import Result, Status
+
+
+class Known(NamedTuple):
+    """How one canonical config ended: its trial state, µs when measured, its user attrs."""
+
+    state: TrialState
+    value: float | None
+    attrs: dict
+
+
+class Best(NamedTuple):
+    us: float
+    config: Config
+    rel_error: float | None
+    max_abs_error: float | None
+
+
+def _is_record(t: optuna.trial.FrozenTrial) -> bool:
+    """A finished trial that measured (or failed to measure) its config."""
+    attrs = t.user_attrs
+    return (attrs.get("canonical") is not None and t.state != TrialState.RUNNING
+            and not attrs.get("duplicate") and attrs.get("status") != Status.INVALID)
+
+
+def _load(study: optuna.Study) -> dict[str, Known]:
+    """Canonical config -> outcome of every finished trial of the study."""
+    out: dict[str, Known] = {}
+    for t in filter(_is_record, study.get_trials(deepcopy=False)):
+        text, status = t.user_attrs["canonical"], t.user_attrs.get("status")
+        if t.state == TrialState.COMPLETE and status not in (None, Status.OK):  # a penalised failure (GP)
+            out.setdefault(text, Known(TrialState.FAIL, None, dict(t.user_attrs)))
+        elif t.state == TrialState.COMPLETE or text not in out:
+            out[text] = Known(t.state, t.value, dict(t.user_attrs))
+    return out
+
+
+class History:
+    def __init__(self, study: optuna.Study, penalise: bool):
+        self.study = study
+        # GPSampler models completed trials only: a config it never sees fail it proposes again
+        # and again (seen on the H100 grid replay: 524 invalid asks for 14 measured). For GP,
+        # invalid and failed configs are told as completed with a penalty worse than anything measured.
+        self.penalise = penalise
+        self.known = _load(study)
+
+    def __contains__(self, text: str) -> bool:
+        return text in self.known
+
+    def get(self, text: str) -> Known | None:
+        return self.known.get(text)
+
+    def measured(self) -> list[tuple[float, str]]:
+        """(µs, canonical config) of every measured config, in the order they were recorded."""
+        return [(k.value, text) for text, k in self.known.items()
+                if k.state == TrialState.COMPLETE and k.value is not None]
+
+    def best(self) -> Best | None:
+        done = [Best(us, json.loads(text), self.known[text].attrs.get("rel_error"),
+                     self.known[text].attrs.get("max_abs_error")) for us, text in self.measured()]
+        return min(done, key=lambda b: b.us) if done else None
+
+    def trials_total(self) -> int:
+        """Configs measured over the whole study (failures count, repeats and invalid do not)."""
+        return sum(1 for t in self.study.get_trials(deepcopy=False)
+                   if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("duplicate")
+                   and t.user_attrs.get("status") != Status.INVALID)
+
+    # -- telling the study
+
+    def tell_bad(self, trial: Trial, state: TrialState) -> None:
+        if not self.penalise:
+            self.study.tell(trial, state=state)
+            return
+        values = [us for us, _ in self.measured()]
+        self.study.tell(trial, 4.0 * max(values) if values else 1e9)
+
+    def tell_invalid(self, trial: Trial, reason: str) -> None:
+        trial.set_user_attr("status", Status.INVALID.value)
+        trial.set_user_attr("reason", reason)
+        self.tell_bad(trial, TrialState.PRUNED)
+
+    def tell_repeat(self, trial: Trial, text: str) -> float | None:
+        """A config asked again is answered with its known outcome (PRUNED while it is still
+        in flight); its µs when it was measured."""
+        trial.set_user_attr("duplicate", True)
+        prev = self.known.get(text)
+        if prev and prev.attrs.get("reason"):
+            trial.set_user_attr("reason", f"duplicate of a failed config: {prev.attrs['reason']}")
+        if prev and prev.state == TrialState.COMPLETE:
+            self.study.tell(trial, prev.value)
+        else:
+            self.tell_bad(trial, TrialState.PRUNED if prev is None else prev.state)
+        return prev.value if prev else None
+
+    def tell_result(self, trial: Trial, text: str, res: Result) -> None:
+        for name in ("rel_error", "max_abs_error"):
+            if getattr(res, name) is not None:
+                trial.set_user_attr(name, getattr(res, name))
+        trial.set_user_attr("status", res.status.value)
+        if res.ok:
+            self.study.tell(trial, res.time_us)
+            self.known[text] = Known(TrialState.COMPLETE, res.time_us,
+                                     {"rel_error": res.rel_error, "max_abs_error": res.max_abs_error})
+            return
+        trial.set_user_attr("reason", res.reason or "")
+        self.tell_bad(trial, TrialState.FAIL)
+        self.known[text] = Known(TrialState.FAIL, None, {"reason": res.reason})
+
+    def abandon(self, trials: Iterable[Trial]) -> None:
+        """Trials asked but never measured (the user interrupted) end as failed, not running."""
+        for trial in trials:
+            self.study.tell(trial, state=TrialState.FAIL)
