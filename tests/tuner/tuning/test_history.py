@@ -1,0 +1,63 @@
+"""The study's record survives a reload: what a resumed search knows is what the last one told."""
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from tuner.tuning.candidates import canon_text
+from tuner.tuning.finalists import finalists
+from tuner.tuning.history import History
+from tuner.tuning.measurer import Result, Status
+
+DISTS = {"x": CategoricalDistribution([1, 2, 3, 4, 5, 6])}
+
+
+def _ask(study, x):
+    study.enqueue_trial({"x": x})
+    trial = study.ask(DISTS)
+    trial.set_user_attr("canonical", canon_text({"x": x}))
+    return trial
+
+
+def _tell_one_of_each(penalise):
+    study = optuna.create_study(direction="minimize")
+    h = History(study, penalise=penalise)
+    h.tell_result(_ask(study, 1), canon_text({"x": 1}), Result(ok=True, time_us=5.0, rel_error=0.01))
+    h.tell_result(_ask(study, 2), canon_text({"x": 2}), Result(ok=False, status=Status.WRONG, reason="rel 9"))
+    h.tell_result(_ask(study, 3), canon_text({"x": 3}), Result(ok=True, time_us=3.0))
+    h.tell_invalid(_ask(study, 4), "too big")
+    assert h.tell_repeat(_ask(study, 1), canon_text({"x": 1})) == 5.0
+    assert h.tell_repeat(_ask(study, 2), canon_text({"x": 2})) is None
+    _ask(study, 6)  # still running: not part of the record
+    return study, h
+
+
+def test_a_reload_knows_what_was_told():
+    for penalise in (False, True):
+        study, told = _tell_one_of_each(penalise)
+        again = History(study, penalise=penalise)
+        assert set(again.known) == {canon_text({"x": x}) for x in (1, 2, 3)}
+        # a GP-penalised failure is stored as a completed trial; it is reloaded as a failure
+        assert again.get(canon_text({"x": 2})).state == TrialState.FAIL
+        assert again.measured() == told.measured() == [(5.0, canon_text({"x": 1})), (3.0, canon_text({"x": 3}))]
+        assert again.best().us == 3.0 and again.best().config == {"x": 3}
+        assert again.trials_total() == 3  # repeats and invalid configs are not trials
+
+
+def test_penalised_failures_are_worse_than_anything_measured():
+    study, _ = _tell_one_of_each(penalise=True)
+    by_x = {t.params["x"]: t for t in study.get_trials() if not t.user_attrs.get("duplicate")}
+    assert by_x[2].state == TrialState.COMPLETE and by_x[2].value == 4.0 * 5.0  # the slowest measured, x4
+    assert by_x[4].user_attrs["status"] == "invalid" and by_x[4].value == 4.0 * 5.0
+    repeat_of_failure = [t for t in study.get_trials() if t.user_attrs.get("duplicate") and t.params["x"] == 2]
+    assert repeat_of_failure[0].user_attrs["reason"] == "duplicate of a failed config: rel 9"
+
+
+def test_finalists_are_the_fastest_then_the_runtimes_measured_picks():
+    study = optuna.create_study(direction="minimize")
+    h = History(study, penalise=False)
+    for x, us in [(1, 9.0), (2, 1.0), (3, 2.0), (4, 3.0), (5, 4.0)]:
+        h.tell_result(_ask(study, x), canon_text({"x": x}), Result(ok=True, time_us=us))
+    top3 = [canon_text({"x": x}) for x in (2, 3, 4)]
+    untuned = [canon_text({"x": x}) for x in (1, 2, 1, 6)]  # 2 is already in, 6 was never measured
+    assert finalists(h, untuned) == top3 + [canon_text({"x": 1})]
