@@ -16,18 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kernels.base import (
-    Config,
-    Inputs,
-    Kernel,
-    KernelInputError,
-    Key,
-    Runner,
-    precompile_by_running,
-    torch_dtype,
-)
-from kernels.flaggems_ops import last_pick, libtuner, op_module, tile_invalid_reason  # noqa: F401 (libtuner: re-exported)
-from kernels.mm import ELEM_BYTES, MM, _jit
+from kernels.base import Config, Inputs, KernelInputError, Key, Runner, torch_dtype
+from kernels.flaggems_ops import LibTunerKernel, libtuner, op_module  # noqa: F401 (libtuner: re-exported)
+from kernels.mm import MM
+from tuner.devices import ELEM_BYTES
 
 VARIANT = "fg_addmm"
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "num_warps", "num_stages")
@@ -62,17 +54,18 @@ def flag_gems_addmm_module():
 
 def as_config(cfg) -> Config:
     """A triton.Config of FlagGems' addmm list as a config of this space."""
-    kw = cfg.kwargs
-    return {"variant": VARIANT, **{k: int(kw[k]) for k in CONFIG_KEYS[:3]},
-            "num_warps": int(cfg.num_warps), "num_stages": int(cfg.num_stages)}
+    return AddMM().as_config(cfg)
 
 
-class AddMM(Kernel):
+class AddMM(LibTunerKernel):
     name = "addmm"
     description = "biased GEMM bias + A @ B (aten::addmm, nn.Linear with bias): FlagGems' addmm kernel"
     key_names = ("M", "N", "K", "BT")
-    devices = ("cuda",)
     source_modules = ("flag_gems.ops.addmm",)
+    fg_op, fg_kernel, variant = "addmm", "addmm_kernel", VARIANT
+    config_keys, config_space = CONFIG_KEYS, SPACE
+    fg_max_tile = (FG_MAX_BLOCK_M, FG_MAX_BLOCK_N, FG_MAX_BLOCK_K)
+    no_cpu = NO_CPU
 
     # ---- keys -------------------------------------------------------------------------
     def parse_key(self, text: str) -> Key:
@@ -97,33 +90,10 @@ class AddMM(Kernel):
         M, N, K, _ = key
         return (M * K + K * N + M * N + N) * ELEM_BYTES[dtype]
 
-    # ---- search space -------------------------------------------------------------------
-    def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:
-        return {"variant": (VARIANT,), **SPACE}
-
-    def canonical(self, key: Key, config: Config) -> Config:
-        return {k: config[k] for k in ("variant", *CONFIG_KEYS)}
-
-    def invalid_reason(self, key: Key, config: Config, dtype: str, device: str, arch: int = 9) -> str | None:
-        if device != "cuda":
-            return NO_CPU
-        if config["variant"] != VARIANT:
-            return f"variant {config['variant']} is not {VARIANT}"
-        M, N, K, _ = key
-        tile = (config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"])
-        return tile_invalid_reason((M, N, K), tile, config["num_warps"], config["num_stages"],
-                                   (FG_MAX_BLOCK_M, FG_MAX_BLOCK_N, FG_MAX_BLOCK_K), CONFIG_KEYS[:3],
-                                   dtype, device, arch)
+    def mnk(self, key: Key) -> tuple[int, int, int]:
+        return key[:3]
 
     # ---- running ------------------------------------------------------------------------
-    def source_hash(self, config: Config | None = None) -> str:
-        """sha256 of FlagGems' addmm JIT function source (what a record's config runs)."""
-        import hashlib
-
-        if (config or {}).get("variant", VARIANT) != VARIANT:
-            raise KernelInputError(f"unknown addmm variant {config['variant']!r}")
-        return hashlib.sha256(_jit(flag_gems_addmm_module().addmm_kernel).src.encode()).hexdigest()
-
     def make_inputs(self, key: Key, dtype: str, device: str, n_sets: int, seed: int) -> Inputs:
         """mm's A and B (B = W.t() for BT=1) plus a 1-D bias of N per set, in addmm's order."""
         import torch
@@ -140,37 +110,22 @@ class AddMM(Kernel):
         ref = MM.reference(self, (a, b))
         return ref.add_(bias.to(ref.dtype))
 
-    def runner(self, key: Key, config: Config, dtype: str, device: str) -> Runner:
-        if device != "cuda":
-            raise KernelInputError(NO_CPU)
-        if config["variant"] != VARIANT:
-            raise KernelInputError(f"unknown addmm variant {config['variant']!r}")
-        return _fg_addmm_runner(config)
+    def launcher(self, jit, config: Config) -> Runner:
+        return _fg_addmm_runner(jit, config)
 
-    def precompile(self, key: Key, config: Config, dtype: str, device: str) -> None:
-        precompile_by_running(self, key, config, dtype, device)
-
-    def baselines(self, key: Key, dtype: str, device: str) -> dict[str, Runner]:
+    def native_runner(self) -> Runner:
         import torch
 
-        runners: dict[str, Runner] = {
-            "native": lambda args, out: torch.addmm(args[0], args[1], args[2], out=out)}
-        if device == "cuda":
-            fg = flag_gems_addmm_module()
-            runners["untuned"] = lambda args, out: fg.addmm_out(args[0], args[1], args[2], out=out)
-        return runners
+        return lambda args, out: torch.addmm(args[0], args[1], args[2], out=out)
 
-    def untuned_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
-        """The config FlagGems' own LibTuner chose for this key (its last call)."""
-        cfg = last_pick(flag_gems_addmm_module().addmm_kernel) if device == "cuda" else None
-        return [] if cfg is None else [as_config(cfg)]
+    def untuned_runner(self, fg) -> Runner:
+        return lambda args, out: fg.addmm_out(args[0], args[1], args[2], out=out)
 
 
-def _fg_addmm_runner(config: Config) -> Runner:
-    """FlagGems' addmm_out body with the LibTuner bypassed: the JIT function, one config."""
+def _fg_addmm_runner(jit, config: Config) -> Runner:
+    """FlagGems' addmm_out body with the LibTuner bypassed: its JIT function `jit`, one config."""
     import triton
 
-    jit = _jit(flag_gems_addmm_module().addmm_kernel)
     bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
 
     def run(args, out):

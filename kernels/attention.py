@@ -53,6 +53,7 @@ from kernels.base import (
     torch_dtype,
 )
 from kernels.flaggems_ops import op_module
+from tuner.devices import ELEM_BYTES
 
 CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
 # a superset of FlagGems' list (BLOCK_M, BLOCK_N 32..128, 4|8 warps, 2..4 stages, before `keep`)
@@ -64,7 +65,6 @@ SPACE: dict[str, tuple] = {
 }
 FG_HEAD_DIMS = (16, 32, 64, 96, 128, 192, 256)  # flash_attention_forward's supported_head_dims
 FG_BLOCK = 128  # FlagGems' configs use BLOCK_M 128 and BLOCK_N <= 128: reachable for every key
-ELEM_BYTES = {"bf16": 2, "fp16": 2}
 SMEM_BY_ARCH = {9: 232448, 8: 166912}  # per-block opt-in shared memory (bytes)
 SMEM_DEFAULT = 101376
 H100_SMS = 132  # an H100 SXM: what the preset's split-KV exclusions assume

@@ -14,10 +14,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from tuner import devices
+from tuner.devices import DTYPES
+
 Config = dict[str, Any]
 Key = tuple[int, ...]
-
-DTYPES = ("bf16", "fp16", "fp32")
 
 
 class KernelInputError(ValueError):
@@ -30,12 +31,10 @@ def next_pow2(x: int) -> int:
 
 
 def torch_dtype(name: str):
-    import torch
-
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if name not in table:
-        raise KernelInputError(f"unknown dtype {name!r}; use one of {', '.join(table)}")
-    return table[name]
+    """The torch.dtype of one of tuner's dtype names (torch's own names are not kernel dtypes)."""
+    if name not in DTYPES:
+        raise KernelInputError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return devices.torch_dtype(name)
 
 
 @dataclass

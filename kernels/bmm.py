@@ -22,18 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kernels.base import (
-    Config,
-    Inputs,
-    Kernel,
-    KernelInputError,
-    Key,
-    Runner,
-    precompile_by_running,
-    torch_dtype,
-)
-from kernels.flaggems_ops import last_pick, op_module, tile_invalid_reason
-from kernels.mm import ELEM_BYTES, MM, _jit
+from kernels.base import Config, Inputs, KernelInputError, Key, Runner, torch_dtype
+from kernels.flaggems_ops import LibTunerKernel, op_module
+from kernels.mm import MM
+from tuner.devices import ELEM_BYTES
 
 VARIANT = "fg_bmm"
 TILE_KEYS = ("TILE_M", "TILE_N", "TILE_K")
@@ -71,9 +63,7 @@ def flag_gems_bmm_module():
 
 def as_config(cfg) -> Config:
     """A triton.Config of FlagGems' bmm list as a config of this space."""
-    kw = cfg.kwargs
-    return {"variant": VARIANT, **{k: int(kw[k]) for k in (*TILE_KEYS, "GROUP_M")},
-            "num_warps": int(cfg.num_warps), "num_stages": int(cfg.num_stages)}
+    return BMM().as_config(cfg)
 
 
 def operand_strides(key: Key) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -84,12 +74,14 @@ def operand_strides(key: Key) -> tuple[tuple[int, int, int], tuple[int, int, int
     return (K, batch * K, 1), (0, 1, K)  # X[M, BATCH, K].permute(1, 0, 2); W[N, K].t() expanded
 
 
-class BMM(Kernel):
+class BMM(LibTunerKernel):
     name = "bmm"
     description = "batched GEMM A[b] @ B[b] (aten::bmm): FlagGems' bmm kernel"
     key_names = ("BATCH", "M", "N", "K", "LAYOUT")
-    devices = ("cuda",)
     source_modules = ("flag_gems.ops.bmm",)
+    fg_op, fg_kernel, variant = "bmm", "bmm_kernel", VARIANT
+    config_keys, config_space, fg_max_tile = CONFIG_KEYS, SPACE, FG_MAX_TILE
+    no_cpu = NO_CPU
 
     # ---- keys -------------------------------------------------------------------------
     def parse_key(self, text: str) -> Key:
@@ -128,36 +120,20 @@ class BMM(Kernel):
         return (batch * M * K + b_elems + batch * M * N) * ELEM_BYTES[dtype]
 
     # ---- search space -------------------------------------------------------------------
-    def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:
-        return {"variant": (VARIANT,), **SPACE}
-
     def canonical(self, key: Key, config: Config) -> Config:
-        c = {k: config[k] for k in ("variant", *CONFIG_KEYS)}
+        c = super().canonical(key, config)
         if -(-key[1] // c["TILE_M"]) == 1:
             c["GROUP_M"] = 1  # one row of tiles: FlagGems' reordering cannot change anything
         return c
 
-    def invalid_reason(self, key: Key, config: Config, dtype: str, device: str, arch: int = 9) -> str | None:
-        if device != "cuda":
-            return NO_CPU
-        if config["variant"] != VARIANT:
-            return f"variant {config['variant']} is not {VARIANT}"
-        _, M, N, K, layout = key
-        if layout not in LAYOUT_NAMES:
-            return f"unknown layout {layout}"
-        tile = tuple(config[k] for k in TILE_KEYS)
-        return tile_invalid_reason((M, N, K), tile, config["num_warps"], config["num_stages"],
-                                   FG_MAX_TILE, TILE_KEYS, dtype, device, arch)
+    def mnk(self, key: Key) -> tuple[int, int, int]:
+        return key[1:4]
+
+    def key_invalid_reason(self, key: Key) -> str | None:
+        layout = key[4]
+        return None if layout in LAYOUT_NAMES else f"unknown layout {layout}"
 
     # ---- running ------------------------------------------------------------------------
-    def source_hash(self, config: Config | None = None) -> str:
-        """sha256 of FlagGems' bmm JIT function source (what a record's config runs)."""
-        import hashlib
-
-        if (config or {}).get("variant", VARIANT) != VARIANT:
-            raise KernelInputError(f"unknown bmm variant {config['variant']!r}")
-        return hashlib.sha256(_jit(flag_gems_bmm_module().bmm_kernel).src.encode()).hexdigest()
-
     def make_inputs(self, key: Key, dtype: str, device: str, n_sets: int, seed: int) -> Inputs:
         """(A, B) per set in the key's layout; the output is a contiguous [BATCH, M, N]."""
         import torch
@@ -187,37 +163,23 @@ class BMM(Kernel):
             b = b[0]
         return MM.reference(self, (a, b))
 
-    def runner(self, key: Key, config: Config, dtype: str, device: str) -> Runner:
-        if device != "cuda":
-            raise KernelInputError(NO_CPU)
-        if config["variant"] != VARIANT:
-            raise KernelInputError(f"unknown bmm variant {config['variant']!r}")
-        return _fg_bmm_runner(config)
+    def launcher(self, jit, config: Config) -> Runner:
+        return _fg_bmm_runner(jit, config)
 
-    def precompile(self, key: Key, config: Config, dtype: str, device: str) -> None:
-        precompile_by_running(self, key, config, dtype, device)
-
-    def baselines(self, key: Key, dtype: str, device: str) -> dict[str, Runner]:
+    def native_runner(self) -> Runner:
         import torch
 
-        runners: dict[str, Runner] = {"native": lambda args, out: torch.bmm(args[0], args[1], out=out)}
-        if device == "cuda":
-            fg = flag_gems_bmm_module()
-            runners["untuned"] = lambda args, out: fg.bmm_out(args[0], args[1], out)
-        return runners
+        return lambda args, out: torch.bmm(args[0], args[1], out=out)
 
-    def untuned_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
-        """The config FlagGems' own LibTuner chose for this key (its last call)."""
-        cfg = last_pick(flag_gems_bmm_module().bmm_kernel) if device == "cuda" else None
-        return [] if cfg is None else [as_config(cfg)]
+    def untuned_runner(self, fg) -> Runner:
+        return lambda args, out: fg.bmm_out(args[0], args[1], out)
 
 
-def _fg_bmm_runner(config: Config) -> Runner:
-    """FlagGems' bmm_out body with the LibTuner bypassed: the JIT function, one config, and the
-    DIVISIBLE_* flags its triton.heuristics would have computed."""
+def _fg_bmm_runner(jit, config: Config) -> Runner:
+    """FlagGems' bmm_out body with the LibTuner bypassed: its JIT function `jit`, one config, and
+    the DIVISIBLE_* flags its triton.heuristics would have computed."""
     import triton
 
-    jit = _jit(flag_gems_bmm_module().bmm_kernel)
     tm, tn, tk = (config[k] for k in TILE_KEYS)
 
     def run(args, out):

@@ -34,6 +34,7 @@ from kernels.base import (
     Runner,
     torch_dtype,
 )
+from tuner import devices
 
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
 # vLLM's tuner grid (benchmarks/kernels/benchmark_moe.py), plus GROUP_SIZE_M=8, which FlagGems'
@@ -47,7 +48,7 @@ SPACE: dict[str, tuple] = {
     "num_stages": (2, 3, 4, 5),
 }
 FP8 = "fp8_w8a8"
-ELEM_BYTES = {"bf16": 2, "fp16": 2, FP8: 1}  # of the GEMM operands (fp8: x and weights)
+ELEM_BYTES = {**devices.ELEM_BYTES, FP8: 1}  # of the GEMM operands (fp8: x and weights)
 FP8_MAX = 448.0  # largest float8_e4m3fn
 SMEM_BY_ARCH = {9: 232448, 8: 166912}  # per-block opt-in shared memory (bytes)
 SMEM_DEFAULT = 101376
@@ -194,7 +195,7 @@ def _fg_runner(key: Key, config: Config, dtype: str) -> Runner:
     bm = cfg["BLOCK_SIZE_M"]
     naive = naive_assignment(key)
     fp8 = dtype == FP8
-    compute_type = {"bf16": tl.bfloat16, "fp16": tl.float16, FP8: tl.bfloat16}[dtype]
+    compute_type = getattr(tl, devices.TORCH_NAMES["bf16" if fp8 else dtype])
     flags = {"use_fp8_w8a8": fp8, "use_int8_w8a8": False, "use_int8_w8a16": False,
              "use_int4_w4a16": False, "per_channel_quant": False, "block_shape": None}
     quant = torch.float8_e4m3fn if fp8 else None

@@ -17,8 +17,9 @@ import math
 from typing import Mapping
 
 from kernels.base import Config, Inputs, Kernel, KernelInputError, Key, Runner, next_pow2, torch_dtype
+from kernels.flaggems_ops import jit_function
+from tuner.devices import ELEM_BYTES, TORCH_NAMES
 
-ELEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 # per-block opt-in shared memory by compute capability major (bytes)
 SMEM_BY_ARCH = {9: 232448, 8: 166912}
 SMEM_DEFAULT = 101376
@@ -36,7 +37,7 @@ MINICPMO_LLM_NK = {
 SERVING_M = (1, 16, 64, 256, 2048, 8192)
 
 
-def _flag_gems_mm_module():
+def flag_gems_mm_module():
     """The module FlagGems' aten::mm dispatches to on this GPU. FlagGems loads its Hopper ops
     under its own module names (`hopper.ops.mm`), so importing the file by its package path
     would create a second copy with its own LibTuner caches: find the loaded one instead."""
@@ -49,15 +50,6 @@ def _flag_gems_mm_module():
         if entry is not None and type(entry).__name__ == "LibEntry":
             return mod
     return importlib.import_module("flag_gems.runtime.backend._nvidia.hopper.ops.mm")
-
-
-def _jit(obj):
-    """Unwrap LibEntry / LibTuner down to the plain JITFunction, to run one chosen config."""
-    from triton.runtime.jit import JITFunction
-
-    while not isinstance(obj, JITFunction):
-        obj = obj.fn
-    return obj
 
 
 def flaggems_variant(key: Key, dtype: str) -> str:
@@ -179,9 +171,9 @@ class MM(Kernel):
 
             return hashlib.sha256(inspect.getsource(own).encode()).hexdigest()
         if variant in ("fg_tma", "fg_general"):
-            fg = _flag_gems_mm_module()
+            fg = flag_gems_mm_module()
             fn = fg.mm_kernel_general_host_tma if variant == "fg_tma" else fg.mm_kernel_general
-            return hashlib.sha256(_jit(fn).src.encode()).hexdigest()
+            return hashlib.sha256(jit_function(fn).src.encode()).hexdigest()
         return super().source_hash()
 
     def make_inputs(self, key: Key, dtype: str, device: str, n_sets: int, seed: int) -> Inputs:
@@ -252,7 +244,7 @@ class MM(Kernel):
 
         runners: dict[str, Runner] = {"native": lambda args, out: torch.mm(args[0], args[1], out=out)}
         if device == "cuda":
-            fg = _flag_gems_mm_module()
+            fg = flag_gems_mm_module()
             runners["untuned"] = lambda args, out: fg.mm_out(args[0], args[1], out=out)
         return runners
 
@@ -261,7 +253,7 @@ class MM(Kernel):
         of its last call in `best_config`, and the untuned baseline has just run this key."""
         if device != "cuda":
             return []
-        fg = _flag_gems_mm_module()
+        fg = flag_gems_mm_module()
         variant = flaggems_variant(key, dtype)
         tuner = fg.mm_kernel_general_host_tma if variant == "fg_tma" else fg.mm_kernel_general
         while not hasattr(tuner, "best_config") and hasattr(tuner, "fn"):
@@ -280,10 +272,10 @@ def _fg_tma_runner(config: Config, dtype: str) -> Runner:
     import triton
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    fg = _flag_gems_mm_module()
-    jit = _jit(fg.mm_kernel_general_host_tma)
+    fg = flag_gems_mm_module()
+    jit = jit_function(fg.mm_kernel_general_host_tma)
     bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
-    dtype_str = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
+    dtype_str = TORCH_NAMES[dtype]
 
     def run(args, out):
         a, b = args
@@ -314,8 +306,8 @@ def _fg_general_runner(config: Config) -> Runner:
     import torch
     import triton
 
-    fg = _flag_gems_mm_module()
-    jit = _jit(fg.mm_kernel_general)
+    fg = flag_gems_mm_module()
+    jit = jit_function(fg.mm_kernel_general)
     bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
 
     def alloc(size: int, align: int, stream):

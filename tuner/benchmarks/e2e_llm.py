@@ -497,9 +497,9 @@ def _child_args(opts, mode: str, json_out: Path, work: Path) -> list[str]:
 
 def _log_autotunes(log_path: Path) -> int:
     """LibTuner autotunes FlagGems printed (TRITON_PRINT_AUTOTUNING=1): a cross-check of the counter."""
-    from tuner.benchmarks.serve_probe import _AUTOTUNE
+    from tuner.benchmarks.serve_probe import AUTOTUNE_LINE
 
-    return len(_AUTOTUNE.findall(log_path.read_text(errors="replace")))
+    return len(AUTOTUNE_LINE.findall(log_path.read_text(errors="replace")))
 
 
 def run_child(opts, mode: str, out_dir: Path, timeout_s: float) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 
-_AUTOTUNE = re.compile(r"Triton autotuning for function (\w+) finished after ([\d.]+)s; key info: (\(.*?\)),")
+AUTOTUNE_LINE = re.compile(r"Triton autotuning for function (\w+) finished after ([\d.]+)s; key info: (\(.*?\)),")
 
 
 def ask(port: int, model: str, timeout: float = 120.0) -> dict:
@@ -59,8 +59,8 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
     text = open(log_path, errors="replace").read()
-    tuned = collections.Counter(m.group(1) for m in _AUTOTUNE.finditer(text))
-    keys = [(m.group(1), m.group(3), float(m.group(2))) for m in _AUTOTUNE.finditer(text)]
+    tuned = collections.Counter(m.group(1) for m in AUTOTUNE_LINE.finditer(text))
+    keys = [(m.group(1), m.group(3), float(m.group(2))) for m in AUTOTUNE_LINE.finditer(text)]
     plugin = [ln for ln in text.splitlines() if "tuner plugin:" in ln]
     print(json.dumps({
         "args": serve_args, "first_answer_s": first, "answered": len(answers),

@@ -10,15 +10,15 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from tuner.devices import DTYPE_ALIASES
 from tuner.inject._select import plan_buckets
 from tuner.inject.flaggems_cache import (
-    _TORCH_DTYPES,
     SeedReport,
     UnsupportedFlagGemsError,
-    _check_version,
-    _same,
-    _write_rows,
+    check_version,
     require_libtuner,
+    same_config,
+    write_rows,
 )
 from tuner.inject.foreign import ENV_FIELDS, check_records, running_environment
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def locate_libtuner(load_module: Callable[[], Any], attr: str):
     """The LibTuner of FlagGems' `attr` kernel in the module `load_module()` returns, checked
     for what seeding uses (a FlagGems that changed it is refused, not half-seeded)."""
-    _check_version()
+    check_version()
     from flag_gems.utils.libentry import LibEntry
 
     from kernels.flaggems_ops import libtuner
@@ -70,13 +70,13 @@ def seed_groups(
     rows: dict[tuple, Any] = {}
     for group, by_m in sorted(groups.items()):
         where = what(group)
-        if group[-1] not in _TORCH_DTYPES:
+        if group[-1] not in DTYPE_ALIASES:
             report.skipped.append(f"{where}: dtype not supported")
             continue
         cfgs = {}
         for m, r in sorted(by_m.items()):
             cfg = triton_config(r["config"], meta_keys, hook)
-            listed = next((c for c in tuner.configs if _same(c, cfg)), None)
+            listed = next((c for c in tuner.configs if same_config(c, cfg)), None)
             if listed is None and hook is not None:
                 if db_url is not None:
                     report.skipped.append(f"{where} M={m}: off-list config needs this process's pre_hook")
@@ -91,7 +91,7 @@ def seed_groups(
         report.records += len(cfgs)
     if rows:
         model = tuner.cache.model if db_url is None else SQLPersistantModel(db_url)
-        report.rows[_write_rows(model, tuner.config_table_name, rows)] = len(rows)
+        report.rows[write_rows(model, tuner.config_table_name, rows)] = len(rows)
 
 
 def seed_kernel_records(

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tuner.devices import torch_dtype
 from tuner.inject._libtuner_seed import locate_libtuner, seed_kernel_records
-from tuner.inject.flaggems_cache import _TORCH_DTYPES, SeedReport
+from tuner.inject.flaggems_cache import SeedReport
 
 KERNEL = "addmm"
 CONFIG_META = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K")
@@ -37,7 +38,7 @@ def runtime_args(tuner, M: int, N: int, K: int, dtype: str) -> dict:
     """The argument dict LibTuner.run builds for FlagGems' addmm(bias[N], A, W.t())."""
     import torch
 
-    tdt = getattr(torch, _TORCH_DTYPES[dtype])
+    tdt = torch_dtype(dtype)
     a = torch.empty((M, K), dtype=tdt, device="meta")
     b = torch.empty((N, K), dtype=tdt, device="meta").t()
     out = torch.empty((M, N), dtype=tdt, device="meta")

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tuner.devices import torch_dtype
 from tuner.inject._libtuner_seed import locate_libtuner, seed_kernel_records
-from tuner.inject.flaggems_cache import _TORCH_DTYPES, SeedReport
+from tuner.inject.flaggems_cache import SeedReport
 
 KERNEL = "bmm"
 CONFIG_META = ("TILE_M", "TILE_N", "TILE_K", "GROUP_M")
@@ -39,7 +40,7 @@ def runtime_args(tuner, batch: int, M: int, N: int, K: int, layout: int, dtype: 
 
     from kernels.bmm import operand_strides
 
-    tdt = getattr(torch, _TORCH_DTYPES[dtype])
+    tdt = torch_dtype(dtype)
     sa, sb = operand_strides((batch, M, N, K, layout))
     a = torch.empty_strided((batch, M, K), sa, dtype=tdt, device="meta")
     b = torch.empty_strided((batch, K, N), sb, dtype=tdt, device="meta")

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuner.devices import DTYPE_ALIASES, torch_dtype
 from tuner.inject._select import plan_buckets
 from tuner.inject.foreign import ENV_FIELDS, check_records, running_environment
 
@@ -29,8 +30,6 @@ logger = logging.getLogger(__name__)
 VARIANT_KERNELS = {"fg_tma": "mm_kernel_general_host_tma", "fg_general": "mm_kernel_general"}
 SUPPORTED_FLAG_GEMS = ("5.0.",)  # layouts of LibTuner/ConfigCache this module knows
 B_LAYOUTS = ("row", "col")  # B as a (K, N) row-major tensor, or weight.t() of a Linear
-_TORCH_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16",
-                 "float16": "float16", "fp32": "float32", "float32": "float32"}
 
 
 class UnsupportedFlagGemsError(RuntimeError):
@@ -53,7 +52,7 @@ def flag_gems_version() -> str:
     return version("flag_gems")
 
 
-def _check_version() -> None:
+def check_version() -> None:
     v = flag_gems_version()
     if not v.startswith(SUPPORTED_FLAG_GEMS):
         raise UnsupportedFlagGemsError(
@@ -64,9 +63,9 @@ def _check_version() -> None:
 
 def locate_mm_module():
     """The module whose mm FlagGems dispatches to (Hopper: loaded as `hopper.ops.mm`)."""
-    from kernels.mm import _flag_gems_mm_module
+    from kernels.mm import flag_gems_mm_module
 
-    mod = _flag_gems_mm_module()
+    mod = flag_gems_mm_module()
     from flag_gems.utils.libentry import LibEntry
 
     if not isinstance(getattr(mod, "mm_kernel_general_host_tma", None), LibEntry):
@@ -79,7 +78,7 @@ def locate_mm_module():
 
 def locate_mm_tuners() -> dict[str, Any]:
     """variant -> LibTuner (`LibEntry.fn`) of FlagGems' Hopper mm kernels."""
-    _check_version()
+    check_version()
     mod = locate_mm_module()
     out = {}
     for variant, name in VARIANT_KERNELS.items():
@@ -109,7 +108,7 @@ def _runtime_args(mod, variant: str, M: int, N: int, K: int, dtype: str, b_layou
     import torch
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    tdt = getattr(torch, _TORCH_DTYPES[dtype])
+    tdt = torch_dtype(dtype)
     a = torch.empty_strided((M, K), (K, 1), dtype=tdt, device="meta")
     b = (torch.empty_strided((K, N), (N, 1), dtype=tdt, device="meta") if b_layout == "row"
          else torch.empty_strided((K, N), (1, K), dtype=tdt, device="meta"))
@@ -138,7 +137,7 @@ def reachable_variant(mod, N: int, K: int, dtype: str) -> str | None:
 
     if N == 1:
         return None
-    tdt = getattr(torch, _TORCH_DTYPES[dtype])
+    tdt = torch_dtype(dtype)
     a = torch.empty((1, K), dtype=tdt, device="meta")
     b = torch.empty((K, N), dtype=tdt, device="meta")
     return "fg_tma" if mod.is_tma_compatible(a, b, N, K) else "fg_general"
@@ -157,11 +156,11 @@ def triton_config(mod, variant: str, cfg: Mapping[str, Any]):
                          pre_hook=hook)
 
 
-def _same(c1, c2) -> bool:
+def same_config(c1, c2) -> bool:
     return c1.all_kwargs() == c2.all_kwargs()
 
 
-def _write_rows(model, table: str, rows: dict[tuple, Any]) -> str:
+def write_rows(model, table: str, rows: dict[tuple, Any]) -> str:
     """Upsert rows with one transaction into FlagGems' table; returns the physical name."""
     from flag_gems.utils.models.session import RollbackSession
 
@@ -227,7 +226,7 @@ def seed_mm_cache(
     rows: dict[str, dict[tuple, Any]] = {}
     for (variant, N, K, dtype), by_m in sorted(groups.items()):
         where = f"{variant} N={N} K={K} {dtype}"
-        if dtype not in _TORCH_DTYPES:
+        if dtype not in DTYPE_ALIASES:
             report.skipped.append(f"{where}: dtype not supported")
             continue
         if reachable_variant(mod, N, K, dtype) != variant:
@@ -238,7 +237,7 @@ def seed_mm_cache(
         cfgs = {}
         for m, r in by_m.items():
             cfg = triton_config(mod, variant, r["config"])
-            listed = next((c for c in tuner.configs if _same(c, cfg)), None)
+            listed = next((c for c in tuner.configs if same_config(c, cfg)), None)
             if listed is None and db_url is not None and variant == "fg_tma":
                 report.skipped.append(f"{where} M={m}: off-list TMA config cannot go to another process")
                 continue
@@ -258,7 +257,7 @@ def seed_mm_cache(
     for variant, tuner in tuners.items():
         table_rows = rows.get(tuner.config_table_name)
         if table_rows:
-            physical = _write_rows(model or tuner.cache.model, tuner.config_table_name, table_rows)
+            physical = write_rows(model or tuner.cache.model, tuner.config_table_name, table_rows)
             report.rows[physical] = len(table_rows)
     for s in report.skipped:
         logger.warning("not seeded: %s", s)

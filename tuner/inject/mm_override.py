@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuner.devices import torch_dtype
 from tuner.inject._select import assign_ms, ranges
 
 logger = logging.getLogger(__name__)
-_TORCH_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16",
-                 "float16": "float16", "fp32": "float32", "float32": "float32"}
 _LIBS: list[Any] = []  # a torch.library.Library deregisters its kernels when collected
 
 
@@ -113,7 +112,7 @@ def install_mm_overrides(
     if splitk_mm is None:
         from kernels.triton_mm import splitk_mm  # imported lazily: only GPU hosts run it
 
-    table = build_table(plan, lambda d: getattr(torch, _TORCH_DTYPES[d]))
+    table = build_table(plan, torch_dtype)
     previous = torch.library.get_kernel("aten::mm", dispatch_key)
 
     def mm_override(keyset, a, b):

@@ -151,9 +151,9 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
         if torch.cuda.is_available():
             fallback = None
             if state["enable_flaggems"] and "mm" not in exclude:
-                from kernels.mm import _flag_gems_mm_module
+                from kernels.mm import flag_gems_mm_module
 
-                fallback = _flag_gems_mm_module().mm  # seeded above: no autotuning
+                fallback = flag_gems_mm_module().mm  # seeded above: no autotuning
             if install_mm_overrides(records, max_tokens=state["max_tokens"], fallback=fallback).lib is not None:
                 counts["mm_splitk"] = sum(1 for r in records if r.get("kernel") == "mm"
                                           and r["config"].get("variant") == "splitk")

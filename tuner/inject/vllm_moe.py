@@ -10,13 +10,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tuner.devices import DTYPE_ALIASES
 from tuner.inject import _atomic
 from tuner.inject.foreign import check_records
 
 # record dtype -> vLLM's `_get_config_dtype_str` (bf16/fp16 configs carry no dtype part).
 _DTYPE = {
-    "bf16": None, "bfloat16": None, "fp16": None, "float16": None,
-    "fp32": "float32", "float32": "float32",
+    **{name: ("float32" if short == "fp32" else None) for name, short in DTYPE_ALIASES.items()},
     "fp8_w8a8": "fp8_w8a8", "fp8_w8a16": "fp8_w8a16",
     "int8_w8a16": "int8_w8a16", "int4_w4a16": "int4_w4a16",
 }

@@ -15,10 +15,8 @@ from typing import Callable
 
 import torch
 
+from tuner.devices import DTYPE_ALIASES, resolve_device, torch_dtype
 from tuner.errors import UserError
-
-_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-           "fp32": torch.float32, "float32": torch.float32}
 
 
 @dataclass
@@ -77,16 +75,6 @@ class ProfileOutcome:
 
 # --- validation -------------------------------------------------------------------------------------
 
-def _resolve_device(device: str) -> str:
-    if device not in ("auto", "cuda", "cpu"):
-        raise UserError(f"unknown device {device!r}; use cuda, cpu or auto")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda needs an NVIDIA GPU, and none is visible on this machine")
-    return device
-
-
 def _options(req: ProfileRequest):
     from tuner.profiling.workload import RequestOptions, WorkloadError
 
@@ -120,14 +108,14 @@ def validate(req: ProfileRequest) -> tuple[list[str], str, torch.dtype, object]:
         model_dims(req.scale)
     except WorkloadError as e:
         raise UserError(str(e)) from None
-    device = _resolve_device(req.device)
+    device = resolve_device(req.device, interpreter=False)
     dtype_name = req.dtype or ("bf16" if device == "cuda" else "fp32")
-    if dtype_name not in _DTYPES:
+    if dtype_name not in DTYPE_ALIASES:
         raise UserError(f"unknown dtype {dtype_name!r}; use bf16, fp16 or fp32")
     if req.top is not None and req.top < 1:
         raise UserError("--top must be a positive number")
     _check_weights_folder(req.weights)
-    return workloads, device, _DTYPES[dtype_name], _options(req)
+    return workloads, device, torch_dtype(dtype_name), _options(req)
 
 
 def label(model: dict, time_source: str) -> str:

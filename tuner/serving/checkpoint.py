@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tuner.devices import DTYPES, torch_dtype
 from tuner.errors import UserError
 
 # enough text for a byte-level BPE to learn common merges; the model's weights are random, so the
@@ -51,9 +52,9 @@ def write_llm_checkpoint(folder: str | Path, scale: float = 1.0, dtype: str = "b
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"{folder} exists and is not empty; choose a new folder for the checkpoint")
-    tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(dtype)
-    if tdt is None:
+    if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
+    tdt = torch_dtype(dtype)
     try:
         # random init of 7.6 B parameters is minutes on a CPU and seconds on a GPU
         device = "cuda" if torch.cuda.is_available() else "cpu"

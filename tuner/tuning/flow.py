@@ -13,6 +13,7 @@ from db import queries
 from kernels import get_kernel, kernel_ref
 from kernels.base import Kernel, KernelInputError, Key
 from tuner import fingerprint as fp
+from tuner.devices import resolve_device
 from tuner.tuning.compile_pool import CompilePool
 from tuner.errors import UserError
 from tuner.tuning.search import SAMPLERS, Budget, Event, Outcome, run_search, study_name_for
@@ -40,22 +41,6 @@ class KeyResult:
     key: Key
     outcome: Outcome
     stored: bool
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> cuda when a GPU is visible, else cpu (the Triton interpreter)."""
-    import torch
-
-    if device not in ("auto", "cuda", "cpu"):
-        raise UserError(f"unknown device {device!r}; use cuda, cpu or auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda needs an NVIDIA GPU, and none is visible on this machine")
-    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        # kernels launched on CPU tensors only run in Triton's interpreter
-        os.environ["TRITON_INTERPRET"] = "1"
-    return device
 
 
 def resolve_keys(kernel: Kernel, shapes: list[str], preset: str | None) -> list[Key]:
