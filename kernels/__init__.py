@@ -1,10 +1,11 @@
-"""Tunable kernels, one module per op. Registering a module here is all `tuner tune --op` needs."""
+"""Tunable kernels, one module per op. Registering a module here is all `tuner tune --op` needs;
+its `COVERAGE` (kernels.base.Coverage) tells the profiler, `serve` and the plugin what it covers."""
 
 from __future__ import annotations
 
 import importlib
 
-from kernels.base import Kernel, KernelInputError
+from kernels.base import Coverage, Kernel, KernelInputError
 
 # op name -> "module:ClassName"; imported lazily so listing ops never imports torch/flag_gems
 REGISTRY: dict[str, str] = {
@@ -32,8 +33,23 @@ def get_kernel(ref: str) -> Kernel:
         raise UnknownOp(f"cannot load kernel {spec!r}: {e}") from None
 
 
+def coverage(op: str | None) -> Coverage | None:
+    """What a registered op covers (its module's COVERAGE); None for a name not in REGISTRY.
+    Imports the op's kernel module only, which imports neither torch nor flag_gems."""
+    spec = REGISTRY.get(op) if isinstance(op, str) else None
+    if spec is None:
+        return None
+    return importlib.import_module(spec.partition(":")[0]).COVERAGE
+
+
+def coverages() -> dict[str, Coverage]:
+    """Every registered op's declaration, in REGISTRY order."""
+    return {op: coverage(op) for op in REGISTRY}
+
+
 def kernel_ref(kernel: Kernel) -> str:
     return f"{type(kernel).__module__}:{type(kernel).__name__}"
 
 
-__all__ = ["REGISTRY", "Kernel", "KernelInputError", "UnknownOp", "get_kernel", "kernel_ref"]
+__all__ = ["REGISTRY", "Coverage", "Kernel", "KernelInputError", "UnknownOp", "coverage", "coverages", "get_kernel",
+           "kernel_ref"]

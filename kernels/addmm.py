@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kernels.base import Config, Inputs, KernelInputError, Key, Runner, torch_dtype
+from kernels.base import Config, Coverage, Inputs, KernelInputError, Key, Runner, torch_dtype
 from kernels.flaggems_ops import LibTunerKernel, libtuner, op_module  # noqa: F401 (libtuner: re-exported)
 from kernels.mm import MM
 from tuner.devices import ELEM_BYTES
@@ -55,6 +55,10 @@ def flag_gems_addmm_module():
 def as_config(cfg) -> Config:
     """A triton.Config of FlagGems' addmm list as a config of this space."""
     return AddMM().as_config(cfg)
+
+
+COVERAGE = Coverage(aten_ops={"aten::addmm": "addmm"}, flaggems_op="addmm", profile_keys=True,
+                    injectors=("addmm_flaggems",))
 
 
 class AddMM(LibTunerKernel):

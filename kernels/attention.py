@@ -43,6 +43,7 @@ from collections.abc import Mapping
 
 from kernels.base import (
     Config,
+    Coverage,
     Inputs,
     Kernel,
     KernelInputError,
@@ -325,6 +326,15 @@ def attention_reference(q, k, v, causal: bool):
         return (torch.softmax(s, dim=-1) @ vh).transpose(1, 2)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+_BHLD = ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention",
+         "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention",
+         "aten::_scaled_dot_product_attention_math", "aten::_scaled_dot_product_flash_attention_for_cpu")
+_BLHD = ("aten::_flash_attention_forward", "aten::_efficient_attention_forward")
+# torch's attention ops (q, k as (B, H, L, D) or (B, L, H, D)) and vLLM's flash / unified attention
+COVERAGE = Coverage(aten_ops={**dict.fromkeys(_BHLD, "bhld"), **dict.fromkeys(_BLHD, "blhd")},
+                    op_patterns=("flash_attn", "unified_attention"), injectors=("attention_flaggems",))
 
 
 class Attention(Kernel):

@@ -48,6 +48,38 @@ class Inputs:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """What a tunable op covers, declared by its kernel module as `COVERAGE` (plain data: reading
+    it imports neither torch nor flag_gems). The profiler, `tune --from-profile`, `serve` and the
+    serve-time plugin read it instead of keeping per-op tables of their own.
+
+    aten_ops: the profiled ops whose rows this op tunes, each with the form of its operands, which
+        says how a profile row's shapes give its key (tuner.profiling.profiler.ROW_FORMS): "mm" (A, B),
+        "addmm" (bias, A, B), "linear" (x, W[N, K], bias), "matmul" (a, b), "bmm" (A, B),
+        "baddbmm" (bias, A, B), "bhld" / "blhd" (attention's q, k as (B, H, L, D) / (B, L, H, D)).
+    op_patterns: lower-case parts of the names of other profiled ops it tunes (vLLM's custom ops),
+        tried after every declared aten op name of every op.
+    flaggems_op: the FlagGems op (the name `flag_gems.enable(unused=...)` takes) that this op's tuned
+        kernel is, one to one: `serve` leaves it to PyTorch when every tuned key is still slower than
+        native. None when the tuned kernel is not exactly one FlagGems op.
+    profile_keys: `tune --from-profile` gives this op's keys: M,N,K of its batch-1 rows (GEMM forms).
+    no_profile_keys: why `tune --from-profile` cannot, where that needs saying (the refusal says it).
+    injectors: the injectors (tuner.inject.registry) that put its tuned configs to use at serve time.
+    """
+
+    aten_ops: Mapping[str, str] = field(default_factory=dict)
+    op_patterns: tuple[str, ...] = ()
+    flaggems_op: str | None = None
+    profile_keys: bool = False
+    no_profile_keys: str | None = None
+    injectors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.profile_keys and self.no_profile_keys:
+            raise ValueError("an op either gives keys from a profile or says why not, not both")
+
+
 # A runner takes one input set and its output buffer, and writes the result into the buffer.
 Runner = Callable[[tuple, Any], Any]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kernels.base import Config, Inputs, KernelInputError, Key, Runner, torch_dtype
+from kernels.base import Config, Coverage, Inputs, KernelInputError, Key, Runner, torch_dtype
 from kernels.flaggems_ops import LibTunerKernel, op_module
 from kernels.mm import MM
 from tuner.devices import ELEM_BYTES
@@ -72,6 +72,12 @@ def operand_strides(key: Key) -> tuple[tuple[int, int, int], tuple[int, int, int
     if layout == LAYOUTS["bmm"]:
         return (M * K, K, 1), (K * N, N, 1)
     return (K, batch * K, 1), (0, 1, K)  # X[M, BATCH, K].permute(1, 0, 2); W[N, K].t() expanded
+
+
+COVERAGE = Coverage(aten_ops={"aten::bmm": "bmm"}, flaggems_op="bmm",
+                    no_profile_keys="a profile row has the shapes but not the operand layout the key needs; "
+                                    "pass them with --shape BATCH,M,N,K,bmm|linear",
+                    injectors=("bmm_flaggems",))
 
 
 class BMM(LibTunerKernel):

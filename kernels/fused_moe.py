@@ -25,6 +25,7 @@ from pathlib import Path
 
 from kernels.base import (
     Config,
+    Coverage,
     Inputs,
     Kernel,
     KernelInputError,
@@ -228,6 +229,11 @@ def _fg_runner(key: Key, config: Config, dtype: str) -> Runner:
         return out
 
     return run
+
+
+# vLLM's fused-MoE custom ops (vllm::fused_moe, vllm::outplace_fused_experts, _moe_C::topk_softmax)
+# and FlagGems' own; vLLM reads the tuned configs from its config files, FlagGems through its hook
+COVERAGE = Coverage(op_patterns=("moe", "fused_experts"), injectors=("fused_moe", "fused_moe_flaggems_hook"))
 
 
 class FusedMoE(Kernel):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from kernels.base import Config, Inputs, Kernel, KernelInputError, Key, Runner, next_pow2, torch_dtype
+from kernels.base import Config, Coverage, Inputs, Kernel, KernelInputError, Key, Runner, next_pow2, torch_dtype
 from kernels.flaggems_ops import jit_function
 from tuner.devices import ELEM_BYTES, TORCH_NAMES
 
@@ -60,6 +60,13 @@ def flaggems_variant(key: Key, dtype: str) -> str:
     else:
         tma = N % 4 == 0 and K % 4 == 0
     return "fg_tma" if tma else "fg_general"
+
+
+# the profiled GEMMs whose keys mm tunes (aten::addmm and aten::bmm have ops of their own); not one
+# FlagGems op: its winners include the project's split-K GEMM, which takes aten::mm over itself
+COVERAGE = Coverage(aten_ops={"aten::mm": "mm", "aten::linear": "linear", "aten::matmul": "matmul",
+                              "aten::baddbmm": "baddbmm", "aten::_addmm_activation": "addmm"},
+                    profile_keys=True, injectors=("mm_flaggems", "mm_splitk"))
 
 
 class MM(Kernel):
