@@ -172,10 +172,13 @@ def _row_dict(r) -> dict:
 
 
 def with_gains(rows, session, environment_id: int, flaggems: bool) -> list[dict]:
-    """HotOp rows as dicts, `predicted_gain_us` set on aten::mm / aten::addmm rows that a stored
-    best mm / addmm config covers (bmm rows do not say their operand layout: no prediction)."""
+    """HotOp rows as dicts, `predicted_gain_us` set on the aten::<op> rows of the ops whose keys a
+    profile row gives (Coverage.profile_keys: aten::mm, aten::addmm) that a stored best config of
+    that op covers (bmm rows do not say their operand layout: no prediction)."""
     from db import profile_queries as pq
+    from tuner.profiling.hot_keys import profile_key_ops
 
+    predicts = profile_key_ops()
     cache: dict[tuple[str, str], dict] = {}
     out = []
     for r in rows:
@@ -183,7 +186,7 @@ def with_gains(rows, session, environment_id: int, flaggems: bool) -> list[dict]
         d["predicted_gain_us"] = None
         key = d.get("key") or {}
         kernel = d.get("tunable")
-        if d["op"] == f"aten::{kernel}" and kernel in ("mm", "addmm") and key.get("batch", 1) == 1:
+        if d["op"] == f"aten::{kernel}" and kernel in predicts and key.get("batch", 1) == 1:
             best_by = cache.setdefault((kernel, d["dtype"]),
                                        pq.mm_best_by_mnk(session, environment_id, d["dtype"], kernel))
             best = best_by.get((key.get("M"), key.get("N"), key.get("K")))

@@ -4,25 +4,39 @@ from __future__ import annotations
 
 from tuner.errors import UserError
 
-SUPPORTED = ("mm", "addmm")
+
+def profile_key_ops() -> list[str]:
+    """The ops whose keys a profile gives (Coverage.profile_keys), in REGISTRY order."""
+    from kernels import coverages
+
+    return [op for op, cov in coverages().items() if cov.profile_keys]
+
+
+def check_profile_op(op: str) -> None:
+    """UserError unless `tune --from-profile` can give keys for `op`: its declared reason where
+    it gives one (bmm), else the ops that can."""
+    from kernels import coverage
+
+    cov = coverage(op)
+    if cov is not None and cov.no_profile_keys:
+        raise UserError(f"--from-profile cannot give {op} keys: {cov.no_profile_keys}")
+    if cov is None or not cov.profile_keys:
+        raise UserError(f"--from-profile gives keys for {', '.join(profile_key_ops())} only, not {op!r}")
 
 
 def keys_from_profile(db_url: str | None, profile_id_or_latest: str | int, top: int | None, op: str = "mm") -> list[str]:
     """Shape strings ("16,4608,3584", i.e. M,N,K with nn.Linear's weight layout BT=1) of the
-    profile's rows that `op`'s kernel runs (aten::mm, linear and matmul rows for mm; aten::addmm
-    rows for addmm) without a batch dimension, in rank order, without repeats, at most `top`.
+    profile's rows that `op`'s kernel runs (the rows of the aten ops its COVERAGE declares: aten::mm,
+    linear and matmul rows for mm; aten::addmm rows for addmm) without a batch dimension, in rank
+    order, without repeats, at most `top`.
 
-    Unknown profile id, no database, or another op: UserError (bmm rows do not record their
-    operands' strides, which its key needs).
+    Unknown profile id, no database, or an op without Coverage.profile_keys: UserError (bmm rows
+    do not record their operands' strides, which its key needs).
     """
     from tuner.store import open_db
     from db import profile_queries as pq
 
-    if op == "bmm":
-        raise UserError("--from-profile cannot give bmm keys: a profile row has the shapes but not the "
-                        "operand layout the key needs; pass them with --shape BATCH,M,N,K,bmm|linear")
-    if op not in SUPPORTED:
-        raise UserError(f"--from-profile gives keys for {', '.join(SUPPORTED)} only, not {op!r}")
+    check_profile_op(op)
     if top is not None and top < 1:
         raise UserError("--top must be a positive number")
     db = open_db(db_url, create=False)

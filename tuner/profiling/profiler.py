@@ -6,12 +6,13 @@ Without CUDA, each aten op's CPU self time is used instead and rows say `time_so
 those numbers only show the workload's structure, not H100 costs.
 
 `aggregate`, `rank`, `tunable_kernel`, `mm_key` and `attention_key` are pure functions of plain
-data so they can be tested from fixed samples; `samples_from_events` is the only code that reads
-profiler objects.
+data (rows, and what each tunable op declares it covers: kernels.base.Coverage) so they can be
+tested from fixed samples; `samples_from_events` is the only code that reads profiler objects.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -27,14 +28,12 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 Shapes = tuple[tuple[int, ...], ...]
 
-GEMM_KERNELS = ("mm", "addmm", "bmm")  # tuner kernels whose rows carry an M, N, K key
-MM_OPS = {"aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::bmm", "aten::baddbmm",
-          "aten::_addmm_activation"}
-# ops whose first operand is (B, H, L, D) / (B, L, H, D)
-_ATTN_BHLD = {"aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention",
-              "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention",
-              "aten::_scaled_dot_product_attention_math", "aten::_scaled_dot_product_flash_attention_for_cpu"}
-_ATTN_BLHD = {"aten::_flash_attention_forward", "aten::_efficient_attention_forward"}
+# Operand forms a tunable op declares for the aten ops it covers (Coverage.aten_ops): how a row's
+# shapes give its key. GEMM forms give {M, N, K, batch, bias} (and the row's m, n, k), attention
+# forms (q, k as (B, H, L, D) / (B, L, H, D)) give {batch, heads, kv_heads, q_len, kv_len, head_dim}.
+GEMM_FORMS = ("mm", "addmm", "linear", "matmul", "bmm", "baddbmm")
+ATTENTION_FORMS = ("bhld", "blhd")
+ROW_FORMS = GEMM_FORMS + ATTENTION_FORMS
 
 _DTYPES = {"float": "float32", "double": "float64", "c10::Half": "float16", "c10::BFloat16": "bfloat16",
            "long int": "int64", "int": "int32", "bool": "bool", "c10::Float8_e4m3fn": "float8_e4m3fn",
@@ -64,7 +63,7 @@ class HotOp:
     calls: int
     total_us: float
     share: float  # of all profiled time (all rows, before any top-N cut)
-    tunable: str  # "mm" | "addmm" | "bmm" | "fused_moe" | "attention" | "not tunable"
+    tunable: str  # the tunable op covering `op` (kernels.REGISTRY: mm, addmm, ...) | "not tunable"
     m: int | None = None
     n: int | None = None
     k: int | None = None
@@ -100,18 +99,42 @@ class Overhead:
 
 # --- pure functions ------------------------------------------------------------------------
 
+@functools.cache
+def _coverage_index() -> tuple[dict[str, tuple[str, str]], tuple[tuple[str, tuple[str, ...]], ...]]:
+    """aten op -> (tunable op, operand form), and each op's name patterns, in REGISTRY order."""
+    from kernels import coverages
+
+    exact: dict[str, tuple[str, str]] = {}
+    patterns = []
+    for name, cov in coverages().items():
+        for aten, form in cov.aten_ops.items():
+            if aten in exact:
+                raise ValueError(f"{aten} is declared by both {exact[aten][0]} and {name}")
+            if form not in ROW_FORMS:
+                raise ValueError(f"{name} declares {aten} with the unknown operand form {form!r}")
+            exact[aten] = (name, form)
+        if cov.op_patterns:
+            patterns.append((name, cov.op_patterns))
+    return exact, tuple(patterns)
+
+
 def tunable_kernel(op: str) -> str:
-    """Which tuner kernel covers `op`."""
+    """Which tuner kernel covers `op`: the one declaring it among its aten ops, else the first
+    whose name patterns it contains."""
+    exact, patterns = _coverage_index()
+    if op in exact:
+        return exact[op][0]
     low = op.lower()
-    if op in ("aten::addmm", "aten::bmm"):  # FlagGems runs these through their own kernels
-        return op.split("::")[1]
-    if op in MM_OPS:
-        return "mm"
-    if "moe" in low or "fused_experts" in low:
-        return "fused_moe"
-    if op in _ATTN_BHLD or op in _ATTN_BLHD or "flash_attn" in low or "unified_attention" in low:
-        return "attention"
+    for name, parts in patterns:
+        if any(p in low for p in parts):
+            return name
     return "not tunable"
+
+
+def row_form(op: str) -> str | None:
+    """The operand form a tunable op declares for `op` (ROW_FORMS), None for an undeclared op."""
+    hit = _coverage_index()[0].get(op)
+    return hit[1] if hit else None
 
 
 def _prod(dims: Iterable[int]) -> int:
@@ -119,25 +142,26 @@ def _prod(dims: Iterable[int]) -> int:
 
 
 def mm_key(op: str, shapes: Shapes) -> dict | None:
-    """GEMM problem {M, N, K, batch, bias} from an mm-family op's input shapes, or None."""
+    """GEMM problem {M, N, K, batch, bias} from a GEMM-form op's input shapes, or None."""
+    form = row_form(op)
     try:
-        if op == "aten::mm":
+        if form == "mm":
             (m, k), (_, n) = shapes[0], shapes[1]
             return {"M": m, "N": n, "K": k, "batch": 1, "bias": False}
-        if op in ("aten::addmm", "aten::_addmm_activation"):  # (bias, mat1, mat2, beta, alpha)
+        if form == "addmm":  # (bias, mat1, mat2, beta, alpha)
             (m, k), (_, n) = shapes[1], shapes[2]
             return {"M": m, "N": n, "K": k, "batch": 1, "bias": len(shapes[0]) > 0}
-        if op == "aten::linear":  # (input[..., K], weight[N, K], bias[N] or none)
+        if form == "linear":  # (input[..., K], weight[N, K], bias[N] or none)
             x, w = shapes[0], shapes[1]
             bias = len(shapes) > 2 and len(shapes[2]) > 0
             return {"M": _prod(x[:-1]), "N": w[0], "K": w[1], "batch": 1, "bias": bias}
-        if op == "aten::bmm":
+        if form == "bmm":
             (b, m, k), (_, _, n) = shapes[0], shapes[1]
             return {"M": m, "N": n, "K": k, "batch": b, "bias": False}
-        if op == "aten::baddbmm":  # (self, batch1, batch2, beta, alpha)
+        if form == "baddbmm":  # (self, batch1, batch2, beta, alpha)
             (b, m, k), (_, _, n) = shapes[1], shapes[2]
             return {"M": m, "N": n, "K": k, "batch": b, "bias": True}
-        if op == "aten::matmul":
+        if form == "matmul":
             a, b = shapes[0], shapes[1]
             if len(b) <= 2:  # weight-like right operand: leading dims of a fold into M
                 n = b[-1] if len(b) == 2 else 1
@@ -151,18 +175,24 @@ def mm_key(op: str, shapes: Shapes) -> dict | None:
 
 
 def attention_key(op: str, shapes: Shapes) -> dict | None:
-    """{batch, heads, kv_heads, q_len, kv_len, head_dim} from an attention op's q/k shapes."""
+    """{batch, heads, kv_heads, q_len, kv_len, head_dim} from an attention-form op's q/k shapes."""
+    form = row_form(op)
     try:
         q, k = shapes[0], shapes[1]
-        if op in _ATTN_BHLD:
+        if form == "bhld":
             (b, h, lq, d), (_, hk, lk, _) = q, k
-        elif op in _ATTN_BLHD:
+        elif form == "blhd":
             (b, lq, h, d), (_, lk, hk, _) = q, k
         else:
             return None
     except (IndexError, ValueError, TypeError):
         return None
     return {"batch": b, "heads": h, "kv_heads": hk, "q_len": lq, "kv_len": lk, "head_dim": d}
+
+
+def row_key(op: str, shapes: Shapes) -> dict | None:
+    """The key a profile row of `op` gives its tunable op (by the declared operand form), or None."""
+    return mm_key(op, shapes) if row_form(op) in GEMM_FORMS else attention_key(op, shapes)
 
 
 def aggregate(samples: Iterable[KernelSample]) -> list[HotOp]:
@@ -175,9 +205,8 @@ def aggregate(samples: Iterable[KernelSample]) -> list[HotOp]:
     for (op, shapes, dtype, kernel), group in groups.items():
         total = sum(s.us for s in group)
         tunable = tunable_kernel(op)
-        gemm = tunable in GEMM_KERNELS
-        key = mm_key(op, shapes) if gemm else (attention_key(op, shapes) if tunable == "attention" else None)
-        mm = key if gemm and key else {}
+        key = row_key(op, shapes)
+        mm = key if key and row_form(op) in GEMM_FORMS else {}
         rows.append(HotOp(
             op=op, shapes=json.dumps([list(s) for s in shapes]), dtype=dtype, kernel=kernel,
             calls=len({s.call for s in group}), total_us=total,

@@ -71,19 +71,20 @@ def select_records(db_url: str | None, allow_foreign: bool) -> list[dict]:
     return mine
 
 
-# tuner kernels that are one FlagGems op each, by the name flag_gems.enable(unused=...) takes
-_FLAGGEMS_OP_OF_KERNEL = {"addmm": "addmm", "bmm": "bmm"}
-
-
 def leave_native(records: list[dict]) -> list[str]:
     """FlagGems ops whose every stored tuned key is still slower than native PyTorch (cuBLAS):
     serving them through FlagGems would only cost time. On the H100 FlagGems' addmm is 0.41-0.78x
     cuBLAS on all 17 MiniCPM-o keys even tuned (results/ops); leaving it native made the LLM's
     decode 0.93-0.96x native instead of 0.99-1.02x (results/e2e/run5_addmm_native). An op with no
-    timed record, or with one key where the tuned kernel wins, stays with FlagGems."""
+    timed record, or with one key where the tuned kernel wins, stays with FlagGems. Only ops whose
+    tuned kernel is one FlagGems op count (Coverage.flaggems_op: addmm, bmm; not mm, whose winners
+    include the project's split-K GEMM)."""
+    from kernels import coverage
+
     by_op: dict[str, list[bool]] = {}
     for r in records:
-        op = _FLAGGEMS_OP_OF_KERNEL.get(r.get("kernel"))
+        cov = coverage(r.get("kernel"))
+        op = cov.flaggems_op if cov is not None else None
         if op is None:
             continue
         native, tuned = r.get("native_us"), r.get("time_us")

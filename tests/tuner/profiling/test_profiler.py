@@ -9,8 +9,8 @@ from torch.autograd import DeviceType
 from torch.autograd.profiler_util import FunctionEvent
 
 from tuner.profiling.profiler import (
-    GEMM_KERNELS, UNATTRIBUTED, HotOp, KernelSample, aggregate, attention_key, measure_overhead, mm_key,
-    profile_steps, rank, samples_from_events, tunable_kernel,
+    GEMM_FORMS, ROW_FORMS, UNATTRIBUTED, HotOp, KernelSample, aggregate, attention_key, measure_overhead,
+    mm_key, profile_steps, rank, row_form, samples_from_events, tunable_kernel,
 )
 from tuner.profiling.workload import RequestOptions, build_model, build_requests
 
@@ -29,6 +29,15 @@ from tuner.profiling.workload import RequestOptions, build_model, build_requests
 ])
 def test_tunable_kernel(op, kernel):
     assert tunable_kernel(op) == kernel
+
+
+def test_every_declared_aten_op_has_a_known_operand_form():
+    from kernels import coverages
+
+    declared = {aten: (op, form) for op, cov in coverages().items() for aten, form in cov.aten_ops.items()}
+    assert declared and all(form in ROW_FORMS for _, form in declared.values())
+    assert all(tunable_kernel(aten) == op and row_form(aten) == form for aten, (op, form) in declared.items())
+    assert sum(len(cov.aten_ops) for cov in coverages().values()) == len(declared)  # no aten op twice
 
 
 @pytest.mark.parametrize("op, shapes, key", [
@@ -210,7 +219,7 @@ def test_profiled_run_ranks_cpu_time(profiled):
 
 def _mm_rows(rows, step_prefix):
     return {(r.op, r.m, r.n, r.k) for r in rows
-            if r.tunable in GEMM_KERNELS and any(s.startswith(step_prefix) for s in r.steps)}
+            if row_form(r.op) in GEMM_FORMS and any(s.startswith(step_prefix) for s in r.steps)}
 
 
 def test_profiled_run_finds_the_model_gemms(profiled, model):
