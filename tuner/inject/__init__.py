@@ -3,7 +3,8 @@
 Modules (one job each): `vllm_moe` (vLLM fused-MoE JSON files), `flaggems_moe` (FlagGems
 MoE lookup hook), `flaggems_cache` (FlagGems LibTuner mm cache seeding), `mm_override`
 (aten::mm split-K override), `plugin` (vLLM entry point + runtime folder), `foreign`
-(refusing results from another machine). Importing this package imports neither torch,
+(refusing results from another machine), `registry` (the injectors the plugin runs, each
+registered beside the code it drives). Importing this package imports neither torch,
 flag_gems nor vllm: each function imports what it needs when called.
 """
 from tuner.inject.flaggems_cache import SeedReport, fg_kernel_source_hash, seed_mm_cache

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tuner.inject.foreign import ENV_FIELDS, check_records, running_environment
+from tuner.inject.registry import FLAGGEMS, Context, injector
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +85,10 @@ def seed_attention_cache(
     if chosen:
         clear_compiled()
     return len(chosen)
+
+
+@injector("attention_flaggems", label="attention via FlagGems autotuner", stage=FLAGGEMS)
+def seed_attention_for_serving(records: list[dict[str, Any]], ctx: Context) -> int:
+    """FlagGems' flash_fwd_kernel is reached when torch or the engine picks FlagGems' flash
+    attention (on an H100 torch's SDPA prefers cuDNN): one config per head dim and dtype."""
+    return seed_attention_cache(records, allow_foreign=ctx.allow_foreign)

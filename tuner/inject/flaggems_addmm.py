@@ -15,6 +15,7 @@ from typing import Any
 from tuner.devices import torch_dtype
 from tuner.inject._libtuner_seed import locate_libtuner, seed_kernel_records
 from tuner.inject.flaggems_cache import SeedReport
+from tuner.inject.registry import FLAGGEMS, Context, injector
 
 KERNEL = "addmm"
 CONFIG_META = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K")
@@ -94,3 +95,8 @@ def seed_addmm_cache(
         group=_group, what=lambda g: f"addmm N={g[0]} K={g[1]} {g[2]}",
         key_of=lambda t, g, m: addmm_key(t, g[0], g[1], g[2], m), meta_keys=CONFIG_META,
         max_tokens=max_tokens, db_url=db_url, allow_foreign=allow_foreign, running=running)
+
+
+@injector("addmm_flaggems", label="addmm via FlagGems cache", stage=FLAGGEMS)
+def seed_addmm_for_serving(records: list[dict[str, Any]], ctx: Context) -> int:
+    return seed_addmm_cache(records, max_tokens=ctx.max_tokens, allow_foreign=ctx.allow_foreign).records

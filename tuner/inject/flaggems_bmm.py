@@ -15,6 +15,7 @@ from typing import Any
 from tuner.devices import torch_dtype
 from tuner.inject._libtuner_seed import locate_libtuner, seed_kernel_records
 from tuner.inject.flaggems_cache import SeedReport
+from tuner.inject.registry import FLAGGEMS, Context, injector
 
 KERNEL = "bmm"
 CONFIG_META = ("TILE_M", "TILE_N", "TILE_K", "GROUP_M")
@@ -102,3 +103,8 @@ def seed_bmm_cache(
         group=_group, what=_describe, key_of=lambda t, g, m: bmm_key(t, g[0] or 1, g[1], g[2], g[3], g[4], m),
         meta_keys=CONFIG_META, max_tokens=max_tokens, db_url=db_url, allow_foreign=allow_foreign,
         running=running)
+
+
+@injector("bmm_flaggems", label="bmm via FlagGems cache", stage=FLAGGEMS)
+def seed_bmm_for_serving(records: list[dict[str, Any]], ctx: Context) -> int:
+    return seed_bmm_cache(records, max_tokens=ctx.max_tokens, allow_foreign=ctx.allow_foreign).records

@@ -24,6 +24,7 @@ from typing import Any
 from tuner.devices import DTYPE_ALIASES, torch_dtype
 from tuner.inject._select import plan_buckets
 from tuner.inject.foreign import ENV_FIELDS, check_records, running_environment
+from tuner.inject.registry import FLAGGEMS, Context, injector
 
 logger = logging.getLogger(__name__)
 
@@ -262,3 +263,8 @@ def seed_mm_cache(
     for s in report.skipped:
         logger.warning("not seeded: %s", s)
     return report
+
+
+@injector("mm_flaggems", label="mm via FlagGems cache", stage=FLAGGEMS)
+def seed_mm_for_serving(records: list[dict[str, Any]], ctx: Context) -> int:
+    return seed_mm_cache(records, max_tokens=ctx.max_tokens, allow_foreign=ctx.allow_foreign).records

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from tuner.inject.registry import FLAGGEMS, Context, injector
 from tuner.inject.vllm_moe import device_file_name, load_moe_folder
 
 logger = logging.getLogger(__name__)
@@ -65,3 +66,10 @@ def install_flaggems_moe_hook(folder: str | Path, device_name: str | None = None
         mod.try_get_optimal_moe_config = original
 
     return restore
+
+
+@injector("fused_moe_flaggems_hook", label=None, stage=FLAGGEMS)
+def hook_flaggems_moe_for_serving(records: list[dict], ctx: Context) -> int:
+    """FlagGems' fused MoE reads the same files as vLLM (counted by the fused_moe injector)."""
+    install_flaggems_moe_hook(ctx.moe_dir)
+    return 0

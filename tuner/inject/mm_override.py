@@ -17,6 +17,7 @@ from typing import Any
 
 from tuner.devices import torch_dtype
 from tuner.inject._select import assign_ms, ranges
+from tuner.inject.registry import OVERRIDE, Context, injector
 
 logger = logging.getLogger(__name__)
 _LIBS: list[Any] = []  # a torch.library.Library deregisters its kernels when collected
@@ -131,3 +132,28 @@ def install_mm_overrides(
     _LIBS.append(lib)
     logger.debug("aten::mm split-K override for %d (N, K, dtype)", len(plan))
     return MmOverride(plan, lib)
+
+
+def splitk_claims(records: list[dict[str, Any]], ctx: Context) -> list[str]:
+    """Split-K winners take aten::mm over and hand every other key to FlagGems' mm; torch allows
+    one Python kernel per op and dispatch key, so FlagGems must not register mm too."""
+    return ["mm"] if splitk_plan(records, ctx.max_tokens) else []
+
+
+@injector("mm_splitk", label="mm split-K", stage=OVERRIDE, claims=splitk_claims)
+def install_splitk_for_serving(records: list[dict[str, Any]], ctx: Context) -> int:
+    if not splitk_plan(records, ctx.max_tokens):
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        ctx.log.warning("split-K mm winners not installed: no CUDA GPU in this process")
+        return 0
+    fallback = None
+    if ctx.enable_flaggems and "mm" not in ctx.exclude:
+        from kernels.mm import flag_gems_mm_module
+
+        fallback = flag_gems_mm_module().mm  # seeded in the FlagGems stage: no autotuning
+    if install_mm_overrides(records, max_tokens=ctx.max_tokens, fallback=fallback).lib is None:
+        return 0
+    return sum(1 for r in records if r.get("kernel") == "mm" and r["config"].get("variant") == "splitk")

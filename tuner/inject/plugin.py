@@ -13,12 +13,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tuner.inject import _atomic
+from tuner.inject import _atomic, registry
 from tuner.inject.foreign import check_records, running_environment
 from tuner.inject.vllm_moe import export_moe_configs
 
-# Under "vllm." so the line goes through the handler vLLM installs on its logger tree.
-logger = logging.getLogger("vllm.tuner")
+logger = logging.getLogger(registry.LOGGER)  # "vllm.tuner": vLLM's handlers print its one line
 STATE_FILE = "state.json"
 MOE_FOLDER = "vllm_moe_configs"
 FLAGGEMS_DB = "flaggems_cache.db"  # seeded rows live here, not in the user's ~/.flaggems cache
@@ -93,74 +92,53 @@ def read_state(folder: str | Path) -> dict[str, Any]:
 
 
 def apply_state(folder: str | Path) -> dict[str, Any]:
-    """Enable FlagGems minus the excluded ops and install every tuned config; return counts."""
-    from tuner.inject.mm_override import install_mm_overrides, splitk_plan
-
+    """Enable FlagGems minus the excluded ops and run every injector (tuner.inject.registry),
+    stage by stage; return each counted injector's count, config_memo and exclude_ops."""
     folder = Path(folder)
     state = read_state(folder)
-    records, exclude = state["records"], state["exclude_ops"]
-    moe_dir = folder / state["moe_folder"]
+    records = state["records"]
+    ctx = registry.Context(folder=folder, exclude=state["exclude_ops"], max_tokens=state["max_tokens"],
+                           allow_foreign=state["allow_foreign"], enable_flaggems=state["enable_flaggems"],
+                           moe_dir=folder / state["moe_folder"], log=logger)
     # fg_* mm records get the full check (FlagGems version, kernel hash) in seed_mm_cache;
     # the rest is re-checked here because each engine process may sit on another GPU.
     others = [r for r in records if not str((r.get("config") or {}).get("variant", "")).startswith("fg_")]
-    check_records(others, running_environment(("gpu_name", "triton")), allow_foreign=state["allow_foreign"])
-    # vLLM reads this when a MoE layer first asks for its config, i.e. after plugins ran.
-    if os.environ.setdefault("VLLM_TUNED_CONFIG_FOLDER", str(moe_dir)) != str(moe_dir):
-        logger.warning("VLLM_TUNED_CONFIG_FOLDER=%s overrides the tuned MoE folder %s",
-                       os.environ["VLLM_TUNED_CONFIG_FOLDER"], moe_dir)
-    counts = {"fused_moe": sum(1 for r in records if r.get("kernel") == "fused_moe"),
-              "mm_flaggems": 0, "addmm_flaggems": 0, "bmm_flaggems": 0,
-              "attention_flaggems": 0, "mm_splitk": 0, "config_memo": False}
-    if state["enable_flaggems"]:
-        if "flag_gems" in sys.modules:  # too late to move its cache: seeding goes where it points
-            logger.warning("flag_gems was imported before the tuner plugin; tuned mm rows go to "
-                           "its cache database %s", os.environ.get("FLAGGEMS_DB_URL", "(default)"))
-        else:
-            os.environ.setdefault("FLAGGEMS_DB_URL", runtime_env(folder)["FLAGGEMS_DB_URL"])
-        import flag_gems
-
-        from tuner.inject.attention_cache import seed_attention_cache
-        from tuner.inject.flaggems_addmm import seed_addmm_cache
-        from tuner.inject.flaggems_bmm import seed_bmm_cache
-        from tuner.inject.flaggems_cache import seed_mm_cache
-        from tuner.inject.flaggems_moe import install_flaggems_moe_hook
-
-        # split-K winners take aten::mm over and hand every other key to FlagGems' mm; torch
-        # allows one Python kernel per op and dispatch key, so FlagGems must not register mm too
-        unused = list(exclude) + (["mm"] if splitk_plan(records, state["max_tokens"]) else [])
-        flag_gems.enable(unused=unused)  # a list: no vendor default exclude list
-        report = seed_mm_cache(records, max_tokens=state["max_tokens"],
-                               allow_foreign=state["allow_foreign"])
-        counts["mm_flaggems"] = report.records
-        counts["addmm_flaggems"] = seed_addmm_cache(records, max_tokens=state["max_tokens"],
-                                                    allow_foreign=state["allow_foreign"]).records
-        counts["bmm_flaggems"] = seed_bmm_cache(records, max_tokens=state["max_tokens"],
-                                                allow_foreign=state["allow_foreign"]).records
-        # FlagGems' flash_fwd_kernel (reached when torch or the engine picks FlagGems' flash
-        # attention; on an H100 torch's SDPA prefers cuDNN): one config per head dim and dtype
-        counts["attention_flaggems"] = seed_attention_cache(records, allow_foreign=state["allow_foreign"])
-        install_flaggems_moe_hook(moe_dir)
+    check_records(others, running_environment(("gpu_name", "triton")), allow_foreign=ctx.allow_foreign)
+    counts: dict[str, Any] = {i.name: 0 for i in registry.counted()}
+    counts["config_memo"] = False
+    _run_stage(registry.ENGINE, records, ctx, counts)
+    if ctx.enable_flaggems:
+        _enable_flaggems(records, ctx)
+        _run_stage(registry.FLAGGEMS, records, ctx, counts)
         # FlagGems reads its SQL config cache on every kernel call; serve those reads from memory
         from tuner.inject.flaggems_memo import install_config_memo
 
         install_config_memo()
         counts["config_memo"] = True
-    if splitk_plan(records, state["max_tokens"]):
-        import torch
-
-        if torch.cuda.is_available():
-            fallback = None
-            if state["enable_flaggems"] and "mm" not in exclude:
-                from kernels.mm import flag_gems_mm_module
-
-                fallback = flag_gems_mm_module().mm  # seeded above: no autotuning
-            if install_mm_overrides(records, max_tokens=state["max_tokens"], fallback=fallback).lib is not None:
-                counts["mm_splitk"] = sum(1 for r in records if r.get("kernel") == "mm"
-                                          and r["config"].get("variant") == "splitk")
-        else:
-            logger.warning("split-K mm winners not installed: no CUDA GPU in this process")
-    counts["exclude_ops"] = list(exclude)
+    _run_stage(registry.OVERRIDE, records, ctx, counts)
+    counts["exclude_ops"] = list(ctx.exclude)
     return counts
+
+
+def _enable_flaggems(records: list[dict[str, Any]], ctx: registry.Context) -> None:
+    """Point FlagGems' config cache at the runtime folder, then enable it minus the excluded ops
+    and the ops an injector takes over."""
+    if "flag_gems" in sys.modules:  # too late to move its cache: seeding goes where it points
+        logger.warning("flag_gems was imported before the tuner plugin; tuned mm rows go to "
+                       "its cache database %s", os.environ.get("FLAGGEMS_DB_URL", "(default)"))
+    else:
+        os.environ.setdefault("FLAGGEMS_DB_URL", runtime_env(ctx.folder)["FLAGGEMS_DB_URL"])
+    import flag_gems
+
+    claimed = [op for i in registry.injectors() if i.claims is not None for op in i.claims(records, ctx)]
+    flag_gems.enable(unused=list(ctx.exclude) + claimed)  # a list: no vendor default exclude list
+
+
+def _run_stage(stage: str, records: list[dict[str, Any]], ctx: registry.Context, counts: dict[str, Any]) -> None:
+    for inj in registry.injectors(stage):
+        count = inj.apply(records, ctx)
+        if inj.label is not None:
+            counts[inj.name] = count
 
 
 def _ensure_visible() -> None:
@@ -183,15 +161,14 @@ def register() -> None:
         return
     if _applied is None:
         _applied = apply_state(folder)
-    c = _applied
-    total = (c["fused_moe"] + c["mm_flaggems"] + c["addmm_flaggems"] + c["bmm_flaggems"]
-             + c["attention_flaggems"] + c["mm_splitk"])
-    logger.info(
-        "tuner plugin: %d tuned configs active (fused_moe %d, mm via FlagGems cache %d, "
-        "addmm via FlagGems cache %d, bmm via FlagGems cache %d, attention via FlagGems autotuner %d, "
-        "mm split-K %d); FlagGems excluded ops: %s%s",
-        total, c["fused_moe"], c["mm_flaggems"], c["addmm_flaggems"], c["bmm_flaggems"],
-        c["attention_flaggems"], c["mm_splitk"],
-        ", ".join(c["exclude_ops"]) or "none",
-        "; FlagGems config cache read from memory" if c.get("config_memo") else "",
+    logger.info("%s", active_line(_applied))
+
+
+def active_line(counts: Mapping[str, Any]) -> str:
+    """The plugin's one log line for apply_state's counts: each counted injector, in registry order."""
+    shown = registry.counted()
+    return "tuner plugin: %d tuned configs active (%s); FlagGems excluded ops: %s%s" % (
+        sum(counts[i.name] for i in shown), ", ".join("%s %d" % (i.label, counts[i.name]) for i in shown),
+        ", ".join(counts["exclude_ops"]) or "none",
+        "; FlagGems config cache read from memory" if counts.get("config_memo") else "",
     )

@@ -5,6 +5,7 @@ tests compare against vLLM's own functions so a renamed scheme is caught.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 from tuner.devices import DTYPE_ALIASES
 from tuner.inject import _atomic
 from tuner.inject.foreign import check_records
+from tuner.inject.registry import ENGINE, Context, injector
 
 # record dtype -> vLLM's `_get_config_dtype_str` (bf16/fp16 configs carry no dtype part).
 _DTYPE = {
@@ -141,3 +143,13 @@ def load_moe_folder(folder: str | Path) -> dict[tuple, dict[int, dict[str, int]]
             int(k): v for k, v in data.items()
         }
     return out
+
+
+@injector("fused_moe", label="fused_moe", stage=ENGINE)
+def point_vllm_at_moe_folder(records: list[dict[str, Any]], ctx: Context) -> int:
+    """vLLM reads VLLM_TUNED_CONFIG_FOLDER when a MoE layer first asks for its config, i.e. after
+    plugins ran; the files were written with the runtime folder. Counts the fused_moe records."""
+    if os.environ.setdefault("VLLM_TUNED_CONFIG_FOLDER", str(ctx.moe_dir)) != str(ctx.moe_dir):
+        ctx.log.warning("VLLM_TUNED_CONFIG_FOLDER=%s overrides the tuned MoE folder %s",
+                        os.environ["VLLM_TUNED_CONFIG_FOLDER"], ctx.moe_dir)
+    return sum(1 for r in records if r.get("kernel") == "fused_moe")
