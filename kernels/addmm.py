@@ -58,7 +58,7 @@ def as_config(cfg) -> Config:
 
 
 COVERAGE = Coverage(aten_ops={"aten::addmm": "addmm"}, flaggems_op="addmm", profile_keys=True,
-                    injectors=("addmm_flaggems",))
+                    injectors=("addmm_flaggems", "gemm_routes"))
 
 
 class AddMM(LibTunerKernel):

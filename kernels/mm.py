@@ -66,7 +66,7 @@ def flaggems_variant(key: Key, dtype: str) -> str:
 # FlagGems op: its winners include the project's split-K GEMM, which takes aten::mm over itself
 COVERAGE = Coverage(aten_ops={"aten::mm": "mm", "aten::linear": "linear", "aten::matmul": "matmul",
                               "aten::baddbmm": "baddbmm", "aten::_addmm_activation": "addmm"},
-                    profile_keys=True, injectors=("mm_flaggems", "mm_splitk"))
+                    profile_keys=True, injectors=("mm_flaggems", "gemm_routes"))
 
 
 class MM(Kernel):

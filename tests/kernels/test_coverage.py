@@ -24,7 +24,9 @@ def test_every_named_injector_is_registered_and_every_injector_is_named():
     named = [name for c in coverages().values() for name in c.injectors]
     registered = [i.name for i in registry.injectors()]
     assert all(c.injectors for c in coverages().values())
-    assert sorted(named) == sorted(registered) and len(set(named)) == len(named)
+    # an injector may serve several ops (the GEMM router: mm and addmm); none is named twice by one op
+    assert set(named) == set(registered)
+    assert all(len(set(c.injectors)) == len(c.injectors) for c in coverages().values())
 
 
 def test_declarations_read_without_torch_or_flag_gems():

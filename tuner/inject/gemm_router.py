@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuner.inject._select import nearest_m
+from tuner.inject.registry import OVERRIDE, Context, injector
 
 logger = logging.getLogger(__name__)
 
@@ -229,3 +230,96 @@ def install_router(plan: Mapping[tuple, list], targets: Targets, *, dispatch_key
     router.libs.append(lib)
     logger.debug("GEMM router on %s for %d (op, N, K, dtype)", ", ".join(sorted(kernels)), len(plan))
     return router
+
+
+# ---- serving: the plugin's injector ------------------------------------------------------------
+
+_installed: Router | None = None  # the router of this process (vLLM may call the plugin twice)
+
+
+def router_claims(records: list[dict[str, Any]], ctx: Context) -> list[str]:
+    """The FlagGems functions that must not register while the router owns their aten ops (torch
+    takes one Python kernel per op and dispatch key): both overloads of each routed op."""
+    ops = {op for op, *_ in plan_routes(records, ctx.max_tokens)}
+    return [name for op in sorted(ops) for name in (op, f"{op}_out")]
+
+
+def flaggems_targets() -> Targets:
+    """FlagGems' own mm / addmm functions (their LibTuner caches seeded by the FlagGems stage) and
+    tuner's split-K GEMM: what a route ends in."""
+    from kernels.addmm import flag_gems_addmm_module
+    from kernels.mm import flag_gems_mm_module
+    from kernels.triton_mm import splitk_mm
+
+    fg_mm, fg_addmm = flag_gems_mm_module(), flag_gems_addmm_module()
+
+    def mm(a, b, out=None):
+        return fg_mm.mm(a, b) if out is None else fg_mm.mm_out(a, b, out=out)
+
+    def addmm(bias, a, b, *, beta=1, alpha=1, out=None):
+        if out is None:
+            return fg_addmm.addmm(bias, a, b, beta=beta, alpha=alpha)
+        return fg_addmm.addmm_out(bias, a, b, beta=beta, alpha=alpha, out=out)
+
+    return Targets(flaggems_mm=mm, flaggems_addmm=addmm, splitk_mm=splitk_mm)
+
+
+def warm_up_ms(lo: int, hi: int) -> list[int]:
+    """One M of each class Triton compiles separately within [lo, hi]: M == 1, M a multiple of 16,
+    any other M (H200: 18 M values with one config gave exactly these 3 compilations)."""
+    ms = {m for m in (1,) if lo <= m <= hi}
+    sixteen = next((m for m in range(max(lo, 16), hi + 1) if m % 16 == 0), None)
+    other = next((m for m in range(max(lo, 2), hi + 1) if m % 16), None)
+    return sorted(ms | {m for m in (sixteen, other) if m is not None})
+
+
+def warm_up(plan: Mapping[tuple, list]) -> int:
+    """Run every routed (op, N, K, dtype) once per M class and overload through the dispatcher, so
+    the Triton kernels are compiled before the engine takes requests (vLLM's JIT monitor flagged
+    mm_kernel_general_host_tma compilations during serving). Returns the calls made."""
+    import torch
+
+    from tuner.devices import torch_dtype
+
+    calls = 0
+    for (op, N, K, dtype), runs in plan.items():
+        dt = torch_dtype(dtype)
+        w = torch.randn(N, K, device="cuda", dtype=dt)
+        bias = torch.randn(N, device="cuda", dtype=dt)
+        for lo, hi, _ in runs:
+            for m in warm_up_ms(lo, hi):
+                a = torch.randn(m, K, device="cuda", dtype=dt)
+                out = torch.empty(m, N, device="cuda", dtype=dt)
+                if op == "mm":
+                    torch.mm(a, w.t()), torch.mm(a, w.t(), out=out)
+                else:
+                    torch.addmm(bias, a, w.t()), torch.addmm(bias, a, w.t(), out=out)
+                calls += 2
+        del w, bias
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return calls
+
+
+@injector("gemm_routes", label="GEMM keys routed to a tuned kernel", stage=OVERRIDE, claims=router_claims)
+def install_routes_for_serving(records: list[dict[str, Any]], ctx: Context) -> int:
+    """Install the router for the stored mm / addmm records and compile what it routes to."""
+    global _installed
+    plan = plan_routes(records, ctx.max_tokens)
+    counts = route_counts(plan, records)
+    if not plan:
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        ctx.log.warning("GEMM routes not installed: no CUDA GPU in this process")
+        return 0
+    if _installed is None:
+        _installed = install_router(plan, flaggems_targets())
+        calls = warm_up(plan)
+        ctx.log.debug("GEMM router warm-up: %d calls", calls)
+    return counts[FLAGGEMS] + counts[SPLITK]
+
+
+def installed() -> Router | None:
+    return _installed

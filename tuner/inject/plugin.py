@@ -32,6 +32,7 @@ def write_runtime_dir(
     *,
     max_tokens: int = 8192,
     enable_flaggems: bool = True,
+    flaggems_ops: str = "all",
     allow_foreign: bool = False,
     device_name: str | None = None,
     running: Mapping[str, Any] | None = None,
@@ -55,6 +56,7 @@ def write_runtime_dir(
             "format": STATE_FORMAT,
             "exclude_ops": sorted(set(exclude_ops)),
             "enable_flaggems": enable_flaggems,
+            "flaggems_ops": flaggems_ops,
             "max_tokens": max_tokens,
             "allow_foreign": allow_foreign,
             "moe_folder": MOE_FOLDER,
@@ -99,7 +101,8 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
     records = state["records"]
     ctx = registry.Context(folder=folder, exclude=state["exclude_ops"], max_tokens=state["max_tokens"],
                            allow_foreign=state["allow_foreign"], enable_flaggems=state["enable_flaggems"],
-                           moe_dir=folder / state["moe_folder"], log=logger)
+                           moe_dir=folder / state["moe_folder"], log=logger,
+                           flaggems_ops=state.get("flaggems_ops", "all"))
     # fg_* mm records get the full check (FlagGems version, kernel hash) in seed_mm_cache;
     # the rest is re-checked here because each engine process may sit on another GPU.
     others = [r for r in records if not str((r.get("config") or {}).get("variant", "")).startswith("fg_")]
@@ -117,6 +120,10 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
         counts["config_memo"] = True
     _run_stage(registry.OVERRIDE, records, ctx, counts)
     counts["exclude_ops"] = list(ctx.exclude)
+    from tuner.inject.gemm_router import route_counts
+
+    counts["routes"] = route_counts({}, records)
+    counts["flaggems_ops"] = ctx.flaggems_ops if ctx.enable_flaggems else "none"
     return counts
 
 
@@ -130,8 +137,24 @@ def _enable_flaggems(records: list[dict[str, Any]], ctx: registry.Context) -> No
         os.environ.setdefault("FLAGGEMS_DB_URL", runtime_env(ctx.folder)["FLAGGEMS_DB_URL"])
     import flag_gems
 
+    if ctx.flaggems_ops == "routed":  # no aten op registered: only the GEMM router calls FlagGems
+        return
     claimed = [op for i in registry.injectors() if i.claims is not None for op in i.claims(records, ctx)]
-    flag_gems.enable(unused=list(ctx.exclude) + claimed)  # a list: no vendor default exclude list
+    flag_gems.enable(unused=flaggems_unused([*ctx.exclude, *claimed]))  # a list: no vendor default
+
+
+def flaggems_unused(ops: Iterable[str]) -> list[str]:
+    """The names `flag_gems.enable(unused=...)` needs to leave an op out entirely: it matches the
+    function names of its registration table, where `addmm.out` is `addmm_out` and `mul_.Tensor`
+    is `mul_`, so excluding "addmm" alone left vLLM's compiled `addmm.out` calls on FlagGems (H200:
+    1,792 addmm_kernel calls with addmm excluded)."""
+    names: list[str] = []
+    for op in ops:
+        base = op[:-4] if op.endswith("_out") else op.rstrip("_")
+        for name in (base, f"{base}_out", f"{base}_"):
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def _run_stage(stage: str, records: list[dict[str, Any]], ctx: registry.Context, counts: dict[str, Any]) -> None:
@@ -159,9 +182,25 @@ def register() -> None:
     if not folder:
         logger.info("tuner plugin: TUNER_RUNTIME_DIR is unset; no tuned configs injected")
         return
+    if _applied is None and vllm_front_end():
+        logger.info("tuner plugin: vLLM front-end process; %s applies in the engine processes", folder)
+        return
     if _applied is None:
         _applied = apply_state(folder)
     logger.info("%s", active_line(_applied))
+
+
+def vllm_front_end() -> bool:
+    """True in the process that starts vLLM's engine core in a child (the API server, or an
+    offline `LLM` with V1 multiprocessing): no kernel runs there, so FlagGems is not imported and
+    CUDA is not initialised (which made vLLM switch to the spawn start method)."""
+    import multiprocessing
+
+    if "vllm" not in sys.modules:  # transformers' server (sitecustomize): one process serves
+        return False
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0":
+        return False
+    return multiprocessing.parent_process() is None
 
 
 def active_line(counts: Mapping[str, Any]) -> str:
@@ -171,4 +210,17 @@ def active_line(counts: Mapping[str, Any]) -> str:
         sum(counts[i.name] for i in shown), ", ".join("%s %d" % (i.label, counts[i.name]) for i in shown),
         ", ".join(counts["exclude_ops"]) or "none",
         "; FlagGems config cache read from memory" if counts.get("config_memo") else "",
-    )
+    ) + _routes_text(counts)
+
+
+def _routes_text(counts: Mapping[str, Any]) -> str:
+    """Where the stored GEMM keys go and which FlagGems ops are registered, when it says more than
+    the counts: a router with keys, or FlagGems restricted to the routed GEMMs."""
+    routes = counts.get("routes") or {}
+    text = ""
+    if any(routes.values()):
+        text += "; GEMM keys: FlagGems %d, split-K %d, native %d" % (
+            routes.get("flaggems", 0), routes.get("splitk", 0), routes.get("native", 0))
+    if counts.get("flaggems_ops") == "routed":
+        text += "; FlagGems registers no aten op (only routed GEMM keys reach its kernels)"
+    return text

@@ -32,7 +32,7 @@ MODULES = (
     "tuner.inject.flaggems_bmm",    # bmm: FlagGems' bmm LibTuner cache
     "tuner.inject.attention_cache",  # attention: FlagGems' flash-attention autotuner
     "tuner.inject.flaggems_moe",    # fused_moe under FlagGems: its MoE config lookup
-    "tuner.inject.mm_override",     # mm: split-K winners take aten::mm over
+    "tuner.inject.gemm_router",     # mm, addmm: each key to tuned FlagGems, split-K or native
 )
 
 
@@ -47,6 +47,9 @@ class Context:
     enable_flaggems: bool
     moe_dir: Path
     log: logging.Logger  # the plugin's logger: warnings reach the engine's log
+    # "all": FlagGems registers every op but the excluded and claimed ones; "routed": it registers no
+    # aten op and only the GEMM router's routes reach its kernels (tuned serving in a compiling engine)
+    flaggems_ops: str = "all"
 
 
 Apply = Callable[[list[dict[str, Any]], Context], int]

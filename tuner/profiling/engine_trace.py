@@ -188,3 +188,40 @@ def flaggems_kernel_names() -> frozenset[str]:
             if isinstance(obj, JITFunction):
                 names.add(obj.fn.__name__)
     return frozenset(names)
+
+
+def summarise_dir(trace_dir: str | Path, steps: int, flaggems: frozenset[str] = frozenset(),
+                  top: int = 15) -> dict[str, Any]:
+    """The summary of the newest trace file in a folder vLLM's profiler wrote (one worker)."""
+    files = sorted(Path(trace_dir).glob("*.pt.trace.json*"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise FileNotFoundError(f"no *.pt.trace.json(.gz) in {trace_dir}")
+    out = aggregate(load_trace(files[-1]), steps, flaggems).to_dict(top)
+    out["trace"] = files[-1].name
+    return out
+
+
+def sample_trace(path: str | Path, dest: str | Path, max_kernels: int = 400) -> Path:
+    """A small excerpt of a real trace for tests: the first `max_kernels` kernels after the middle,
+    the runtime launches and aten ops of the same time window."""
+    events = [e for e in load_trace(path) if e.get("ph") == "X" and "ts" in e]
+    kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    window = kernels[len(kernels) // 2: len(kernels) // 2 + max_kernels]
+    corr = {k.get("args", {}).get("correlation") for k in window}
+    launches = [e for e in events if e.get("cat") == "cuda_runtime" and e.get("args", {}).get("correlation") in corr]
+    t0 = min([e["ts"] for e in launches + window] or [0])
+    t1 = max([e["ts"] for e in window] or [0])
+    ops = [e for e in events if e.get("cat") == "cpu_op" and t0 <= e["ts"] <= t1]
+    keep = [{k: e[k] for k in ("ph", "cat", "name", "ts", "dur", "tid", "pid", "args") if k in e}
+            for e in window + launches + ops]
+    dest = Path(dest)
+    with gzip.open(dest, "wt") as f:
+        json.dump({"traceEvents": keep}, f)
+    return dest
+
+
+if __name__ == "__main__":  # on the GPU host: python -m tuner.profiling.engine_trace DIR STEPS OUT.json
+    import sys
+
+    summary = summarise_dir(sys.argv[1], int(sys.argv[2]), flaggems_kernel_names())
+    Path(sys.argv[3]).write_text(json.dumps(summary, indent=1))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -107,9 +106,18 @@ def build_llm(model: str, max_batched: int, max_seqs: int, profile_dir: str | No
     kwargs = dict(model=model, dtype="bfloat16", seed=0, max_model_len=4096,
                   max_num_batched_tokens=max_batched, max_num_seqs=max_seqs,
                   gpu_memory_utilization=0.85, enable_prefix_caching=False, disable_log_stats=False)
-    if profile_dir:
-        kwargs["profiler_config"] = {"profiler": "torch", "torch_profiler_dir": profile_dir}
-    return LLM(**kwargs)
+    if not profile_dir:
+        return LLM(**kwargs)
+    base = {"profiler": "torch", "torch_profiler_dir": profile_dir}
+    # shapes give the GEMM keys of eager launches; stacks would make the trace ~10x larger
+    full = {**base, "torch_profiler_record_shapes": True, "torch_profiler_with_stack": False}
+    try:
+        return LLM(**kwargs, profiler_config=full)
+    except (TypeError, ValueError) as e:  # an engine version without these fields
+        if "torch_profiler_" not in str(e):
+            raise
+        print(f"bench_engine: profiler options not taken ({e}); profiling with defaults", file=sys.stderr)
+        return LLM(**kwargs, profiler_config=base)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -151,10 +159,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batched-tokens", type=int, default=4096)
     p.add_argument("--profile-dir", default=None)
     return p.parse_args(argv)
-
-
-def median(xs: list[float]) -> float | None:
-    return statistics.median(xs) if xs else None
 
 
 if __name__ == "__main__":

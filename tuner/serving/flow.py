@@ -115,6 +115,20 @@ def stored_exclude_list(db_url: str | None) -> list[str]:
         db.dispose()
 
 
+# engines that compile the model (Inductor) and replay CUDA graphs: FlagGems sees only the GEMMs they
+# call as extern kernels, all its other ops run on the eager path (vLLM 0.26: the sampler's argmax and
+# gather every step), where each costs ~100-190 µs of Python launch (H100 e2e run 3) and compiles
+# during serving (vLLM's JIT monitor, H200)
+COMPILING_ENGINES = ("vllm",)
+
+
+def flaggems_ops(req: ServeRequest) -> str:
+    """Which FlagGems ops serve: "routed" (only the GEMM keys the router sends to a tuned FlagGems
+    kernel) when tuned configs go into a compiling engine, "all" (every op but the excluded ones)
+    otherwise: untuned FlagGems as `tuner serve` always started it, and eager engines."""
+    return "routed" if req.use_tuned and req.engine in COMPILING_ENGINES else "all"
+
+
 def prepare(req: ServeRequest) -> Prepared:
     from tuner.inject.foreign import ForeignResultError
     from tuner.inject.plugin import runtime_env, write_runtime_dir
@@ -130,7 +144,8 @@ def prepare(req: ServeRequest) -> Prepared:
     exclude = [*exclude, *left_native]
     folder = Path(req.runtime_dir or DEFAULT_RUNTIME).expanduser()
     try:
-        write_runtime_dir(folder, records, exclude, max_tokens=max_tokens, allow_foreign=req.allow_foreign)
+        write_runtime_dir(folder, records, exclude, max_tokens=max_tokens, allow_foreign=req.allow_foreign,
+                          flaggems_ops=flaggems_ops(req))
     except ForeignResultError as e:
         raise UserError(str(e)) from None
     env = runtime_env(folder) | engine.env(folder)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.conftest import needs_flag_gems, needs_vllm, run_py
+from tests.conftest import needs_flag_gems, needs_vllm, result, run_py
 from tests.tuner.inject.conftest import env_of, moe_record
 from tuner.inject import ForeignResultError
 from tuner.inject.plugin import FLAGGEMS_DB, MOE_FOLDER, apply_state, runtime_env, write_runtime_dir
@@ -82,13 +82,18 @@ def test_register_without_runtime_dir_is_a_logged_noop():
 
 @needs_vllm
 @needs_flag_gems
-def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
-    # A throwaway dist-info declaring the entry point that pyproject.toml declares.
+def plugin_site(tmp_path):
+    """A throwaway dist-info declaring the entry point that pyproject.toml declares."""
     site = tmp_path / "site"
     dist = site / "tuner_plugin_test-0.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tuner-plugin-test\nVersion: 0.0\n")
     (dist / "entry_points.txt").write_text(f"[vllm.general_plugins]\n{ENTRY_POINT}\n")
+    return site
+
+
+def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
+    site = plugin_site(tmp_path)
     rt = tmp_path / "rt"
     # Measured "elsewhere" (this host has no GPU): allowed, so the loud path runs too.
     with pytest.warns(RuntimeWarning, match="FOREIGN"):
@@ -129,20 +134,47 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     """
     fg_env.pop("FLAGGEMS_DB_URL")  # the plugin points FlagGems at the runtime folder's DB
     env = {**fg_env, "PYTHONPATH": f"{site}:{run_py.__globals__['REPO']}",
-           "VLLM_PLUGINS": "tuner", "TUNER_RUNTIME_DIR": str(rt), "VLLM_TARGET_DEVICE": "cpu"}
+           "VLLM_PLUGINS": "tuner", "TUNER_RUNTIME_DIR": str(rt), "VLLM_TARGET_DEVICE": "cpu",
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # this process is the engine: the plugin applies here
     out = run_py(code, env)
     lines = [line for line in out.splitlines() if "tuner plugin:" in line]
     assert len(lines) == 1, out[-3000:]
     assert ("tuner plugin: 6 tuned configs active (fused_moe 1, mm via FlagGems cache 2, "
             "addmm via FlagGems cache 1, bmm via FlagGems cache 1, attention via FlagGems autotuner 1, "
-            "mm split-K 0); FlagGems excluded ops: mm, softmax; FlagGems config cache read from memory") in lines[0]
+            "GEMM keys routed to a tuned kernel 0); FlagGems excluded ops: mm, softmax; FlagGems config cache "
+            "read from memory; GEMM keys: FlagGems 0, split-K 0, native 3") in lines[0]
     assert "USING FOREIGN TUNED RESULT for fused_moe" in out and "USING FOREIGN TUNED RESULT for mm" in out
     assert "USING FOREIGN TUNED RESULT for addmm" in out and "USING FOREIGN TUNED RESULT for bmm" in out
     assert "USING FOREIGN TUNED RESULT for attention" in out
     r = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
-    assert r == {"moe_folder": str(rt / MOE_FOLDER), "registered_mm": False, "registered_mm_out": True,
+    # "mm" excluded leaves out both overloads (FlagGems' mm and mm_out): vLLM's compiled graphs call mm.out
+    assert r == {"moe_folder": str(rt / MOE_FOLDER), "registered_mm": False, "registered_mm_out": False,
                  "seeded": True, "seeded_addmm": 32, "seeded_bmm": 16,
                  "seeded_attention": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
                  "moe_hooked": True, "db": runtime_env(rt)["FLAGGEMS_DB_URL"],
                  "memo": "tuner.inject.flaggems_memo"}
     assert (rt / FLAGGEMS_DB).exists()
+
+
+@needs_flag_gems
+@needs_vllm
+def test_vllm_front_end_process_applies_nothing(tmp_path, fg_env):
+    """The process that starts vLLM's engine core in a child (V1 multiprocessing) runs no kernel:
+    the plugin neither imports flag_gems nor initialises CUDA there, and says so in one line."""
+    site = plugin_site(tmp_path)
+    rt = tmp_path / "rt"
+    write_runtime_dir(rt, [], ["mul"], max_tokens=64, running={"gpu_name": None, "triton": None})
+    code = """
+        import json, sys
+        from vllm.plugins import load_general_plugins
+        load_general_plugins()
+        import torch
+        print("RESULT", json.dumps({"flag_gems": "flag_gems" in sys.modules,
+                                    "cuda_initialised": torch.cuda.is_initialized()}))
+    """
+    env = {**fg_env, "PYTHONPATH": f"{site}:{run_py.__globals__['REPO']}", "VLLM_PLUGINS": "tuner",
+           "TUNER_RUNTIME_DIR": str(rt), "VLLM_TARGET_DEVICE": "cpu"}
+    out = run_py(code, env)
+    assert result(out) == {"flag_gems": False, "cuda_initialised": False}
+    lines = [line for line in out.splitlines() if "tuner plugin:" in line]
+    assert len(lines) == 1 and "vLLM front-end process" in lines[0], out[-2000:]

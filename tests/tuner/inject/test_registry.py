@@ -6,34 +6,35 @@ import pytest
 from tuner.inject import plugin, registry
 from tuner.inject.plugin import active_line, apply_state, write_runtime_dir
 
-# the plugin's line as it was written out by hand before the registry (issue 10): kept byte for byte
+# the plugin's line as it was written out by hand before the registry (issue 10), with the GEMM
+# router's count where split-K's was (issue 11: the router serves split-K winners too)
 OLD_LINE = ("tuner plugin: %d tuned configs active (fused_moe %d, mm via FlagGems cache %d, "
             "addmm via FlagGems cache %d, bmm via FlagGems cache %d, attention via FlagGems autotuner %d, "
-            "mm split-K %d); FlagGems excluded ops: %s%s")
+            "GEMM keys routed to a tuned kernel %d); FlagGems excluded ops: %s%s")
 
 
 def test_injectors_run_and_count_in_the_plugins_order():
     assert [(i.name, i.stage) for i in registry.injectors()] == [
         ("fused_moe", "engine"), ("mm_flaggems", "flaggems"), ("addmm_flaggems", "flaggems"),
         ("bmm_flaggems", "flaggems"), ("attention_flaggems", "flaggems"),
-        ("fused_moe_flaggems_hook", "flaggems"), ("mm_splitk", "override")]
+        ("fused_moe_flaggems_hook", "flaggems"), ("gemm_routes", "override")]
     assert [i.label for i in registry.counted()] == [
         "fused_moe", "mm via FlagGems cache", "addmm via FlagGems cache", "bmm via FlagGems cache",
-        "attention via FlagGems autotuner", "mm split-K"]
-    assert [i.name for i in registry.injectors() if i.claims] == ["mm_splitk"]
+        "attention via FlagGems autotuner", "GEMM keys routed to a tuned kernel"]
+    assert [i.name for i in registry.injectors() if i.claims] == ["gemm_routes"]
 
 
 @pytest.mark.parametrize("counts", [
     {"fused_moe": 1, "mm_flaggems": 2, "addmm_flaggems": 1, "bmm_flaggems": 1, "attention_flaggems": 1,
-     "mm_splitk": 0, "config_memo": True, "exclude_ops": ["mm", "softmax"]},
+     "gemm_routes": 0, "config_memo": True, "exclude_ops": ["mm", "softmax"]},
     {"fused_moe": 0, "mm_flaggems": 0, "addmm_flaggems": 0, "bmm_flaggems": 0, "attention_flaggems": 0,
-     "mm_splitk": 12, "config_memo": False, "exclude_ops": []},
+     "gemm_routes": 12, "config_memo": False, "exclude_ops": []},
 ])
 def test_log_line_is_unchanged(counts):
     c = counts
     want = OLD_LINE % (c["fused_moe"] + c["mm_flaggems"] + c["addmm_flaggems"] + c["bmm_flaggems"]
-                       + c["attention_flaggems"] + c["mm_splitk"], c["fused_moe"], c["mm_flaggems"],
-                       c["addmm_flaggems"], c["bmm_flaggems"], c["attention_flaggems"], c["mm_splitk"],
+                       + c["attention_flaggems"] + c["gemm_routes"], c["fused_moe"], c["mm_flaggems"],
+                       c["addmm_flaggems"], c["bmm_flaggems"], c["attention_flaggems"], c["gemm_routes"],
                        ", ".join(c["exclude_ops"]) or "none",
                        "; FlagGems config cache read from memory" if c["config_memo"] else "")
     assert active_line(counts) == want
@@ -45,7 +46,8 @@ def test_apply_state_without_flaggems_counts_every_injector(tmp_path, monkeypatc
     counts = apply_state(tmp_path / "rt")
     assert list(counts.items()) == [
         ("fused_moe", 0), ("mm_flaggems", 0), ("addmm_flaggems", 0), ("bmm_flaggems", 0),
-        ("attention_flaggems", 0), ("mm_splitk", 0), ("config_memo", False), ("exclude_ops", ["softmax"])]
+        ("attention_flaggems", 0), ("gemm_routes", 0), ("config_memo", False), ("exclude_ops", ["softmax"]),
+        ("routes", {"native": 0, "flaggems": 0, "splitk": 0}), ("flaggems_ops", "none")]
     assert os.environ["VLLM_TUNED_CONFIG_FOLDER"] == str(tmp_path / "rt" / plugin.MOE_FOLDER)
 
 
@@ -55,3 +57,18 @@ def test_registration_is_checked():
     with pytest.raises(ValueError, match="MODULES does not list"):
         registry.injector("x", label=None, stage=registry.ENGINE)(lambda records, ctx: 0)
     assert "x" not in [i.name for i in registry.injectors()]
+
+
+def test_log_line_says_where_gemm_keys_go_and_what_flaggems_registers():
+    counts = {"fused_moe": 0, "mm_flaggems": 12, "addmm_flaggems": 0, "bmm_flaggems": 0, "attention_flaggems": 0,
+              "gemm_routes": 4, "config_memo": True, "exclude_ops": ["mul"],
+              "routes": {"native": 8, "flaggems": 4, "splitk": 0}, "flaggems_ops": "routed"}
+    line = active_line(counts)
+    assert line.endswith("; GEMM keys: FlagGems 4, split-K 0, native 8; FlagGems registers no aten op "
+                         "(only routed GEMM keys reach its kernels)")
+    assert line.startswith("tuner plugin: 16 tuned configs active (")
+
+
+def test_flaggems_unused_names_every_overload_of_an_excluded_op():
+    assert plugin.flaggems_unused(["addmm", "mul", "mm_out"]) == [
+        "addmm", "addmm_out", "addmm_", "mul", "mul_out", "mul_", "mm", "mm_out", "mm_"]

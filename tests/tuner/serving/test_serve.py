@@ -2,6 +2,7 @@
 exclude list (consistency check + ops whose tuned kernel is still slower than native), the
 runtime folder, and the CLI's answers to bad input. Nothing is launched (--dry-run)."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -71,6 +72,19 @@ def test_prepare_leaves_slower_ops_native(tmp_path):
     assert again.exclude == ["addmm"] and again.left_native == []
     untuned = prepare(ServeRequest(**{**base, "use_tuned": False}))  # nothing injected: nothing to judge
     assert untuned.records == 0 and untuned.exclude == ["mul"]
+
+
+def test_tuned_vllm_registers_only_routed_flaggems_kernels(tmp_path):
+    """vLLM compiles the model: with tuned configs FlagGems registers no aten op and only the GEMM
+    router reaches it; untuned (and eager engines) keep FlagGems minus the excluded ops."""
+    url = _db_with(tmp_path, ADDMM_SLOW)
+    base = dict(model="Qwen/whatever", db_url=url, allow_foreign=True, runtime_dir=str(tmp_path / "rt"),
+                exclude=["mul"], dry_run=True)
+    cases = [({"use_tuned": True, "engine": "vllm"}, "routed"), ({"use_tuned": False, "engine": "vllm"}, "all")]
+    for change, scope in cases:
+        with pytest.warns(RuntimeWarning, match="FOREIGN") if change["use_tuned"] else contextlib.nullcontext():
+            prepare(ServeRequest(**base, **change))
+        assert json.loads((tmp_path / "rt" / "state.json").read_text())["flaggems_ops"] == scope, change
 
 
 def test_prepare_refuses_results_of_another_gpu_without_allow_foreign(tmp_path):

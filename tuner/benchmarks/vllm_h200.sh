@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Issue 11 on the H200: vLLM 0.26 serving the MiniCPM-o 2.6 LLM (random weights) natively, with FlagGems
+# untuned and with FlagGems + tuner's routes, through `tuner bench` (each mode its own engine process,
+# the environment `tuner serve` gives it), plus one profiled request per mode through vLLM's profiler.
+# Steps (one device call each, back to back while the machine stays warm; vLLM staged before, see
+# ../shared/scripts/vllm-offline.sh and .vllm/stage2.sh):
+#   bash tuner/benchmarks/vllm_h200.sh setup        wheels, the project installed (its plugin entry point)
+#   bash tuner/benchmarks/vllm_h200.sh gputests     pytest -m gpu (no vLLM needed)
+#   bash tuner/benchmarks/vllm_h200.sh bench MODES  checkpoint (once), then `tuner bench --modes MODES`
+# The tuned mode reads results/vllm/tune_keys/vllm_keys.db (this GPU model, tune_vllm_keys.sh). The
+# exclude list is the H100 consistency check's (results/profile): no check has run on the H200.
+# Outputs under $OUT (at most 8 files come back): env.txt, <step>.log, and for bench: bench_MODES.json
+# (the report), bench_MODES.png, profiles_MODES.json (engine profile of each mode: top 15 kernels,
+# Triton share, idle per decode step), logs_MODES.tar.gz (each mode's engine log and raw result),
+# trace_sample_MODES.json.gz (an excerpt of the tuned trace, test data).
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+T0=$(date +%s); stamp() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
+export PYTHONPATH=/tmp/tuner:/tmp/vsite:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 VLLM_USE_FLASHINFER_SAMPLER=0
+EXCL=${EXCL:-arange_start,layer_norm,mul,weight_norm_interface}
+case "${1:?usage: vllm_h200.sh setup|gputests|bench MODES}" in
+setup)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  rm -rf /tmp/tuner && mkdir -p /tmp/tuner && tar -xf .snap/tuner.tar -C /tmp/tuner || exit 1
+  (cd /tmp/tuner && python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site . ) || exit 1
+  { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+    python3 -m pip list 2>/dev/null | grep -iE "^(flag.gems|optuna|sqlalchemy|numpy|transformers) "
+    (cd /tmp/tuner && git log -1 --format='tuner %H %s' 2>/dev/null || head -c 200 .snap_commit 2>/dev/null); } > "$OUT/env.txt" 2>&1
+  cat "$OUT/env.txt" ;;
+gputests)
+  cd /tmp/tuner || exit 1
+  for f in "tests/gpu/test_mm_gpu.py tests/tuner/inject" tests/kernels/test_fused_moe.py tests/gpu/test_attention_gpu.py \
+           "tests/gpu/test_addmm_gpu.py tests/gpu/test_bmm_gpu.py"; do
+    stamp "pytest -m gpu $f"
+    timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider $f 2>&1 | tail -15
+  done ;;
+bench)
+  MODES=${2:-native,tuned}; TAG=${MODES//,/_}
+  cd /tmp/tuner || exit 1
+  [ -f /tmp/ck/config.json ] || { stamp "checkpoint"; python3 cli.py checkpoint /tmp/ck || exit 1; }
+  cp tuner/benchmarks/results/vllm/tune_keys/vllm_keys.db /tmp/bench.db 2>/dev/null || true
+  stamp "bench $MODES"
+  python3 cli.py bench /tmp/ck --modes "$MODES" --profile --db /tmp/bench.db --out-dir /tmp/bench_$TAG \
+      --exclude "$EXCL" --max-tokens 4096 --timeout "${MODE_TIMEOUT:-400}" --json > "$OUT/bench_$TAG.json"
+  echo "bench exit $?"
+  python3 - "$TAG" <<'PY'
+import json, os, sys
+from tuner.serving.bench_report import agreement_lines, bench_table
+from rich.console import Console
+rep = json.load(open(f"{os.environ['OUT']}/bench_{sys.argv[1]}.json"))
+Console(width=80).print(bench_table(rep)); print("\n".join(agreement_lines(rep)))
+PY
+  cp /tmp/bench_$TAG/bench.png "$OUT/bench_$TAG.png" 2>/dev/null
+  for m in ${MODES//,/ }; do
+    timeout 120 python3 -m tuner.profiling.engine_trace /tmp/bench_$TAG/$m/trace 64 /tmp/bench_$TAG/$m/profile.json 2>&1 | tail -2
+  done
+  python3 - "$TAG" "$MODES" <<'PY'
+import json, os, sys
+tag, modes = sys.argv[1], sys.argv[2].split(",")
+out = {}
+for m in modes:
+    p = f"/tmp/bench_{tag}/{m}/profile.json"
+    out[m] = json.load(open(p)) if os.path.exists(p) else None
+    if out[m]:
+        print(m, "kernel ms %.1f" % out[m]["kernel_ms"], "triton share %.1f%%" % (100 * out[m]["triton_share"]),
+              "idle/step %.0f us" % out[m]["idle_us_per_step"])
+        for k in out[m]["top_kernels"][:15]:
+            print("   %-60.60s %-16s %6d %9.2f ms" % (k["name"], k["class"], k["calls"], k["gpu_ms"]))
+json.dump(out, open(f"{os.environ['OUT']}/profiles_{tag}.json", "w"), indent=1)
+PY
+  T=$(ls -t /tmp/bench_$TAG/tuned/trace/*.pt.trace.json* 2>/dev/null | head -1)
+  [ -n "$T" ] && python3 -c "from tuner.profiling.engine_trace import sample_trace; import sys; sample_trace(sys.argv[1], sys.argv[2])" \
+      "$T" "$OUT/trace_sample_$TAG.json.gz"
+  tar -czf "$OUT/logs_$TAG.tar.gz" -C /tmp/bench_$TAG --exclude='*.pt.trace.json*' . ;;
+esac
+stamp "done"
