@@ -26,12 +26,14 @@ setup)
   { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
     python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
     python3 -m pip list 2>/dev/null | grep -iE "^(flag.gems|optuna|sqlalchemy|numpy|transformers) "
-    (cd /tmp/tuner && git log -1 --format='tuner %H %s' 2>/dev/null || head -c 200 .snap_commit 2>/dev/null); } > "$OUT/env.txt" 2>&1
+    echo "tuner commit $(cat .snap/commit 2>/dev/null)"; } > "$OUT/env.txt" 2>&1
   cat "$OUT/env.txt" ;;
 gputests)
   cd /tmp/tuner || exit 1
-  for f in "tests/gpu/test_mm_gpu.py tests/tuner/inject" tests/kernels/test_fused_moe.py tests/gpu/test_attention_gpu.py \
-           "tests/gpu/test_addmm_gpu.py tests/gpu/test_bmm_gpu.py"; do
+  # one pytest process per group: the mm tests set TRITON_INTERPRET, fused_moe and attention must run alone
+  GROUPS=${GPU_TESTS:-"tests/gpu/test_mm_gpu.py tests/tuner/inject|tests/kernels/test_fused_moe.py|tests/gpu/test_attention_gpu.py|tests/gpu/test_addmm_gpu.py tests/gpu/test_bmm_gpu.py"}
+  IFS='|' read -ra GS <<< "$GROUPS"
+  for f in "${GS[@]}"; do
     stamp "pytest -m gpu $f"
     timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider $f 2>&1 | tail -15
   done ;;
