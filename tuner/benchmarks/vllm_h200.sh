@@ -31,11 +31,12 @@ setup)
 gputests)
   cd /tmp/tuner || exit 1
   # one pytest process per group: the mm tests set TRITON_INTERPRET, fused_moe and attention must run alone
-  GROUPS=${GPU_TESTS:-"tests/gpu/test_mm_gpu.py tests/tuner/inject|tests/kernels/test_fused_moe.py|tests/gpu/test_attention_gpu.py|tests/gpu/test_addmm_gpu.py tests/gpu/test_bmm_gpu.py"}
-  IFS='|' read -ra GS <<< "$GROUPS"
+  TEST_GROUPS=${GPU_TESTS:-"tests/gpu/test_mm_gpu.py tests/tuner/inject|tests/kernels/test_fused_moe.py|tests/gpu/test_attention_gpu.py|tests/gpu/test_addmm_gpu.py tests/gpu/test_bmm_gpu.py"}
+  IFS='|' read -ra GS <<< "$TEST_GROUPS"
   for f in "${GS[@]}"; do
     stamp "pytest -m gpu $f"
-    timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider $f 2>&1 | tail -15
+    timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider $f > /tmp/gputest.log 2>&1
+    cat /tmp/gputest.log >> "$OUT/gputests_full.log"; tail -15 /tmp/gputest.log
   done ;;
 bench)
   MODES=${2:-native,tuned}; TAG=${MODES//,/_}

@@ -183,6 +183,12 @@ def register() -> None:
         logger.info("tuner plugin: TUNER_RUNTIME_DIR is unset; no tuned configs injected")
         return
     if _applied is None and vllm_front_end():
+        # vLLM loads plugins once per process: a forked engine core inherits "loaded" and would never
+        # apply the state (H200: FlagGems absent from a forked engine's trace); a spawned one loads them
+        method = os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        if method != "spawn":
+            logger.warning("VLLM_WORKER_MULTIPROC_METHOD=%s: forked engine processes do not run plugins "
+                           "again; tuned configs apply only with spawn", method)
         logger.info("tuner plugin: vLLM front-end process; %s applies in the engine processes", folder)
         return
     if _applied is None:

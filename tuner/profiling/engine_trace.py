@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_VENDOR = (("cublas", re.compile(r"^(nvjet|sm\d+_xmma|ampere_|hopper_|gemm|gemv|cublas|Kernel2|"
-                                 r"dot_kernel|splitKreduce)", re.I)),
+_VENDOR = (("cublas", re.compile(r"^(nvjet|sm\d+_xmma|ampere_|hopper_|gemm|gemv|Kernel2|dot_kernel|"
+                                 r"splitKreduce)|cublas", re.I)),
            ("attention", re.compile(r"flash|fmha|cudnn|FlashAttn", re.I)),
            ("cutlass", re.compile(r"cutlass", re.I)),
            ("nccl", re.compile(r"nccl", re.I)))
@@ -170,21 +170,20 @@ def aggregate(events: Iterable[Mapping], steps: int, flaggems: frozenset[str] = 
 def flaggems_kernel_names() -> frozenset[str]:
     """The names of every Triton JIT function in the installed flag_gems (GPU host: importing
     flag_gems needs a GPU), so the trace's FlagGems kernels are told from vLLM's and Inductor's."""
-    import importlib
-    import pkgutil
+    import sys
 
-    import flag_gems
+    import flag_gems  # noqa: F401  (imports its ops: every kernel module it uses is in sys.modules)
     from triton.runtime.jit import JITFunction
 
     names = set()
-    for info in pkgutil.walk_packages(flag_gems.__path__, "flag_gems."):
-        try:
-            mod = importlib.import_module(info.name)
-        except Exception:  # vendor modules of other chips do not import here
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("flag_gems.") or mod is None:
             continue
-        for obj in vars(mod).values():
-            while obj is not None and not isinstance(obj, JITFunction) and hasattr(obj, "fn"):
-                obj = obj.fn  # LibEntry / Autotuner / Heuristics wrap the JIT function
+        for obj in list(vars(mod).values()):
+            for _ in range(8):  # LibEntry / Autotuner / Heuristics wrap the JIT function
+                if isinstance(obj, JITFunction) or not hasattr(obj, "fn"):
+                    break
+                obj = obj.fn
             if isinstance(obj, JITFunction):
                 names.add(obj.fn.__name__)
     return frozenset(names)

@@ -10,7 +10,7 @@ from typing import Any
 # FlagGems' LibTuner and Triton's Autotuner announce a benchmark of a new key with this word; vLLM's
 # JIT monitor (0.26) names every Triton compilation after warm-up.
 AUTOTUNE_LINE = re.compile(r"Autotuning (kernel|for)|autotuning kernel", re.I)
-JIT_LINE = re.compile(r"Triton kernel JIT compilation during inference: *([\w.]+)")
+JIT_LINE = re.compile(r"Triton kernel JIT compilation during inference: *([A-Za-z_]\w*)")
 
 
 def percentile(xs: Sequence[float], q: float) -> float | None:

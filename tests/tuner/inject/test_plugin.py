@@ -169,12 +169,15 @@ def test_vllm_front_end_process_applies_nothing(tmp_path, fg_env):
         from vllm.plugins import load_general_plugins
         load_general_plugins()
         import torch
+        import os
         print("RESULT", json.dumps({"flag_gems": "flag_gems" in sys.modules,
-                                    "cuda_initialised": torch.cuda.is_initialized()}))
+                                    "cuda_initialised": torch.cuda.is_initialized(),
+                                    "start_method": os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")}))
     """
     env = {**fg_env, "PYTHONPATH": f"{site}:{run_py.__globals__['REPO']}", "VLLM_PLUGINS": "tuner",
            "TUNER_RUNTIME_DIR": str(rt), "VLLM_TARGET_DEVICE": "cpu"}
     out = run_py(code, env)
-    assert result(out) == {"flag_gems": False, "cuda_initialised": False}
+    # spawn: a forked engine core inherits vLLM's "plugins loaded" and would never apply the state
+    assert result(out) == {"flag_gems": False, "cuda_initialised": False, "start_method": "spawn"}
     lines = [line for line in out.splitlines() if "tuner plugin:" in line]
     assert len(lines) == 1 and "vLLM front-end process" in lines[0], out[-2000:]

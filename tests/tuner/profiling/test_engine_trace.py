@@ -1,5 +1,6 @@
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ FG = frozenset({"mm_kernel_general_host_tma", "addmm_kernel", "argmax_kernel_inn
     ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, "
      "std::array<char*, 1ul> >(int, at::native::FillFunctor<float>, std::array<char*, 1ul>)", "torch"),
     ("void cutlass::device_kernel<foo>(bar)", "cutlass"),
+    ("void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>(...)", "cublas"),
     ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "nccl"),
 ])
 def test_classify(name, cls):
@@ -63,3 +65,20 @@ def test_load_trace_reads_gzipped_chrome_traces(tmp_path):
     with gzip.open(path, "wt") as f:
         json.dump({"traceEvents": _events()}, f)
     assert len(et.load_trace(path)) == len(_events())
+
+
+RECORDED = Path(__file__).parent / "data" / "vllm026_h200_trace_sample.json.gz"
+
+
+def test_recorded_vllm_trace():
+    """An excerpt of a real trace: vLLM 0.26 on the H200 serving the MiniCPM-o LLM with tuner's plugin
+    (results/vllm, one request, decode at M=1, where every GEMM key routes to cuBLAS)."""
+    p = et.aggregate(et.load_trace(RECORDED), steps=1, flaggems=FG)
+    shares = p.shares()
+    assert shares["cublas"] > 0.8 and shares["attention"] > 0.05  # cuBLAS GEMMs and FA3
+    assert 0.03 < p.share("triton") < 0.1  # Inductor's fused rms_norm / silu kernels
+    assert shares.get("other", 0) < 0.01
+    assert p.graph_launches >= 1  # decode steps replay CUDA graphs
+    eager = dict(p.eager_ops)
+    assert eager.get("aten::argmax") and eager.get("aten::gather")  # the sampler runs eagerly every step
+    assert all(k.cls != "triton/flaggems" for k in p.kernels)  # M=1: no key routed to FlagGems

@@ -16,7 +16,8 @@ def test_log_events_counts_autotunes_and_jit_compiles_by_kernel():
         "INFO flag_gems.utils.libentry: Autotuning kernel mm_kernel_general_host_tma with 162 configs",
         "WARNING [jit_monitor.py:52] Triton kernel JIT compilation during inference: argmax_kernel_inner",
         "WARNING [jit_monitor.py:52] Triton kernel JIT compilation during inference: argmax_kernel_inner",
-        "WARNING Triton kernel JIT compilation during inference: fill_scalar_kernel",
+        "(EngineCore pid=5318) WARNING 11-30 13:57:44 [jit_monitor.py:135] Triton kernel JIT compilation during "
+        "inference: fill_scalar_kernel. This causes a latency spike; consider extending warmup",  # vLLM 0.26's line
         "INFO tuner plugin: 24 tuned configs active",
     ]
     ev = bs.log_events(lines)
