@@ -317,8 +317,20 @@ def install_routes_for_serving(records: list[dict[str, Any]], ctx: Context) -> i
     if _installed is None:
         _installed = install_router(plan, flaggems_targets())
         calls = warm_up(plan)
+        _installed.hits.update({NATIVE: 0, FLAGGEMS: 0, SPLITK: 0})  # count serving calls only
         ctx.log.debug("GEMM router warm-up: %d calls", calls)
+        import atexit
+
+        atexit.register(lambda: ctx.log.info("%s", hits_line(_installed)))
     return counts[FLAGGEMS] + counts[SPLITK]
+
+
+def hits_line(router: Router) -> str:
+    """What the router ran, said when the engine process exits: the check that what the plugin
+    reported as routed is what served (calls captured into a CUDA graph count once, at capture)."""
+    h = router.hits
+    return "tuner router: GEMM calls dispatched since start: FlagGems %d, split-K %d, native %d" % (
+        h[FLAGGEMS], h[SPLITK], h[NATIVE])
 
 
 def installed() -> Router | None:

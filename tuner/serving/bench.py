@@ -125,7 +125,8 @@ def summarise(results: list[dict]) -> dict[str, Any]:
         row.update({f"agreement_{k}": v for k, v in agree.get(row["mode"], {}).items()})
     errors = {r["mode"]: r["error"] for r in results if "error" in r}
     return {"runs": rows, "agreement": agree, "errors": errors,
-            "jit_kernels": {r["mode"]: r["events"]["jit_kernels"] for r in results}}
+            "jit_kernels": {r["mode"]: r["events"]["jit_kernels"] for r in results},
+            "router_calls": {r["mode"]: r["events"].get("router_calls") for r in results}}
 
 
 def store(req: BenchRequest, report: dict[str, Any]) -> str:

@@ -11,6 +11,8 @@ from typing import Any
 # JIT monitor (0.26) names every Triton compilation after warm-up.
 AUTOTUNE_LINE = re.compile(r"Autotuning (kernel|for)|autotuning kernel", re.I)
 JIT_LINE = re.compile(r"Triton kernel JIT compilation during inference: *([A-Za-z_]\w*)")
+# tuner's GEMM router, at engine exit (tuner.inject.gemm_router.hits_line)
+ROUTER_LINE = re.compile(r"tuner router: GEMM calls dispatched since start: FlagGems (\d+), split-K (\d+), native (\d+)")
 
 
 def percentile(xs: Sequence[float], q: float) -> float | None:
@@ -25,14 +27,17 @@ def percentile(xs: Sequence[float], q: float) -> float | None:
 
 def log_events(lines: Iterable[str]) -> dict[str, Any]:
     """Autotune benchmarks and Triton JIT compilations seen in an engine log."""
-    autotunes, jit = 0, {}
+    autotunes, jit, router = 0, {}, None
     for line in lines:
         if AUTOTUNE_LINE.search(line):
             autotunes += 1
         m = JIT_LINE.search(line)
         if m:
             jit[m.group(1)] = jit.get(m.group(1), 0) + 1
-    return {"autotunes": autotunes, "jit_compiles": sum(jit.values()), "jit_kernels": jit}
+        r = ROUTER_LINE.search(line)
+        if r:
+            router = dict(zip(("flaggems", "splitk", "native"), map(int, r.groups())))
+    return {"autotunes": autotunes, "jit_compiles": sum(jit.values()), "jit_kernels": jit, "router_calls": router}
 
 
 def summarise_mode(result: Mapping[str, Any], events: Mapping[str, Any]) -> list[dict]:

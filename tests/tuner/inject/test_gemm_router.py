@@ -120,3 +120,16 @@ def test_installed_router_routes_addmm_out_with_bias():
 def test_no_plan_installs_nothing():
     r = gr.install_router({}, gr.Targets(), dispatch_key="CPU")
     assert r.libs == [] and r.ops == []
+
+
+def test_hits_line_reports_what_ran():
+    r = gr.Router(hits={gr.NATIVE: 7, gr.FLAGGEMS: 2, gr.SPLITK: 0})
+    assert gr.hits_line(r) == "tuner router: GEMM calls dispatched since start: FlagGems 2, split-K 0, native 7"
+
+
+def test_warm_up_covers_every_m_class_triton_compiles():
+    assert gr.warm_up_ms(1, 2) == [1, 2]
+    assert gr.warm_up_ms(8, 32) == [8, 16]
+    assert gr.warm_up_ms(33, 128) == [33, 48]
+    assert gr.warm_up_ms(16, 16) == [16]
+    assert gr.warm_up_ms(17, 17) == [17]

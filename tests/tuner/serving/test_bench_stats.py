@@ -22,7 +22,10 @@ def test_log_events_counts_autotunes_and_jit_compiles_by_kernel():
     ]
     ev = bs.log_events(lines)
     assert ev == {"autotunes": 1, "jit_compiles": 3,
-                  "jit_kernels": {"argmax_kernel_inner": 2, "fill_scalar_kernel": 1}}
+                  "jit_kernels": {"argmax_kernel_inner": 2, "fill_scalar_kernel": 1}, "router_calls": None}
+    line = "(EngineCore pid=1) INFO [gemm_router.py:1] tuner router: GEMM calls dispatched since start: " \
+           "FlagGems 448, split-K 0, native 3920"
+    assert bs.log_events([line])["router_calls"] == {"flaggems": 448, "splitk": 0, "native": 3920}
 
 
 def _batch(c, phase, tps, ttft=(), tpot=()):
