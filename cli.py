@@ -302,10 +302,12 @@ def bench(
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Serve the same model and requests natively, with FlagGems untuned and with FlagGems + tuned
-    configs, one engine process per mode, and compare: engine start, output tokens/s at each
-    concurrency (cold and warm), TTFT/TPOT percentiles, autotunes and Triton JIT compilations seen in
-    the engine log, and teacher-forced prompt-logprob agreement with native. Stored in the database.
+    """Benchmark one model in the engine: native vs FlagGems untuned vs FlagGems + tuned.
+
+    The same requests in each mode, one engine process per mode: engine start, output tokens/s at
+    each concurrency (cold and warm), TTFT/TPOT percentiles, autotunes and Triton JIT compilations
+    seen in the engine log, teacher-forced prompt-logprob agreement with native. Stored in the
+    database; a table, a PNG chart in --out-dir, or --json.
 
     Example: tuner bench /tmp/ck --modes native,tuned --concurrency 1,64 --out-dir /tmp/bench"""
     from tuner.serving import bench as flow
