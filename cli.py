@@ -132,6 +132,23 @@ def ops() -> None:
 WORKLOAD_HELP = "text | image | audio | speech | all. Repeatable."
 
 
+def _stage_printer(as_json: bool):
+    """Progress lines for a long command (none with --json: stdout is the JSON)."""
+    if as_json:
+        return None
+    from tuner.report import console
+
+    return lambda msg: console.print(f"[dim]{msg}...[/dim]")
+
+
+def _show(result, as_json: bool, table) -> None:
+    """A command's result as indented JSON, or through its table printer."""
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        table(result)
+
+
 def _int_list(text: Optional[str], name: str) -> Optional[List[int]]:
     if text is None:
         return None
@@ -163,28 +180,57 @@ def profile(
     check_timeout: float = typer.Option(300.0, "--check-timeout", help="Seconds the check waits for one op's answer."),
     candidate: Optional[str] = typer.Option(None, "--candidate", help="module:function checked instead of FlagGems "
                                             "(for testing the check harness)."),
+    engine: str = typer.Option("transformers", "--engine", help="transformers: the MiniCPM-o workload "
+                               "modules, eagerly (the options above); vllm: inside vLLM's worker, one "
+                               "request per mode (--model, --modes)."),
+    model: Optional[str] = typer.Option(None, "--model", help="With --engine vllm: the checkpoint folder "
+                                        "(e.g. written by `tuner checkpoint`)."),
+    modes: str = typer.Option("native,tuned", "--modes", help="With --engine vllm: native, untuned, tuned."),
+    out_dir: str = typer.Option("engine_profile", "--out-dir", help="With --engine vllm: each mode's log "
+                                "and trace, profiles.json."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Profile MiniCPM-o 2.6 serving requests natively and with FlagGems (minus the ops the consistency
-    check rejects), rank (op, shapes, dtype, kernel) by time, store the runs, write the trace."""
+    check rejects), rank (op, shapes, dtype, kernel) by time, store the runs, write the trace.
+
+    Example: tuner profile --engine vllm --model /tmp/ck --modes native,untuned,tuned"""
+    if engine != "transformers":
+        _profile_engine(engine, model, modes, out_dir, top, db, as_json)
+        return
     from tuner.profiling import flow
-    from tuner.report import console, profile_tables
+    from tuner.report import profile_tables
 
     req = flow.ProfileRequest(workloads=workload, scale=scale, weights=weights, device=device, dtype=dtype,
                               prompt_tokens=prompt_tokens, decode_batches=_int_list(decode_batches, "--decode-batches"),
                               decode_steps=decode_steps, top=top, trace=trace, check=not no_check,
                               flaggems=not no_flaggems, overhead=overhead, e2e_steps=e2e_steps,
                               check_timeout_s=check_timeout, candidate=candidate, db_url=db)
-    on_stage = None if as_json else (lambda msg: console.print(f"[dim]{msg}...[/dim]"))
     try:
-        outcome = flow.profile(req, on_stage=on_stage)
+        outcome = flow.profile(req, on_stage=_stage_printer(as_json))
     except UserError as e:
         _fail(e)
-    if as_json:
-        typer.echo(json.dumps(outcome.to_dict(), indent=2, default=str))
-    else:
-        profile_tables(outcome.to_dict())
+    _show(outcome.to_dict(), as_json, profile_tables)
+
+
+def _profile_engine(engine: str, model: Optional[str], modes: str, out_dir: str, top: int,
+                    db: Optional[str], as_json: bool) -> None:
+    from tuner.profiling import engine_flow
+    from tuner.report import engine_profile_tables
+
+    if engine != "vllm":
+        _fail(UserError(f"unknown engine {engine!r}; use transformers or vllm"))
+    if not model:
+        _fail(UserError("--engine vllm needs --model, the checkpoint folder to serve"))
+    req = engine_flow.EngineProfileRequest(model=model, modes=tuple(m for m in modes.split(",") if m),
+                                           out_dir=out_dir, db_url=db, top=top)
+    try:
+        out = engine_flow.profile_engine(req, on_mode=_stage_printer(as_json))
+    except UserError as e:
+        _fail(e)
+    _show(out, as_json, engine_profile_tables)
+    if any("error" in p for p in out.values()):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -209,21 +255,17 @@ def check(
     native op, each in its own subprocess; stores the results (the exclude list `tuner serve` uses)
     and compares end-to-end logits."""
     from tuner.profiling import flow
-    from tuner.report import check_table, console
+    from tuner.report import check_table
 
     req = flow.CheckRequest(workloads=workload, scale=scale, weights=weights, device=device, dtype=dtype,
                             prompt_tokens=prompt_tokens, decode_batches=_int_list(decode_batches, "--decode-batches"),
                             decode_steps=decode_steps, e2e_steps=e2e_steps, timeout_s=timeout, jobs=jobs,
                             candidate=candidate, db_url=db)
-    on_stage = None if as_json else (lambda msg: console.print(f"[dim]{msg}...[/dim]"))
     try:
-        rep = flow.check(req, on_stage=on_stage)
+        rep = flow.check(req, on_stage=_stage_printer(as_json))
     except UserError as e:
         _fail(e)
-    if as_json:
-        typer.echo(json.dumps(rep, indent=2, default=str))
-    else:
-        check_table(rep)
+    _show(rep, as_json, check_table)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

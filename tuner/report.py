@@ -163,3 +163,24 @@ def check_table(rep: dict) -> None:
                           f"max abs logit error {e2e['max_abs_error']:.3g}, top-1 agreement {e2e['top1_agreement']:.1%}")
         else:
             console.print(f"end to end: {e2e.get('status')} {e2e.get('detail', '')}")
+
+
+def engine_profile_tables(out: dict) -> None:
+    """Per mode: one summary line and the top kernels (name cut to fit 80 columns)."""
+    for mode, p in out.items():
+        if "error" in p:
+            console.print(f"[bold]{mode}[/bold]: FAILED: {p['error']}")
+            continue
+        console.print(f"[bold]{mode}[/bold]: kernel time {p['kernel_ms']:.1f} ms, Triton share "
+                      f"{p['triton_share']:.1%}, GPU idle {p['idle_us_per_step']:.0f} µs per decode step, "
+                      f"{p['graph_launches']} CUDA graph launches, profile run {p.get('profile_run_id')}")
+        eager = ", ".join(f"{op} {n}" for op, n in p["eager_ops"][:6])
+        console.print(f"  launched eagerly: {eager or 'nothing'}")
+        t = Table(box=None, pad_edge=False, padding=(0, 1))
+        for col, just in (("kernel", "left"), ("class", "left"), ("calls", "right"), ("ms", "right"),
+                          ("µs/call", "right")):
+            t.add_column(col, justify=just, no_wrap=True)
+        for k in p["top_kernels"]:
+            name = k["name"] if len(k["name"]) <= 40 else k["name"][:39] + "…"
+            t.add_row(name, k["class"], str(k["calls"]), f"{k['gpu_ms']:.2f}", f"{k['mean_us']:.1f}")
+        console.print(t)

@@ -21,6 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
+PROFILE_OUTPUT_TOKENS = 64  # the profiled request's decode steps (tuner.profiling.engine_flow divides by them)
+
+
 @dataclass
 class Workload:
     prompt_tokens: int = 512
@@ -140,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.profile_dir:  # one request, 512 prompt + 64 output tokens, through vLLM's profiler
         llm.start_profile()
         run_batch(llm, token_prompts(1, w.prompt_tokens, w.vocab, 99),
-                  SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True), "profile")
+                  SamplingParams(max_tokens=PROFILE_OUTPUT_TOKENS, temperature=0.0, ignore_eos=True), "profile")
         llm.stop_profile()
     return {"mode": args.mode, "start_s": start_s, "workload": asdict(w),
             "batches": [{**asdict(b), "output_tok_s": b.output_tok_s} for b in batches],

@@ -1,0 +1,106 @@
+"""`tuner profile --engine vllm`: where the GPU time goes inside the serving engine, per mode.
+
+Each mode (native, untuned, tuned) runs in its own engine process with the environment `tuner serve`
+gives it (tuner.serving.bench runs it), one request of 512 prompt + 64 output tokens goes through
+vLLM's own torch.profiler hooks inside the worker, and the trace is read by
+tuner.profiling.engine_trace: kernels ranked by GPU time with their class (Triton: Inductor /
+FlagGems / tuner / other; cuBLAS, attention, ...), the Triton share, GPU idle per decode step and the
+ops launched eagerly outside the CUDA graphs. Each mode is stored as a profile run (workloads
+"vllm:<mode>") whose hot-op rows are kernels: op = the kernel's class.
+Not (yet): operand shapes of kernels replayed from CUDA graphs, so `tune --from-profile` takes no
+keys from these runs.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuner.profiling import engine_trace
+from tuner.serving import bench
+from tuner.serving.bench_engine import PROFILE_OUTPUT_TOKENS
+
+
+@dataclass
+class EngineProfileRequest:
+    model: str
+    engine: str = "vllm"
+    modes: tuple[str, ...] = ("native", "tuned")
+    out_dir: str = "engine_profile"
+    db_url: str | None = None
+    max_tokens: int = 4096
+    exclude: list[str] | None = None
+    allow_foreign: bool = False
+    top: int = 15
+    timeout_s: float = 900.0
+
+    def as_bench(self) -> bench.BenchRequest:
+        return bench.BenchRequest(model=self.model, engine=self.engine, modes=self.modes, out_dir=self.out_dir,
+                                  db_url=self.db_url, max_tokens=self.max_tokens, concurrency=(1,),
+                                  warm_repeats=1, profile=True, exclude=self.exclude,
+                                  allow_foreign=self.allow_foreign, timeout_s=self.timeout_s)
+
+
+def flaggems_names() -> frozenset[str]:
+    """FlagGems' kernel names where flag_gems imports (a GPU host), else none (every FlagGems kernel
+    is then classed triton/other)."""
+    try:
+        return engine_trace.flaggems_kernel_names()
+    except Exception:  # no GPU, no flag_gems: the classes only lose the FlagGems label
+        return frozenset()
+
+
+def hot_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A summary's top kernels as hot-op rows (rank order): op = class, kernel = name."""
+    total = summary["kernel_ms"] or 1.0
+    return [{"op": k["class"], "shapes": "[]", "dtype": "", "kernel": k["name"], "calls": k["calls"],
+             "total_us": k["gpu_ms"] * 1e3, "share": k["gpu_ms"] / total, "tunable": "", "key": None,
+             "predicted_gain_us": None} for k in summary["top_kernels"]]
+
+
+def store(db_url: str | None, env, engine: str, model: str, mode: str, summary: Mapping[str, Any]) -> int:
+    """One profile run for one mode; returns its id."""
+    from db import profile_queries as pq
+    from db import queries
+    from tuner.store import open_db
+
+    options = {k: summary[k] for k in ("triton_share", "share_by_class", "idle_us_per_step", "steps",
+                                       "gpu_busy_ms", "span_ms", "graph_launches", "eager_ops")}
+    db = open_db(db_url)
+    try:
+        with db.session() as s:
+            env_row = queries.get_or_create_environment(s, env.digest(), env.as_dict())
+            run = pq.add_profile_run(s, env_row, hot_rows(summary), workloads=f"{engine}:{mode}", scale=1.0,
+                                     dtype="bf16", device="cuda", time_source="cuda", flaggems=mode != "native",
+                                     options={"engine": engine, "mode": mode, **options},
+                                     model={"path": model}, trace_path=summary.get("trace"),
+                                     total_us=summary["kernel_ms"] * 1e3, overhead_ratio=None)
+            s.commit()
+            return run.id
+    finally:
+        db.dispose()
+
+
+def profile_engine(req: EngineProfileRequest, on_mode: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Profile every mode; a mode that fails is reported with its error, the others stored."""
+    from tuner import fingerprint
+
+    breq = req.as_bench()
+    bench.validate(breq)
+    names, env, out = flaggems_names(), fingerprint.collect("cuda"), {}
+    for mode in req.modes:
+        if on_mode:
+            on_mode(mode)
+        result = bench.run_mode(breq, mode)
+        if "error" in result:
+            out[mode] = {"error": result["error"], "events": result["events"]}
+            continue
+        summary = engine_trace.summarise_dir(Path(req.out_dir) / mode / "trace", PROFILE_OUTPUT_TOKENS, names,
+                                             req.top)
+        summary["events"] = result["events"]
+        summary["profile_run_id"] = store(req.db_url, env, req.engine, req.model, mode, summary)
+        out[mode] = summary
+    (Path(req.out_dir) / "profiles.json").write_text(json.dumps(out, indent=1, default=str))
+    return out
