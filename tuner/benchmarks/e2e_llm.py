@@ -210,8 +210,8 @@ def _enable_flaggems(opts, work: Path, max_tokens: int) -> dict[str, Any]:
                                allow_foreign=opts.allow_foreign)
     counts = apply_state(folder)
     log.info("tuner plugin: %d records from the DB; applied: fused_moe %d, mm via FlagGems cache %d, "
-             "addmm %d, bmm %d, mm split-K %d; FlagGems excluded ops: %s", len(records), counts["fused_moe"],
-             counts["mm_flaggems"], counts["addmm_flaggems"], counts["bmm_flaggems"], counts["mm_splitk"],
+             "addmm %d, bmm %d, GEMM keys routed %d; FlagGems excluded ops: %s", len(records), counts["fused_moe"],
+             counts["mm_flaggems"], counts["addmm_flaggems"], counts["bmm_flaggems"], counts["gemm_routes"],
              ", ".join(counts["exclude_ops"]) or "none")
     return {"exclude_ops": exclude, "records": len(records), "plugin": counts, "runtime_dir": str(folder),
             "flaggems_db_url": os.environ.get("FLAGGEMS_DB_URL")}
@@ -611,7 +611,7 @@ def render_table(results: list[dict], cases: list[str]) -> str:
         a = res.get("autotune") or {}
         kernels = ", ".join(f"{k} {v}" for k, v in sorted((a.get("by_kernel") or {}).items())) or "none"
         plugin = res.get("plugin")
-        plugin_txt = "—" if not plugin else (f"mm cache {plugin.get('mm_flaggems')}, split-K {plugin.get('mm_splitk')}, "
+        plugin_txt = "—" if not plugin else (f"mm cache {plugin.get('mm_flaggems')}, routed {plugin.get('gemm_routes', plugin.get('mm_splitk'))}, "
                                              f"addmm {plugin.get('addmm_flaggems', 0)}, bmm {plugin.get('bmm_flaggems', 0)}, "
                                              f"moe {plugin.get('fused_moe')} (of {res.get('records')} records)")
         lines.append(f"| {res['mode']} | {res.get('status')} | {res.get('driver_wall_s', '—')} | "

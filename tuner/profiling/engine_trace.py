@@ -28,7 +28,7 @@ _VENDOR = (("cublas", re.compile(r"^(nvjet|sm\d+_xmma|ampere_|hopper_|gemm|gemv|
            ("attention", re.compile(r"flash|fmha|cudnn|FlashAttn", re.I)),
            ("cutlass", re.compile(r"cutlass", re.I)),
            ("nccl", re.compile(r"nccl", re.I)))
-TUNER_KERNELS = frozenset({"splitk_kernel", "_splitk_kernel", "mm_splitk_kernel"})
+TUNER_KERNELS = frozenset({"mm_splitk_kernel", "splitk_reduce_kernel"})  # kernels/triton_mm.py
 
 
 def classify(name: str, flaggems: frozenset[str] = frozenset(), tuner: frozenset[str] = TUNER_KERNELS) -> str:
@@ -172,7 +172,7 @@ def flaggems_kernel_names() -> frozenset[str]:
     flag_gems needs a GPU), so the trace's FlagGems kernels are told from vLLM's and Inductor's."""
     import sys
 
-    import flag_gems  # noqa: F401  (imports its ops: every kernel module it uses is in sys.modules)
+    import flag_gems  # noqa: F401  # imports its ops: every kernel module it uses is in sys.modules
     from triton.runtime.jit import JITFunction
 
     names = set()
