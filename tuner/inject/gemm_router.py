@@ -144,6 +144,12 @@ class Targets:
     splitk_mm: Callable | None = None  # (a, b, config, out=None)
 
 
+def _exact_out(out, a, b) -> bool:
+    """An `out=` buffer a route can write as is: (M, N), contiguous rows, the inputs' dtype."""
+    return (a.dim() == 2 and b.dim() == 2 and tuple(out.shape) == (a.shape[0], b.shape[1])
+            and out.dtype == a.dtype and out.stride(1) == 1)
+
+
 def _mm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str, Any]):
     def route_mm(a, b):
         if a.dim() == 2 and b.dim() == 2 and a.dtype == b.dtype:
@@ -162,7 +168,8 @@ def _mm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str,
         return native["mm"].call_boxed(keyset, a, b)
 
     def mm_out(keyset, a, b, *, out):
-        r = route_mm(a, b)
+        # only exact output buffers (what Inductor passes): ATen resizes others, the routes would not
+        r = route_mm(a, b) if _exact_out(out, a, b) else None
         if r is not None and r.target == SPLITK and t.splitk_mm is not None:
             router.hits[SPLITK] += 1
             return t.splitk_mm(a, b, r.config, out=out)
@@ -176,8 +183,11 @@ def _mm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str,
 
 
 def _addmm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str, Any]):
-    def routed(bias, a, b):
-        if a.dim() == 2 and b.dim() == 2 and bias.dim() == 1 and a.dtype == b.dtype and t.flaggems_addmm:
+    def routed(bias, a, b, out=None):
+        if out is not None and not _exact_out(out, a, b):
+            return False
+        if (a.dim() == 2 and b.dim() == 2 and bias.dim() == 1 and a.dtype == b.dtype == bias.dtype
+                and t.flaggems_addmm):
             r = lookup(table, "addmm", a.shape[0], b.shape[1], a.shape[1], a.dtype)
             return r is not None and r.target == FLAGGEMS
         return False
@@ -190,7 +200,7 @@ def _addmm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[s
         return native["addmm"].call_boxed(keyset, bias, a, b, beta=beta, alpha=alpha)
 
     def addmm_out(keyset, bias, a, b, *, beta=1, alpha=1, out):
-        if routed(bias, a, b):
+        if routed(bias, a, b, out):
             router.hits[FLAGGEMS] += 1
             return t.flaggems_addmm(bias, a, b, beta=beta, alpha=alpha, out=out)
         router.hits[NATIVE] += 1
@@ -316,9 +326,12 @@ def install_routes_for_serving(records: list[dict[str, Any]], ctx: Context) -> i
         return 0
     if _installed is None:
         _installed = install_router(plan, flaggems_targets())
-        calls = warm_up(plan)
+        try:
+            ctx.log.debug("GEMM router warm-up: %d calls", warm_up(plan))
+        except Exception as e:  # e.g. out of memory: the routes still serve, compiling on first use
+            ctx.log.warning("GEMM router warm-up failed (%s: %s); routed kernels compile on first use",
+                            type(e).__name__, e)
         _installed.hits.update({NATIVE: 0, FLAGGEMS: 0, SPLITK: 0})  # count serving calls only
-        ctx.log.debug("GEMM router warm-up: %d calls", calls)
         import atexit
 
         atexit.register(lambda: ctx.log.info("%s", hits_line(_installed)))

@@ -204,8 +204,11 @@ def vllm_front_end() -> bool:
 
     if "vllm" not in sys.modules:  # transformers' server (sitecustomize): one process serves
         return False
+    if multiprocessing.current_process().name.startswith("ApiServer"):  # --api-server-count > 1
+        return True
     if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0":
         return False
+    # NOT handled: Ray workers have no multiprocessing parent either (they would be skipped)
     return multiprocessing.parent_process() is None
 
 

@@ -28,6 +28,8 @@ _VENDOR = (("cublas", re.compile(r"^(nvjet|sm\d+_xmma|ampere_|hopper_|gemm|gemv|
            ("attention", re.compile(r"flash|fmha|cudnn|FlashAttn", re.I)),
            ("cutlass", re.compile(r"cutlass", re.I)),
            ("nccl", re.compile(r"nccl", re.I)))
+# Triton and recent cuBLAS launch through the driver API (cuLaunchKernelEx): its events are "cuda_driver"
+LAUNCH_CATS = ("cuda_runtime", "cuda_driver")
 TUNER_KERNELS = frozenset({"mm_splitk_kernel", "splitk_reduce_kernel"})  # kernels/triton_mm.py
 
 
@@ -149,7 +151,7 @@ def _eager_ops(events: Sequence[Mapping], kernel_corr: set) -> list[tuple[str, i
         starts[tid] = [e["ts"] for e in ops]
     counts: dict[str, int] = {}
     for launch in events:
-        if launch.get("cat") != "cuda_runtime" or "LaunchKernel" not in launch.get("name", ""):
+        if launch.get("cat") not in LAUNCH_CATS or "LaunchKernel" not in launch.get("name", ""):
             continue
         if launch.get("args", {}).get("correlation") not in kernel_corr:
             continue
@@ -173,7 +175,7 @@ def aggregate(events: Iterable[Mapping], steps: int, flaggems: frozenset[str] = 
     intervals = [(float(k["ts"]), float(k["ts"]) + float(k["dur"])) for k in kernels]
     span = (max(e for _, e in intervals) - min(s for s, _ in intervals)) if intervals else 0.0
     corr = {k.get("args", {}).get("correlation") for k in kernels}
-    graphs = sum(1 for e in events if e.get("cat") == "cuda_runtime" and "GraphLaunch" in e.get("name", ""))
+    graphs = sum(1 for e in events if e.get("cat") in LAUNCH_CATS and "GraphLaunch" in e.get("name", ""))
     return EngineProfile(list(rows.values()), _busy_us(intervals), span, steps, _eager_ops(events, corr), graphs)
 
 
@@ -217,7 +219,7 @@ def sample_trace(path: str | Path, dest: str | Path, max_kernels: int = 400) -> 
     kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
     window = kernels[len(kernels) // 2: len(kernels) // 2 + max_kernels]
     corr = {k.get("args", {}).get("correlation") for k in window}
-    launches = [e for e in events if e.get("cat") == "cuda_runtime" and e.get("args", {}).get("correlation") in corr]
+    launches = [e for e in events if e.get("cat") in LAUNCH_CATS and e.get("args", {}).get("correlation") in corr]
     t0 = min([e["ts"] for e in launches + window] or [0])
     t1 = max([e["ts"] for e in window] or [0])
     ops = [e for e in events if e.get("cat") == "cpu_op" and t0 <= e["ts"] <= t1]

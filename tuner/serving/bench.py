@@ -65,6 +65,8 @@ def mode_env(req: BenchRequest, mode: str, folder: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("TUNER_RUNTIME_DIR", "FLAGGEMS_DB_URL",
                                                             "VLLM_TUNED_CONFIG_FOLDER")}
     env.update(req.extra_env)
+    # every mode spawns its engine core (tuner's plugin makes vLLM do so): start times compare
+    env.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     if mode == "native":
         return env
     from tuner.serving.flow import ServeRequest, prepare

@@ -8,8 +8,8 @@ builds the offline `vllm.LLM`, times its start, runs the same token-id requests 
 records teacher-forced prompt logprobs for the agreement check, optionally writes a torch.profiler
 trace of one request through vLLM's own profiler hooks, and prints one JSON object.
 
-vLLM spawns its engine core when CUDA is already initialised here (the plugin imports flag_gems in
-this process too), so everything runs under the `__main__` guard.
+vLLM spawns its engine core (tuner's plugin asks for it, and the bench sets it for every mode), so
+everything runs under the `__main__` guard.
 """
 from __future__ import annotations
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-# FlagGems' LibTuner and Triton's Autotuner announce a benchmark of a new key with this word; vLLM's
-# JIT monitor (0.26) names every Triton compilation after warm-up.
+# Units (what the logs allow): `autotunes` counts autotuning lines, i.e. Triton's one line per config
+# benchmarked plus its per-key summaries (0 is the target either way); `jit_compiles` counts vLLM
+# 0.26's JIT-monitor warnings, which it logs once per kernel name and process, so it is the number of
+# distinct kernels compiled while serving, not of compilations.
 AUTOTUNE_LINE = re.compile(r"Autotuning (kernel|for)|autotuning kernel", re.I)
 JIT_LINE = re.compile(r"Triton kernel JIT compilation during inference: *([A-Za-z_]\w*)")
 # tuner's GEMM router, at engine exit (tuner.inject.gemm_router.hits_line)
@@ -35,8 +38,10 @@ def log_events(lines: Iterable[str]) -> dict[str, Any]:
         if m:
             jit[m.group(1)] = jit.get(m.group(1), 0) + 1
         r = ROUTER_LINE.search(line)
-        if r:
-            router = dict(zip(("flaggems", "splitk", "native"), map(int, r.groups())))
+        if r:  # one line per engine process that installed the router (workers under TP): summed
+            router = router or {"flaggems": 0, "splitk": 0, "native": 0}
+            for k, v in zip(("flaggems", "splitk", "native"), map(int, r.groups())):
+                router[k] += v
     return {"autotunes": autotunes, "jit_compiles": sum(jit.values()), "jit_kernels": jit, "router_calls": router}
 
 
@@ -52,10 +57,10 @@ def summarise_mode(result: Mapping[str, Any], events: Mapping[str, Any]) -> list
         warm = [b for b in batches if b["phase"] == "warm"] or cold
         ttft = [x for b in warm for x in b["ttft_ms"]]
         tpot = [x for b in warm for x in b["tpot_ms"]]
-        warm_tps = sorted(b["output_tok_s"] for b in warm)
+        warm_tps = [b["output_tok_s"] for b in warm]
         rows.append({
             "mode": result["mode"], "concurrency": c,
-            "output_tok_s": warm_tps[len(warm_tps) // 2],
+            "output_tok_s": statistics.median(warm_tps),
             "output_tok_s_cold": cold[0]["output_tok_s"] if cold else None,
             "ttft_ms_p50": percentile(ttft, 50), "ttft_ms_p99": percentile(ttft, 99),
             "tpot_ms_p50": percentile(tpot, 50), "tpot_ms_p99": percentile(tpot, 99),

@@ -133,3 +133,27 @@ def test_warm_up_covers_every_m_class_triton_compiles():
     assert gr.warm_up_ms(33, 128) == [33, 48]
     assert gr.warm_up_ms(16, 16) == [16]
     assert gr.warm_up_ms(17, 17) == [17]
+
+
+def test_out_buffers_a_route_cannot_write_as_is_go_native():
+    import torch
+
+    calls = []
+
+    def fg_mm(a, b, out=None):
+        calls.append(out is not None)
+        res = (a[:, :, None] * b[None]).sum(1)
+        return res if out is None else out.copy_(res)
+
+    plan = gr.plan_routes([rec(16, N=64, K=32, dtype="fp32")], max_tokens=64)
+    router = gr.install_router(plan, gr.Targets(flaggems_mm=fg_mm), dispatch_key="CPU")
+    try:
+        a, w = torch.randn(16, 32), torch.randn(64, 32)
+        empty = torch.empty(0)
+        torch.mm(a, w.t(), out=empty)  # ATen resizes an empty out: native
+        assert empty.shape == (16, 64) and calls == []
+        transposed = torch.empty(64, 16).t()  # (16, 64) with column-major rows
+        torch.mm(a, w.t(), out=transposed)
+        assert calls == [] and torch.allclose(transposed, (a.double() @ w.double().t()).float(), atol=1e-4)
+    finally:
+        router.uninstall()

@@ -43,18 +43,22 @@ def _events():
         _k("mm_kernel_general_host_tma", 120, 60, 2),
         _k("triton_poi_fused_silu_0", 170, 20, 2),  # overlaps the mm (another stream): counted once in busy
         _k("nvjet_sm90_tst_64x8", 300, 100, 2),
+        # Triton launches through the driver API (its events are "cuda_driver"), inside aten::argmax too
+        {"cat": "cuda_driver", "name": "cuLaunchKernelEx", "ts": 20, "dur": 5, "tid": 1,
+         "args": {"correlation": 3}},
+        _k("_gumbel_sample_kernel", 500, 0, 3),
     ]
 
 
 def test_aggregate_shares_idle_and_eager_ops():
     p = et.aggregate(_events(), steps=2, flaggems=FG)
     assert p.kernel_us == 190
-    assert p.span_us == 300  # 100 .. 400
+    assert p.span_us == 400  # 100 .. 500
     assert p.gpu_busy_us == 10 + 70 + 100  # [100,110) + [120,190) + [300,400)
-    assert p.idle_us_per_step == pytest.approx((300 - 180) / 2)
+    assert p.idle_us_per_step == pytest.approx((400 - 180) / 2)
     assert p.share("triton") == pytest.approx(90 / 190)
     assert p.shares()["cublas"] == pytest.approx(100 / 190)
-    assert p.eager_ops == [("aten::argmax", 1)]
+    assert p.eager_ops == [("aten::argmax", 2)]
     assert p.graph_launches == 1
     top = p.to_dict(top=2)["top_kernels"]
     assert [t["name"] for t in top] == ["nvjet_sm90_tst_64x8", "mm_kernel_general_host_tma"]

@@ -26,6 +26,8 @@ def test_log_events_counts_autotunes_and_jit_compiles_by_kernel():
     line = "(EngineCore pid=1) INFO [gemm_router.py:1] tuner router: GEMM calls dispatched since start: " \
            "FlagGems 448, split-K 0, native 3920"
     assert bs.log_events([line])["router_calls"] == {"flaggems": 448, "splitk": 0, "native": 3920}
+    # one line per process that installed the router (tensor-parallel workers): summed
+    assert bs.log_events([line, line])["router_calls"] == {"flaggems": 896, "splitk": 0, "native": 7840}
 
 
 def _batch(c, phase, tps, ttft=(), tpot=()):
@@ -39,6 +41,7 @@ def test_summarise_mode_takes_warm_median_and_keeps_cold_apart():
         _batch(1, "warm", 140.0, [20.0], [7.0]),
         _batch(1, "warm", 150.0, [22.0], [6.0]),
         _batch(1, "warm", 120.0, [24.0], [8.0]),
+        _batch(64, "warm", 4100.0), _batch(64, "warm", 4300.0),  # two repeats: their mean, not the max
         _batch(1, "profile", 1.0),  # never part of the numbers
     ]}
     rows = bs.summarise_mode(result, {"autotunes": 0, "jit_compiles": 2})
@@ -47,7 +50,7 @@ def test_summarise_mode_takes_warm_median_and_keeps_cold_apart():
     assert one["ttft_ms_p50"] == 22.0 and one["tpot_ms_p50"] == 7.0
     assert one["autotunes"] == 0 and one["jit_compiles"] == 2 and one["start_s"] == 52.0
     many = next(r for r in rows if r["concurrency"] == 64)
-    assert many["output_tok_s"] == 4000.0  # no warm batch: the cold one stands in
+    assert many["output_tok_s"] == 4200.0 and many["output_tok_s_cold"] == 4000.0
     assert many["ttft_ms_p50"] is None
 
 

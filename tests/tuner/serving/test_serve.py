@@ -209,6 +209,7 @@ def test_max_tokens_and_vllms_batched_tokens_are_one_setting():
         8192, ["--dtype", "bfloat16", "--max-num-batched-tokens", "8192"])
     assert batch_tokens(vllm, 4096, []) == (4096, ["--max-num-batched-tokens", "4096"])
     assert batch_tokens(vllm, None, ["--max-num-batched-tokens=2048"]) == (2048, ["--max-num-batched-tokens=2048"])
+    assert batch_tokens(vllm, None, ["--max_num_batched_tokens", "1024"])[0] == 1024  # vLLM's other spelling
     assert batch_tokens(vllm, 2048, ["--max-num-batched-tokens", "2048"])[0] == 2048
     with pytest.raises(UserError, match="one setting"):
         batch_tokens(vllm, 4096, ["--max-num-batched-tokens", "2048"])

@@ -25,8 +25,9 @@ def batch_tokens(max_tokens: int | None, args: list[str]) -> tuple[int, list[str
     """tuner's --max-tokens and vLLM's --max-num-batched-tokens are one setting: the largest M a
     GEMM meets in one engine step (chunked prefill) is the bound tuner seeds configs up to. A value
     in the engine arguments wins; otherwise tuner's (default 8192) is passed to the engine."""
+    spellings = (BATCH_FLAG, BATCH_FLAG.replace("-", "_").replace("__", "--"))  # vLLM takes both
     for i, a in enumerate(args):
-        if a == BATCH_FLAG or a.startswith(BATCH_FLAG + "="):
+        if a in spellings or a.startswith(tuple(f"{f}=" for f in spellings)):
             text = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
             try:
                 n = int(text)
