@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuner.inject._select import nearest_m
 from tuner.inject.registry import OVERRIDE, Context, injector
 
 logger = logging.getLogger(__name__)
@@ -74,9 +73,12 @@ def plan_routes(records: Iterable[Mapping[str, Any]], max_tokens: int) -> dict[t
     plan: dict[tuple, list[tuple[int, int, Route]]] = {}
     for group, by_m in sorted(_groups(records).items()):
         tuned = sorted(by_m)
+        # nearest tuned M in log space without Fractions (plan_routes runs in every engine process):
+        # t[i] serves M while M*M <= t[i]*t[i+1] (a tie goes to the smaller, as _select.nearest_m)
+        bounds = [a * b for a, b in zip(tuned, tuned[1:])]
         runs: list[tuple[int, int, Route]] = []
         for m in range(1, max_tokens + 1):
-            t = nearest_m(tuned, m)
+            t = tuned[bisect.bisect_left(bounds, m * m)]
             if not (t <= m * REACH and m <= t * REACH):
                 continue
             target = record_target(by_m[t])

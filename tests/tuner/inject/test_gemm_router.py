@@ -157,3 +157,21 @@ def test_out_buffers_a_route_cannot_write_as_is_go_native():
         assert calls == [] and torch.allclose(transposed, (a.double() @ w.double().t()).float(), atol=1e-4)
     finally:
         router.uninstall()
+
+
+def test_plan_uses_the_same_nearest_m_as_the_other_injectors():
+    import random
+
+    from tuner.inject._select import nearest_m
+
+    rng = random.Random(3)
+    for _ in range(40):
+        tuned = sorted(rng.sample(range(1, 600), rng.randint(1, 6)))
+        recs = [rec(m, tuned=1.0, native=2.0) for m in tuned]  # every record wins: every reachable M routed
+        plan = gr.plan_routes(recs, max_tokens=1200)
+        table = gr.build_table(plan)
+        for m in range(1, 1201):
+            t = nearest_m(tuned, m)
+            hit = gr.lookup(table, "mm", m, 37888, 3584, "bf16")
+            reach = t <= 2 * m and m <= 2 * t
+            assert (hit is not None and hit.tuned_m == t) if reach else hit is None, (tuned, m)
