@@ -5,6 +5,10 @@
 # Steps (one device call each, back to back while the machine stays warm; vLLM staged before, see
 # ../shared/scripts/vllm-offline.sh and .vllm/stage2.sh):
 #   bash tuner/benchmarks/vllm_h200.sh setup        wheels, the project installed (its plugin entry point)
+#                                                   from .snap/tuner.tar, a snapshot made here with
+#   git archive HEAD -- . ':!tuner/benchmarks/results' > .snap/tuner.tar && tar -rf .snap/tuner.tar \
+#       tuner/benchmarks/results/vllm/tune_keys/vllm_keys.db && git rev-parse HEAD > .snap/commit
+#   (carried as .snap with .whl; the checkout copy may be mid-edit, the snapshot is a commit)
 #   bash tuner/benchmarks/vllm_h200.sh gputests     pytest -m gpu (no vLLM needed)
 #   bash tuner/benchmarks/vllm_h200.sh bench MODES  checkpoint (once), then `tuner bench --modes MODES`
 # The tuned mode reads results/vllm/tune_keys/vllm_keys.db (this GPU model, tune_vllm_keys.sh). The
