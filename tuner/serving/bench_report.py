@@ -67,7 +67,7 @@ def bench_chart(report: Mapping[str, Any], path: str | Path) -> Path | None:
                             ha="center", va="bottom", fontsize=9)
         ax.set_title(f"{c} concurrent request{'s' if c > 1 else ''}")
         ax.set_ylabel("output tokens/s (warm)")
-    fig.suptitle(f"{report.get('request', {}).get('engine', 'vllm')}: native vs FlagGems untuned vs tuned")
+    fig.suptitle(f"{report.get('request', {}).get('engine', 'vllm')}: {' vs '.join(modes)} (x native)")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
