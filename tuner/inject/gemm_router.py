@@ -97,7 +97,7 @@ def route_counts(plan: Mapping[tuple, list], records: Iterable[Mapping[str, Any]
     """How many stored keys go where: the numbers the plugin's line reports."""
     counts = {NATIVE: 0, FLAGGEMS: 0, SPLITK: 0}
     for r in records:
-        if r.get("kernel") in ROUTED_OPS:
+        if r.get("kernel") in ROUTED_OPS and int(r["key"].get("BT", 1)) == 1:  # the layouts _groups plans
             counts[record_target(r)] += 1
     return counts
 
