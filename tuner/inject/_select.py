@@ -1,7 +1,7 @@
 """Which tuned M serves which runtime M: pure functions shared by every injector."""
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from fractions import Fraction
 
 
@@ -23,13 +23,6 @@ def _nearest_sq(tuned: Sequence[int], target_sq: int) -> int:
         return Fraction(max(t * t, target_sq), min(t * t, target_sq))
 
     return min(sorted(tuned), key=dist)
-
-
-def assign_ms(tuned: Sequence[int], max_tokens: int) -> dict[int, int]:
-    """Every runtime M in 1..max_tokens -> the tuned M whose config it gets."""
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    return {m: nearest_m(tuned, m) for m in range(1, max_tokens + 1)}
 
 
 def plan_buckets(
@@ -54,17 +47,3 @@ def plan_buckets(
             plan[key] = _nearest_sq(tuned, ms[0] * ms[-1])  # geometric middle of the bucket
     return plan
 
-
-def ranges(assigned: dict[int, int], wanted: Iterable[int]) -> list[tuple[int, int, int]]:
-    """Maximal runs [lo, hi] of consecutive M whose tuned M is in `wanted`: (lo, hi, tuned M)."""
-    wanted = set(wanted)
-    out: list[tuple[int, int, int]] = []
-    for m in sorted(assigned):
-        t = assigned[m]
-        if t not in wanted:
-            continue
-        if out and out[-1][1] == m - 1 and out[-1][2] == t:
-            out[-1] = (out[-1][0], m, t)
-        else:
-            out.append((m, m, t))
-    return out

@@ -93,7 +93,7 @@ def plan_routes(records: Iterable[Mapping[str, Any]], max_tokens: int) -> dict[t
     return plan
 
 
-def route_counts(plan: Mapping[tuple, list], records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+def route_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """How many stored keys go where: the numbers the plugin's line reports."""
     counts = {NATIVE: 0, FLAGGEMS: 0, SPLITK: 0}
     for r in records:
@@ -318,7 +318,7 @@ def install_routes_for_serving(records: list[dict[str, Any]], ctx: Context) -> i
     """Install the router for the stored mm / addmm records and compile what it routes to."""
     global _installed
     plan = plan_routes(records, ctx.max_tokens)
-    counts = route_counts(plan, records)
+    counts = route_counts(records)
     if not plan:
         return 0
     import torch
@@ -347,6 +347,3 @@ def hits_line(router: Router) -> str:
     return "tuner router: GEMM calls dispatched since start: FlagGems %d, split-K %d, native %d" % (
         h[FLAGGEMS], h[SPLITK], h[NATIVE])
 
-
-def installed() -> Router | None:
-    return _installed

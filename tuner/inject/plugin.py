@@ -122,7 +122,7 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
     counts["exclude_ops"] = list(ctx.exclude)
     from tuner.inject.gemm_router import route_counts
 
-    counts["routes"] = route_counts({}, records)
+    counts["routes"] = route_counts(records)
     counts["flaggems_ops"] = ctx.flaggems_ops if ctx.enable_flaggems else "none"
     return counts
 

@@ -45,7 +45,7 @@ def test_conflicting_winners_raise():
 def test_route_counts_say_where_stored_keys_go():
     recs = [rec(1, tuned=12), rec(16), rec(64, variant="splitk"), rec(16, kernel="addmm", tuned=20),
             rec(16, kernel="fused_moe"), rec(16, N=512, bt=0)]  # a K x N weight: never routed, not counted
-    assert gr.route_counts({}, recs) == {gr.NATIVE: 2, gr.FLAGGEMS: 1, gr.SPLITK: 1}
+    assert gr.route_counts(recs) == {gr.NATIVE: 2, gr.FLAGGEMS: 1, gr.SPLITK: 1}
 
 
 def test_lookup_by_op_shape_dtype_and_m():
