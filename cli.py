@@ -186,6 +186,8 @@ def profile(
     model: Optional[str] = typer.Option(None, "--model", help="With --engine vllm: the checkpoint folder "
                                         "(e.g. written by `tuner checkpoint`)."),
     modes: str = typer.Option("native,tuned", "--modes", help="With --engine vllm: native, untuned, tuned."),
+    concurrency: int = typer.Option(1, "--concurrency", help="With --engine vllm: requests in the profiled "
+                                    "batch (decode GEMMs run at M = this, padded to a CUDA-graph size)."),
     out_dir: str = typer.Option("engine_profile", "--out-dir", help="With --engine vllm: each mode's log "
                                 "and trace, profiles.json."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
@@ -196,7 +198,7 @@ def profile(
 
     Example: tuner profile --engine vllm --model /tmp/ck --modes native,untuned,tuned"""
     if engine != "transformers":
-        _profile_engine(engine, model, modes, out_dir, top, db, as_json)
+        _profile_engine(engine, model, modes, out_dir, top, db, as_json, concurrency)
         return
     from tuner.profiling import flow
     from tuner.report import profile_tables
@@ -214,7 +216,7 @@ def profile(
 
 
 def _profile_engine(engine: str, model: Optional[str], modes: str, out_dir: str, top: int,
-                    db: Optional[str], as_json: bool) -> None:
+                    db: Optional[str], as_json: bool, concurrency: int = 1) -> None:
     from tuner.profiling import engine_flow
     from tuner.report import engine_profile_tables
 
@@ -223,7 +225,7 @@ def _profile_engine(engine: str, model: Optional[str], modes: str, out_dir: str,
     if not model:
         _fail(UserError("--engine vllm needs --model, the checkpoint folder to serve"))
     req = engine_flow.EngineProfileRequest(model=model, modes=tuple(m for m in modes.split(",") if m),
-                                           out_dir=out_dir, db_url=db, top=top)
+                                           out_dir=out_dir, db_url=db, top=top, concurrency=concurrency)
     try:
         out = engine_flow.profile_engine(req, on_mode=_stage_printer(as_json))
     except UserError as e:
@@ -333,8 +335,11 @@ def bench(
     warm_repeats: int = typer.Option(2, "--warm-repeats", help="Warm batches per concurrency after the cold one."),
     max_tokens: int = typer.Option(4096, "--max-tokens", help="The engine's max_num_batched_tokens, which is "
                                    "also the largest M tuned configs are seeded for."),
-    profile: bool = typer.Option(False, "--profile", help="Also write a torch.profiler trace of one request "
+    profile: bool = typer.Option(False, "--profile", help="Also write a torch.profiler trace of one batch "
                                  "per mode (vLLM's profiler, inside the engine's worker)."),
+    profile_concurrency: int = typer.Option(1, "--profile-concurrency", help="With --profile: requests in the "
+                                            "profiled batch (512 + 64 tokens each); 64 puts decode GEMMs at "
+                                            "M = 64."),
     out_dir: str = typer.Option("bench", "--out-dir", help="Folder for each mode's log, result and trace, "
                                 "bench.json and bench.png."),
     exclude: Optional[str] = typer.Option(None, "--exclude", help="As `tuner serve --exclude` (default: the "
@@ -358,7 +363,8 @@ def bench(
     req = flow.BenchRequest(model=model, engine=engine, modes=tuple(m for m in modes.split(",") if m),
                             concurrency=tuple(_int_list(concurrency, "--concurrency") or ()),
                             prompt_tokens=prompt_tokens, output_tokens=output_tokens, warm_repeats=warm_repeats,
-                            max_tokens=max_tokens, profile=profile, out_dir=out_dir, db_url=db,
+                            max_tokens=max_tokens, profile=profile, profile_concurrency=profile_concurrency,
+                            out_dir=out_dir, db_url=db,
                             exclude=[o for o in exclude.split(",") if o] if exclude is not None else None,
                             allow_foreign=allow_foreign, timeout_s=timeout)
     try:

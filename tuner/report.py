@@ -184,3 +184,9 @@ def engine_profile_tables(out: dict) -> None:
             name = k["name"] if len(k["name"]) <= 40 else k["name"][:39] + "…"
             t.add_row(name, k["class"], str(k["calls"]), f"{k['gpu_ms']:.2f}", f"{k['mean_us']:.1f}")
         console.print(t)
+        keys = p.get("gemm_keys", [])
+        eager = [g for g in keys if g["place"] == "eager"]
+        if keys:
+            top = ", ".join(f"{g['op']} {g['M']}x{g['N']}x{g['K']} {g['gpu_us'] / 1e3:.1f} ms" for g in eager[:3])
+            console.print(f"  GEMM keys (tune --from-profile {p.get('profile_run_id')}): {len(eager)} eager, "
+                          f"{len(keys) - len(eager)} at CUDA-graph sizes; hottest: {top or '-'}")

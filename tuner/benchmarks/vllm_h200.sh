@@ -11,6 +11,9 @@
 #   (carried as .snap with .whl; the checkout copy may be mid-edit, the snapshot is a commit)
 #   bash tuner/benchmarks/vllm_h200.sh gputests     pytest -m gpu (no vLLM needed)
 #   bash tuner/benchmarks/vllm_h200.sh bench MODES  checkpoint (once), then `tuner bench --modes MODES`
+#                                                   (PROFILE_CONC requests in the profiled batch, default 64)
+#   bash tuner/benchmarks/vllm_h200.sh serve        checkpoint (once), `tuner serve --engine vllm --use-tuned`
+#                                                   in the background, one /v1/chat/completions request
 # The tuned mode reads results/vllm/tune_keys/vllm_keys.db (this GPU model, tune_vllm_keys.sh). The
 # exclude list is the H100 consistency check's (results/profile): no check has run on the H200.
 # Outputs under $OUT (at most 8 files come back): env.txt, <step>.log, and for bench: bench_MODES.json
@@ -22,7 +25,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s); stamp() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
 export PYTHONPATH=/tmp/tuner:/tmp/vsite:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 VLLM_USE_FLASHINFER_SAMPLER=0
 EXCL=${EXCL:-arange_start,layer_norm,mul,weight_norm_interface}
-case "${1:?usage: vllm_h200.sh setup|gputests|bench MODES}" in
+case "${1:?usage: vllm_h200.sh setup|gputests|bench MODES|serve}" in
 setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   rm -rf /tmp/tuner && mkdir -p /tmp/tuner && tar -xf .snap/tuner.tar -C /tmp/tuner || exit 1
@@ -48,7 +51,8 @@ bench)
   [ -f /tmp/ck/config.json ] || { stamp "checkpoint"; python3 cli.py checkpoint /tmp/ck || exit 1; }
   cp tuner/benchmarks/results/vllm/tune_keys/vllm_keys.db /tmp/bench.db 2>/dev/null || true
   stamp "bench $MODES"
-  python3 cli.py bench /tmp/ck --modes "$MODES" --profile --db /tmp/bench.db --out-dir /tmp/bench_$TAG \
+  python3 cli.py bench /tmp/ck --modes "$MODES" --profile --profile-concurrency "${PROFILE_CONC:-64}" \
+      --db /tmp/bench.db --out-dir /tmp/bench_$TAG \
       --exclude "$EXCL" --max-tokens 4096 --timeout "${MODE_TIMEOUT:-400}" --json > "$OUT/bench_$TAG.json"
   echo "bench exit $?"
   python3 - "$TAG" <<'PY'
@@ -60,7 +64,10 @@ Console(width=80).print(bench_table(rep)); print("\n".join(agreement_lines(rep))
 PY
   cp /tmp/bench_$TAG/bench.png "$OUT/bench_$TAG.png" 2>/dev/null
   for m in ${MODES//,/ }; do
-    timeout 120 python3 -m tuner.profiling.engine_trace /tmp/bench_$TAG/$m/trace 64 /tmp/bench_$TAG/$m/profile.json 2>&1 | tail -2
+    timeout 180 python3 -m tuner.profiling.engine_trace /tmp/bench_$TAG/$m/trace 64 /tmp/bench_$TAG/$m/profile.json \
+        /tmp/bench_$TAG/$m/result.json 2>&1 | tail -2
+    T=$(ls -t /tmp/bench_$TAG/$m/trace/*.pt.trace.json* 2>/dev/null | head -1)  # the raw trace, when it fits
+    [ -n "$T" ] && [ "$(stat -c %s "$T")" -lt 15000000 ] && case "$T" in *.gz) cp "$T" "$OUT/trace_${m}_$TAG.json.gz";; esac
   done
   python3 - "$TAG" "$MODES" <<'PY'
 import json, os, sys
@@ -80,5 +87,42 @@ PY
   [ -n "$T" ] && python3 -c "from tuner.profiling.engine_trace import sample_trace; import sys; sample_trace(sys.argv[1], sys.argv[2])" \
       "$T" "$OUT/trace_sample_$TAG.json.gz"
   tar -czf "$OUT/logs_$TAG.tar.gz" -C /tmp/bench_$TAG --exclude='*.pt.trace.json*' . ;;
+serve)
+  cd /tmp/tuner || exit 1
+  [ -f /tmp/ck/config.json ] || { stamp "checkpoint"; python3 cli.py checkpoint /tmp/ck || exit 1; }
+  cp tuner/benchmarks/results/vllm/tune_keys/vllm_keys.db /tmp/serve.db
+  stamp "tuner serve --engine vllm --use-tuned"
+  python3 cli.py serve /tmp/ck --engine vllm --use-tuned --db /tmp/serve.db --exclude "$EXCL" --max-tokens 4096 \
+      --port 8011 --runtime-dir /tmp/serve_rt -- --gpu-memory-utilization 0.6 --max-model-len 4096 \
+      --max-num-seqs 64 > "$OUT/serve_tuned.log" 2>&1 &
+  export SPID=$!
+  python3 - <<'PY' > "$OUT/serve_chat.json"
+import json, os, time, urllib.request
+t0, ready, t1 = time.time(), None, time.time()
+while time.time() - t0 < 300 and ready is None:
+    try:
+        os.kill(int(os.environ["SPID"]), 0)  # tuner serve still running
+    except ProcessLookupError:
+        break
+    try:
+        urllib.request.urlopen("http://127.0.0.1:8011/health", timeout=2)
+        ready = time.time() - t0
+    except Exception:
+        time.sleep(2)
+body = {"model": "/tmp/ck", "messages": [{"role": "user", "content": "Hello, who are you?"}],
+        "max_tokens": 16, "temperature": 0}
+req = urllib.request.Request("http://127.0.0.1:8011/v1/chat/completions", data=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json"})
+try:
+    t1 = time.time()
+    answer, err = json.loads(urllib.request.urlopen(req, timeout=120).read()), None
+except Exception as e:
+    answer, err = None, repr(e)
+print(json.dumps({"ready_s": ready, "answer_s": time.time() - t1, "response": answer, "error": err}, indent=1))
+PY
+  cat "$OUT/serve_chat.json"
+  kill -INT $SPID; for i in $(seq 40); do kill -0 $SPID 2>/dev/null || break; sleep 1; done
+  kill -9 $SPID 2>/dev/null; pkill -9 -f vllm.entrypoints; pkill -9 -f EngineCore; sleep 3
+  echo "serve exit: $(wait $SPID; echo $?)"; grep -n "tuner" "$OUT/serve_tuned.log" | head -20 ;;
 esac
 stamp "done"

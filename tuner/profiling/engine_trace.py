@@ -66,6 +66,25 @@ class KernelRow:
 
 
 @dataclass
+class GemmKey:
+    """One GEMM key the engine met: (op, M, N, K, dtype) with nn.Linear's layout (B = weight.t()).
+    place "eager": seen as an aten op in the trace, timed by the kernels it launched; "graph": the
+    op's (N, K) at a CUDA-graph capture size, replayed from a graph, so neither seen nor timed."""
+    op: str
+    M: int
+    N: int
+    K: int
+    dtype: str
+    place: str = "eager"
+    calls: int = 0
+    gpu_us: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "M": self.M, "N": self.N, "K": self.K, "dtype": self.dtype, "place": self.place,
+                "calls": self.calls, "gpu_us": self.gpu_us}
+
+
+@dataclass
 class EngineProfile:
     kernels: list[KernelRow]
     gpu_busy_us: float
@@ -73,6 +92,7 @@ class EngineProfile:
     steps: int
     eager_ops: list[tuple[str, int]] = field(default_factory=list)  # (aten op, kernel launches)
     graph_launches: int = 0
+    gemm_keys: list[GemmKey] = field(default_factory=list)
 
     @property
     def kernel_us(self) -> float:
@@ -98,7 +118,7 @@ class EngineProfile:
                 "span_ms": self.span_us / 1e3, "steps": self.steps,
                 "idle_us_per_step": self.idle_us_per_step, "triton_share": self.share("triton"),
                 "share_by_class": self.shares(), "graph_launches": self.graph_launches,
-                "eager_ops": self.eager_ops[:20],
+                "eager_ops": self.eager_ops[:20], "gemm_keys": [k.as_dict() for k in self.gemm_keys],
                 "top_kernels": [{"name": k.name, "class": k.cls, "calls": k.calls, "gpu_ms": k.gpu_us / 1e3,
                                  "mean_us": k.mean_us} for k in self.top(top)]}
 
@@ -164,7 +184,71 @@ def _eager_ops(events: Sequence[Mapping], kernel_corr: set) -> list[tuple[str, i
     return sorted(counts.items(), key=lambda kv: -kv[1])
 
 
-def aggregate(events: Iterable[Mapping], steps: int, flaggems: frozenset[str] = frozenset()) -> EngineProfile:
+GEMM_OPS = {"aten::mm": "mm", "aten::addmm": "addmm"}  # aten::linear and matmul end in one of these
+_DTYPES = {"c10::BFloat16": "bf16", "c10::Half": "fp16", "float": "fp32"}
+
+
+def _linear_key(e: Mapping) -> tuple[str, int, int, int, str] | None:
+    """(op, M, N, K, dtype) of an aten::mm / addmm event recorded with shapes, when B is a
+    transposed weight (strides (1, K)): the layout tuner's mm / addmm keys have. Else None."""
+    args, op = e.get("args", {}), GEMM_OPS.get(e.get("name", ""))
+    dims, strides, types = args.get("Input Dims"), args.get("Input Strides"), args.get("Input type")
+    if op is None or not dims or not strides:
+        return None
+    first = 1 if op == "addmm" else 0  # addmm(bias, a, b)
+    try:
+        (m, k), (k2, n) = dims[first], dims[first + 1]
+        b_strides = strides[first + 1]
+        dtype = _DTYPES.get(types[first]) if types else None
+    except (IndexError, TypeError, ValueError):
+        return None
+    if k != k2 or dtype is None or not (b_strides[0] == 1 and (b_strides[1] == k or n == 1)):
+        return None
+    return op, int(m), int(n), int(k), dtype
+
+
+def _gemm_keys(events: Sequence[Mapping], kernel_us: Mapping[Any, float],
+               capture_sizes: Sequence[int] | None) -> list[GemmKey]:
+    """The GEMM keys of the eager path, each timed by the kernels its outermost aten op launched
+    (the op's time window on its thread), hottest first; then, when the capture sizes are known,
+    the keys replayed from CUDA graphs: the (op, N, K) of every key seen eagerly only above the
+    largest capture size (prefill) at each capture size, by M."""
+    import bisect
+
+    launches: dict[Any, list[tuple[float, Any]]] = {}
+    for e in events:
+        if e.get("cat") in LAUNCH_CATS and "Launch" in e.get("name", ""):
+            launches.setdefault(e.get("tid"), []).append((e["ts"], e.get("args", {}).get("correlation")))
+    for v in launches.values():
+        v.sort(key=lambda t: t[0])
+    keys: dict[tuple, GemmKey] = {}
+    outer_end: dict[Any, float] = {}
+    for e in sorted((e for e in events if e.get("cat") == "cpu_op" and e.get("name") in GEMM_OPS),
+                    key=lambda e: e["ts"]):
+        tid, t0, t1 = e.get("tid"), e["ts"], e["ts"] + e.get("dur", 0)
+        if t0 < outer_end.get(tid, float("-inf")):  # inside another GEMM op (a redispatch): counted there
+            continue
+        outer_end[tid] = t1
+        key = _linear_key(e)
+        if key is None:
+            continue
+        row = keys.setdefault(key, GemmKey(*key))
+        row.calls += 1
+        ts = launches.get(tid, [])
+        for _, corr in ts[bisect.bisect_left(ts, (t0,)): bisect.bisect_right(ts, (t1, float("inf")))]:
+            row.gpu_us += kernel_us.get(corr, 0.0)
+    eager = sorted(keys.values(), key=lambda k: -k.gpu_us)
+    if not capture_sizes:
+        return eager
+    top = max(capture_sizes)
+    small = {(k.op, k.N, k.K, k.dtype) for k in eager if k.M <= top}
+    pairs = sorted({(k.op, k.N, k.K, k.dtype) for k in eager} - small)
+    graph = [GemmKey(op, m, n, kk, dt, "graph") for m in sorted(capture_sizes) for op, n, kk, dt in pairs]
+    return eager + graph
+
+
+def aggregate(events: Iterable[Mapping], steps: int, flaggems: frozenset[str] = frozenset(),
+              capture_sizes: Sequence[int] | None = None) -> EngineProfile:
     events = list(events)
     kernels = [e for e in events if e.get("cat") == "kernel" and "dur" in e]
     rows: dict[str, KernelRow] = {}
@@ -176,7 +260,12 @@ def aggregate(events: Iterable[Mapping], steps: int, flaggems: frozenset[str] = 
     span = (max(e for _, e in intervals) - min(s for s, _ in intervals)) if intervals else 0.0
     corr = {k.get("args", {}).get("correlation") for k in kernels}
     graphs = sum(1 for e in events if e.get("cat") in LAUNCH_CATS and "GraphLaunch" in e.get("name", ""))
-    return EngineProfile(list(rows.values()), _busy_us(intervals), span, steps, _eager_ops(events, corr), graphs)
+    kernel_us: dict[Any, float] = {}
+    for k in kernels:
+        c = k.get("args", {}).get("correlation")
+        kernel_us[c] = kernel_us.get(c, 0.0) + float(k["dur"])
+    return EngineProfile(list(rows.values()), _busy_us(intervals), span, steps, _eager_ops(events, corr), graphs,
+                         _gemm_keys(events, kernel_us, capture_sizes))
 
 
 def flaggems_kernel_names() -> frozenset[str]:
@@ -202,12 +291,12 @@ def flaggems_kernel_names() -> frozenset[str]:
 
 
 def summarise_dir(trace_dir: str | Path, steps: int, flaggems: frozenset[str] = frozenset(),
-                  top: int = 15) -> dict[str, Any]:
+                  top: int = 15, capture_sizes: Sequence[int] | None = None) -> dict[str, Any]:
     """The summary of the newest trace file in a folder vLLM's profiler wrote (one worker)."""
     files = sorted(Path(trace_dir).glob("*.pt.trace.json*"), key=lambda p: p.stat().st_mtime)
     if not files:
         raise FileNotFoundError(f"no *.pt.trace.json(.gz) in {trace_dir}")
-    out = aggregate(load_trace(files[-1]), steps, flaggems).to_dict(top)
+    out = aggregate(load_trace(files[-1]), steps, flaggems, capture_sizes).to_dict(top)
     out["trace"] = files[-1].name
     return out
 
@@ -223,6 +312,12 @@ def sample_trace(path: str | Path, dest: str | Path, max_kernels: int = 400) -> 
     t0 = min([e["ts"] for e in launches + window] or [0])
     t1 = max([e["ts"] for e in window] or [0])
     ops = [e for e in events if e.get("cat") == "cpu_op" and t0 <= e["ts"] <= t1]
+    # the launches of those ops too, with their kernels (an eager GEMM's time needs both)
+    seen = {id(e) for e in launches}
+    more = [e for e in events if e.get("cat") in LAUNCH_CATS and t0 <= e["ts"] <= t1 and id(e) not in seen]
+    corr2 = {e.get("args", {}).get("correlation") for e in more} - corr
+    window += [e for e in kernels if e.get("args", {}).get("correlation") in corr2]
+    launches += more
     keep = [{k: e[k] for k in ("ph", "cat", "name", "ts", "dur", "tid", "pid", "args") if k in e}
             for e in window + launches + ops]
     dest = Path(dest)
@@ -231,8 +326,10 @@ def sample_trace(path: str | Path, dest: str | Path, max_kernels: int = 400) -> 
     return dest
 
 
-if __name__ == "__main__":  # on the GPU host: python -m tuner.profiling.engine_trace DIR STEPS OUT.json
+if __name__ == "__main__":  # on the GPU host: python -m tuner.profiling.engine_trace DIR STEPS OUT.json [RESULT.json]
     import sys
 
-    summary = summarise_dir(sys.argv[1], int(sys.argv[2]), flaggems_kernel_names())
+    result = json.loads(Path(sys.argv[4]).read_text()) if len(sys.argv) > 4 else {}
+    sizes = (result.get("engine") or {}).get("capture_sizes")
+    summary = summarise_dir(sys.argv[1], int(sys.argv[2]), flaggems_kernel_names(), capture_sizes=sizes)
     Path(sys.argv[3]).write_text(json.dumps(summary, indent=1))

@@ -37,6 +37,7 @@ class BenchRequest:
     concurrency: tuple[int, ...] = (1, 64)
     warm_repeats: int = 2
     profile: bool = False
+    profile_concurrency: int = 1  # requests in the profiled batch (64: decode GEMMs at M = 64)
     exclude: list[str] | None = None
     allow_foreign: bool = False
     timeout_s: float = 900.0
@@ -54,6 +55,8 @@ def validate(req: BenchRequest) -> None:
     for name in ("max_tokens", "prompt_tokens", "output_tokens", "warm_repeats"):
         if getattr(req, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number")
+    if req.profile_concurrency <= 0:
+        raise UserError("--profile-concurrency must be a positive number")
     if not req.concurrency or min(req.concurrency) <= 0:
         raise UserError("--concurrency takes positive numbers")
     if req.prompt_tokens + req.output_tokens > 4096:
@@ -85,7 +88,7 @@ def engine_args(req: BenchRequest, mode: str, folder: Path) -> list[str]:
             "--output-tokens", str(req.output_tokens), "--warm-repeats", str(req.warm_repeats),
             "--max-batched-tokens", str(req.max_tokens), "--concurrency", *map(str, req.concurrency)]
     if req.profile:
-        args += ["--profile-dir", str(folder / "trace")]
+        args += ["--profile-dir", str(folder / "trace"), "--profile-concurrency", str(req.profile_concurrency)]
     return args
 
 
@@ -123,10 +126,15 @@ def summarise(results: list[dict]) -> dict[str, Any]:
     for r in results:
         if ref is not None and r is not ref and "error" not in r:
             agree[r["mode"]] = bench_stats.agreement(ref["prompt_logprobs"], r["prompt_logprobs"])
+            if ref.get("small_m_logprobs") and r.get("small_m_logprobs"):
+                agree[r["mode"]]["small_m"] = bench_stats.agreement(ref["small_m_logprobs"], r["small_m_logprobs"])
     for row in rows:
-        row.update({f"agreement_{k}": v for k, v in agree.get(row["mode"], {}).items()})
+        row.update({f"agreement_{k}": v for k, v in agree.get(row["mode"], {}).items() if k != "small_m"})
+        small = agree.get(row["mode"], {}).get("small_m", {})
+        row.update({f"agreement_small_m_{k}": v for k, v in small.items()})
     errors = {r["mode"]: r["error"] for r in results if "error" in r}
     return {"runs": rows, "agreement": agree, "errors": errors,
+            "engine": {r["mode"]: r.get("engine") for r in results if "error" not in r},
             "jit_kernels": {r["mode"]: r["events"]["jit_kernels"] for r in results},
             "router_calls": {r["mode"]: r["events"].get("router_calls") for r in results}}
 

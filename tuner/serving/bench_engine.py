@@ -22,6 +22,10 @@ from pathlib import Path
 
 
 PROFILE_OUTPUT_TOKENS = 64  # the profiled request's decode steps (tuner.profiling.engine_flow divides by them)
+# Teacher-forced prompts short enough that one engine step holds one of them: the GEMMs then run at
+# M = the prompt length, the decode / CUDA-graph sizes where the router sends keys to tuned kernels
+# (the 512-token prompts run at M = 511, which it keeps on cuBLAS: they never test a routed key).
+SMALL_M_PROMPTS = (8, 16, 24, 32, 48, 64, 96, 128)
 
 
 @dataclass
@@ -83,14 +87,17 @@ def run_batch(llm, prompts: list[list[int]], params, phase: str) -> Batch:
     return b
 
 
-def prompt_logprobs(llm, prompts: list[list[int]]) -> list[dict]:
+def prompt_logprobs(llm, prompts: list[list[int]], one_per_step: bool = False) -> list[dict]:
     """Teacher-forced: for every prompt position the engine's top-1 token and the logprob it gives
-    the actual next token, so modes compare on the same inputs whatever they would generate."""
+    the actual next token, so modes compare on the same inputs whatever they would generate.
+    one_per_step: each prompt its own generate call, so one engine step runs it alone (M = its length)."""
     from vllm import SamplingParams
 
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
+    batches = [[p] for p in prompts] if one_per_step else [prompts]
+    outs = [o for b in batches for o in llm.generate([{"prompt_token_ids": p} for p in b], params, use_tqdm=False)]
     rows = []
-    for o in llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False):
+    for o in outs:
         top1, actual = [], []
         for pos, lp in enumerate(o.prompt_logprobs or []):
             if lp is None:  # the first position has no prediction
@@ -123,13 +130,25 @@ def build_llm(model: str, max_batched: int, max_seqs: int, profile_dir: str | No
         return LLM(**kwargs, profiler_config=base)
 
 
+def engine_config(llm) -> dict:
+    """What decides the M values the engine's GEMMs meet: CUDA-graph capture sizes (decode and small
+    batches replay graphs captured at these M), the graph mode, and the largest batch of tokens."""
+    cfg = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
+    cc, sched = getattr(cfg, "compilation_config", None), getattr(cfg, "scheduler_config", None)
+    sizes, mode = getattr(cc, "cudagraph_capture_sizes", None), getattr(cc, "cudagraph_mode", None)
+    return {"capture_sizes": sorted(int(x) for x in sizes) if sizes else None,
+            "cudagraph_mode": None if mode is None else str(mode),
+            "max_num_batched_tokens": getattr(sched, "max_num_batched_tokens", None)}
+
+
 def run(args: argparse.Namespace) -> dict:
     from vllm import SamplingParams
 
     w = Workload(prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
                  concurrencies=tuple(args.concurrency), warm_repeats=args.warm_repeats)
     t0 = time.perf_counter()
-    llm = build_llm(args.model, args.max_batched_tokens, max(w.concurrencies), args.profile_dir)
+    max_seqs = max(*w.concurrencies, args.profile_concurrency if args.profile_dir else 1)
+    llm = build_llm(args.model, args.max_batched_tokens, max_seqs, args.profile_dir)
     start_s = time.perf_counter() - t0
     params = SamplingParams(max_tokens=w.output_tokens, temperature=0.0, ignore_eos=True)
     batches: list[Batch] = []
@@ -140,14 +159,17 @@ def run(args: argparse.Namespace) -> dict:
             prompts = token_prompts(c, w.prompt_tokens, w.vocab, w.seed + 1000 * (rep + 1) + c)
             batches.append(run_batch(llm, prompts, params, "warm"))
     agreement = prompt_logprobs(llm, token_prompts(w.logprob_prompts, w.prompt_tokens, w.vocab, 7))
-    if args.profile_dir:  # one request, 512 prompt + 64 output tokens, through vLLM's profiler
+    small = prompt_logprobs(llm, [token_prompts(1, n, w.vocab, 70 + n)[0] for n in SMALL_M_PROMPTS],
+                            one_per_step=True)
+    if args.profile_dir:  # c requests of 512 prompt + 64 output tokens, through vLLM's profiler
         llm.start_profile()
-        run_batch(llm, token_prompts(1, w.prompt_tokens, w.vocab, 99),
+        run_batch(llm, token_prompts(args.profile_concurrency, w.prompt_tokens, w.vocab, 99),
                   SamplingParams(max_tokens=PROFILE_OUTPUT_TOKENS, temperature=0.0, ignore_eos=True), "profile")
         llm.stop_profile()
-    return {"mode": args.mode, "start_s": start_s, "workload": asdict(w),
+    return {"mode": args.mode, "start_s": start_s, "workload": asdict(w), "engine": engine_config(llm),
             "batches": [{**asdict(b), "output_tok_s": b.output_tok_s} for b in batches],
-            "prompt_logprobs": agreement}
+            "prompt_logprobs": agreement, "small_m_logprobs": small,
+            "profile_concurrency": args.profile_concurrency if args.profile_dir else None}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -161,6 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warm-repeats", type=int, default=2)
     p.add_argument("--max-batched-tokens", type=int, default=4096)
     p.add_argument("--profile-dir", default=None)
+    p.add_argument("--profile-concurrency", type=int, default=1)
     return p.parse_args(argv)
 
 

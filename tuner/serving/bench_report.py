@@ -37,6 +37,11 @@ def agreement_lines(report: Mapping[str, Any]) -> list[str]:
         if a.get("top1_agreement") is not None:
             lines.append(f"{mode} vs native, teacher-forced on {a['positions']} prompt positions: top-1 "
                          f"agreement {a['top1_agreement']:.1%}, max |d logprob| {a['max_abs_dlogprob']:.3f}")
+        small = a.get("small_m") or {}
+        if small.get("top1_agreement") is not None:
+            lines.append(f"{mode} vs native, {small['positions']} positions of short prompts (M <= 128, the "
+                         f"decode sizes): top-1 {small['top1_agreement']:.1%}, max |d logprob| "
+                         f"{small['max_abs_dlogprob']:.3f}")
     for mode, err in report.get("errors", {}).items():
         lines.append(f"{mode}: FAILED: {err}")
     return lines

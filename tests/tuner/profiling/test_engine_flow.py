@@ -36,11 +36,32 @@ def test_summary_is_stored_as_a_profile_run_of_kernels(tmp_path):
             assert run.id == run_id and run.workloads == "vllm:tuned" and run.flaggems
             assert run.options["mode"] == "tuned" and 0 < run.options["triton_share"] < 0.1
             assert run.total_us == summary["kernel_ms"] * 1e3
-            assert [r.rank for r in rows] == [1, 2, 3, 4, 5]
+            assert [r.rank for r in rows] == [1, 2, 3, 4, 5, 6]
             assert rows[0].op == "cublas" and rows[0].kernel.startswith("nvjet_sm90")
             assert rows[0].total_us >= rows[1].total_us
+            # then the GEMM keys: the sample's one eager key, vLLM's lm_head at M = 1
+            assert (rows[5].op, rows[5].tunable, rows[5].key, rows[5].kernel) == \
+                ("aten::mm", "mm", {"M": 1, "N": 151744, "K": 3584}, "eager")
     finally:
         db.dispose()
+
+
+def test_tune_from_profile_takes_the_engine_keys(tmp_path):
+    """Eager keys first, then the keys replayed from CUDA graphs at each capture size (by M)."""
+    from tuner.profiling.hot_keys import keys_from_profile
+
+    summary = _summary(tmp_path)
+    summary["gemm_keys"] = [
+        {"op": "mm", "M": 512, "N": 4608, "K": 3584, "dtype": "bf16", "place": "eager", "calls": 28, "gpu_us": 900.0},
+        {"op": "addmm", "M": 512, "N": 4608, "K": 3584, "dtype": "bf16", "place": "eager", "calls": 28, "gpu_us": 800.0},
+        *[{"op": "mm", "M": m, "N": 4608, "K": 3584, "dtype": "bf16", "place": "graph", "calls": 0, "gpu_us": 0.0}
+          for m in (1, 2, 4)]]
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    run_id = engine_flow.store(url, fingerprint.collect("cpu"), "vllm", "/ck", "native", summary)
+    assert keys_from_profile(url, run_id, None, "mm") == ["512,4608,3584", "1,4608,3584", "2,4608,3584",
+                                                           "4,4608,3584"]
+    assert keys_from_profile(url, run_id, 2, "mm") == ["512,4608,3584", "1,4608,3584"]
+    assert keys_from_profile(url, "latest", None, "addmm") == ["512,4608,3584"]
 
 
 def test_tables_fit_80_columns(tmp_path, monkeypatch):

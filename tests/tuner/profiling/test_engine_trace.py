@@ -86,3 +86,59 @@ def test_recorded_vllm_trace():
     eager = dict(p.eager_ops)
     assert eager.get("aten::argmax") and eager.get("aten::gather")  # the sampler runs eagerly every step
     assert all(k.cls != "triton/flaggems" for k in p.kernels)  # M=1: no key routed to FlagGems
+
+
+def _gemm(name, ts, dur, dims, strides, tid=1, dtype="c10::BFloat16"):
+    return {"cat": "cpu_op", "name": name, "ts": ts, "dur": dur, "tid": tid,
+            "args": {"Input Dims": dims, "Input Strides": strides, "Input type": [dtype] * len(dims)}}
+
+
+def _launch(ts, corr, tid=1):
+    return {"cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": ts, "dur": 2, "tid": tid,
+            "args": {"correlation": corr}}
+
+
+def _prefill_events():
+    return [
+        # a Linear at M=512 (prefill, eager): B = weight.t(), strides (1, K); two kernels (split-K + reduce)
+        _gemm("aten::mm", 0, 30, [[512, 3584], [3584, 4608]], [[3584, 1], [1, 3584]]),
+        _launch(5, 10), _launch(20, 11), _k("nvjet_a", 100, 40, 10), _k("splitKreduce", 140, 5, 11),
+        # the same key again; its inner redispatch (a nested aten::mm) is not counted twice
+        _gemm("aten::mm", 200, 30, [[512, 3584], [3584, 4608]], [[3584, 1], [1, 3584]]),
+        _gemm("aten::mm", 205, 20, [[512, 3584], [3584, 4608]], [[3584, 1], [1, 3584]]),
+        _launch(210, 12), _k("nvjet_a", 300, 40, 12),
+        # qkv with bias: addmm(bias, a, b)
+        _gemm("aten::addmm", 400, 30, [[4608], [512, 3584], [3584, 4608]], [[1], [3584, 1], [1, 3584]]),
+        _launch(405, 13), _k("nvjet_b", 500, 20, 13),
+        # lm_head at M=1, eager (the sampler's logits): below the largest capture size
+        _gemm("aten::mm", 600, 30, [[1, 3584], [3584, 151744]], [[3584, 1], [1, 3584]]),
+        _launch(605, 14), _k("nvjet_c", 700, 250, 14),
+        # not a Linear's layout (B row-major): no key; fp32: a key of its own dtype
+        _gemm("aten::mm", 800, 10, [[64, 64], [64, 64]], [[64, 1], [64, 1]]),
+        _gemm("aten::mm", 900, 10, [[8, 64], [64, 32]], [[64, 1], [1, 64]], dtype="float"),
+    ]
+
+
+def test_gemm_keys_eager_timed_by_their_kernels_hottest_first():
+    keys = et.aggregate(_prefill_events(), steps=1).gemm_keys
+    got = [(k.op, k.M, k.N, k.K, k.dtype, k.place, k.calls, k.gpu_us) for k in keys]
+    assert got == [("mm", 1, 151744, 3584, "bf16", "eager", 1, 250.0),
+                   ("mm", 512, 4608, 3584, "bf16", "eager", 2, 85.0),
+                   ("addmm", 512, 4608, 3584, "bf16", "eager", 1, 20.0),
+                   ("mm", 8, 32, 64, "fp32", "eager", 1, 0.0)]
+
+
+def test_gemm_keys_add_graph_sizes_for_keys_seen_only_at_prefill():
+    keys = et.aggregate(_prefill_events(), steps=1, capture_sizes=[4, 1, 2]).gemm_keys
+    graph = [(k.op, k.M, k.N, k.K) for k in keys if k.place == "graph"]
+    # every (op, N, K) never seen at M <= 4 (lm_head is: it runs eagerly at decode sizes)
+    assert graph == [(op, m, n, k) for m in (1, 2, 4) for op, n, k in
+                     [("addmm", 4608, 3584), ("mm", 32, 64), ("mm", 4608, 3584)]]
+    assert all(k.calls == 0 and k.gpu_us == 0 for k in keys if k.place == "graph")
+
+
+def test_gemm_keys_of_the_recorded_vllm_trace():
+    """The H200 sample: vLLM's lm_head runs eagerly at M=1 (aten::linear -> aten::mm, B = weight.t())."""
+    events = et.load_trace(Path(__file__).parent / "data" / "vllm026_h200_trace_sample.json.gz")
+    keys = et.aggregate(events, steps=64).gemm_keys
+    assert [(k.op, k.M, k.N, k.K, k.dtype, k.calls) for k in keys] == [("mm", 1, 151744, 3584, "bf16", 2)]

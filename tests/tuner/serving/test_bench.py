@@ -11,7 +11,7 @@ from tuner.serving import bench as flow
 from tuner.serving.bench_report import agreement_lines, bench_chart, bench_table
 
 
-def _mode(mode, tps1, tps64, start, logprob_shift=0.0, flip=0):
+def _mode(mode, tps1, tps64, start, logprob_shift=0.0, flip=0, small_flip=0):
     batches = [{"concurrency": 1, "phase": "cold", "output_tok_s": tps1 * 0.8, "ttft_ms": [30.0], "tpot_ms": [5.0]},
                {"concurrency": 64, "phase": "cold", "output_tok_s": tps64 * 0.9, "ttft_ms": [], "tpot_ms": []}]
     for _ in range(2):
@@ -20,13 +20,18 @@ def _mode(mode, tps1, tps64, start, logprob_shift=0.0, flip=0):
                      "tpot_ms": [11.0] * 63 + [14.0]}]
     top1 = list(range(100))
     top1[:flip] = [-1] * flip
-    return {"mode": mode, "start_s": start, "batches": batches,
+    small = [{"top1": [7] * (n - 1), "actual_logprob": [-3.0] * (n - 1)} for n in (8, 16, 32)]
+    small[0]["top1"][:small_flip] = [-1] * small_flip
+    small[1]["actual_logprob"][0] -= small_flip * 0.5
+    return {"mode": mode, "start_s": start, "batches": batches, "small_m_logprobs": small,
+            "engine": {"capture_sizes": [1, 2, 4, 8], "cudagraph_mode": "FULL_AND_PIECEWISE",
+                       "max_num_batched_tokens": 4096},
             "prompt_logprobs": [{"top1": top1, "actual_logprob": [-2.0 + logprob_shift] * 100}],
             "events": {"autotunes": 0, "jit_compiles": 0, "jit_kernels": {}}}
 
 
 def _report():
-    return flow.summarise([_mode("native", 208.0, 5611.0, 59.0), _mode("tuned", 210.0, 5600.0, 61.0, 0.05, 1),
+    return flow.summarise([_mode("native", 208.0, 5611.0, 59.0), _mode("tuned", 210.0, 5600.0, 61.0, 0.05, 1, 2),
                            {"mode": "untuned", "error": "engine process ended with 1; see log",
                             "events": {"autotunes": 3, "jit_compiles": 0, "jit_kernels": {}}}])
 
@@ -39,6 +44,11 @@ def test_summarise_ratios_agreement_and_errors():
     assert tuned1["tpot_ms_p50"] == pytest.approx(4.8)
     assert rep["errors"] == {"untuned": "engine process ended with 1; see log"}
     assert {r["mode"] for r in rep["runs"]} == {"native", "tuned"}
+    # the short prompts (one per engine step: M = 8, 16, 32) are counted apart from the long ones
+    small = rep["agreement"]["tuned"]["small_m"]
+    assert small == {"positions": 7 + 15 + 31, "top1_agreement": pytest.approx(51 / 53), "max_abs_dlogprob": 1.0}
+    assert tuned1["agreement_small_m_top1_agreement"] == pytest.approx(51 / 53)
+    assert rep["engine"]["tuned"]["capture_sizes"] == [1, 2, 4, 8]
 
 
 def test_table_fits_80_columns_without_cutting(tmp_path):
@@ -50,6 +60,7 @@ def test_table_fits_80_columns_without_cutting(tmp_path):
     assert "…" not in text and "5611" in text and "1.01" in text
     lines = agreement_lines(rep)
     assert any("top-1 agreement 99.0%" in line for line in lines)
+    assert any("53 positions of short prompts" in line and "top-1 96.2%" in line for line in lines)
     assert any("untuned: FAILED" in line for line in lines)
 
 
@@ -83,8 +94,23 @@ def test_rows_are_stored_and_read_back(tmp_path):
     ({"concurrency": (0,)}, "positive"),
     ({"prompt_tokens": 4000}, "4096-token context"),
     ({"warm_repeats": 0}, "--warm-repeats must be a positive number"),
+    ({"profile_concurrency": 0}, "--profile-concurrency must be a positive number"),
 ])
 def test_bad_requests_are_refused(tmp_path, change, words):
     req = flow.BenchRequest(model=str(tmp_path), **change)
     with pytest.raises(UserError, match=words):
         flow.validate(req)
+
+
+def test_engine_process_arguments_are_its_own_parsers(tmp_path):
+    """What the parent passes, the mode's process (tuner.serving.bench_engine) parses back."""
+    from tuner.serving import bench_engine
+
+    req = flow.BenchRequest(model=str(tmp_path), profile=True, profile_concurrency=64, concurrency=(1, 8))
+    argv = flow.engine_args(req, "tuned", tmp_path / "tuned")
+    assert argv[1:3] == ["-m", "tuner.serving.bench_engine"]
+    a = bench_engine.parse_args(argv[3:])
+    assert (a.mode, a.concurrency, a.profile_concurrency, a.profile_dir) == \
+        ("tuned", [1, 8], 64, str(tmp_path / "tuned" / "trace"))
+    plain = bench_engine.parse_args(flow.engine_args(flow.BenchRequest(model=str(tmp_path)), "native", tmp_path)[3:])
+    assert plain.profile_dir is None and plain.profile_concurrency == 1
