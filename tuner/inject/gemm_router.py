@@ -12,9 +12,17 @@ ops that have at least one non-native route); each looks the call's (N, K, dtype
 built from the stored records and calls FlagGems' function, tuner's split-K kernel, or the ATen
 kernel that was registered before (cuBLAS), captured with `torch.library.get_kernel`.
 
-A record routes the runtime M near its own M only: nearest tuned M in log space, and within a factor
-of two of it (a decode win at M=64 says nothing about a 4096-token prefill chunk). Everything else
-stays native: the router never sends a key to a kernel that was not measured faster on it.
+A record routes the runtime M near its own M only: nearest tuned M in log space, within a factor
+of two of it (a decode win at M=64 says nothing about a 4096-token prefill chunk), and needing no
+more BLOCK_M tiles than the tuned M did (the measured grid: on the H200 at 64 concurrent requests,
+lm_head at M = 19..30 with the M=16 config, BLOCK_M 16, took 340-390 µs per call against cuBLAS'
+~255 µs). Everything else stays native: the router never sends a key to a kernel that was not
+measured faster on it.
+
+Per place: a route applies inside CUDA-graph captures (FlagGems' host cost is paid once, at
+capture) and, on the eager path, only where its GPU win covers that host cost (EAGER_HOST_US). On
+the H200 at 64 concurrent requests vLLM's lm_head runs eagerly every decode step: routed to
+FlagGems its aten::mm took 377 µs of host time (cuBLAS: 113 µs) for an 8 µs GPU win.
 """
 from __future__ import annotations
 
@@ -31,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 NATIVE, FLAGGEMS, SPLITK = "native", "flaggems", "splitk"
 REACH = 2  # a tuned M routes runtime M in [M / REACH, M * REACH] (and only where it is the nearest)
+# FlagGems' extra host time per eager GEMM call over cuBLAS (H200, vLLM lm_head at M=64 under
+# torch.profiler: 377 - 113 µs): an eager route must win more GPU time than this per call
+EAGER_HOST_US = 250.0
 ROUTED_OPS = ("mm", "addmm")  # the tuner kernels (record["kernel"]) the router serves
 _LIBS: list[Any] = []  # a torch.library.Library deregisters its kernels when collected
 
@@ -40,6 +51,13 @@ class Route:
     target: str  # NATIVE | FLAGGEMS | SPLITK
     config: Mapping[str, Any] | None = None
     tuned_m: int | None = None
+    eager: bool = False  # also outside CUDA-graph captures: its GPU win covers EAGER_HOST_US
+
+
+def eager_worthwhile(record: Mapping[str, Any]) -> bool:
+    """Whether a winning record's GPU gain per call pays FlagGems' host cost on the eager path."""
+    tuned, native = record.get("time_us"), record.get("native_us")
+    return bool(tuned and native and native - tuned >= EAGER_HOST_US)
 
 
 def record_target(record: Mapping[str, Any]) -> str:
@@ -68,6 +86,12 @@ def _groups(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int, int, s
     return groups
 
 
+def more_tiles(m: int, tuned_m: int, config: Mapping[str, Any]) -> bool:
+    """Whether M needs more BLOCK_M tiles than the tuned M (so more work than was measured)."""
+    bm = int(config.get("BLOCK_M") or 0)
+    return bm > 0 and -(-m // bm) > -(-tuned_m // bm)
+
+
 def plan_routes(records: Iterable[Mapping[str, Any]], max_tokens: int) -> dict[tuple, list[tuple[int, int, Route]]]:
     """(op, N, K, dtype) -> [(M_lo, M_hi, Route)] for the runtime M that do not go native."""
     plan: dict[tuple, list[tuple[int, int, Route]]] = {}
@@ -79,7 +103,7 @@ def plan_routes(records: Iterable[Mapping[str, Any]], max_tokens: int) -> dict[t
         runs: list[tuple[int, int, Route]] = []
         for m in range(1, max_tokens + 1):
             t = tuned[bisect.bisect_left(bounds, m * m)]
-            if not (t <= m * REACH and m <= t * REACH):
+            if not (t <= m * REACH and m <= t * REACH) or more_tiles(m, t, by_m[t]["config"]):
                 continue
             target = record_target(by_m[t])
             if target == NATIVE:
@@ -87,7 +111,7 @@ def plan_routes(records: Iterable[Mapping[str, Any]], max_tokens: int) -> dict[t
             if runs and runs[-1][1] == m - 1 and runs[-1][2].tuned_m == t:
                 runs[-1] = (runs[-1][0], m, runs[-1][2])
             else:
-                runs.append((m, m, Route(target, dict(by_m[t]["config"]), t)))
+                runs.append((m, m, Route(target, dict(by_m[t]["config"]), t, eager_worthwhile(by_m[t]))))
         if runs:
             plan[group] = runs
     return plan
@@ -125,6 +149,16 @@ class Router:
     plan: dict = field(default_factory=dict)
     libs: list = field(default_factory=list)
     hits: dict = field(default_factory=lambda: {NATIVE: 0, FLAGGEMS: 0, SPLITK: 0})
+    eager_native: int = 0  # calls of a routed key sent native because they ran outside a capture
+    warming: bool = False  # warm-up: take every route, so its kernels compile before serving
+    capturing: Callable[[], bool] = lambda: False  # torch.cuda.is_current_stream_capturing
+
+    def applies(self, route: Route | None) -> Route | None:
+        """The route where it applies in this place (see the module's "Per place"), else None."""
+        if route is None or route.eager or self.warming or self.capturing():
+            return route
+        self.eager_native += 1
+        return None
 
     @property
     def ops(self) -> list[str]:
@@ -155,7 +189,7 @@ def _exact_out(out, a, b) -> bool:
 def _mm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str, Any]):
     def route_mm(a, b):
         if a.dim() == 2 and b.dim() == 2 and a.dtype == b.dtype:
-            return lookup(table, "mm", a.shape[0], b.shape[1], a.shape[1], a.dtype)
+            return router.applies(lookup(table, "mm", a.shape[0], b.shape[1], a.shape[1], a.dtype))
         return None
 
     def mm(keyset, a, b):
@@ -190,7 +224,7 @@ def _addmm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[s
             return False
         if (a.dim() == 2 and b.dim() == 2 and bias.dim() == 1 and a.dtype == b.dtype == bias.dtype
                 and t.flaggems_addmm):
-            r = lookup(table, "addmm", a.shape[0], b.shape[1], a.shape[1], a.dtype)
+            r = router.applies(lookup(table, "addmm", a.shape[0], b.shape[1], a.shape[1], a.dtype))
             return r is not None and r.target == FLAGGEMS
         return False
 
@@ -211,17 +245,19 @@ def _addmm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[s
     return {"addmm": addmm, "addmm.out": addmm_out}
 
 
-def install_router(plan: Mapping[tuple, list], targets: Targets, *, dispatch_key: str = "CUDA") -> Router:
+def install_router(plan: Mapping[tuple, list], targets: Targets, *, dispatch_key: str = "CUDA",
+                   capturing: Callable[[], bool] | None = None) -> Router:
     """Register the routing kernels for every op the plan sends anywhere but native (none: no-op).
 
     The kernels registered before (ATen's, as long as FlagGems did not register these overloads:
     the plugin leaves them out of `flag_gems.enable`) are captured first and are the native route.
+    `capturing` says whether a CUDA graph is being captured (default: torch's own check).
     """
     import torch
 
     from tuner.devices import torch_dtype
 
-    router = Router(dict(plan))
+    router = Router(dict(plan), capturing=capturing or torch.cuda.is_current_stream_capturing)
     if not plan:
         return router
     table = build_table(plan, torch_dtype)
@@ -328,12 +364,16 @@ def install_routes_for_serving(records: list[dict[str, Any]], ctx: Context) -> i
         return 0
     if _installed is None:
         _installed = install_router(plan, flaggems_targets())
+        _installed.warming = True
         try:
             ctx.log.debug("GEMM router warm-up: %d calls", warm_up(plan))
         except Exception as e:  # e.g. out of memory: the routes still serve, compiling on first use
             ctx.log.warning("GEMM router warm-up failed (%s: %s); routed kernels compile on first use",
                             type(e).__name__, e)
+        finally:
+            _installed.warming = False
         _installed.hits.update({NATIVE: 0, FLAGGEMS: 0, SPLITK: 0})  # count serving calls only
+        _installed.eager_native = 0
         import atexit
 
         atexit.register(lambda: ctx.log.info("%s", hits_line(_installed)))
@@ -344,6 +384,7 @@ def hits_line(router: Router) -> str:
     """What the router ran, said when the engine process exits: the check that what the plugin
     reported as routed is what served (calls captured into a CUDA graph count once, at capture)."""
     h = router.hits
-    return "tuner router: GEMM calls dispatched since start: FlagGems %d, split-K %d, native %d" % (
-        h[FLAGGEMS], h[SPLITK], h[NATIVE])
+    return ("tuner router: GEMM calls dispatched since start: FlagGems %d, split-K %d, native %d "
+            "(of which routed keys kept native on the eager path: %d)") % (
+        h[FLAGGEMS], h[SPLITK], h[NATIVE], router.eager_native)
 

@@ -3,10 +3,11 @@ same registration path as CUDA), with ATen's real kernels as the native route.""
 import pytest
 
 from tuner.inject import gemm_router as gr
+from tuner.serving import bench_stats
 
 
-def rec(M, N=37888, K=3584, *, tuned=10.0, native=11.0, variant="fg_tma", kernel="mm", bt=1, dtype="bf16"):
-    cfg = {"variant": variant, "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "GROUP_M": 8,
+def rec(M, N=37888, K=3584, *, tuned=10.0, native=11.0, variant="fg_tma", kernel="mm", bt=1, dtype="bf16", bm=16):
+    cfg = {"variant": variant, "BLOCK_M": bm, "BLOCK_N": 32, "BLOCK_K": 128, "GROUP_M": 8,
            "SPLIT_K": 4 if variant == "splitk" else 1, "num_warps": 4, "num_stages": 4}
     return {"kernel": kernel, "key": {"M": M, "N": N, "K": K, "BT": bt}, "dtype": dtype,
             "config": cfg, "time_us": tuned, "native_us": native}
@@ -22,14 +23,22 @@ def test_record_target_needs_a_measured_win_over_native():
 
 
 def test_plan_routes_near_winning_ms_only():
-    # the H200's decode picture for gate_up: M=1 loses, M=16 and M=64 win
-    recs = [rec(1, tuned=75.0, native=71.7), rec(16, tuned=68.1, native=74.1), rec(64, tuned=72.1, native=74.2)]
+    # the H200's decode picture for gate_up (its configs' BLOCK_M): M=1 loses, M=16 and M=64 win
+    recs = [rec(1, tuned=75.0, native=71.7, bm=32), rec(16, tuned=68.1, native=74.1, bm=16),
+            rec(64, tuned=72.1, native=74.2, bm=32)]
     plan = gr.plan_routes(recs, max_tokens=4096)
     runs = plan[("mm", 37888, 3584, "bf16")]
-    # M=8..32 -> 16 (M=4: 4/1 == 16/4, a tie goes to the smaller, which is native); 33..128 -> 64;
-    # nothing above 128 (a decode win says nothing about prefill)
-    assert [(lo, hi, r.tuned_m, r.target) for lo, hi, r in runs] == [(8, 32, 16, gr.FLAGGEMS),
-                                                                      (33, 128, 64, gr.FLAGGEMS)]
+    # nearest: M=8..32 -> 16 (M=4: 4/1 == 16/4, a tie goes to the smaller, which is native), but
+    # only M <= 16 fits the M=16 config's one BLOCK_M tile; 33..128 -> 64, but only M <= 64 fits its
+    # two tiles; nothing above (a decode win says nothing about prefill)
+    assert [(lo, hi, r.tuned_m, r.target) for lo, hi, r in runs] == [(8, 16, 16, gr.FLAGGEMS),
+                                                                      (33, 64, 64, gr.FLAGGEMS)]
+
+
+def test_more_tiles_than_measured_stay_native():
+    assert not gr.more_tiles(16, 16, {"BLOCK_M": 16}) and gr.more_tiles(17, 16, {"BLOCK_M": 16})
+    assert not gr.more_tiles(40, 64, {"BLOCK_M": 64}) and not gr.more_tiles(3, 1, {"BLOCK_M": 16})
+    assert not gr.more_tiles(30, 16, {})  # a config without BLOCK_M: only the factor-of-two reach
 
 
 def test_plan_skips_groups_with_no_win_and_other_layouts():
@@ -70,7 +79,8 @@ def test_installed_router_routes_mm_and_mm_out_and_falls_back_to_aten():
         return res if out is None else out.copy_(res)
 
     plan = gr.plan_routes([rec(16, N=64, K=32, dtype="fp32")], max_tokens=64)
-    router = gr.install_router(plan, gr.Targets(flaggems_mm=fg_mm), dispatch_key="CPU")
+    # as inside a CUDA-graph capture, where the routes apply
+    router = gr.install_router(plan, gr.Targets(flaggems_mm=fg_mm), dispatch_key="CPU", capturing=lambda: True)
     try:
         w = torch.randn(64, 32)
         a16, a4 = torch.randn(16, 32), torch.randn(4, 32)
@@ -103,7 +113,8 @@ def test_installed_router_routes_addmm_out_with_bias():
         return res if out is None else out.copy_(res)
 
     recs = [rec(16, N=48, K=32, kernel="addmm", variant="fg_addmm", dtype="fp32")]
-    router = gr.install_router(gr.plan_routes(recs, 64), gr.Targets(flaggems_addmm=fg_addmm), dispatch_key="CPU")
+    router = gr.install_router(gr.plan_routes(recs, 64), gr.Targets(flaggems_addmm=fg_addmm), dispatch_key="CPU",
+                               capturing=lambda: True)
     try:
         bias, a, w = torch.randn(48), torch.randn(16, 32), torch.randn(48, 32)
         out = torch.empty(16, 48)
@@ -122,9 +133,44 @@ def test_no_plan_installs_nothing():
     assert r.libs == [] and r.ops == []
 
 
+def test_eager_calls_go_native_unless_the_win_pays_flaggems_host_cost():
+    """Outside a capture a route applies only when its GPU gain per call is at least EAGER_HOST_US
+    (the H200's lm_head: an 8 µs win against ~260 µs more host time): per place, not per key only."""
+    import torch
+
+    calls = []
+
+    def fg_mm(a, b, out=None):
+        calls.append(a.shape[0])
+        return (a[:, :, None] * b[None]).sum(1)
+
+    small = rec(16, N=64, K=32, dtype="fp32", tuned=256.0, native=264.0)
+    big = rec(64, N=64, K=32, dtype="fp32", tuned=100.0, native=100.0 + gr.EAGER_HOST_US)
+    plan = gr.plan_routes([small, big], max_tokens=64)
+    assert [r.eager for _, _, r in plan[("mm", 64, 32, "fp32")]] == [False, True]
+    capturing = [False]
+    router = gr.install_router(plan, gr.Targets(flaggems_mm=fg_mm), dispatch_key="CPU",
+                               capturing=lambda: capturing[0])
+    try:
+        w = torch.randn(64, 32)
+        torch.mm(torch.randn(16, 32), w.t())  # eager, small win: native
+        torch.mm(torch.randn(64, 32), w.t())  # eager, win > host cost: FlagGems
+        capturing[0] = True
+        torch.mm(torch.randn(16, 32), w.t())  # inside a capture: FlagGems
+        capturing[0] = False
+        router.warming = True
+        torch.mm(torch.randn(16, 32), w.t())  # the warm-up compiles every route
+        assert calls == [64, 16, 16] and router.eager_native == 1
+    finally:
+        router.uninstall()
+
+
 def test_hits_line_reports_what_ran():
-    r = gr.Router(hits={gr.NATIVE: 7, gr.FLAGGEMS: 2, gr.SPLITK: 0})
-    assert gr.hits_line(r) == "tuner router: GEMM calls dispatched since start: FlagGems 2, split-K 0, native 7"
+    r = gr.Router(hits={gr.NATIVE: 7, gr.FLAGGEMS: 2, gr.SPLITK: 0}, eager_native=3)
+    assert gr.hits_line(r) == ("tuner router: GEMM calls dispatched since start: FlagGems 2, split-K 0, native 7 "
+                               "(of which routed keys kept native on the eager path: 3)")
+    assert bench_stats.log_events([gr.hits_line(r)])["router_calls"] == {"flaggems": 2, "splitk": 0, "native": 7,
+                                                                         "eager_native": 3}
 
 
 def test_warm_up_covers_every_m_class_triton_compiles():
@@ -146,7 +192,8 @@ def test_out_buffers_a_route_cannot_write_as_is_go_native():
         return res if out is None else out.copy_(res)
 
     plan = gr.plan_routes([rec(16, N=64, K=32, dtype="fp32")], max_tokens=64)
-    router = gr.install_router(plan, gr.Targets(flaggems_mm=fg_mm), dispatch_key="CPU")
+    # as inside a CUDA-graph capture, where the routes apply
+    router = gr.install_router(plan, gr.Targets(flaggems_mm=fg_mm), dispatch_key="CPU", capturing=lambda: True)
     try:
         a, w = torch.randn(16, 32), torch.randn(64, 32)
         empty = torch.empty(0)
@@ -167,11 +214,12 @@ def test_plan_uses_the_same_nearest_m_as_the_other_injectors():
     rng = random.Random(3)
     for _ in range(40):
         tuned = sorted(rng.sample(range(1, 600), rng.randint(1, 6)))
-        recs = [rec(m, tuned=1.0, native=2.0) for m in tuned]  # every record wins: every reachable M routed
+        bm = rng.choice([16, 32, 64, 128])
+        recs = [rec(m, tuned=1.0, native=2.0, bm=bm) for m in tuned]  # every record wins: every reachable M routed
         plan = gr.plan_routes(recs, max_tokens=1200)
         table = gr.build_table(plan)
         for m in range(1, 1201):
             t = nearest_m(tuned, m)
             hit = gr.lookup(table, "mm", m, 37888, 3584, "bf16")
-            reach = t <= 2 * m and m <= 2 * t
+            reach = t <= 2 * m and m <= 2 * t and (m + bm - 1) // bm <= (t + bm - 1) // bm
             assert (hit is not None and hit.tuned_m == t) if reach else hit is None, (tuned, m)
