@@ -47,15 +47,6 @@ class EngineProfileRequest:
                                   allow_foreign=self.allow_foreign, timeout_s=self.timeout_s)
 
 
-def flaggems_names() -> frozenset[str]:
-    """FlagGems' kernel names where flag_gems imports (a GPU host), else none (every FlagGems kernel
-    is then classed triton/other)."""
-    try:
-        return engine_trace.flaggems_kernel_names()
-    except Exception:  # no GPU, no flag_gems: the classes only lose the FlagGems label
-        return frozenset()
-
-
 def hot_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A summary's top kernels as hot-op rows (rank order): op = class, kernel = name; then its GEMM
     keys: op = the aten op, kernel = where it ran ("eager" or "cuda graph (untimed)")."""
@@ -100,7 +91,7 @@ def profile_engine(req: EngineProfileRequest, on_mode: Callable[[str], None] | N
 
     breq = req.as_bench()
     bench.validate(breq)
-    names, env, out = flaggems_names(), fingerprint.collect("cuda"), {}
+    names, env, out = engine_trace.flaggems_kernel_names(), fingerprint.collect("cuda"), {}
     for mode in req.modes:
         if on_mode:
             on_mode(mode)

@@ -5,7 +5,8 @@ the eager host work (ops launched outside CUDA graphs).
 Kernel classes:
   triton/inductor   Inductor-generated Triton kernels (`triton_poi_*`, `triton_red_*`, ...);
   triton/flaggems   a Triton kernel whose name is one of FlagGems' JIT functions (the caller passes
-                    the names found in the installed flag_gems; see `flaggems_kernel_names`);
+                    the names found in the installed flag_gems; see `flaggems_kernel_names`) or one
+                    its code generator wrote (`*_jit_function`);
   triton/tuner      tuner's own Triton kernels (kernels.triton_mm ...);
   triton/other      any other Triton kernel (vLLM's own: sampling, slot mapping, MoE ...);
   cublas, attention (FlashAttention / cuDNN SDPA), cutlass, nccl, torch (ATen's CUDA kernels), other.
@@ -14,6 +15,8 @@ A Triton kernel's name is a bare identifier; CUDA C++ kernels are demangled sign
 """
 from __future__ import annotations
 
+import ast
+import functools
 import gzip
 import json
 import re
@@ -31,13 +34,14 @@ _VENDOR = (("cublas", re.compile(r"^(nvjet|sm\d+_xmma|ampere_|hopper_|gemm|gemv|
 # Triton and recent cuBLAS launch through the driver API (cuLaunchKernelEx): its events are "cuda_driver"
 LAUNCH_CATS = ("cuda_runtime", "cuda_driver")
 TUNER_KERNELS = frozenset({"mm_splitk_kernel", "splitk_reduce_kernel"})  # kernels/triton_mm.py
+FLAGGEMS_GENERATED_SUFFIX = "_jit_function"  # FlagGems' pointwise code generator: _gather_flaggems_jit_function
 
 
 def classify(name: str, flaggems: frozenset[str] = frozenset(), tuner: frozenset[str] = TUNER_KERNELS) -> str:
     if _IDENT.match(name):
         if name.startswith("triton_"):
             return "triton/inductor"
-        if name in flaggems:
+        if name in flaggems or name.endswith(FLAGGEMS_GENERATED_SUFFIX):
             return "triton/flaggems"
         if name in tuner:
             return "triton/tuner"
@@ -268,26 +272,33 @@ def aggregate(events: Iterable[Mapping], steps: int, flaggems: frozenset[str] = 
                          _gemm_keys(events, kernel_us, capture_sizes))
 
 
+@functools.lru_cache(maxsize=1)
 def flaggems_kernel_names() -> frozenset[str]:
-    """The names of every Triton JIT function in the installed flag_gems (GPU host: importing
-    flag_gems needs a GPU), so the trace's FlagGems kernels are told from vLLM's and Inductor's."""
-    import sys
+    """The name of every @triton.jit function in the installed flag_gems' source, read without
+    importing it (no GPU needed). Reading beats importing: FlagGems loads its per-GPU backend
+    modules (the Hopper mm's `mm_kernel_general_host_tma`) under names outside `flag_gems.`, so
+    walking the imported modules missed them (H200, flag_gems 5.0.2). Kernels its code generator
+    writes at run time (`_<op>_jit_function`) are told by name (`classify`). No flag_gems: empty."""
+    import importlib.util
 
-    import flag_gems  # noqa: F401  # imports its ops: every kernel module it uses is in sys.modules
-    from triton.runtime.jit import JITFunction
-
+    spec = importlib.util.find_spec("flag_gems")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
     names = set()
-    for name, mod in list(sys.modules.items()):
-        if not name.startswith("flag_gems.") or mod is None:
+    for path in Path(list(spec.submodule_search_locations)[0]).rglob("*.py"):
+        try:
+            tree = ast.parse(path.read_text(errors="replace"))
+        except (SyntaxError, ValueError):
             continue
-        for obj in list(vars(mod).values()):
-            for _ in range(8):  # LibEntry / Autotuner / Heuristics wrap the JIT function
-                if isinstance(obj, JITFunction) or not hasattr(obj, "fn"):
-                    break
-                obj = obj.fn
-            if isinstance(obj, JITFunction):
-                names.add(obj.fn.__name__)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and any(_is_jit(d) for d in node.decorator_list):
+                names.add(node.name)
     return frozenset(names)
+
+
+def _is_jit(decorator: ast.expr) -> bool:
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return (target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")) == "jit"
 
 
 def summarise_dir(trace_dir: str | Path, steps: int, flaggems: frozenset[str] = frozenset(),
