@@ -186,7 +186,8 @@ def engine_profile_tables(out: dict) -> None:
         console.print(t)
         keys = p.get("gemm_keys", [])
         eager = [g for g in keys if g["place"] == "eager"]
-        if keys:
-            top = ", ".join(f"{g['op']} {g['M']}x{g['N']}x{g['K']} {g['gpu_us'] / 1e3:.1f} ms" for g in eager[:3])
+        if keys:  # two short lines: 80 columns
             console.print(f"  GEMM keys (tune --from-profile {p.get('profile_run_id')}): {len(eager)} eager, "
-                          f"{len(keys) - len(eager)} at CUDA-graph sizes; hottest: {top or '-'}")
+                          f"{len(keys) - len(eager)} at CUDA-graph sizes")
+            top = ", ".join(f"{g['op']} {g['M']}x{g['N']}x{g['K']} {g['gpu_us'] / 1e3:.0f} ms" for g in eager[:2])
+            console.print(f"  hottest: {top or '-'}")

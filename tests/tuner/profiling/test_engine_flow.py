@@ -72,6 +72,7 @@ def test_tables_fit_80_columns(tmp_path, monkeypatch):
     text = buf.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "Triton share" in text and "aten::argmax" in text and "untuned: FAILED" in text
+    assert "GEMM keys (tune --from-profile 3): 1 eager" in text and "mm 1x151744x3584" in text
 
 
 def test_cli_refuses_bad_input_before_starting_an_engine(tmp_path):
