@@ -21,7 +21,13 @@ class ForeignResultError(ValueError):
 
 
 def running_gpu_name() -> str | None:
-    """The name FlagGems and vLLM see (torch's CUDA name equals NVML's), None without a GPU."""
+    """The name FlagGems and vLLM see (torch's CUDA name equals NVML's), None without a GPU.
+    NVML first, so `tuner serve` loads no torch before the engine starts; torch only where
+    nvidia-ml-py is missing."""
+    from tuner.fingerprint import nvml_available, nvml_gpu_name
+
+    if nvml_available():
+        return nvml_gpu_name()
     import torch
 
     try:
@@ -38,10 +44,13 @@ def running_environment(fields: Iterable[str] = ENV_FIELDS) -> dict[str, str | N
     for f in fields:
         if f == "gpu_name":
             out[f] = running_gpu_name()
-        elif f == "triton":
-            import triton
+        elif f == "triton":  # the installed version, as stored results record it (no import)
+            from importlib.metadata import PackageNotFoundError, version
 
-            out[f] = triton.__version__
+            try:
+                out[f] = version("triton")
+            except PackageNotFoundError:
+                out[f] = None
         elif f == "flag_gems":
             from importlib.metadata import PackageNotFoundError, version
 

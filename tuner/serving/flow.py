@@ -45,9 +45,9 @@ class Prepared:
 
 
 def _running_gpu() -> str | None:
-    from tuner.fingerprint import collect
+    from tuner.inject.foreign import running_gpu_name
 
-    return collect("cuda").gpu_name
+    return running_gpu_name()
 
 
 def select_records(db_url: str | None, allow_foreign: bool) -> list[dict]:
@@ -95,7 +95,8 @@ def leave_native(records: list[dict]) -> list[str]:
 def stored_exclude_list(db_url: str | None) -> list[str]:
     """The FlagGems ops the stored consistency check (`tuner check`) found failing in this
     machine's CUDA environment; none without a tuner database, or without torch (the environment's
-    fingerprint names the torch build, so without torch nothing here was ever checked)."""
+    fingerprint names the torch build, so without torch nothing here was ever checked). The
+    fingerprint is taken in a child process: serving loads no torch before the engine starts."""
     from db import DatabaseUnusable, open_database
     from db import profile_queries as pq
     from tuner import fingerprint as fp
@@ -105,9 +106,8 @@ def stored_exclude_list(db_url: str | None) -> list[str]:
     except DatabaseUnusable:
         return []
     try:
-        try:
-            digest = fp.collect("cuda").digest()
-        except ImportError:  # no torch in this install
+        digest = fp.digest_elsewhere("cuda")
+        if digest is None:  # no torch in this install
             return []
         with db.session() as s:
             return pq.exclude_list(s, digest)

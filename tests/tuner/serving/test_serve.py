@@ -186,15 +186,21 @@ def test_engine_modules_command_and_environment(tmp_path, monkeypatch):
         engines.engine("tgi")
 
 
-def test_serve_imports_no_torch_before_it_needs_the_fingerprint(tmp_path):
-    """Loading the serve flow and its engines, building a command and finding no stored exclude
-    list leave torch unloaded (the fingerprint and write_runtime_dir's GPU check load it)."""
+def test_serve_path_imports_no_torch(tmp_path):
+    """`tuner serve --use-tuned` up to the engine's launch (records selected for this GPU by its
+    NVML name, the exclude list, the runtime folder written and checked) leaves torch unloaded."""
+    url = _db_with(tmp_path, ADDMM_SLOW)
     code = f"""
-import sys
+import sys, warnings
 from tuner.serving import flow
 from tuner.serving.engines import ENGINES
 assert flow.stored_exclude_list({str(tmp_path / 'none.db')!r}) == []
 cmd = ENGINES["vllm"].command("m", 8000, [])
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # FOREIGN: the records are an H100's
+    p = flow.prepare(flow.ServeRequest(model="m", use_tuned=True, db_url={url!r}, allow_foreign=True,
+                                       runtime_dir={str(tmp_path / 'rt')!r}, dry_run=True))
+assert p.records == 1, p
 print("torch" in sys.modules, cmd[1:4])
 """
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,

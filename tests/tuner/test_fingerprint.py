@@ -1,0 +1,23 @@
+"""The environment fingerprint: the same digest in a child process as here, and the GPU name from
+NVML without torch (this host has no NVIDIA driver: no GPU)."""
+import subprocess
+import sys
+from pathlib import Path
+
+from tuner import fingerprint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_digest_in_a_child_process_equals_this_process():
+    assert fingerprint.digest_elsewhere("cpu") == fingerprint.collect("cpu").digest()
+
+
+def test_gpu_name_from_nvml_loads_no_torch():
+    code = ("import sys\nfrom tuner.inject.foreign import running_gpu_name\n"
+            "print(running_gpu_name(), 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    name, torch_loaded = r.stdout.split()
+    assert torch_loaded == "False"
+    assert name == (fingerprint.nvml_gpu_name() or "None")
