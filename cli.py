@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from kernels import REGISTRY
 from tuner.errors import UserError
 
 app = typer.Typer(
@@ -30,7 +32,8 @@ def _fail(e: Exception) -> None:
 
 @app.command()
 def tune(
-    op: str = typer.Option(..., "--op", help="Op to tune: mm (see `tuner ops`)."),
+    op: str = typer.Option(..., "--op", help=f"Op to tune: {', '.join(REGISTRY)} (`tuner ops` explains "
+                           "each one's key fields)."),
     shape: List[str] = typer.Option([], "--shape", help="A key, e.g. M,N,K for mm (add ,kn for a K x N "
                                      "weight; default nk = nn.Linear layout). Repeatable."),
     shapes: Optional[str] = typer.Option(None, "--shapes", help="A preset list of keys, e.g. minicpmo-llm "
@@ -58,7 +61,11 @@ def tune(
 ) -> None:
     """Search Triton configs for an op's keys, measure each safely in a worker process, check it
     against the native result, and store the best per key. Running the same command again
-    continues the same Optuna studies."""
+    continues the same Optuna studies.
+
+    Example: tuner tune --op mm --shape 16,4608,3584 --shape 64,37888,3584 --trials 50
+
+    Example (no GPU): tuner tune --op mm --shape 16,256,512 --trials 12 --device cpu"""
     from tuner.tuning import flow
     from tuner.report import tune_progress, tune_table
 
@@ -73,7 +80,7 @@ def tune(
                            patience=patience, sampler=sampler, device=device, compile_workers=compile_workers,
                            seed=seed, db_url=db)
     try:
-        with tune_progress(enabled=not as_json) as (on_key, on_event):
+        with tune_progress(enabled=not as_json, total=trials) as (on_key, on_event):
             results = flow.tune(req, on_key=on_key, on_event=on_event)
     except UserError as e:
         _fail(e)
@@ -106,7 +113,9 @@ def db_show(
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON records (what `tuner serve` exports)."),
 ) -> None:
-    """Best configs with their timings, the baselines timed beside them, and speedups."""
+    """Best configs with their timings, the baselines timed beside them, and speedups.
+
+    Example: tuner db show --op mm --gpu "NVIDIA H200" """
     from tuner.report import best_records, best_table
 
     try:
@@ -121,12 +130,18 @@ def db_show(
 
 @app.command()
 def ops() -> None:
-    """List the tunable ops and their key fields."""
+    """List the tunable ops, what each one is, and what each field of its key means.
+
+    Example: tuner ops"""
     from kernels import REGISTRY, get_kernel
 
-    for name in sorted(REGISTRY):
+    for name in REGISTRY:
         k = get_kernel(name)
-        typer.echo(f"{name:12s} key {','.join(k.key_names):14s} {k.description}")
+        typer.echo(textwrap.fill(f"{name}: {k.description}", width=80, subsequent_indent="  "))
+        typer.echo(f"  key {','.join(k.key_names)}")
+        for field in k.key_names:
+            typer.echo(textwrap.fill(k.key_help.get(field, ""), width=78, initial_indent=f"    {field:8s} ",
+                                     subsequent_indent=" " * 13))
 
 
 WORKLOAD_HELP = "text | image | audio | speech | all. Repeatable."
@@ -255,7 +270,9 @@ def check(
 ) -> None:
     """Consistency check: every FlagGems op the workload uses, on inputs recorded from it, against the
     native op, each in its own subprocess; stores the results (the exclude list `tuner serve` uses)
-    and compares end-to-end logits."""
+    and compares end-to-end logits.
+
+    Example: tuner check --workload text --device cuda"""
     from tuner.profiling import flow
     from tuner.report import check_table
 
@@ -301,7 +318,9 @@ def serve(
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Launch an engine with FlagGems enabled (minus the ops the consistency check rejected) and,
-    with --use-tuned, every tuned config active so nothing autotunes at serve time."""
+    with --use-tuned, every tuned config active so nothing autotunes at serve time.
+
+    Example: tuner serve /tmp/ck --engine vllm --use-tuned --port 8000 -- --max-model-len 4096"""
     from tuner.serving import flow
 
     req = flow.ServeRequest(model=model, engine=engine, use_tuned=use_tuned, engine_args=list(ctx.args),
@@ -395,7 +414,9 @@ def checkpoint(
 ) -> None:
     """Write a servable checkpoint: the MiniCPM-o 2.6 LLM (Qwen2, 28 layers, hidden 3584) with random
     weights and a tokenizer trained locally (nothing is downloaded). To serve a real checkpoint,
-    pass its folder to `tuner serve` instead."""
+    pass its folder to `tuner serve` instead.
+
+    Example: tuner checkpoint /tmp/ck && tuner serve /tmp/ck --use-tuned"""
     from tuner.serving.checkpoint import write_llm_checkpoint
 
     try:

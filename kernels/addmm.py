@@ -65,6 +65,9 @@ class AddMM(LibTunerKernel):
     name = "addmm"
     description = "biased GEMM bias + A @ B (aten::addmm, nn.Linear with bias): FlagGems' addmm kernel"
     key_names = ("M", "N", "K", "BT")
+    key_help = {"M": "rows of A: tokens in the batch", "N": "output features (the bias has N)",
+                "K": "input features (the inner dimension)",
+                "BT": "1: B is an N x K weight transposed (nn.Linear with bias); 0: B stored K x N"}
     source_modules = ("flag_gems.ops.addmm",)
     fg_op, fg_kernel, variant = "addmm", "addmm_kernel", VARIANT
     config_keys, config_space = CONFIG_KEYS, SPACE

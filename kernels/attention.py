@@ -341,6 +341,9 @@ class Attention(Kernel):
     name = "attention"
     description = "attention forward (SDPA): FlagGems' flash_fwd_kernel (triton.autotune cache)"
     key_names = ("batch", "heads", "kv_heads", "q_len", "kv_len", "head_dim", "causal")
+    key_help = {"batch": "sequences", "heads": "query heads", "kv_heads": "key/value heads (fewer: GQA)",
+                "q_len": "query positions per sequence", "kv_len": "key/value positions per sequence",
+                "head_dim": "channels per head", "causal": "1: causal mask, 0: none"}
     dtypes = ("bf16", "fp16")
     devices = ("cuda",)
     source_modules = ("flag_gems.ops.flash_kernel",)

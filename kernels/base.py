@@ -106,6 +106,7 @@ class Kernel(ABC):
     name: str = ""
     description: str = ""
     key_names: tuple[str, ...] = ()
+    key_help: dict[str, str] = {}  # what each key field means (`tuner ops` prints it)
     dtypes: tuple[str, ...] = DTYPES
     # where the op can run: "cpu" means a Triton kernel of the project's own, in the interpreter
     devices: tuple[str, ...] = ("cuda", "cpu")

@@ -84,6 +84,10 @@ class BMM(LibTunerKernel):
     name = "bmm"
     description = "batched GEMM A[b] @ B[b] (aten::bmm): FlagGems' bmm kernel"
     key_names = ("BATCH", "M", "N", "K", "LAYOUT")
+    key_help = {"BATCH": "independent products b < BATCH", "M": "rows of A[b]", "N": "columns of B[b]",
+                "K": "the inner dimension",
+                "LAYOUT": "0 (bmm): contiguous A[b] M x K and B[b] K x N; 1 (linear): F.linear on a "
+                          "sequence-first input, one N x K weight for every b (--shape BATCH,M,N,K,linear)"}
     source_modules = ("flag_gems.ops.bmm",)
     fg_op, fg_kernel, variant = "bmm", "bmm_kernel", VARIANT
     config_keys, config_space, fg_max_tile = CONFIG_KEYS, SPACE, FG_MAX_TILE

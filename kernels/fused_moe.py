@@ -240,6 +240,9 @@ class FusedMoE(Kernel):
     name = "fused_moe"
     description = "fused MoE (silu gate/up, top-k routing): FlagGems' fused_moe_kernel, vLLM's config format"
     key_names = ("E", "N", "K", "top_k", "M")
+    key_help = {"E": "experts", "N": "intermediate size of one expert (vLLM's N, as in its config file "
+                "names)", "K": "hidden size", "top_k": "experts each token is routed to",
+                "M": "tokens in the batch"}
     dtypes = ("bf16", "fp16", FP8)
     devices = ("cuda",)
     source_modules = ("flag_gems.fused.fused_moe",)

@@ -73,6 +73,10 @@ class MM(Kernel):
     name = "mm"
     description = "GEMM C = A @ B (aten::mm): FlagGems Hopper kernels + own split-K Triton GEMM"
     key_names = ("M", "N", "K", "BT")
+    key_help = {"M": "rows of A: tokens in the batch", "N": "output features (rows of the N x K weight)",
+                "K": "input features (the inner dimension)",
+                "BT": "1: B is an N x K weight transposed, as nn.Linear and vLLM use it (--shape M,N,K or "
+                      "M,N,K,nk); 0: B stored K x N (--shape M,N,K,kn)"}
     source_modules = ("kernels.triton_mm", "flag_gems.runtime.backend._nvidia.hopper.ops.mm")
 
     # ---- keys -------------------------------------------------------------------------

@@ -67,3 +67,24 @@ def test_tune_then_show_json(tmp_path):
     assert out["stored"] and out["timing"] == "interpreter-wall"
     shown = json.loads(runner.invoke(app, ["db", "show", "--db", db, "--json"]).output)
     assert shown[0]["key"] == {"M": 4, "N": 64, "K": 64, "BT": 1} and shown[0]["environment"]["device"] == "cpu"
+
+
+def test_ops_explains_every_key_field_in_80_columns():
+    res = runner.invoke(app, ["ops"])
+    assert res.exit_code == 0
+    assert max(len(line) for line in res.output.splitlines()) <= 80
+    assert "BT       1: B is an N x K weight transposed" in res.output
+    for op in ("mm", "addmm", "bmm", "fused_moe", "attention"):
+        assert f"\n{op}: " in f"\n{res.output}"
+
+
+def test_every_command_help_has_an_example():
+    from typer.main import get_command
+
+    def leaves(cmd, prefix=()):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from leaves(sub, (*prefix, name)) if hasattr(sub, "commands") else [((*prefix, name), sub)]
+
+    for path, sub in leaves(get_command(app)):
+        assert "Example" in (sub.help or ""), " ".join(path)
+        assert "Example" in runner.invoke(app, [*path, "--help"]).output, " ".join(path)

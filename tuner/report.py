@@ -5,26 +5,30 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 
-console = Console(width=None if Console().is_terminal else 160)
+# the terminal's width; piped, $COLUMNS or 80 (rich's default): tables are laid out for 80
+console = Console()
 
 
 @contextlib.contextmanager
-def tune_progress(enabled: bool = True) -> Iterator[tuple]:
-    """Callbacks (on_key, on_event) driving one bar per key."""
+def tune_progress(enabled: bool = True, total: int | None = None) -> Iterator[tuple]:
+    """Callbacks (on_key, on_event) driving one bar per key: measured trials of `total` (--trials;
+    a key can stop early: patience, timeout, an exhausted space) and the search's best so far, one
+    timing each, which the results table's "tuned" re-measures beside the baselines."""
     if not enabled:
         yield None, None
         return
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), console=console)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                        TextColumn("search best {task.fields[best]}"), TimeElapsedColumn(), console=console)
     state: dict = {"task": None}
 
     def on_key(key, i, n):
-        state["task"] = progress.add_task(f"[{i + 1}/{n}] {','.join(map(str, key))}", total=None, best="-")
+        state["task"] = progress.add_task(f"[{i + 1}/{n}] {','.join(map(str, key))}", total=total, best="-")
 
     def on_event(ev):
         if state["task"] is None:
@@ -51,24 +55,31 @@ def _fmt(v, spec=".2f", suffix=""):
 
 
 def tune_table(results) -> None:
-    t = Table(title="tuning results (µs; speedup = baseline / tuned)")
-    for col in ("key", "best config", "tuned", "untuned", "native", "vs untuned", "vs native",
-                "trials", "stop", "timing"):
-        t.add_column(col)
+    """80 columns: the timings per key (tuned = the winner re-measured beside the baselines, so it
+    can differ from the progress bar's search best), then one line per key on how its search went."""
+    t = Table(title="tuning results: µs, x = baseline / tuned", title_justify="left", box=box.SIMPLE_HEAD,
+              pad_edge=False, padding=(0, 1), collapse_padding=True)
+    for col, just in (("key", "left"), ("tuned", "right"), ("untuned", "right"), ("native", "right"),
+                      ("x untun", "right"), ("x nat", "right")):
+        t.add_column(col, justify=just, no_wrap=True)
+    t.add_column("config", overflow="fold", min_width=12)
     for r in results:
         o = r.outcome
         b = o.setup.baselines_us
-        cfg = short_config(o.best_config)
         un, na = b.get("untuned"), b.get("native")
-        t.add_row(",".join(map(str, r.key)), cfg, _fmt(o.best_us), _fmt(un), _fmt(na),
+        t.add_row(",".join(map(str, r.key)), _fmt(o.best_us, ".1f"), _fmt(un, ".1f"), _fmt(na, ".1f"),
                   _fmt(un / o.best_us if un and o.best_us else None, ".2f", "x"),
-                  _fmt(na / o.best_us if na and o.best_us else None, ".2f", "x"),
-                  f"{o.measured} ({o.counts.get('failed', 0)} failed, {o.counts.get('invalid', 0)} pruned, "
-                  f"{o.counts.get('duplicate', 0)} dup)", o.stop_reason, o.timing)
+                  _fmt(na / o.best_us if na and o.best_us else None, ".2f", "x"), short_config(o.best_config))
     console.print(t)
     for r in results:
-        for name, err in r.outcome.setup.baseline_errors.items():
+        o = r.outcome
+        console.print(f"{','.join(map(str, r.key))}: {o.measured} measured ({o.counts.get('failed', 0)} failed, "
+                      f"{o.counts.get('invalid', 0)} pruned, {o.counts.get('duplicate', 0)} duplicates), "
+                      f"stopped: {o.stop_reason}, timing: {o.timing}")
+        for name, err in o.setup.baseline_errors.items():
             console.print(f"[yellow]baseline {name} for {r.key}: {err}[/yellow]")
+    console.print("[dim]tuned: the best config re-measured beside the untuned and native baselines "
+                  "(the progress bar's search best is one earlier timing)[/dim]")
 
 
 def best_records(db_url, op, gpu) -> list[dict]:
@@ -83,23 +94,37 @@ def best_records(db_url, op, gpu) -> list[dict]:
         db.dispose()
 
 
+def _grouped(recs: list[dict]) -> dict[tuple[str, str, str, str], list[dict]]:
+    """Records by (op, dtype, GPU or device, timing method), in stored order."""
+    groups: dict[tuple[str, str, str, str], list[dict]] = {}
+    for r in recs:
+        env = r["environment"]
+        groups.setdefault((r["kernel"], r["dtype"], env.get("gpu_name") or env["device"], r["timing"]),
+                          []).append(r)
+    return groups
+
+
 def best_table(recs: list[dict]) -> None:
+    """One table per (op, GPU, timing), 80 columns: the key as its values (the title names the
+    fields; `tuner ops` explains them), never cut; the config folds onto a second line."""
     if not recs:
         console.print("no stored results")
         return
-    t = Table(title="best configs (µs; speedup = baseline / tuned)")
-    for col in ("op", "key", "dtype", "config", "tuned", "untuned", "native", "vs untuned", "vs native",
-                "rel err", "trials", "device", "timing"):
-        t.add_column(col)
-    for r in recs:
-        env = r["environment"]
-        cfg = short_config(r["config"])
-        t.add_row(r["kernel"], ",".join(f"{k}={v}" for k, v in r["key"].items()), r["dtype"], cfg,
-                  _fmt(r["time_us"]), _fmt(r["untuned_us"]), _fmt(r["native_us"]),
-                  _fmt(r["speedup_vs_untuned"], ".2f", "x"), _fmt(r["speedup_vs_native"], ".2f", "x"),
-                  _fmt(r["rel_error"], ".1e"), str(r["trials_used"]), env.get("gpu_name") or env["device"],
-                  r["timing"])
-    console.print(t)
+    for (op, dtype, where, timing), rows in _grouped(recs).items():
+        fields = ",".join(rows[0]["key"])
+        t = Table(title=f"{op} {dtype} on {where} ({timing}): key {fields}, µs",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+        for col, just in (("key", "left"), ("tuned", "right"), ("native", "right"), ("x untun", "right"),
+                          ("x nat", "right"), ("err", "right")):
+            t.add_column(col, justify=just, no_wrap=True)
+        t.add_column("config", overflow="fold", min_width=12)
+        for r in rows:
+            t.add_row(",".join(str(v) for v in r["key"].values()), _fmt(r["time_us"], ".1f"),
+                      _fmt(r["native_us"], ".1f"), _fmt(r["speedup_vs_untuned"], ".2f", "x"),
+                      _fmt(r["speedup_vs_native"], ".2f", "x"), _fmt(r["rel_error"], ".0e"), short_config(r["config"]))
+        console.print(t)
+    console.print("[dim]x = baseline / tuned; err = relative error against native; `tuner ops` "
+                  "explains the key fields; trials, untuned µs, the environment: --json[/dim]")
 
 
 # --- tuner profile / tuner check --------------------------------------------------------------------

@@ -63,3 +63,13 @@ def test_from_profile_refusals(op, message):
 def test_an_op_gives_profile_keys_or_says_why_not():
     with pytest.raises(ValueError):
         Coverage(aten_ops={"aten::mm": "mm"}, profile_keys=True, no_profile_keys="because")
+
+
+def test_every_key_field_is_explained():
+    """`tuner ops` explains each key field from the kernel's own key_help."""
+    from kernels import REGISTRY, get_kernel
+
+    for op in REGISTRY:
+        k = get_kernel(op)
+        assert set(k.key_help) == set(k.key_names), op
+        assert all(text.strip() for text in k.key_help.values()), op
