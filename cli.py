@@ -129,6 +129,28 @@ def db_show(
 
 
 @app.command()
+def report(
+    out: str = typer.Option("tuner-report", "--out", help="Folder for index.html and its PNG charts."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Write one self-contained HTML page with PNG charts from the database: per op, tuned vs
+    FlagGems untuned vs native per key; each search's best so far against configs measured; the
+    newest profiles' GPU time by op and kernel class with the Triton share; the newest serving bench.
+
+    Example: tuner report --db ~/.tuner/tuner.db --out report && xdg-open report/index.html"""
+    from tuner.reporting import collect, page
+
+    try:
+        data = collect.collect(db)
+    except UserError as e:
+        _fail(e)
+    if data.empty:
+        _fail(UserError("nothing stored yet: run `tuner tune`, `tuner profile` or `tuner bench` first"))
+    path = page.write(data, Path(out))
+    typer.echo(f"report: {path} ({len(list(path.parent.glob('*.png')))} charts)")
+
+
+@app.command()
 def ops() -> None:
     """List the tunable ops, what each one is, and what each field of its key means.
 

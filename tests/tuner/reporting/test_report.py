@@ -1,0 +1,72 @@
+"""`tuner report` from a real recorded database (H200, 2026-11-30: the 12 vLLM decode keys tuned,
+their Optuna studies, a `tuner profile --engine vllm` run and a `tuner bench` of native vs tuned)."""
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tuner.reporting import collect, page
+
+DATA = Path(__file__).parent / "data" / "h200_run3.db"
+REPO = Path(__file__).resolve().parents[3]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "h200.db"
+    shutil.copy(DATA, path)  # opening may migrate: never the committed file
+    return str(path)
+
+
+def test_report_page_and_charts_from_a_recorded_database(db, tmp_path):
+    pytest.importorskip("matplotlib")
+    data = collect.collect(db)
+    assert list(data.best) == [("mm", "NVIDIA H200")] and len(data.best["mm", "NVIDIA H200"]) == 12
+    assert len(data.searches["mm"]) == 12 and all(s["curve"] for s in data.searches["mm"])
+    (prof,) = data.profiles
+    assert prof["workloads"] == "vllm:tuned" and prof["triton_share"] == pytest.approx(0.181, abs=0.01)
+    assert {r["mode"] for r in data.bench} == {"native", "tuned"}
+    path = page.write(data, tmp_path / "report")
+    text = path.read_text()
+    pngs = sorted(p.name for p in path.parent.glob("*.png"))
+    assert pngs == ["bench.png", "profile_1.png", "search_mm.png", "speedup_mm_NVIDIA_H200.png"]
+    for name in pngs:
+        assert (path.parent / name).read_bytes()[:8] == PNG
+        assert f'src="{name}"' in text
+    assert "64,151744,3584,1" in text and "Triton share 18.1%" in text and "http" not in text
+
+
+def test_best_so_far_counts_measurements_only():
+    def trial(number, value, status="ok", duplicate=False):
+        attrs = {"status": status, **({"duplicate": True} if duplicate else {})}
+        return SimpleNamespace(number=number, value=value, user_attrs=attrs)
+
+    trials = [trial(2, 9.0), trial(0, 12.0), trial(1, 50.0, status="mismatch"), trial(3, 9.0, duplicate=True),
+              trial(4, 10.0)]
+    assert collect.best_so_far(trials) == [12.0, 9.0, 9.0]
+
+
+def test_password_is_hidden_on_the_page():
+    assert collect.safe_url("postgresql+psycopg://bob:s3cret@db.example/tuner") == \
+        "postgresql+psycopg://bob:***@db.example/tuner"
+
+
+def test_cli_refuses_a_missing_or_empty_database(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, str(REPO / "cli.py"), "report", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    r = cli("--db", str(tmp_path / "none.db"), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and "no tuner database" in r.stderr and not (tmp_path / "r").exists()
+    empty = tmp_path / "empty.db"
+    from db import open_database
+
+    open_database(f"sqlite:///{empty}").dispose()  # a migrated tuner database with nothing in it
+    r = cli("--db", str(empty), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and "nothing stored yet" in r.stderr and not (tmp_path / "r").exists()
+    assert sqlite3.connect(empty).execute("select count(*) from tuner_best_configs").fetchone() == (0,)
