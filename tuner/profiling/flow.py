@@ -250,7 +250,7 @@ def profile(req: ProfileRequest, on_stage: Callable[[str], None] | None = None) 
         if req.scale != 1.0:
             notes.append(f"scale {req.scale:g}: every shape is shrunk; rows are NOT the real model's shapes.")
         if source == "cpu":
-            notes.append("time source is CPU op self time: it shows which ops run, not what they cost on an H100.")
+            notes.append("time source is CPU op self time: it shows which ops run, not what they cost on a GPU.")
 
         stage("profiling natively")
         native = profile_steps(steps, _trace_path(req, False), time_source=source)
