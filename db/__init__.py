@@ -1,9 +1,9 @@
 """tuner's database: models, engine and migrations, queries. Never imports torch."""
 
-from db.engine import ENV_VAR, Database, DatabaseUnusable, default_url, open_database, resolve_url
+from db.engine import ENV_VAR, Database, DatabaseUnusable, default_url, open_database, resolve_url, shown_url
 from db.models import BestConfig, ConsistencyResult, Environment, HotOp, ProfileRun, TuningRun
 
 __all__ = [
-    "ENV_VAR", "Database", "DatabaseUnusable", "default_url", "open_database", "resolve_url",
+    "ENV_VAR", "Database", "DatabaseUnusable", "default_url", "open_database", "resolve_url", "shown_url",
     "BestConfig", "ConsistencyResult", "Environment", "HotOp", "ProfileRun", "TuningRun",
 ]

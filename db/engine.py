@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,29 @@ def default_url() -> str:
     return f"sqlite:///{DEFAULT_PATH.expanduser()}"
 
 
+def shown_url(url: str) -> str:
+    """`url` as tuner prints, logs and stores it: the password hidden (a PostgreSQL URL in --db or
+    $TUNER_DB_URL must not land in terminals, CI logs or report files)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses (a path, or garbage): hide what looks like one
+        return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _scrub(text: str, url: str) -> str:
+    """A driver's message with the URL's password taken out, wherever it repeats it."""
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    return text.replace(str(password), "***") if password else text
+
+
 def resolve_url(url: str | None = None) -> str:
-    """--db beats $TUNER_DB_URL beats ~/.tuner/tuner.db. A bare path means a SQLite file."""
+    """--db beats $TUNER_DB_URL beats ~/.tuner/tuner.db. A bare path means a SQLite file.
+    An empty --db is refused (it would silently mean the home database)."""
+    if url is not None and not url.strip():
+        raise DatabaseUnusable("--db is empty: give a database URL or a SQLite file path")
     url = url or os.environ.get(ENV_VAR) or default_url()
     if "://" not in url:
         url = f"sqlite:///{Path(url).expanduser().resolve()}"
@@ -86,25 +108,27 @@ def open_database(url: str | None = None, *, create: bool = True) -> Database:
     try:
         make_url(url)
     except ArgumentError:
-        raise DatabaseUnusable(f"{url!r} is not a database URL") from None
+        raise DatabaseUnusable(f"{shown_url(url)!r} is not a database URL") from None
     _check_sqlite_file(url, create)
     try:
         engine = create_engine(url, future=True)
         tables = set(inspect(engine).get_table_names())
     except (OperationalError, DatabaseError) as e:
-        raise DatabaseUnusable(f"cannot read the database at {url}: {e.orig}") from None
+        raise DatabaseUnusable(f"cannot read the database at {shown_url(url)}: {_scrub(str(e.orig), url)}") from None
     except Exception as e:  # missing driver, bad host, ...
-        raise DatabaseUnusable(f"cannot open the database at {url}: {e}") from None
+        hint = (" (`pip install 'tuner[postgres]'` installs the PostgreSQL driver)"
+                if isinstance(e, ModuleNotFoundError) and make_url(url).get_backend_name() == "postgresql" else "")
+        raise DatabaseUnusable(f"cannot open the database at {shown_url(url)}: {_scrub(str(e), url)}{hint}") from None
     foreign = {t for t in tables if not t.startswith("tuner_")} - _OPTUNA_TABLES
     if foreign:
         engine.dispose()
         raise DatabaseUnusable(
-            f"the database at {url} belongs to another program (tables: {', '.join(sorted(foreign)[:5])})"
+            f"the database at {shown_url(url)} belongs to another program (tables: {', '.join(sorted(foreign)[:5])})"
         )
     if VERSION_TABLE not in tables:
         if not create:
             engine.dispose()
-            raise DatabaseUnusable(f"the database at {url} has no tuner schema")
+            raise DatabaseUnusable(f"the database at {shown_url(url)} has no tuner schema")
     from db.migrate import upgrade  # Alembic (~0.25 s to import) only once a database is opened
 
     upgrade(engine)

@@ -88,3 +88,20 @@ def test_every_command_help_has_an_example():
     for path, sub in leaves(get_command(app)):
         assert "Example" in (sub.help or ""), " ".join(path)
         assert "Example" in runner.invoke(app, [*path, "--help"]).output, " ".join(path)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--shape", "100000000,100000000,100000000"], "GiB for one set of inputs"),
+    (["--shape", "1,64,64", "--patience", "0"], "--patience must be a positive number"),
+    (["--shape", "1,64,64", "--compile-workers", "-1"], "--compile-workers must be 0 (off) or a positive"),
+])
+def test_tune_refuses_before_writing(tmp_path, args, words):
+    db = tmp_path / "t.db"
+    res = tune("--op", "mm", "--device", "cpu", "--db", str(db), *args)
+    assert res.exit_code == 2 and words in res.output, res.output
+    assert not db.exists()
+
+
+def test_empty_db_option_is_refused(tmp_path):
+    res = runner.invoke(app, ["db", "show", "--db", ""])
+    assert res.exit_code == 2 and "--db is empty" in res.output

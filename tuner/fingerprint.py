@@ -99,6 +99,19 @@ def digest_elsewhere(device: str, timeout_s: float = 120.0) -> str | None:
     return proc.stdout.split()[-1]
 
 
+def memory_bytes(device: str, index: int = 0) -> int | None:
+    """Memory of the device a measurement runs on: the GPU's (NVML), or this machine's RAM for
+    "cpu"; None when unknown. Loads no torch."""
+    if device == "cuda":
+        return _nvml(index).get("memory_bytes")
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def collect(device: str, index: int = 0) -> Fingerprint:
     """Fingerprint of this machine for measurements on `device` ("cuda" or "cpu")."""
     import torch

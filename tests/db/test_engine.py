@@ -90,3 +90,23 @@ def test_upgrade_keeps_best_configs_stored_before_0003(tmp_path):
     with db.session() as s:
         (rec,) = queries.records(queries.best_configs(s))
     assert rec["time_us"] == 5.0 and rec["baselines_us"] == {}
+
+
+def test_passwords_never_shown():
+    from db import shown_url
+    from db.engine import _scrub
+
+    url = "postgresql+psycopg://bob:s3cret@db.example:5432/tuner"
+    assert shown_url(url) == "postgresql+psycopg://bob:***@db.example:5432/tuner"
+    assert shown_url("/tmp/x.db") == "/tmp/x.db" and shown_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert _scrub('FATAL: password "s3cret" rejected', url) == 'FATAL: password "***" rejected'
+    with pytest.raises(DatabaseUnusable) as e:  # psycopg is not installed here, or nothing listens on port 1
+        open_database("postgresql+psycopg://bob:s3cret@127.0.0.1:1/tuner")
+    assert "s3cret" not in str(e.value) and "bob:***@127.0.0.1:1" in str(e.value)
+
+
+def test_empty_db_is_refused_not_the_home_database():
+    with pytest.raises(DatabaseUnusable, match="--db is empty"):
+        resolve_url("")
+    with pytest.raises(DatabaseUnusable, match="--db is empty"):
+        open_database("  ")

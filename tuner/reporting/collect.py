@@ -93,7 +93,7 @@ def collect(db_url: str | None, profiles: int = 3) -> ReportData:
     """Everything the report shows; the newest `profiles` profile runs."""
     from sqlalchemy import select
 
-    from db import bench_queries, queries
+    from db import bench_queries, queries, shown_url
     from db import profile_queries as pq
     from db.models import ProfileRun
     from tuner.store import open_db
@@ -107,17 +107,8 @@ def collect(db_url: str | None, profiles: int = 3) -> ReportData:
             data.profiles = [profile_summary(run, pq.hot_ops(s, run)) for run in runs]
             data.bench = bench_queries.bench_rows(s)
         data.searches = searches(db.url)
-        data.source = safe_url(db.url)
+        data.source = shown_url(db.url)
         return data
     finally:
         db.dispose()
 
-
-def safe_url(url: str) -> str:
-    """The database URL with any password hidden (the page may be shared)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy parses: a path
-        return url

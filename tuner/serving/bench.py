@@ -173,7 +173,11 @@ def bench(req: BenchRequest, on_mode: Callable[[str], None] | None = None) -> di
         (out / "modes.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "prompt_logprobs"}
                                                      for r in results], default=str))
     report = summarise(results)
+    from db import shown_url
+
     report["request"] = {k: v for k, v in vars(req).items() if k != "extra_env"}
+    if req.db_url:  # the report is printed and written: never a password
+        report["request"]["db_url"] = shown_url(req.db_url)
     if report["runs"]:
         report["bench_id"] = store(req, report)
     (out / "bench.json").write_text(json.dumps(report, indent=1, default=str))

@@ -73,6 +73,10 @@ def validate(req: TuneRequest) -> tuple[Kernel, list[Key], str, str]:
         raise UserError("--trials must be a positive number")
     if req.timeout_s is not None and req.timeout_s <= 0:
         raise UserError("--timeout must be a positive number of seconds")
+    if req.patience is not None and req.patience <= 0:
+        raise UserError("--patience must be a positive number of trials")
+    if req.compile_workers is not None and req.compile_workers < 0:
+        raise UserError("--compile-workers must be 0 (off) or a positive number")
     keys = resolve_keys(kernel, req.shapes, req.preset)
     device = resolve_device(req.device)
     if device not in kernel.devices:
@@ -82,7 +86,25 @@ def validate(req: TuneRequest) -> tuple[Kernel, list[Key], str, str]:
         raise UserError(f"unknown dtype {dtype!r} for op {kernel.name}; use one of {', '.join(kernel.dtypes)}")
     if device == "cpu" and dtype == "bf16":
         raise UserError("the Triton interpreter (CPU) computes bf16 wrongly; use --dtype fp16 or fp32 on CPU")
+    check_fits(kernel, keys, device, dtype)
     return kernel, keys, device, dtype
+
+
+def check_fits(kernel: Kernel, keys: list[Key], device: str, dtype: str) -> None:
+    """A key whose one input set needs more than half the device's memory cannot be measured (the
+    reference output and the cache-defeating extra sets come on top): refused before anything is
+    written, not a traceback and a 'failed' run row."""
+    from tuner.fingerprint import memory_bytes
+
+    total = memory_bytes(device)
+    if not total:
+        return
+    for key in keys:
+        need = kernel.bytes_per_set(key, dtype)
+        if need > total // 2:
+            where = "GPU" if device == "cuda" else "machine"
+            raise UserError(f"key {','.join(map(str, key))} needs {need / 2**30:,.1f} GiB for one set of inputs "
+                            f"({dtype}); this {where} has {total / 2**30:,.1f} GiB")
 
 
 def _arch(device: str) -> int:
