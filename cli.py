@@ -321,6 +321,11 @@ def serve(
     engine: str = typer.Option("vllm", "--engine", help="vllm | flagscale | transformers (transformers' own "
                                "OpenAI-compatible server)."),
     port: int = typer.Option(8000, "--port", help="Port the engine listens on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the engine listens on: this machine only "
+                             "by default; 0.0.0.0 serves the network (give --api-key then)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNER_API_KEY", help="Key clients must "
+                                          "send (Authorization: Bearer KEY); passed to vLLM in VLLM_API_KEY, "
+                                          "not on its command line. Default: $TUNER_API_KEY."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Largest M (batched tokens) the "
                                              "engine meets: every M from 1 to this gets a seeded config. The "
                                              "same setting as vLLM's --max-num-batched-tokens, which tuner "
@@ -342,12 +347,14 @@ def serve(
     """Launch an engine with FlagGems enabled (minus the ops the consistency check rejected) and,
     with --use-tuned, every tuned config active so nothing autotunes at serve time.
 
-    Example: tuner serve /tmp/ck --engine vllm --use-tuned --port 8000 -- --max-model-len 4096"""
+    Example: tuner serve /tmp/ck --engine vllm --use-tuned --port 8000 -- --max-model-len 4096
+
+    Example (to the network): TUNER_API_KEY=... tuner serve /tmp/ck --use-tuned --host 0.0.0.0"""
     from tuner.serving import flow
 
     req = flow.ServeRequest(model=model, engine=engine, use_tuned=use_tuned, engine_args=list(ctx.args),
                             db_url=db, allow_foreign=allow_foreign, max_tokens=max_tokens,
-                            runtime_dir=runtime_dir, port=port, dry_run=dry_run,
+                            runtime_dir=runtime_dir, port=port, host=host, api_key=api_key, dry_run=dry_run,
                             native_when_faster=native_when_faster,
                             exclude=[o for o in exclude.split(",") if o] if exclude is not None else None)
     try:
@@ -359,7 +366,8 @@ def serve(
                + (f" ({', '.join(prepared.left_native)}: tuned still slower than native)" if prepared.left_native
                   else ""), err=True)
     if dry_run:
-        typer.echo(json.dumps({"command": prepared.command, "env": prepared.env}, indent=2))
+        shown = {k: ("***" if "API_KEY" in k else v) for k, v in prepared.env.items()}
+        typer.echo(json.dumps({"command": prepared.command, "env": shown}, indent=2))
         return
     raise typer.Exit(flow.launch(prepared))
 

@@ -29,6 +29,8 @@ class ServeRequest:
     max_tokens: int | None = None  # None: the engine's own setting if given, else 8192
     runtime_dir: str | None = None
     port: int = 8000
+    host: str = "127.0.0.1"  # 0.0.0.0 serves every interface (then give an API key)
+    api_key: str | None = None  # passed in the engine's own variable, never on its command line
     exclude: list[str] | None = None  # None: the stored consistency check decides
     dry_run: bool = False
     native_when_faster: bool = True  # with use_tuned: leave_native() ops go to PyTorch too
@@ -137,7 +139,10 @@ def prepare(req: ServeRequest) -> Prepared:
         raise UserError("--max-tokens must be a positive number")
     engine = engines.engine(req.engine)
     max_tokens, engine_args = engines.batch_tokens(engine, req.max_tokens, req.engine_args)
-    command = engine.command(req.model, req.port, engine_args)
+    key_env = getattr(engine, "API_KEY_ENV", None)
+    if req.api_key and key_env is None:
+        raise UserError(f"the {req.engine} engine takes no API key from tuner; use vllm, or its own settings")
+    command = engine.command(req.model, req.port, engine_args, host=req.host)
     records = select_records(req.db_url, req.allow_foreign) if req.use_tuned else []
     exclude = req.exclude if req.exclude is not None else stored_exclude_list(req.db_url)
     left_native = [op for op in leave_native(records) if op not in exclude] if req.native_when_faster else []
@@ -148,7 +153,7 @@ def prepare(req: ServeRequest) -> Prepared:
                           flaggems_ops=flaggems_ops(req))
     except ForeignResultError as e:
         raise UserError(str(e)) from None
-    env = runtime_env(folder) | engine.env(folder)
+    env = runtime_env(folder) | engine.env(folder) | ({key_env: req.api_key} if req.api_key else {})
     return Prepared(command, env, folder, len(records), list(exclude), left_native)
 
 

@@ -240,3 +240,28 @@ def test_vllm_command_is_what_vllms_own_parser_accepts(tmp_path):
         print("RESULT " + json.dumps([a.model, a.port, a.max_num_batched_tokens, a.gpu_memory_utilization]))
     """, env={"VLLM_TARGET_DEVICE": "cpu"}, timeout=240)
     assert result(out) == [str(tmp_path), 8123, 8192, 0.8]
+
+
+def test_serve_listens_locally_and_keeps_the_api_key_off_the_command_line(tmp_path):
+    from tuner.serving.engines import vllm
+
+    base = dict(model=str(tmp_path), runtime_dir=str(tmp_path / "rt"), exclude=[], dry_run=True)
+    p = prepare(ServeRequest(**base))
+    assert p.command[p.command.index("--host") + 1] == "127.0.0.1" and "VLLM_API_KEY" not in p.env
+    keyed = prepare(ServeRequest(**base, host="0.0.0.0", api_key="k-123"))
+    assert keyed.command[keyed.command.index("--host") + 1] == "0.0.0.0"
+    assert keyed.env["VLLM_API_KEY"] == "k-123" and "k-123" not in " ".join(keyed.command)
+    own = vllm.command(str(tmp_path), 8000, ["--host=10.0.0.1"])  # the engine's own argument wins
+    assert own.count("--host") == 0 and "--host=10.0.0.1" in own
+    with pytest.raises(UserError, match="takes no API key"):
+        prepare(ServeRequest(**{**base, "engine": "flagscale"}, api_key="k"))
+    with pytest.raises(UserError, match="does not exist"):  # refused before the runtime folder is written
+        prepare(ServeRequest(**{**base, "model": str(tmp_path / "missing"), "runtime_dir": str(tmp_path / "rt2")}))
+    assert not (tmp_path / "rt2").exists()
+
+
+def test_dry_run_hides_the_api_key(tmp_path):
+    r = _cli(str(tmp_path), "--runtime-dir", str(tmp_path / "rt"), "--exclude", "", "--api-key", "k-123",
+             "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "k-123" not in r.stdout + r.stderr and '"VLLM_API_KEY": "***"' in r.stdout

@@ -11,7 +11,8 @@ from tuner.errors import UserError
 INSTALL_HINT = "install FlagScale (github.com/FlagOpen/FlagScale) so that `flagscale` is on PATH"
 
 
-def command(model: str, port: int, args: list[str]) -> list[str]:
+def command(model: str, port: int, args: list[str], host: str = "127.0.0.1") -> list[str]:
+    """FlagScale takes host and port from its serve config (the model argument), not from tuner."""
     exe = shutil.which("flagscale")
     if exe is None:
         raise UserError(f"the flagscale engine is not installed: {INSTALL_HINT}")

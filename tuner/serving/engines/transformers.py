@@ -24,7 +24,7 @@ if os.environ.get("TUNER_RUNTIME_DIR"):
 '''
 
 
-def command(model: str, port: int, args: list[str]) -> list[str]:
+def command(model: str, port: int, args: list[str], host: str = "127.0.0.1") -> list[str]:
     if not Path(model).exists():  # the user's input first
         raise UserError(f"model folder {model} does not exist (write one with `tuner checkpoint`)")
     if importlib.util.find_spec("transformers") is None:
@@ -34,7 +34,7 @@ def command(model: str, port: int, args: list[str]) -> list[str]:
     if not is_serve_available():
         raise UserError(f"transformers' server needs its serving extras: {INSTALL_HINT}")
     return [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve",
-            model, "--port", str(port), "--device", os.environ.get("TUNER_SERVE_DEVICE", "cuda"), "--dtype", "auto", *args]
+            model, "--host", host, "--port", str(port), "--device", os.environ.get("TUNER_SERVE_DEVICE", "cuda"), "--dtype", "auto", *args]
 
 
 def env(folder: Path) -> dict[str, str]:

@@ -14,11 +14,19 @@ BATCH_FLAG = "--max-num-batched-tokens"
 DEFAULT_MAX_TOKENS = 8192
 
 
-def command(model: str, port: int, args: list[str]) -> list[str]:
+API_KEY_ENV = "VLLM_API_KEY"  # vLLM reads it: the key stays out of the process list
+
+
+def command(model: str, port: int, args: list[str], host: str = "127.0.0.1") -> list[str]:
+    """vLLM listens on every interface by default; tuner passes --host (127.0.0.1 unless told),
+    unless the engine arguments name one."""
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+        raise UserError(f"model folder {model} does not exist (write one with `tuner checkpoint`)")
     if importlib.util.find_spec("vllm") is None:
         raise UserError(f"the vllm engine is not installed: {INSTALL_HINT}")
+    where = [] if any(a == "--host" or a.startswith("--host=") for a in args) else ["--host", host]
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-            "--port", str(port), *args]
+            *where, "--port", str(port), *args]
 
 
 def batch_tokens(max_tokens: int | None, args: list[str]) -> tuple[int, list[str]]:
