@@ -21,6 +21,18 @@ SAMPLES = 7
 class Check:
     rel_error: float
     max_abs_error: float
+    max_abs_ref: float = 0.0  # the reference's largest |element|: the elementwise bound's scale
+
+
+def wrong_result(kernel: Kernel, chk: Check, dtype: str) -> str | None:
+    """Why a checked output is wrong (NaN, relative error, or one element too far off), else None."""
+    tol, etol = kernel.tolerance(dtype), kernel.elementwise_tolerance(dtype)
+    if not chk.rel_error <= tol:  # NaN fails too
+        return f"wrong result: rel error {chk.rel_error:.3g} > {tol:g}"
+    if not chk.max_abs_error <= etol * chk.max_abs_ref:
+        return (f"wrong result: an element is off by {chk.max_abs_error:.3g}, over {etol:g} of the largest "
+                f"reference element ({chk.max_abs_ref:.3g})")
+    return None
 
 
 def n_sets_for(kernel: Kernel, key: Key, dtype: str, device: str, l2_bytes: int) -> int:
@@ -46,9 +58,10 @@ def check(kernel: Kernel, run: Runner, inputs: Inputs) -> Check:
     ref_norm = ref.norm().item()
     rel = diff.norm().item() / ref_norm if ref_norm > 0 else diff.norm().item()
     max_abs = diff.abs().max().item() if diff.numel() else 0.0
+    ref_max = ref.abs().max().item() if ref.numel() else 0.0
     if math.isnan(rel) or math.isnan(max_abs):
         rel = max_abs = float("nan")
-    return Check(rel_error=rel, max_abs_error=max_abs)
+    return Check(rel_error=rel, max_abs_error=max_abs, max_abs_ref=ref_max)
 
 
 def _run_all(run: Runner, inputs: Inputs) -> Callable[[], None]:

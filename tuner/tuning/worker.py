@@ -82,8 +82,9 @@ def _handle_setup(msg: dict) -> tuple[_State, dict]:
             us, method = measure.time_runner(run, st.inputs, st.device)
             out["baselines_us"][name] = us
             out["timing"] = method
-            if not chk.rel_error <= st.kernel.tolerance(st.dtype):
-                out["baseline_errors"][name] = f"baseline {name} rel error {chk.rel_error:.3g}"
+            wrong = measure.wrong_result(st.kernel, chk, st.dtype)
+            if wrong:
+                out["baseline_errors"][name] = f"baseline {name}: {wrong}"
         except Exception as e:  # a broken baseline is reported, the search still runs
             out["baseline_errors"][name] = f"{type(e).__name__}: {str(e)[:300]}"
     try:
@@ -96,13 +97,13 @@ def _handle_setup(msg: dict) -> tuple[_State, dict]:
 def _handle_measure(st: _State, config: Config) -> dict:
     from tuner.tuning import measure
 
-    tol = st.kernel.tolerance(st.dtype)
     try:
         run = st.kernel.runner(st.key, config, st.dtype, st.device)
         chk = measure.check(st.kernel, run, st.fresh_check_inputs())
-        if not chk.rel_error <= tol:  # NaN fails too
+        wrong = measure.wrong_result(st.kernel, chk, st.dtype)
+        if wrong:
             return {"ok": False, "status": Status.WRONG, "rel_error": chk.rel_error, "max_abs_error": chk.max_abs_error,
-                    "reason": f"wrong result: rel error {chk.rel_error:.3g} > {tol:g}"}
+                    "reason": wrong}
         us, method = measure.time_runner(run, st.inputs, st.device)
         return {"ok": True, "status": Status.OK, "time_us": us, "timing": method,
                 "rel_error": chk.rel_error, "max_abs_error": chk.max_abs_error}
