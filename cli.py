@@ -84,6 +84,10 @@ def tune(
             results = flow.tune(req, on_key=on_key, on_event=on_event)
     except UserError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: every config measured so far is kept in its study (configs in flight are "
+                    "queued again); run the same command to continue", err=True, fg="yellow")
+        raise typer.Exit(130)
     except Exception as e:
         from db import DatabaseUnusable
 

@@ -105,3 +105,37 @@ def test_tune_refuses_before_writing(tmp_path, args, words):
 def test_empty_db_option_is_refused(tmp_path):
     res = runner.invoke(app, ["db", "show", "--db", ""])
     assert res.exit_code == 2 and "--db is empty" in res.output
+
+
+def test_ctrl_c_prints_one_line_and_leaves_nothing_running(tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: exit 130, one sentence, no
+    traceback from the tune process or its worker, no trial left RUNNING, the one in flight queued."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from collections import Counter
+    from pathlib import Path
+
+    import optuna
+
+    repo = Path(__file__).resolve().parents[1]
+    db = tmp_path / "c.db"
+    proc = subprocess.Popen([sys.executable, str(repo / "cli.py"), "tune", "--op", "mm", "--shape", "16,256,512",
+                             "--trials", "200", "--device", "cpu", "--db", str(db)], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until something has been measured
+        time.sleep(1)
+        if db.exists() and optuna.get_all_study_summaries(f"sqlite:///{db}"):
+            summary = optuna.get_all_study_summaries(f"sqlite:///{db}")[0]
+            if summary.n_trials > 3:
+                break
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err and "interrupted: every config measured so far is kept" in err
+    study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}")
+    states = Counter(t.state.name for t in study.trials)
+    assert states["RUNNING"] == 0 and states["COMPLETE"] >= 1

@@ -35,7 +35,7 @@ def _is_record(t: optuna.trial.FrozenTrial) -> bool:
     """A finished trial that measured (or failed to measure) its config."""
     attrs = t.user_attrs
     return (attrs.get("canonical") is not None and t.state != TrialState.RUNNING
-            and not attrs.get("duplicate") and attrs.get("status") != Status.INVALID)
+            and not attrs.get("duplicate") and attrs.get("status") not in (Status.INVALID, Status.INTERRUPTED))
 
 
 def _load(study: optuna.Study) -> dict[str, Known]:
@@ -79,7 +79,7 @@ class History:
         """Configs measured over the whole study (failures count, repeats and invalid do not)."""
         return sum(1 for t in self.study.get_trials(deepcopy=False)
                    if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("duplicate")
-                   and t.user_attrs.get("status") != Status.INVALID)
+                   and t.user_attrs.get("status") not in (Status.INVALID, Status.INTERRUPTED))
 
     # -- telling the study
 
@@ -123,6 +123,12 @@ class History:
         self.known[text] = Known(TrialState.FAIL, None, {"reason": res.reason})
 
     def abandon(self, trials: Iterable[Trial]) -> None:
-        """Trials asked but never measured (the user interrupted) end as failed, not running."""
+        """Trials asked but never measured (the user interrupted) end as failed, not running, marked
+        interrupted (neither measured nor known), and their configs are queued again: the next run
+        of the same study measures them first."""
         for trial in trials:
+            trial.set_user_attr("status", Status.INTERRUPTED.value)
+            params = dict(trial.params)
             self.study.tell(trial, state=TrialState.FAIL)
+            if params:
+                self.study.enqueue_trial(params)  # not skip_if_exists: the failed trial has these params

@@ -22,6 +22,7 @@ class Status(str, Enum):
     CRASHED = "crashed"  # took the worker process or its CUDA context down
     HANG = "hang"  # no answer within the measure timeout
     INVALID = "invalid"  # refused by the kernel's constraints, never compiled
+    INTERRUPTED = "interrupted"  # asked, then the user stopped the run: queued again for the next one
 
 
 @dataclass

@@ -221,12 +221,13 @@ class Search:
         return True
 
     def _measure_next(self) -> None:
-        job = self.pending.popleft()
+        job = self.pending[0]  # stays pending while measured: a Ctrl-C then queues it again
         compile_error = self.compile_pool.result(job.future) if self.compile_pool else None
         if compile_error:
             res = Result(ok=False, status=Status.FAILED, reason=compile_error)
         else:
             res = self.measurer.measure(job.config)
+        self.pending.popleft()
         self.history.tell_result(job.trial, job.text, res)
         if not res.ok:
             self._note(EventKind.FAILED, job.config, None, res.reason)

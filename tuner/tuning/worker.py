@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import tempfile
 import time
@@ -137,6 +138,9 @@ def _handle_confirm(st: _State, configs: list[Config], rounds: int, skip: list[s
 
 
 def worker_main(conn, env: dict[str, str]) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the search and closes this worker;
+    # here it would only print a traceback from inside a measurement
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)
     st: _State | None = None
     while True:

@@ -49,5 +49,10 @@ class Faulty(Kernel):
 
         return run
 
+    def precompile(self, key, config, dtype, device):
+        """Compile-ahead (tuner.tuning.compile_pool) of the hanging variant hangs too."""
+        if config["variant"] == "hangs":
+            time.sleep(3600)
+
     def baselines(self, key, dtype, device):
         return {"native": lambda args, out: torch.mm(args[0], args[0], out=out)}

@@ -61,3 +61,19 @@ def test_finalists_are_the_fastest_then_the_runtimes_measured_picks():
     top3 = [canon_text({"x": x}) for x in (2, 3, 4)]
     untuned = [canon_text({"x": x}) for x in (1, 2, 1, 6)]  # 2 is already in, 6 was never measured
     assert finalists(h, untuned) == top3 + [canon_text({"x": 1})]
+
+
+def test_an_interrupted_config_is_queued_again_not_known_as_failed():
+    """Ctrl-C with configs asked but not measured: they end FAIL (nothing stays RUNNING), count as
+    neither measured nor known, and the next run of the study asks them first."""
+    study = optuna.create_study(direction="minimize")
+    h = History(study, penalise=False)
+    h.tell_result(_ask(study, 1), canon_text({"x": 1}), Result(ok=True, time_us=5.0))
+    h.abandon([_ask(study, 2), _ask(study, 3)])
+    assert not [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    again = History(study, penalise=False)
+    assert set(again.known) == {canon_text({"x": 1})} and again.trials_total() == 1
+    waiting = [t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)
+               if t.state == TrialState.WAITING]
+    assert waiting == [{"x": 2}, {"x": 3}]
+    assert study.ask(DISTS).params == {"x": 2}  # the resumed search measures them first
