@@ -125,12 +125,15 @@ def test_ctrl_c_prints_one_line_and_leaves_nothing_running(tmp_path):
     proc = subprocess.Popen([sys.executable, str(repo / "cli.py"), "tune", "--op", "mm", "--shape", "16,256,512",
                              "--trials", "200", "--device", "cpu", "--db", str(db)], cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until something has been measured
+    deadline, url, summary = time.monotonic() + 180, f"sqlite:///{db}", None
+    while time.monotonic() < deadline:  # wait until a config has been measured
         time.sleep(1)
-        if db.exists() and optuna.get_all_study_summaries(f"sqlite:///{db}"):
-            summary = optuna.get_all_study_summaries(f"sqlite:///{db}")[0]
-            if summary.n_trials > 3:
+        summaries = optuna.get_all_study_summaries(url) if db.exists() else []
+        if summaries:
+            summary = summaries[0]
+            done = optuna.load_study(study_name=summary.study_name, storage=url).get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if done:
                 break
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
@@ -49,6 +50,7 @@ class Candidates:
         self.space = kernel.space(key, dtype, device)
         self.dists = {n: CategoricalDistribution(list(c)) for n, c in self.space.items()}
         self.grid = iter(grid) if grid is not None else None
+        self._valid: list[Config] | None = None  # the valid space, enumerated when first needed
 
     def project(self, config: Config) -> Config:
         """A config from elsewhere (the runtime, another key) as this space's canonical config."""
@@ -62,6 +64,21 @@ class Candidates:
         for cfg in map(self.project, configs):
             if all(cfg[n] in self.space[n] for n in self.space) and not self.invalid_reason(cfg):
                 self.study.enqueue_trial(cfg, skip_if_exists=True)
+
+    def enqueue_unexplored(self, tried: Callable[[str], bool], seed: int) -> bool:
+        """Queue one valid config not `tried` yet, picked at random; False when none is left. For
+        a sampler that keeps proposing refused or known configs: on small keys (mm 16,32,32: 12
+        valid configs of the space) TPE asked 400 refused ones in a row and the search stopped
+        with nothing measured."""
+        import random
+
+        if self._valid is None:
+            self._valid = grid_configs(self.kernel, self.key, self.dtype, self.device, self.arch)
+        left = [cfg for cfg in self._valid if not tried(canon_text(cfg))]
+        if not left:
+            return False
+        self.study.enqueue_trial(random.Random(seed).choice(left))
+        return True
 
     def ask(self) -> Candidate | None:
         """The next candidate; None when the grid is done."""

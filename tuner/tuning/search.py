@@ -29,7 +29,10 @@ from tuner.tuning.history import Best, History
 from tuner.tuning.measurer import Measurer, Result, Setup, Status
 
 SAMPLERS = ("tpe", "gp", "random", "grid")
-MAX_IDLE_ASKS = 400  # asks in a row that produced nothing new: the reachable space is exhausted
+# asks in a row that produced nothing new before tuner picks an untried valid config itself (the
+# search ends "space exhausted" only when none is left); once the sampler was found stuck, sooner
+MAX_IDLE_ASKS = 100
+STUCK_IDLE_ASKS = 10
 
 
 class EventKind(str, Enum):
@@ -125,6 +128,7 @@ class Search:
         self.last_gain_at = 0  # measured count at the last gain of 0.5% or more
         self.stop_reason = "budget"
         self.exhausted = False  # nothing more to ask: grid done, space exhausted, or timed out
+        self.stuck = False  # the sampler proposed nothing new MAX_IDLE_ASKS times in a row
         self.timing = ""
         self.t_start = 0.0
 
@@ -192,7 +196,7 @@ class Search:
 
     def _ask_next(self) -> bool:
         """Ask candidates until one goes into the pipeline; False when nothing is left."""
-        idle = 0
+        idle, limit = 0, STUCK_IDLE_ASKS if self.stuck else MAX_IDLE_ASKS
         while True:
             cand = self.candidates.ask()
             if cand is None:
@@ -200,8 +204,12 @@ class Search:
             if self._admit(cand):
                 return True
             idle += 1
-            if idle >= MAX_IDLE_ASKS:
-                return self._stop("space exhausted")
+            if idle >= limit:
+                pending = {job.text for job in self.pending}
+                if not self.candidates.enqueue_unexplored(lambda t: t in self.history or t in pending,
+                                                          seed=len(self.history.known)):
+                    return self._stop("space exhausted")  # every valid config has been tried
+                idle, limit, self.stuck = 0, STUCK_IDLE_ASKS, True
             if self.budget.timed_out(self._elapsed()):
                 return self._stop("timeout")
 

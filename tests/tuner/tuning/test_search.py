@@ -136,3 +136,19 @@ def test_side_by_side_pass_picks_the_winner_and_the_baselines():
     assert out.confirmed and out.best_config == untuned and out.best_us == 1.0
     assert out.search_best_us == 10.0
     assert out.setup.baselines_us == {"native": 7.0} and out.setup_baselines_us == {"native": 99.0}
+
+
+def test_a_small_key_measures_its_whole_valid_space_before_space_exhausted(tmp_path):
+    """mm 16,32,32 has 12 valid configs; TPE (seed 1) used to ask 400 refused ones in a row and
+    stop with 0 measured. tuner now picks untried valid configs itself when the sampler is stuck."""
+    from tuner.tuning.candidates import grid_configs
+
+    kernel = get_kernel("mm")
+    key = (16, 32, 32, 1)
+    valid = grid_configs(kernel, key, "fp16", "cpu")
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    with WorkerClient("kernels.mm:MM", "cpu", measure_timeout_s=60) as w:
+        out = run_search(kernel=kernel, key=key, dtype="fp16", device="cpu", storage=url, study_name="small",
+                         measurer=w, sampler="tpe", budget=Budget(trials=50), seed=1)
+    assert out.measured == len(valid) == 12
+    assert out.stop_reason == "space exhausted" and out.best_config is not None
