@@ -66,11 +66,33 @@ def select_records(db_url: str | None, allow_foreign: bool) -> list[dict]:
     gpu = _running_gpu()
     mine = [r for r in recs if r["environment"].get("gpu_name") == gpu and r["environment"]["device"] == "cuda"]
     if allow_foreign:
-        return mine or [r for r in recs if r["environment"]["device"] == "cuda"]
+        return one_per_key(mine or [r for r in recs if r["environment"]["device"] == "cuda"])
     if not mine:
         raise UserError(f"no tuned results measured on this GPU ({gpu or 'none visible'}) in the database; "
                         "run `tuner tune` here first, or pass --allow-foreign")
-    return mine
+    return one_per_key(mine)
+
+
+def one_per_key(records: list[dict], running: dict | None = None) -> list[dict]:
+    """One record per (op, key, dtype): the one measured with this machine's Triton and FlagGems if
+    any, else the newest. Two environments on one GPU (a Triton upgrade, a second driver) each
+    store a winner for the same key; handing both to the plugin failed ("two different mm
+    winners")."""
+    from tuner.inject.foreign import running_environment
+
+    run = running if running is not None else running_environment(("triton", "flag_gems"))
+
+    def rank(r: dict) -> tuple:
+        env = r["environment"]
+        same = sum(env.get(f) == v for f, v in run.items() if v is not None)
+        return same, r.get("updated_at") or ""
+
+    best: dict[tuple, dict] = {}
+    for r in records:
+        k = (r["kernel"], tuple(sorted(r["key"].items())), r["dtype"])
+        if k not in best or rank(r) > rank(best[k]):
+            best[k] = r
+    return [r for r in records if best[(r["kernel"], tuple(sorted(r["key"].items())), r["dtype"])] is r]
 
 
 def leave_native(records: list[dict]) -> list[str]:

@@ -265,3 +265,16 @@ def test_dry_run_hides_the_api_key(tmp_path):
              "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "k-123" not in r.stdout + r.stderr and '"VLLM_API_KEY": "***"' in r.stdout
+
+
+def test_one_record_per_key_prefers_this_machines_software_then_the_newest():
+    from tuner.serving.flow import one_per_key
+
+    def r(triton, updated, M=16, cfg=1):
+        return {"kernel": "mm", "key": {"M": M, "N": 8, "K": 8, "BT": 1}, "dtype": "bf16", "config": {"c": cfg},
+                "updated_at": updated, "environment": {"triton": triton, "flag_gems": "5.0.2"}}
+
+    old_same, new_other, other_key = r("3.6.0", "2026-11-01", cfg=1), r("3.7.0", "2026-11-30", cfg=2), r("3.7.0", "x", M=1)
+    running = {"triton": "3.6.0", "flag_gems": "5.0.2"}
+    assert one_per_key([old_same, new_other, other_key], running) == [old_same, other_key]
+    assert one_per_key([old_same, new_other], {"triton": "3.8.0", "flag_gems": "5.0.2"}) == [new_other]
