@@ -136,3 +136,21 @@ def exclude_list(session: Session, environment: Environment | int | str, candida
     """
     return sorted({r.gems_fn or r.op for r in latest_consistency(session, environment, candidate)
                    if r.status in FAILING})
+
+
+# What decides an op's behaviour: a check's verdict holds wherever these match (installing vLLM or a
+# new driver after `tuner check` changes the full fingerprint, and then no verdict applied at all)
+BEHAVIOUR_FIELDS = ("device", "gpu_name", "torch", "triton", "flag_gems")
+
+
+def exclude_list_matching(session: Session, running: dict[str, Any], candidate: str = "flag_gems") -> list[str]:
+    """exclude_list over every environment whose BEHAVIOUR_FIELDS equal `running`'s: the newest
+    verdict of each (op, inputs) among them."""
+    envs = session.scalars(select(Environment).where(
+        *(getattr(Environment, f) == running.get(f) for f in BEHAVIOUR_FIELDS)))
+    newest: dict[tuple[str, str], ConsistencyResult] = {}
+    for env in envs:
+        for r in latest_consistency(session, env.id, candidate):
+            if (r.op, r.inputs) not in newest or r.id > newest[(r.op, r.inputs)].id:
+                newest[(r.op, r.inputs)] = r
+    return sorted({r.gems_fn or r.op for r in newest.values() if r.status in FAILING})

@@ -81,37 +81,6 @@ def nvml_gpu_name(index: int = 0) -> str | None:
     return _nvml(index).get("gpu_name")
 
 
-def digest_elsewhere(device: str, timeout_s: float = 120.0) -> str | None:
-    """`collect(device).digest()` computed in a short-lived child process, so the caller loads no
-    torch and opens no CUDA context (`tuner serve` would otherwise hold one on the GPU for as long
-    as the engine serves). None where the child cannot tell (no torch installed)."""
-    import subprocess
-    import sys
-
-    code = ("import sys\ntry:\n    from tuner.fingerprint import collect\n"
-            f"    print(collect({device!r}).digest())\nexcept ImportError:\n    sys.exit(3)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
-                          check=False)
-    if proc.returncode == 3:
-        return None
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise RuntimeError(f"fingerprint of this machine failed: {proc.stderr.strip()[-500:]}")
-    return proc.stdout.split()[-1]
-
-
-def memory_bytes(device: str, index: int = 0) -> int | None:
-    """Memory of the device a measurement runs on: the GPU's (NVML), or this machine's RAM for
-    "cpu"; None when unknown. Loads no torch."""
-    if device == "cuda":
-        return _nvml(index).get("memory_bytes")
-    try:
-        import os
-
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def collect(device: str, index: int = 0) -> Fingerprint:
     """Fingerprint of this machine for measurements on `device` ("cuda" or "cpu")."""
     import torch

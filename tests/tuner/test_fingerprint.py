@@ -1,5 +1,5 @@
-"""The environment fingerprint: the same digest in a child process as here, and the GPU name from
-NVML without torch (this host has no NVIDIA driver: no GPU)."""
+"""The environment fingerprint's torch-free parts: the GPU name from NVML (this host has no NVIDIA
+driver: no GPU) and the device's memory."""
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +9,9 @@ from tuner import fingerprint
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_digest_in_a_child_process_equals_this_process():
-    assert fingerprint.digest_elsewhere("cpu") == fingerprint.collect("cpu").digest()
+def test_memory_of_the_device():
+    assert fingerprint.memory_bytes("cpu") > 2**30  # this machine's RAM
+    assert fingerprint.memory_bytes("cuda") is None  # no GPU here
 
 
 def test_gpu_name_from_nvml_loads_no_torch():

@@ -117,24 +117,30 @@ def leave_native(records: list[dict]) -> list[str]:
 
 
 def stored_exclude_list(db_url: str | None) -> list[str]:
-    """The FlagGems ops the stored consistency check (`tuner check`) found failing in this
-    machine's CUDA environment; none without a tuner database, or without torch (the environment's
-    fingerprint names the torch build, so without torch nothing here was ever checked). The
-    fingerprint is taken in a child process: serving loads no torch before the engine starts."""
+    """The FlagGems ops the stored consistency check (`tuner check`) found failing on this GPU with
+    this torch, Triton and FlagGems (what decides an op's behaviour; a driver or vLLM installed since
+    does not void the verdicts); none without a tuner database or a check. Loads no torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
     from db import DatabaseUnusable, open_database
     from db import profile_queries as pq
-    from tuner import fingerprint as fp
+    from tuner.inject.foreign import running_gpu_name
+
+    def installed(dist: str) -> str | None:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
 
     try:
         db = open_database(db_url, create=False)
     except DatabaseUnusable:
         return []
+    running = {"device": "cuda", "gpu_name": running_gpu_name(), "torch": installed("torch"),
+               "triton": installed("triton"), "flag_gems": installed("flag_gems") or installed("flag-gems")}
     try:
-        digest = fp.digest_elsewhere("cuda")
-        if digest is None:  # no torch in this install
-            return []
         with db.session() as s:
-            return pq.exclude_list(s, digest)
+            return pq.exclude_list_matching(s, running)
     finally:
         db.dispose()
 

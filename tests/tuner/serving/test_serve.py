@@ -160,6 +160,25 @@ def test_prepare_takes_the_stored_exclude_list_of_this_machine(tmp_path):
         assert prepare(ServeRequest(model="m", db_url=db_url, runtime_dir=str(tmp_path / "rt"))).exclude == []
 
 
+def test_verdicts_survive_installing_vllm_or_a_new_driver(tmp_path):
+    """The same GPU, torch, Triton and FlagGems with another vLLM / driver / Python is another
+    fingerprint; its check still decides (before: no verdict applied, `mul` served)."""
+    from db import profile_queries as pq
+    from tuner import fingerprint as fp
+
+    url = _db_with_checks(tmp_path)
+    here = fp.collect("cuda").as_dict()
+    db = open_database(url)
+    with db.session() as s:
+        later = queries.get_or_create_environment(s, "later", {**here, "vllm": "0.99", "driver": "999.1"})
+        pq.add_consistency_results(s, later, [{"op": "aten::exp", "gems_fn": "exp", "inputs": "b",
+                                               "status": "mismatch"}])
+        s.commit()
+    db.dispose()
+    p = prepare(ServeRequest(model="m", db_url=url, runtime_dir=str(tmp_path / "rt"), dry_run=True))
+    assert p.exclude == ["exp", "mul"]
+
+
 def test_engine_modules_command_and_environment(tmp_path, monkeypatch):
     """flagscale: the `flagscale` on PATH, USE_FLAGGEMS after the runtime folder's variables;
     transformers: a sitecustomize module that runs the hook, tuner importable beside it."""
