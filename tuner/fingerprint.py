@@ -81,6 +81,19 @@ def nvml_gpu_name(index: int = 0) -> str | None:
     return _nvml(index).get("gpu_name")
 
 
+def memory_bytes(device: str, index: int = 0) -> int | None:
+    """Memory of the device a measurement runs on: the GPU's (NVML), or this machine's RAM for
+    "cpu"; None when unknown. Loads no torch."""
+    if device == "cuda":
+        return _nvml(index).get("memory_bytes")
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def collect(device: str, index: int = 0) -> Fingerprint:
     """Fingerprint of this machine for measurements on `device` ("cuda" or "cpu")."""
     import torch
