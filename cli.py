@@ -40,8 +40,9 @@ def tune(
                                          "(the MiniCPM-o 2.6 LLM GEMMs x M in 1,16,64,256,2048,8192)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32. Default bf16 on a GPU, "
                                         "fp16 on CPU (the Triton interpreter computes bf16 wrongly)."),
-    trials: int = typer.Option(50, "--trials", help="Configs to measure per key (failures count; "
-                               "duplicates and configs pruned before compiling do not)."),
+    trials: int = typer.Option(50, "--trials", help="Configs measured per key over its whole study "
+                               "(failures count; duplicates and configs pruned before compiling do not): "
+                               "a rerun measures what is left; raise it to search further."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per key, at most."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop a key after this many measured "
                                            "trials without a 0.5% gain."),
@@ -61,7 +62,7 @@ def tune(
 ) -> None:
     """Search Triton configs for an op's keys, measure each safely in a worker process, check it
     against the native result, and store the best per key. Running the same command again
-    continues the same Optuna studies.
+    continues the same Optuna studies up to --trials in all.
 
     Example: tuner tune --op mm --shape 16,4608,3584 --shape 64,37888,3584 --trials 50
 

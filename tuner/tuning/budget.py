@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass
 class Budget:
-    trials: int | None = 50  # measured configs (failures count, duplicates and invalid do not)
+    trials: int | None = 50  # measured configs over the whole study (failures count, duplicates and invalid do not)
     timeout_s: float | None = None
     patience: int | None = None  # stop after this many measured trials without a 0.5% gain
 

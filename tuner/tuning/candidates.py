@@ -51,6 +51,7 @@ class Candidates:
         self.dists = {n: CategoricalDistribution(list(c)) for n, c in self.space.items()}
         self.grid = iter(grid) if grid is not None else None
         self._valid: list[Config] | None = None  # the valid space, enumerated when first needed
+        self.asked: list[Trial] = []  # every trial this run asked (a Ctrl-C fails those still running)
 
     def project(self, config: Config) -> Config:
         """A config from elsewhere (the runtime, another key) as this space's canonical config."""
@@ -88,6 +89,7 @@ class Candidates:
                 return None
             self.study.enqueue_trial(nxt)
         trial = self.study.ask(self.dists)
+        self.asked.append(trial)
         cfg = self.kernel.canonical(self.key, dict(trial.params))
         text = canon_text(cfg)
         trial.set_user_attr("canonical", text)

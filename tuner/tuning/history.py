@@ -79,6 +79,7 @@ class History:
         """Configs measured over the whole study (failures count, repeats and invalid do not)."""
         return sum(1 for t in self.study.get_trials(deepcopy=False)
                    if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("duplicate")
+                   and t.user_attrs.get("canonical") is not None
                    and t.user_attrs.get("status") not in (Status.INVALID, Status.INTERRUPTED))
 
     # -- telling the study

@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Callable
 
 import optuna
-from optuna.trial import Trial
+from optuna.trial import Trial, TrialState
 
 from kernels.base import Config, Kernel, Key
 from tuner.tuning.budget import Budget
@@ -129,6 +129,8 @@ class Search:
         self.stop_reason = "budget"
         self.exhausted = False  # nothing more to ask: grid done, space exhausted, or timed out
         self.stuck = False  # the sampler proposed nothing new MAX_IDLE_ASKS times in a row
+        self.prior = 0  # trials the study had measured before this run
+        self.first_number = 0
         self.timing = ""
         self.t_start = 0.0
 
@@ -161,6 +163,8 @@ class Search:
                                     direction="minimize", load_if_exists=True)
         fresh_study = len(study.get_trials(deepcopy=False)) == 0
         self.history = History(study, penalise=self.sampler == "gp")
+        self.prior = self.history.trials_total()  # --trials is the study's total: a rerun does what is left
+        self.first_number = len(study.get_trials(deepcopy=False))  # trials numbered from here are this run's
         grid = None
         if self.sampler == "grid":
             grid = [c for c in grid_configs(self.kernel, self.key, self.dtype, self.device, self.arch)
@@ -176,7 +180,16 @@ class Search:
             while self._fill_pipeline():
                 self._measure_next()
         except KeyboardInterrupt:
-            self.history.abandon(job.trial for job in self.pending)
+            # the pipeline's trials, one asked but not yet admitted, and one the interrupt caught inside
+            # study.ask (created, never returned): every trial of this run still running. A study
+            # worked by several processes at once would need Optuna's heartbeat instead (issue 13).
+            study = self.history.study
+            running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                       if t.number >= self.first_number}
+            asked = [t for t in self.candidates.asked if t.number in running]
+            self.history.abandon(asked)
+            for number in running - {t.number for t in asked}:
+                study.tell(number, state=TrialState.FAIL)
             raise
 
     def _fill_pipeline(self) -> bool:
@@ -187,7 +200,8 @@ class Search:
 
     def _budget_left(self) -> bool:
         done = self._done()
-        reason = self.budget.stop_reason(done=done, in_flight=len(self.pending), elapsed_s=self._elapsed(),
+        reason = self.budget.stop_reason(done=self.prior + done, in_flight=len(self.pending),
+                                         elapsed_s=self._elapsed(),
                                          since_gain=done - self.last_gain_at if self.best is not None else None)
         # asked again after each measurement: the latest reason is the one reported
         if reason:
@@ -264,7 +278,8 @@ class Search:
     def _note(self, kind: EventKind, config: Config, time_us: float | None, reason: str | None = None) -> None:
         self.counts[kind] += 1
         if self.on_event:
-            self.on_event(Event(kind, config, time_us, self.best.us if self.best else None, self._done(), reason))
+            best = self.best.us if self.best else None
+            self.on_event(Event(kind, config, time_us, best, self.prior + self._done(), reason))
 
     def _stop(self, reason: str) -> bool:
         self.stop_reason = reason

@@ -35,9 +35,9 @@ def test_interpreter_tune_stores_best_and_a_rerun_resumes(tmp_path):
         assert row.native_us > 0 and row.rel_error < 1e-2 and row.trials_used == 4
         assert row.config["variant"] == "splitk"
 
-    (second,) = tune(req)  # same command: the same study goes on
+    (second,) = tune(TuneRequest(**{**vars(req), "trials": 8}))  # the same study goes on, to 8 in all
     assert second.outcome.study_name == first.outcome.study_name
-    assert second.outcome.trials_total == 8
+    assert second.outcome.measured == 4 and second.outcome.trials_total == 8
     trials = _trials(url, first.outcome.study_name)
     measured = [t.user_attrs["canonical"] for t in trials
                 if t.state == TrialState.COMPLETE and not t.user_attrs.get("duplicate")]
@@ -152,3 +152,20 @@ def test_a_small_key_measures_its_whole_valid_space_before_space_exhausted(tmp_p
                          measurer=w, sampler="tpe", budget=Budget(trials=50), seed=1)
     assert out.measured == len(valid) == 12
     assert out.stop_reason == "space exhausted" and out.best_config is not None
+
+
+def test_trials_is_the_studys_total_so_a_rerun_does_what_is_left(tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    kernel = get_kernel("tests.tuner.tuning.faulty_kernel:Faulty")
+
+    def run(trials):
+        with WorkerClient("tests.tuner.tuning.faulty_kernel:Faulty", "cpu", measure_timeout_s=2) as w:
+            return run_search(kernel=kernel, key=(8,), dtype="fp32", device="cpu", storage=url, study_name="total",
+                              measurer=w, sampler="random", budget=Budget(trials=trials), seed=3)
+
+    first = run(3)
+    assert first.measured == 3 and first.trials_total == 3
+    again = run(3)  # nothing left
+    assert again.measured == 0 and again.stop_reason == "trials" and again.trials_total == 3
+    more = run(5)
+    assert more.measured == 2 and more.trials_total == 5
