@@ -131,5 +131,24 @@ def open_database(url: str | None = None, *, create: bool = True) -> Database:
             raise DatabaseUnusable(f"the database at {shown_url(url)} has no tuner schema")
     from db.migrate import upgrade  # Alembic (~0.25 s to import) only once a database is opened
 
-    upgrade(engine)
+    retry_schema_race(lambda: upgrade(engine))
     return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+
+
+def retry_schema_race(create, attempts: int = 40, pause_s: float = 0.25):
+    """Run `create` (a schema setup: tuner's migrations, Optuna's tables) again while another
+    process is creating the same schema: on a fresh SQLite file, 2 of 4 processes started at once
+    failed with "table ... already exists" or a duplicate alembic version row. Gives up after
+    `attempts` (about 10 s) and raises the last error."""
+    import time
+
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(attempts):
+        try:
+            return create()
+        except (OperationalError, IntegrityError) as e:
+            text = str(e).lower()
+            if attempt == attempts - 1 or not any(w in text for w in ("already exists", "unique", "locked")):
+                raise
+            time.sleep(pause_s)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -43,10 +43,13 @@ def key_text(key_values: dict[str, int]) -> str:
 
 def upsert_best(session: Session, *, environment_id: int, kernel: str, key_values: dict[str, int],
                 dtype: str, **fields: Any) -> BestConfig:
-    """Insert or replace the best config of (environment, kernel, key, dtype).
+    """Insert or replace the best config of (environment, kernel, key, dtype); returns the stored row.
 
-    The study behind a key only ever improves (a rerun continues it), so its current best
-    replaces the stored one.
+    A different config replaces the stored one only when it is faster (or the kernel's source
+    changed: old timings are of another kernel): several processes tuning one key each store their
+    best, and the last to finish no longer wins regardless. The same config is re-timed in place.
+    Two first inserts at once: one gets IntegrityError (the unique key); its caller rolls back and
+    calls again (`store_best`).
     """
     key = key_text(key_values)
     row = session.scalar(
@@ -60,11 +63,30 @@ def upsert_best(session: Session, *, environment_id: int, kernel: str, key_value
     if row is None:
         row = BestConfig(environment_id=environment_id, kernel=kernel, key=key, key_values=key_values, dtype=dtype)
         session.add(row)
+    elif (fields.get("config") != row.config and fields.get("kernel_source_hash") == row.kernel_source_hash
+          and fields.get("time_us") is not None and row.time_us is not None and fields["time_us"] >= row.time_us):
+        return row  # a slower winner of another run: the stored one stays
     for name, value in fields.items():
         setattr(row, name, value)
     row.updated_at = utcnow()
     session.flush()
     return row
+
+
+def store_best(sessions: Callable[[], Session], **kwargs: Any) -> None:
+    """upsert_best in its own transaction, once more after a concurrent first insert of the key."""
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(2):
+        with sessions() as s:
+            try:
+                upsert_best(s, **kwargs)
+                s.commit()
+                return
+            except IntegrityError:
+                s.rollback()
+                if attempt:
+                    raise
 
 
 def best_configs(session: Session, kernel: str | None = None, gpu_name: str | None = None) -> list[BestConfig]:

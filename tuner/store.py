@@ -12,3 +12,13 @@ def open_db(url: str | None, *, create: bool = True) -> Database:
         return open_database(url, create=create)
     except DatabaseUnusable as e:
         raise UserError(str(e)) from None
+
+
+def optuna_storage(url: str):
+    """Optuna's storage on tuner's database, its tables created safely when several tune processes
+    start on a fresh database at once."""
+    import optuna
+
+    from db.engine import retry_schema_race
+
+    return retry_schema_race(lambda: optuna.storages.RDBStorage(url))

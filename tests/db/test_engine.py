@@ -110,3 +110,23 @@ def test_empty_db_is_refused_not_the_home_database():
         resolve_url("")
     with pytest.raises(DatabaseUnusable, match="--db is empty"):
         open_database("  ")
+
+
+def test_processes_starting_at_once_on_a_fresh_database_all_open_it(tmp_path):
+    """6 processes open one fresh SQLite file and create Optuna's tables at the same moment (before
+    the retry: 2 of 4 failed with "table ... already exists" / a duplicate alembic row)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    code = ("import sys\nfrom db import open_database\nfrom tuner.store import optuna_storage\n"
+            "db = open_database(sys.argv[1])\noptuna_storage(db.url)\nprint('opened')\n")
+    path = str(tmp_path / "fresh.db")
+    procs = [subprocess.Popen([sys.executable, "-c", code, path], cwd=repo, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [err[-300:] for _, err in results]
+    db = open_database(path)
+    assert current_revision(db.engine) == head_revision()
+    db.dispose()

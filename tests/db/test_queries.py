@@ -28,3 +28,55 @@ def test_upsert_replaces_the_best_of_a_key(tmp_path):
     assert recs[0]["time_us"] == 8.0 and recs[0]["config"] == {"BLOCK_M": 32}
     assert recs[0]["key"] == {"M": 1, "N": 64, "K": 64, "BT": 1}
     assert recs[0]["environment"]["fingerprint"] == "fp1"
+
+
+def test_a_slower_winner_does_not_replace_the_stored_best(tmp_path):
+    """Two processes tuning one key: the one finishing last with a slower config keeps the faster
+    stored; the same config re-timed is updated; a new kernel source replaces whatever was there."""
+    db = open_database(str(tmp_path / "t.db"))
+    with db.session() as s:
+        env = queries.get_or_create_environment(s, "fp1", ENV)
+        run = queries.start_run(s, env, kernel="mm", sampler="tpe", device="cpu", compile_workers=0)
+        _best(s, env, run, 8.0, {"BLOCK_M": 32})
+        _best(s, env, run, 9.0, {"BLOCK_M": 16})  # slower, another config: kept out
+        assert queries.records(queries.best_configs(s))[0]["config"] == {"BLOCK_M": 32}
+        _best(s, env, run, 8.5, {"BLOCK_M": 32})  # the same config re-timed
+        assert queries.records(queries.best_configs(s))[0]["time_us"] == 8.5
+        queries.upsert_best(s, environment_id=env.id, kernel="mm", key_values={"M": 1, "N": 64, "K": 64, "BT": 1},
+                            dtype="fp16", kernel_source_hash="new", config={"BLOCK_M": 64}, time_us=12.0)
+        assert queries.records(queries.best_configs(s))[0]["config"] == {"BLOCK_M": 64}
+
+
+def test_store_best_survives_a_concurrent_first_insert(tmp_path):
+    """A second connection inserts the key between this one's read and write: the unique key
+    refuses the insert, store_best retries, compares, and keeps the faster."""
+    import threading
+
+    from sqlalchemy import event
+
+    db = open_database(str(tmp_path / "t.db"))
+    with db.session() as s:
+        env = queries.get_or_create_environment(s, "fp1", ENV)
+        run = queries.start_run(s, env, kernel="mm", sampler="tpe", device="cpu", compile_workers=0)
+        s.commit()
+        env_id, run_id = env.id, run.id
+    args = dict(environment_id=env_id, kernel="mm", key_values={"M": 1, "N": 64, "K": 64, "BT": 1}, dtype="fp16",
+                run_id=run_id, kernel_source_hash="h", untuned_us=None, native_us=20.0, speedup_vs_untuned=None,
+                speedup_vs_native=None, max_abs_error=0.01, rel_error=1e-4, trials_used=3,
+                timing="interpreter-wall", study_name="s")
+    fired = []
+
+    def other_process_inserts_first(session, flush_context, instances):
+        if not fired:
+            fired.append(1)
+            t = threading.Thread(target=queries.store_best, args=(db.session,),
+                                 kwargs={**args, "config": {"BLOCK_M": 16}, "time_us": 7.0})
+            t.start()
+            t.join()
+
+    event.listen(db.sessions, "before_flush", other_process_inserts_first)
+    queries.store_best(db.sessions, **args, config={"BLOCK_M": 32}, time_us=9.0)
+    event.remove(db.sessions, "before_flush", other_process_inserts_first)
+    with db.session() as s:
+        (rec,) = queries.records(queries.best_configs(s))
+    assert fired and rec["config"] == {"BLOCK_M": 16} and rec["time_us"] == 7.0

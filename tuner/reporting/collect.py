@@ -50,8 +50,10 @@ def searches(url: str, limit: int = 24) -> dict[str, list[dict]]:
     import optuna
     from optuna.trial import TrialState
 
+    from tuner.store import optuna_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(url)
+    storage = optuna_storage(url)
     out: dict[str, list[dict]] = {}
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         op, _, rest = summary.study_name.partition("|")

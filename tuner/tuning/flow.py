@@ -16,6 +16,7 @@ from tuner import fingerprint as fp
 from tuner.devices import resolve_device
 from tuner.tuning.compile_pool import CompilePool
 from tuner.errors import UserError
+from tuner.store import optuna_storage
 from tuner.tuning.search import SAMPLERS, Budget, Event, Outcome, run_search, study_name_for
 from tuner.tuning.worker import WorkerClient
 
@@ -137,7 +138,7 @@ def tune(req: TuneRequest, on_key: Callable[[Key, int, int], None] | None = None
          on_event: Callable[[Event], None] | None = None) -> list[KeyResult]:
     kernel, keys, device, dtype = validate(req)
     db = open_database(req.db_url)
-    storage = optuna.storages.RDBStorage(db.url)
+    storage = optuna_storage(db.url)
     env = fp.collect(device)
     arch = _arch(device)
     workers = req.compile_workers
@@ -191,14 +192,12 @@ def tune(req: TuneRequest, on_key: Callable[[Key, int, int], None] | None = None
 def _store(db, kernel: Kernel, key: Key, dtype: str, o: Outcome, env_id: int, run_id: int) -> None:
     native = o.setup.baselines_us.get("native")
     untuned = o.setup.baselines_us.get("untuned")
-    with db.session() as s:
-        queries.upsert_best(
-            s, environment_id=env_id, kernel=kernel.name, key_values=kernel.key_dict(key), dtype=dtype,
-            run_id=run_id, kernel_source_hash=kernel.source_hash(o.best_config), config=o.best_config, time_us=o.best_us,
-            untuned_us=untuned, native_us=native, baselines_us=dict(o.setup.baselines_us),
-            speedup_vs_untuned=untuned / o.best_us if untuned else None,
-            speedup_vs_native=native / o.best_us if native else None,
-            max_abs_error=o.best_max_abs_error or 0.0, rel_error=o.best_rel_error or 0.0,
-            trials_used=o.trials_total, timing=o.timing or o.setup.timing, study_name=o.study_name,
-        )
-        s.commit()
+    queries.store_best(
+        db.session, environment_id=env_id, kernel=kernel.name, key_values=kernel.key_dict(key), dtype=dtype,
+        run_id=run_id, kernel_source_hash=kernel.source_hash(o.best_config), config=o.best_config, time_us=o.best_us,
+        untuned_us=untuned, native_us=native, baselines_us=dict(o.setup.baselines_us),
+        speedup_vs_untuned=untuned / o.best_us if untuned else None,
+        speedup_vs_native=native / o.best_us if native else None,
+        max_abs_error=o.best_max_abs_error or 0.0, rel_error=o.best_rel_error or 0.0,
+        trials_used=o.trials_total, timing=o.timing or o.setup.timing, study_name=o.study_name,
+    )
