@@ -103,8 +103,10 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
 
 
 def study_name_for(kernel: Kernel, key: Key, dtype: str, fingerprint: str) -> str:
+    """One study per (op, key, dtype, environment, kernel source): after an edit of the kernel's
+    source a search starts afresh instead of resuming next to timings and errors of the old code."""
     key_text = ",".join(f"{n}={v}" for n, v in zip(kernel.key_names, key))
-    return f"{kernel.name}|{key_text}|{dtype}|{fingerprint[:12]}"
+    return f"{kernel.name}|{key_text}|{dtype}|{fingerprint[:12]}|src={kernel.source_hash()[:8]}"
 
 
 class Search:

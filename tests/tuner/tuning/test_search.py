@@ -169,3 +169,18 @@ def test_trials_is_the_studys_total_so_a_rerun_does_what_is_left(tmp_path):
     assert again.measured == 0 and again.stop_reason == "trials" and again.trials_total == 3
     more = run(5)
     assert more.measured == 2 and more.trials_total == 5
+
+
+def test_study_name_names_the_kernel_source():
+    """A kernel edit starts a new study (issue 13: a resumed study kept the old code's rel_error)."""
+    from tuner.tuning.search import study_name_for
+
+    mm = get_kernel("mm")
+    name = study_name_for(mm, (16, 64, 64, 1), "fp16", "f" * 32)
+    assert name == f"mm|M=16,N=64,K=64,BT=1|fp16|{'f' * 12}|src={mm.source_hash()[:8]}"
+
+    class Edited(type(mm)):
+        def source_hash(self, config=None):
+            return "0123456789abcdef"
+
+    assert study_name_for(Edited(), (16, 64, 64, 1), "fp16", "f" * 32) != name
