@@ -32,7 +32,8 @@ class Fingerprint:
         return asdict(self)
 
 
-def _version(dist: str) -> str | None:
+def installed_version(dist: str) -> str | None:
+    """A package's installed version from its metadata (no import); None when not installed."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -117,8 +118,8 @@ def collect(device: str, index: int = 0) -> Fingerprint:
         driver=gpu.get("driver"),
         cuda=torch.version.cuda if device == "cuda" else None,
         torch=torch.__version__,
-        triton=_version("triton") or "none",
-        flag_gems=_version("flag_gems") or _version("flag-gems"),
-        vllm=_version("vllm"),
+        triton=installed_version("triton") or "none",
+        flag_gems=installed_version("flag_gems") or installed_version("flag-gems"),
+        vllm=installed_version("vllm"),
         python=platform.python_version(),
     )

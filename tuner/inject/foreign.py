@@ -40,24 +40,14 @@ def running_gpu_name() -> str | None:
 
 def running_environment(fields: Iterable[str] = ENV_FIELDS) -> dict[str, str | None]:
     """The running values of `fields` (None where unknown, e.g. no GPU)."""
+    from tuner.fingerprint import installed_version
+
     out: dict[str, str | None] = {}
     for f in fields:
         if f == "gpu_name":
             out[f] = running_gpu_name()
-        elif f == "triton":  # the installed version, as stored results record it (no import)
-            from importlib.metadata import PackageNotFoundError, version
-
-            try:
-                out[f] = version("triton")
-            except PackageNotFoundError:
-                out[f] = None
-        elif f == "flag_gems":
-            from importlib.metadata import PackageNotFoundError, version
-
-            try:
-                out[f] = version("flag_gems")
-            except PackageNotFoundError:
-                out[f] = None
+        elif f in ("triton", "flag_gems"):  # the installed versions, as stored results record them (no import)
+            out[f] = installed_version(f)
         else:
             raise ValueError(f"unknown environment field {f!r}")
     return out

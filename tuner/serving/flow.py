@@ -87,12 +87,14 @@ def one_per_key(records: list[dict], running: dict | None = None) -> list[dict]:
         same = sum(env.get(f) == v for f, v in run.items() if v is not None)
         return same, r.get("updated_at") or ""
 
+    def ident(r: dict) -> tuple:
+        return r["kernel"], tuple(sorted(r["key"].items())), r["dtype"]
+
     best: dict[tuple, dict] = {}
     for r in records:
-        k = (r["kernel"], tuple(sorted(r["key"].items())), r["dtype"])
-        if k not in best or rank(r) > rank(best[k]):
-            best[k] = r
-    return [r for r in records if best[(r["kernel"], tuple(sorted(r["key"].items())), r["dtype"])] is r]
+        if ident(r) not in best or rank(r) > rank(best[ident(r)]):
+            best[ident(r)] = r
+    return [r for r in records if best[ident(r)] is r]
 
 
 def leave_native(records: list[dict]) -> list[str]:
@@ -120,24 +122,17 @@ def stored_exclude_list(db_url: str | None) -> list[str]:
     """The FlagGems ops the stored consistency check (`tuner check`) found failing on this GPU with
     this torch, Triton and FlagGems (what decides an op's behaviour; a driver or vLLM installed since
     does not void the verdicts); none without a tuner database or a check. Loads no torch."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from db import DatabaseUnusable, open_database
     from db import profile_queries as pq
-    from tuner.inject.foreign import running_gpu_name
-
-    def installed(dist: str) -> str | None:
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return None
+    from tuner.fingerprint import installed_version
+    from tuner.inject.foreign import running_environment
 
     try:
         db = open_database(db_url, create=False)
     except DatabaseUnusable:
         return []
-    running = {"device": "cuda", "gpu_name": running_gpu_name(), "torch": installed("torch"),
-               "triton": installed("triton"), "flag_gems": installed("flag_gems") or installed("flag-gems")}
+    running = {"device": "cuda", "torch": installed_version("torch"),
+               **running_environment(("gpu_name", "triton", "flag_gems"))}
     try:
         with db.session() as s:
             return pq.exclude_list_matching(s, running)
