@@ -14,8 +14,10 @@ from concurrent.futures.process import BrokenProcessPool
 from kernels.base import Config, Key
 
 
-def _ignore_sigint() -> None:
-    """Helpers leave Ctrl-C to the tune process (which closes the pool): no traceback from them."""
+def ignore_sigint() -> None:
+    """For the tune process's helpers (compile-ahead, the measuring worker): Ctrl-C reaches the whole
+    process group, and the tune process stops the search and closes them; here it would only print
+    a traceback."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -47,7 +49,7 @@ class CompilePool:
     def _ensure(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=_ignore_sigint)
+                                             initializer=ignore_sigint)
         return self._pool
 
     def submit(self, key: Key, dtype: str, config: Config) -> Future | None:

@@ -78,9 +78,7 @@ class History:
     def trials_total(self) -> int:
         """Configs measured over the whole study (failures count, repeats and invalid do not)."""
         return sum(1 for t in self.study.get_trials(deepcopy=False)
-                   if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("duplicate")
-                   and t.user_attrs.get("canonical") is not None
-                   and t.user_attrs.get("status") not in (Status.INVALID, Status.INTERRUPTED))
+                   if t.state in (TrialState.COMPLETE, TrialState.FAIL) and _is_record(t))
 
     # -- telling the study
 

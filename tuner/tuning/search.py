@@ -163,10 +163,10 @@ class Search:
         study = optuna.create_study(study_name=self.study_name, storage=self.storage,
                                     sampler=make_sampler(self.sampler, self.seed),
                                     direction="minimize", load_if_exists=True)
-        fresh_study = len(study.get_trials(deepcopy=False)) == 0
+        self.first_number = len(study.get_trials(deepcopy=False))  # trials numbered from here are this run's
+        fresh_study = self.first_number == 0
         self.history = History(study, penalise=self.sampler == "gp")
         self.prior = self.history.trials_total()  # --trials is the study's total: a rerun does what is left
-        self.first_number = len(study.get_trials(deepcopy=False))  # trials numbered from here are this run's
         grid = None
         if self.sampler == "grid":
             grid = [c for c in grid_configs(self.kernel, self.key, self.dtype, self.device, self.arch)

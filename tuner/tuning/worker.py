@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import signal
 import statistics
 import tempfile
 import time
@@ -17,6 +16,7 @@ import traceback
 from typing import Any
 
 from kernels.base import Config, Key
+from tuner.tuning.compile_pool import ignore_sigint
 from tuner.tuning.measurer import Measurer, Result, Setup, Status
 
 # errors after which the CUDA context cannot be trusted: the worker must be replaced
@@ -138,9 +138,7 @@ def _handle_confirm(st: _State, configs: list[Config], rounds: int, skip: list[s
 
 
 def worker_main(conn, env: dict[str, str]) -> None:
-    # Ctrl-C reaches the whole process group: the parent stops the search and closes this worker;
-    # here it would only print a traceback from inside a measurement
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_sigint()
     os.environ.update(env)
     st: _State | None = None
     while True:
