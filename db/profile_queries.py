@@ -116,15 +116,22 @@ def latest_consistency(session: Session, environment: Environment | int | str,
                        candidate: str = "flag_gems") -> list[ConsistencyResult]:
     """The newest result of each (op, inputs) checked in this environment."""
     env_id = _environment_id(session, environment)
-    if env_id is None:
-        return []
+    return [] if env_id is None else _newest_results(session, [env_id], candidate)
+
+
+def _newest_results(session: Session, env_ids: list[int], candidate: str) -> list[ConsistencyResult]:
+    """The newest result of each (op, inputs) among these environments' checks."""
     rows = session.scalars(select(ConsistencyResult).where(
-        ConsistencyResult.environment_id == env_id, ConsistencyResult.candidate == candidate,
+        ConsistencyResult.environment_id.in_(env_ids), ConsistencyResult.candidate == candidate,
     ).order_by(ConsistencyResult.id))
     newest: dict[tuple[str, str], ConsistencyResult] = {}
     for r in rows:
         newest[(r.op, r.inputs)] = r
     return sorted(newest.values(), key=lambda r: (r.op, r.id))
+
+
+def _failing(results: Iterable[ConsistencyResult]) -> list[str]:
+    return sorted({r.gems_fn or r.op for r in results if r.status in FAILING})
 
 
 def exclude_list(session: Session, environment: Environment | int | str, candidate: str = "flag_gems") -> list[str]:
@@ -134,8 +141,7 @@ def exclude_list(session: Session, environment: Environment | int | str, candida
     `environment` is an Environment row, its id, or its fingerprint digest. An environment never
     checked gives an empty list.
     """
-    return sorted({r.gems_fn or r.op for r in latest_consistency(session, environment, candidate)
-                   if r.status in FAILING})
+    return _failing(latest_consistency(session, environment, candidate))
 
 
 # What decides an op's behaviour: a check's verdict holds wherever these match (installing vLLM or a
@@ -146,11 +152,6 @@ BEHAVIOUR_FIELDS = ("device", "gpu_name", "torch", "triton", "flag_gems")
 def exclude_list_matching(session: Session, running: dict[str, Any], candidate: str = "flag_gems") -> list[str]:
     """exclude_list over every environment whose BEHAVIOUR_FIELDS equal `running`'s: the newest
     verdict of each (op, inputs) among them."""
-    envs = session.scalars(select(Environment).where(
-        *(getattr(Environment, f) == running.get(f) for f in BEHAVIOUR_FIELDS)))
-    newest: dict[tuple[str, str], ConsistencyResult] = {}
-    for env in envs:
-        for r in latest_consistency(session, env.id, candidate):
-            if (r.op, r.inputs) not in newest or r.id > newest[(r.op, r.inputs)].id:
-                newest[(r.op, r.inputs)] = r
-    return sorted({r.gems_fn or r.op for r in newest.values() if r.status in FAILING})
+    env_ids = list(session.scalars(select(Environment.id).where(
+        *(getattr(Environment, f) == running.get(f) for f in BEHAVIOUR_FIELDS))))
+    return _failing(_newest_results(session, env_ids, candidate))
