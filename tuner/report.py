@@ -50,26 +50,35 @@ def short_config(cfg: dict | None) -> str:
     return " ".join(f"{k}={v}" for k, v in cfg.items())
 
 
-def _fmt(v, spec=".2f", suffix=""):
+def compact_table(title: str, columns: list[tuple[str, str]], show_edge: bool = True) -> Table:
+    """The 80-column layout of tuner's tables: title on the left, a rule under the header, one space
+    between columns; the given (name, justify) columns never wrap."""
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=show_edge, pad_edge=False,
+              padding=(0, 1), collapse_padding=True)
+    for col, just in columns:
+        t.add_column(col, justify=just, no_wrap=True)
+    return t
+
+
+def fmt(v, spec=".2f", suffix=""):
+    """A number for a table cell, "-" when there is none."""
     return "-" if v is None else f"{v:{spec}}{suffix}"
 
 
 def tune_table(results) -> None:
     """80 columns: the timings per key (tuned = the winner re-measured beside the baselines, so it
     can differ from the progress bar's search best), then one line per key on how its search went."""
-    t = Table(title="tuning results: µs, x = baseline / tuned", title_justify="left", box=box.SIMPLE_HEAD,
-              pad_edge=False, padding=(0, 1), collapse_padding=True)
-    for col, just in (("key", "left"), ("tuned", "right"), ("untuned", "right"), ("native", "right"),
-                      ("x untun", "right"), ("x nat", "right")):
-        t.add_column(col, justify=just, no_wrap=True)
+    t = compact_table("tuning results: µs, x = baseline / tuned",
+                      [("key", "left"), ("tuned", "right"), ("untuned", "right"), ("native", "right"),
+                       ("x untun", "right"), ("x nat", "right")])
     t.add_column("config", overflow="fold", min_width=12)
     for r in results:
         o = r.outcome
         b = o.setup.baselines_us
         un, na = b.get("untuned"), b.get("native")
-        t.add_row(",".join(map(str, r.key)), _fmt(o.best_us, ".1f"), _fmt(un, ".1f"), _fmt(na, ".1f"),
-                  _fmt(un / o.best_us if un and o.best_us else None, ".2f", "x"),
-                  _fmt(na / o.best_us if na and o.best_us else None, ".2f", "x"), short_config(o.best_config))
+        t.add_row(",".join(map(str, r.key)), fmt(o.best_us, ".1f"), fmt(un, ".1f"), fmt(na, ".1f"),
+                  fmt(un / o.best_us if un and o.best_us else None, ".2f", "x"),
+                  fmt(na / o.best_us if na and o.best_us else None, ".2f", "x"), short_config(o.best_config))
     console.print(t)
     for r in results:
         o = r.outcome
@@ -112,16 +121,14 @@ def best_table(recs: list[dict]) -> None:
         return
     for (op, dtype, where, timing), rows in _grouped(recs).items():
         fields = ",".join(rows[0]["key"])
-        t = Table(title=f"{op} {dtype} on {where} ({timing}): key {fields}, µs",
-                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
-        for col, just in (("key", "left"), ("tuned", "right"), ("native", "right"), ("x untun", "right"),
-                          ("x nat", "right"), ("err", "right")):
-            t.add_column(col, justify=just, no_wrap=True)
+        t = compact_table(f"{op} {dtype} on {where} ({timing}): key {fields}, µs",
+                          [("key", "left"), ("tuned", "right"), ("native", "right"), ("x untun", "right"),
+                           ("x nat", "right"), ("err", "right")])
         t.add_column("config", overflow="fold", min_width=12)
         for r in rows:
-            t.add_row(",".join(str(v) for v in r["key"].values()), _fmt(r["time_us"], ".1f"),
-                      _fmt(r["native_us"], ".1f"), _fmt(r["speedup_vs_untuned"], ".2f", "x"),
-                      _fmt(r["speedup_vs_native"], ".2f", "x"), _fmt(r["rel_error"], ".0e"), short_config(r["config"]))
+            t.add_row(",".join(str(v) for v in r["key"].values()), fmt(r["time_us"], ".1f"),
+                      fmt(r["native_us"], ".1f"), fmt(r["speedup_vs_untuned"], ".2f", "x"),
+                      fmt(r["speedup_vs_native"], ".2f", "x"), fmt(r["rel_error"], ".0e"), short_config(r["config"]))
         console.print(t)
     console.print("[dim]x = baseline / tuned; err = relative error against native; `tuner ops` "
                   "explains the key fields; trials, untuned µs, the environment: --json[/dim]")
@@ -176,7 +183,7 @@ def check_table(rep: dict) -> None:
     colour = {"crash": "red", "mismatch": "red", "skipped": "yellow", "pass": "green"}
     for r in rows:
         t.add_row(r["op"], r.get("gems_fn") or "-", r["inputs"][:120], f"[{colour[r['status']]}]{r['status']}[/]",
-                  _fmt(r.get("max_abs_error"), ".2e"), _fmt(r.get("rel_error"), ".2e"), (r.get("detail") or "")[:160])
+                  fmt(r.get("max_abs_error"), ".2e"), fmt(r.get("rel_error"), ".2e"), (r.get("detail") or "")[:160])
     console.print(t)
     console.print(f"exclude list (failing FlagGems functions): {', '.join(rep['exclude']) or 'none'}")
     if rep.get("dropped"):

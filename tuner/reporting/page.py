@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tuner.report import fmt
 from tuner.reporting import plots
 from tuner.reporting.collect import ReportData
 
@@ -17,10 +18,6 @@ th{border-bottom:1px solid #888}td:first-child,th:first-child{text-align:left}im
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:60]
-
-
-def _f(v: Any, spec: str = ".1f", suffix: str = "") -> str:
-    return "-" if v is None else f"{v:{spec}}{suffix}"
 
 
 def _ratio(v: float | None) -> str:
@@ -39,8 +36,8 @@ def _best_section(data: ReportData, out: Path) -> list[str]:
     parts = ["<h2>Tuned kernels: tuned vs FlagGems untuned vs native</h2>"]
     for (op, gpu), recs in data.best.items():
         png = plots.speedups(op, gpu, recs, out / f"speedup_{_slug(op + '_' + gpu)}.png")
-        rows = [[html.escape(",".join(str(v) for v in r["key"].values())), r["dtype"], _f(r["time_us"]),
-                 _f(r["untuned_us"]), _f(r["native_us"]), _ratio(r["speedup_vs_untuned"]),
+        rows = [[html.escape(",".join(str(v) for v in r["key"].values())), r["dtype"], fmt(r["time_us"], ".1f"),
+                 fmt(r["untuned_us"], ".1f"), fmt(r["native_us"], ".1f"), _ratio(r["speedup_vs_untuned"]),
                  _ratio(r["speedup_vs_native"]), html.escape(r["timing"])] for r in recs]
         parts += [f"<h3>{html.escape(op)} on {html.escape(gpu)}</h3>", f'<img src="{png.name}" alt="speedups">',
                   _table([f"key {','.join(recs[0]['key'])}", "dtype", "tuned µs", "untuned µs", "native µs",
@@ -52,7 +49,7 @@ def _search_section(data: ReportData, out: Path) -> list[str]:
     parts = ["<h2>Searches: best so far against configs measured</h2>"]
     for op, studies in data.searches.items():
         png = plots.convergence(op, studies, out / f"search_{_slug(op)}.png")
-        rows = [[html.escape(s["key"]), str(len(s["curve"])), _f(s["curve"][0]), _f(s["curve"][-1]),
+        rows = [[html.escape(s["key"]), str(len(s["curve"])), fmt(s["curve"][0], ".1f"), fmt(s["curve"][-1], ".1f"),
                  str(next(i for i, v in enumerate(s["curve"], 1) if v <= s["curve"][-1] * 1.02))]
                 for s in studies]
         parts += [f"<h3>{html.escape(op)}</h3>", f'<img src="{png.name}" alt="convergence">',
@@ -76,8 +73,8 @@ def _bench_section(data: ReportData, out: Path) -> list[str]:
     rows = data.bench
     png = plots.bench(rows, out / "bench.png")
     table = _table(["mode", "concurrency", "output tok/s", "x native", "start s", "autotunes"],
-                   [[html.escape(str(r["mode"])), str(r["concurrency"]), _f(r["output_tok_s"]),
-                     _f(r.get("vs_native"), ".3f"), _f(r.get("start_s")), _f(r.get("autotunes"), ".0f")]
+                   [[html.escape(str(r["mode"])), str(r["concurrency"]), fmt(r["output_tok_s"], ".1f"),
+                     fmt(r.get("vs_native"), ".3f"), fmt(r.get("start_s"), ".1f"), fmt(r.get("autotunes"), ".0f")]
                     for r in rows])
     bench_id = html.escape(str(rows[0].get("bench_id", "")))
     return [f"<h2>Serving bench {bench_id} ({html.escape(str(rows[0].get('engine')))})</h2>",

@@ -5,29 +5,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rich import box
 from rich.table import Table
+
+from tuner.report import compact_table, fmt
 
 MODE_COLOURS = {"native": "#4c72b0", "untuned": "#c44e52", "tuned": "#55a868"}
 
 
-def _f(v: Any, spec: str = ".0f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def bench_table(report: Mapping[str, Any]) -> Table:
     """One row per (mode, concurrency); 10 narrow columns (< 80 characters wide)."""
-    t = Table(title="tuner bench: output tokens/s (warm), x native, cold; TTFT/TPOT ms",
-              title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
-    for col, just in (("mode", "left"), ("c", "right"), ("tok/s", "right"), ("x nat", "right"),
-                      ("cold", "right"), ("TTFT50", "right"), ("TPOT50", "right"), ("TPOT99", "right"),
-                      ("start", "right"), ("tune/JIT", "right")):
-        t.add_column(col, justify=just, no_wrap=True)
+    t = compact_table("tuner bench: output tokens/s (warm), x native, cold; TTFT/TPOT ms",
+                      [("mode", "left"), ("c", "right"), ("tok/s", "right"), ("x nat", "right"),
+                       ("cold", "right"), ("TTFT50", "right"), ("TPOT50", "right"), ("TPOT99", "right"),
+                       ("start", "right"), ("tune/JIT", "right")], show_edge=False)
     for r in report["runs"]:
-        t.add_row(r["mode"], str(r["concurrency"]), _f(r["output_tok_s"]), _f(r.get("vs_native"), ".2f"),
-                  _f(r.get("output_tok_s_cold")), _f(r.get("ttft_ms_p50"), ".1f"), _f(r.get("tpot_ms_p50"), ".2f"),
-                  _f(r.get("tpot_ms_p99"), ".2f"), _f(r.get("start_s")),
-                  f"{_f(r.get('autotunes'))}/{_f(r.get('jit_compiles'))}")
+        t.add_row(r["mode"], str(r["concurrency"]), fmt(r["output_tok_s"], ".0f"), fmt(r.get("vs_native"), ".2f"),
+                  fmt(r.get("output_tok_s_cold"), ".0f"), fmt(r.get("ttft_ms_p50"), ".1f"),
+                  fmt(r.get("tpot_ms_p50"), ".2f"), fmt(r.get("tpot_ms_p99"), ".2f"), fmt(r.get("start_s"), ".0f"),
+                  f"{fmt(r.get('autotunes'), '.0f')}/{fmt(r.get('jit_compiles'), '.0f')}")
     return t
 
 
