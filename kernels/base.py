@@ -177,6 +177,12 @@ class Kernel(ABC):
         """What the runtime would pick untuned, as configs of this space: the warm start."""
         return []
 
+    def starting_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
+        """Configs known to do well on this kind of key, tried early beside the untuned pick (for a
+        variant the runtime never picks, so a short search still measures it); invalid ones are
+        dropped when they are queued."""
+        return []
+
     def tolerance(self, dtype: str) -> float:
         """Largest accepted ||out - ref|| / ||ref||."""
         return {"bf16": 1e-2, "fp16": 5e-3, "fp32": 1e-3}[dtype]

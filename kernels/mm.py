@@ -7,6 +7,9 @@ Variants (a search dimension):
 - fg_tma: FlagGems 5.x `mm_kernel_general_host_tma` (its path for fp16/bf16 with N, K % 8 == 0)
 - fg_general: FlagGems `mm_kernel_general` (its path for every other shape)
 - splitk: kernels/triton_mm.py (runs under TRITON_INTERPRET=1 too)
+- persistent: kernels/persistent_mm.py, tuner's persistent TMA GEMM (GPU search only: it runs
+  under the interpreter, but interpreter timings say nothing about TMA; its own parameters are
+  OCCUPANCY, WARP_SPECIALIZE, FLATTEN and EPILOGUE_SUBTILE, pinned for the other variants)
 Only the FlagGems kernel that FlagGems itself would pick for a key is searched, because only
 that one can be injected into its LibTuner cache for that key.
 """
@@ -25,6 +28,9 @@ SMEM_BY_ARCH = {9: 232448, 8: 166912}
 SMEM_DEFAULT = 101376
 MAX_WORKSPACE_BYTES = 512 << 20
 FG_GROUP_M = 8  # FlagGems' general_mm always passes GROUP_M=8: its cache cannot hold another
+# the persistent kernel's own parameters, and the value they are pinned to for the other variants
+PERSISTENT_PARAMS = {"OCCUPANCY": (1, 2), "WARP_SPECIALIZE": (0, 1), "FLATTEN": (0, 1), "EPILOGUE_SUBTILE": (0, 1)}
+PERSISTENT_PINNED = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 0, "EPILOGUE_SUBTILE": 0}
 
 # MiniCPM-o 2.6 LLM GEMMs (N, K) from shared/facts/minicpmo-2.6.md, with vLLM's fused qkv/gate_up
 MINICPMO_LLM_NK = {
@@ -35,6 +41,7 @@ MINICPMO_LLM_NK = {
     "lm_head": (151700, 3584),
 }
 SERVING_M = (1, 16, 64, 256, 2048, 8192)
+OWN_MODULES = {"splitk": "kernels.triton_mm", "persistent": "kernels.persistent_mm"}  # tuner's kernels by variant
 
 
 def flag_gems_mm_module():
@@ -52,14 +59,30 @@ def flag_gems_mm_module():
     return importlib.import_module("flag_gems.runtime.backend._nvidia.hopper.ops.mm")
 
 
+def tma_rows(key: Key, dtype: str) -> bool:
+    """Whether every row stride of the key (A's K, the weight's K or B's N, C's N) is a multiple
+    of 16 bytes, as TMA requires (lm_head's N = 151700 in bf16 is not)."""
+    M, N, K, _ = key
+    per16 = 16 // ELEM_BYTES[dtype]
+    return N % per16 == 0 and K % per16 == 0
+
+
+def persistent_starts(M: int) -> list[Config]:
+    """Tile shapes of Hopper's persistent GEMMs (Triton's tutorial 09: 128x256x64, 3 stages, 8 warps;
+    the 128x128 wgmma tile), and skinny tiles for decode M: the persistent variant's warm start."""
+    if M >= 256:
+        return [dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, EPILOGUE_SUBTILE=1),
+                dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
+                dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4, FLATTEN=1)]
+    bm = 16 if M <= 16 else 64
+    return [dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=256 if bm == 16 else 128, GROUP_M=1, num_warps=4, num_stages=4),
+            dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=4),
+            dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=64, GROUP_M=1, num_warps=4, num_stages=5, FLATTEN=1)]
+
+
 def flaggems_variant(key: Key, dtype: str) -> str:
     """Which Hopper kernel FlagGems 5.x runs for this key (hopper/ops/mm.py general_mm)."""
-    M, N, K, _ = key
-    if dtype in ("bf16", "fp16"):
-        tma = N % 8 == 0 and K % 8 == 0
-    else:
-        tma = N % 4 == 0 and K % 4 == 0
-    return "fg_tma" if tma else "fg_general"
+    return "fg_tma" if tma_rows(key, dtype) else "fg_general"
 
 
 # the profiled GEMMs whose keys mm tunes (aten::addmm and aten::bmm have ops of their own); not one
@@ -77,7 +100,7 @@ class MM(Kernel):
                 "K": "input features (the inner dimension)",
                 "BT": "1: B is an N x K weight transposed, as nn.Linear and vLLM use it (--shape M,N,K or "
                       "M,N,K,nk); 0: B stored K x N (--shape M,N,K,kn)"}
-    source_modules = ("kernels.triton_mm", "flag_gems.runtime.backend._nvidia.hopper.ops.mm")
+    source_modules = ("kernels.triton_mm", "kernels.persistent_mm", "flag_gems.runtime.backend._nvidia.hopper.ops.mm")
 
     # ---- keys -------------------------------------------------------------------------
     def parse_key(self, text: str) -> Key:
@@ -114,7 +137,11 @@ class MM(Kernel):
 
     # ---- search space -------------------------------------------------------------------
     def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:
-        variants = ("splitk",) if device == "cpu" else (flaggems_variant(key, dtype), "splitk")
+        if device == "cpu":
+            variants: tuple = ("splitk",)
+        else:
+            variants = (flaggems_variant(key, dtype), "splitk") + (("persistent",) if tma_rows(key, dtype) else ())
+        own = PERSISTENT_PARAMS if "persistent" in variants else {}
         return {
             "variant": variants,
             "BLOCK_M": (16, 32, 64, 128, 256),
@@ -124,15 +151,21 @@ class MM(Kernel):
             "SPLIT_K": (1, 2, 4, 8, 16),
             "num_warps": (2, 4, 8),
             "num_stages": (2, 3, 4, 5),
+            **own,
         }
 
     def canonical(self, key: Key, config: Config) -> Config:
         c = dict(config)
         M = key[0]
-        if c["variant"] != "splitk":
+        if c["variant"] != "persistent":  # the keys a space without persistent lacks stay absent
+            c.update({k: v for k, v in PERSISTENT_PINNED.items() if k in c})
+        if c["variant"].startswith("fg_"):
             c["SPLIT_K"] = 1
             c["GROUP_M"] = FG_GROUP_M
-        elif math.ceil(M / c["BLOCK_M"]) == 1:
+            return c
+        if c["variant"] == "persistent":
+            c["SPLIT_K"] = 1
+        if math.ceil(M / c["BLOCK_M"]) == 1:
             c["GROUP_M"] = 1  # one row of tiles: grouping cannot change the order
         return c
 
@@ -143,9 +176,9 @@ class MM(Kernel):
         variant = config["variant"]
         if variant not in self.space(key, dtype, device)["variant"]:
             return f"variant {variant} does not serve this key on {device}"
-        # FlagGems' own lists start at BLOCK_M=32 (its untuned pick must stay reachable); the
-        # split-K kernel goes down to 16, the smallest tile tl.dot takes
-        if bm > max(16 if variant == "splitk" else 64, next_pow2(M)):
+        # FlagGems' own lists start at BLOCK_M=32 (its untuned pick must stay reachable); tuner's
+        # kernels go down to 16, the smallest tile tl.dot takes
+        if bm > max(64 if variant.startswith("fg_") else 16, next_pow2(M)):
             return f"BLOCK_M={bm} exceeds the padded M ({next_pow2(M)})"
         if bn > max(32, next_pow2(N)):
             return f"BLOCK_N={bn} exceeds the padded N ({next_pow2(N)})"
@@ -160,9 +193,16 @@ class MM(Kernel):
         smem = (bm * bk + bk * bn) * eb * stages
         if variant == "fg_tma":
             smem += bm * bn * eb  # the TMA store stages the C tile in shared memory
+        if variant == "persistent":
+            smem += bm * bn * eb // (2 if config["EPILOGUE_SUBTILE"] else 1)
         limit = SMEM_BY_ARCH.get(arch, SMEM_DEFAULT) if device == "cuda" else SMEM_BY_ARCH[9]
         if smem > limit:
             return f"needs {smem} B of shared memory, the limit is {limit}"
+        if variant == "persistent":
+            if config["OCCUPANCY"] > 1 and config["OCCUPANCY"] * smem > limit:
+                return f"{config['OCCUPANCY']} programs per SM need {config['OCCUPANCY'] * smem} B of shared memory"
+            if warps < 4:
+                return "the persistent kernel's wgmma main loop works on whole warpgroups (4 warps)"
         if bm * bn > 256 * 32 * warps:
             return f"a {bm}x{bn} fp32 accumulator over {warps} warps needs > 256 registers per thread"
         if warps == 2 and bm * bn > 64 * 64:
@@ -172,14 +212,15 @@ class MM(Kernel):
     # ---- running ------------------------------------------------------------------------
     def source_hash(self, config: Config | None = None) -> str:
         """sha256 of the Triton source of the kernel this config runs: FlagGems' JIT function
-        for fg_* variants, kernels/triton_mm.py for split-K."""
+        for fg_* variants, tuner's own module (OWN_MODULES) for split-K and persistent."""
         import hashlib
         import inspect
 
         variant = (config or {}).get("variant")
-        if variant == "splitk":
-            import kernels.triton_mm as own
+        if variant in OWN_MODULES:
+            import importlib
 
+            own = importlib.import_module(OWN_MODULES[variant])
             return hashlib.sha256(inspect.getsource(own).encode()).hexdigest()
         if variant in ("fg_tma", "fg_general"):
             fg = flag_gems_mm_module()
@@ -226,6 +267,11 @@ class MM(Kernel):
 
             cfg = dict(config)
             return lambda args, out: splitk_mm(args[0], args[1], cfg, out=out)
+        if variant == "persistent":
+            from kernels.persistent_mm import persistent_mm
+
+            cfg = dict(config)
+            return lambda args, out: persistent_mm(args[0], args[1], cfg, out=out)
         if variant == "fg_tma":
             return _fg_tma_runner(config, dtype)
         if variant == "fg_general":
@@ -241,6 +287,10 @@ class MM(Kernel):
             from kernels.triton_mm import splitk_warmup
 
             splitk_warmup(key, dtype, config)
+        elif config["variant"] == "persistent":
+            from kernels.persistent_mm import persistent_warmup
+
+            persistent_warmup(key, dtype, config)
         else:
             # FlagGems' kernels take descriptors / pointers whose specialisation needs real
             # tensors: compile them by running once on the real shapes
@@ -258,6 +308,11 @@ class MM(Kernel):
             fg = flag_gems_mm_module()
             runners["untuned"] = lambda args, out: fg.mm_out(args[0], args[1], out=out)
         return runners
+
+    def starting_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
+        if "persistent" not in self.space(key, dtype, device)["variant"]:
+            return []
+        return [{"variant": "persistent", "SPLIT_K": 1, **PERSISTENT_PINNED, **c} for c in persistent_starts(key[0])]
 
     def untuned_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
         """The config FlagGems' own LibTuner chose for this key: LibTuner.run leaves the config

@@ -1,18 +1,23 @@
 """addmm: key, presets, space, constraints, canonical and reference on the CPU; FlagGems' own
 config list, LibTuner and kernel source read from the real flag_gems in a subprocess (it cannot
 import here: other test modules set TRITON_INTERPRET=1). The runner is checked on the H100 in
-tests/gpu/test_addmm_gpu.py."""
+tests/gpu/test_addmm_gpu.py; the persistent variant's kernel runs here under the interpreter."""
+
+import os
 
 import pytest
 import torch
 
-from kernels import get_kernel
-from kernels.addmm import CONFIG_KEYS, NO_CPU, SPACE, VARIANT
-from kernels.base import KernelInputError
-from tests.conftest import needs_flag_gems, result, run_py
-from tuner.tuning.search import grid_configs
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from kernels import get_kernel  # noqa: E402
+from kernels.addmm import CONFIG_KEYS, NO_CPU, PERSISTENT, PERSISTENT_SPACE, SPACE, VARIANT, mm_config  # noqa: E402
+from kernels.base import KernelInputError  # noqa: E402
+from tests.conftest import needs_flag_gems, result, run_py  # noqa: E402
+from tuner.tuning.search import grid_configs  # noqa: E402
 
 ADDMM = get_kernel("addmm")
+MM = get_kernel("mm")
 
 
 def cfg(**kw):
@@ -65,14 +70,39 @@ def test_constraints():
                                                "bf16", "cuda")
     assert "2 warps" in ADDMM.invalid_reason((4096, 4096, 4096, 1), cfg(num_warps=2), "bf16", "cuda")
     assert "not fg_addmm" in ADDMM.invalid_reason(key, cfg(variant="splitk"), "bf16", "cuda")
+    own = dict(GROUP_M=1, OCCUPANCY=2, WARP_SPECIALIZE=0, FLATTEN=0, EPILOGUE_SUBTILE=0)
+    pers = cfg(variant=PERSISTENT, BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=64, num_warps=8, **own)
+    assert ADDMM.invalid_reason((4096, 4608, 3584, 1), pers | {"OCCUPANCY": 1}, "bf16", "cuda") is None
+    assert "programs per SM" in ADDMM.invalid_reason((4096, 4608, 3584, 1), pers, "bf16", "cuda")
+    assert "no CPU" in ADDMM.invalid_reason((4096, 4608, 3584, 1), pers, "fp16", "cpu")
+    # the persistent knobs mean nothing to FlagGems' kernel: pinned, so its configs stay distinct
+    assert ADDMM.canonical(key, cfg() | own)["OCCUPANCY"] == 1
+    assert ADDMM.canonical((16, 512, 3584, 1), pers | {"GROUP_M": 8})["GROUP_M"] == 1  # one row of tiles
+
+
+def test_persistent_variant_runs_with_the_bias_epilogue():
+    """Under the interpreter (the CPU space has no persistent variant: its runner is the GPU's)."""
+    key = (40, 64, 96, 1)
+    inputs = ADDMM.make_inputs(key, "fp16", "cpu", 1, seed=0)
+    cfg_ = dict(variant=PERSISTENT, BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, num_warps=4, num_stages=2,
+                GROUP_M=2, OCCUPANCY=1, WARP_SPECIALIZE=0, FLATTEN=1, EPILOGUE_SUBTILE=1)
+    from kernels.persistent_mm import persistent_mm
+
+    out = persistent_mm(*inputs.sets[0][1:], mm_config(cfg_), out=inputs.outs[0], bias=inputs.sets[0][0])
+    ref = ADDMM.reference(inputs.sets[0])
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-3
+    assert ADDMM.source_hash(cfg_) == MM.source_hash({"variant": PERSISTENT})
 
 
 def test_grid_is_nonempty_valid_and_canonical():
-    for key in ADDMM.presets()["minicpmo"]:
+    for key in ADDMM.presets()["minicpmo"]:  # every MiniCPM-o key has TMA-aligned rows
         space = ADDMM.space(key, "bf16", "cuda")
-        assert space == {"variant": (VARIANT,), **SPACE}
+        assert space == {"variant": (VARIANT, PERSISTENT), **SPACE, **PERSISTENT_SPACE}
+    assert ADDMM.space((16, 4100, 3584, 1), "bf16", "cuda") == {"variant": (VARIANT,), **SPACE}
+    for key in [(1, 512, 3584, 1), (1500, 4096, 1024, 1)]:
         valid = grid_configs(ADDMM, key, "bf16", "cuda")
-        assert len(valid) > 50, key
+        fg = [c for c in valid if c["variant"] == VARIANT]
+        assert len(fg) > 50 and len(valid) - len(fg) > 1000, key
         assert all(ADDMM.canonical(key, c) == c for c in valid)
     assert grid_configs(ADDMM, (16, 512, 3584, 1), "fp16", "cpu") == []
     assert ADDMM.canonical((1, 2, 3, 1), {**cfg(), "extra": 1}) == cfg()

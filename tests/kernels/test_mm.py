@@ -7,6 +7,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import UnknownOp, get_kernel  # noqa: E402
 from kernels.base import KernelInputError  # noqa: E402
+from kernels.mm import PERSISTENT_PINNED  # noqa: E402
+from kernels.persistent_mm import persistent_mm, unsupported  # noqa: E402
 from kernels.triton_mm import splitk_mm  # noqa: E402
 from tuner.tuning.search import grid_configs  # noqa: E402
 
@@ -47,6 +49,11 @@ def test_canonical_drops_what_cannot_matter():
     assert MM.canonical(key, cfg(GROUP_M=8))["GROUP_M"] == 1  # one row of tiles
     fg = MM.canonical(key, cfg(variant="fg_tma", SPLIT_K=4, GROUP_M=1))
     assert fg["SPLIT_K"] == 1 and fg["GROUP_M"] == 8  # what FlagGems' cache can hold
+    own = dict(OCCUPANCY=2, WARP_SPECIALIZE=1, FLATTEN=1, EPILOGUE_SUBTILE=1)
+    split = MM.canonical(key, cfg(**own))
+    assert all(split[k] == PERSISTENT_PINNED[k] for k in own)  # the persistent kernel's knobs
+    pers = MM.canonical((512, 4608, 3584, 1), cfg(variant="persistent", SPLIT_K=4, GROUP_M=4, **own))
+    assert pers["SPLIT_K"] == 1 and pers["GROUP_M"] == 4 and all(pers[k] == v for k, v in own.items())
 
 
 def test_constraints_before_compiling():
@@ -57,15 +64,25 @@ def test_constraints_before_compiling():
                                                                            num_stages=5, num_warps=8), "bf16", "cuda")
     assert "SPLIT_K" in MM.invalid_reason((1, 64, 64, 1), cfg(SPLIT_K=16, BLOCK_K=32), "fp16", "cpu")
     assert "variant" in MM.invalid_reason(key, cfg(variant="fg_tma"), "fp16", "cpu")
+    pers = cfg(variant="persistent", BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_stages=4, num_warps=8,
+               **PERSISTENT_PINNED)
+    # (128*64 + 64*256) * 2 * 4 = 196608 B of stages, plus the 64 KiB C tile: over 232448 B ...
+    assert "shared memory" in MM.invalid_reason((4096, 4608, 3584, 1), pers, "bf16", "cuda")
+    # ... half of it with the subtiled epilogue fits
+    assert MM.invalid_reason((4096, 4608, 3584, 1), pers | {"EPILOGUE_SUBTILE": 1}, "bf16", "cuda") is None
+    assert "variant" in MM.invalid_reason((4096, 151700, 3584, 1), pers, "bf16", "cuda")
 
 
 def test_space_is_a_superset_of_flaggems_hopper_list():
     space = MM.space((2048, 4608, 3584, 1), "bf16", "cuda")
-    assert space["variant"] == ("fg_tma", "splitk")
+    assert space["variant"] == ("fg_tma", "splitk", "persistent")
     assert {32, 64, 128, 256} <= set(space["BLOCK_M"]) and {32, 64, 128} <= set(space["BLOCK_N"])
     assert {32, 64, 128} <= set(space["BLOCK_K"]) and {2, 3, 4} <= set(space["num_stages"])
     assert {4, 8} <= set(space["num_warps"])
-    assert MM.space((64, 4609, 3584, 1), "bf16", "cuda")["variant"] == ("fg_general", "splitk")
+    # lm_head's N = 151700 rows are not 16-byte multiples: no TMA, no persistent variant
+    general = MM.space((64, 151700, 3584, 1), "bf16", "cuda")
+    assert general["variant"] == ("fg_general", "splitk") and "OCCUPANCY" not in general
+    assert "OCCUPANCY" not in MM.space((8, 64, 64, 1), "fp16", "cpu")  # the CPU searches split-K only
 
 
 def test_grid_is_deduplicated_and_valid():
@@ -88,3 +105,32 @@ def test_splitk_mm_matches_torch(dtype, tol, M, N, K, bt, split_k):
     ref = a.double() @ b.double()
     assert not out.isnan().any()
     assert ((out.double() - ref).norm() / ref.norm()).item() < tol
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("M,N,K,bt", [(1, 96, 200, True), (5, 64, 128, False), (33, 80, 96, True), (70, 48, 40, False)])
+@pytest.mark.parametrize("knobs", [dict(GROUP_M=2), dict(GROUP_M=1, FLATTEN=1, EPILOGUE_SUBTILE=1, WARP_SPECIALIZE=1)])
+def test_persistent_mm_matches_torch(dtype, tol, M, N, K, bt, knobs):
+    """Several tiles per program (3 programs under the interpreter), partial edge tiles in M, N
+    and K (TMA pads loads with zeros and clips stores), both weight layouts, with and without bias."""
+    g = torch.Generator().manual_seed(M * N + K)
+    a = torch.randn(M, K, generator=g).to(dtype)
+    b = (torch.randn(N, K, generator=g).t() if bt else torch.randn(K, N, generator=g)).to(dtype)
+    bias = torch.randn(N, generator=g).to(dtype)
+    config = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=2, **knobs)
+    for with_bias in (False, True):
+        out = torch.full((M, N), float("nan"), dtype=dtype)
+        persistent_mm(a, b, config, out=out, bias=bias if with_bias else None)
+        ref = a.double() @ b.double() + (bias.double() if with_bias else 0)
+        assert not out.isnan().any()
+        assert ((out.double() - ref).norm() / ref.norm()).item() < tol
+
+
+def test_persistent_mm_refuses_what_tma_cannot_read():
+    a, w = torch.randn(8, 64, dtype=torch.float16), torch.randn(32, 64, dtype=torch.float16)
+    assert unsupported(a, w.t()) is None and unsupported(a, w.t().contiguous()) is None
+    assert "aligned" in unsupported(torch.randn(8, 60, dtype=torch.float16), torch.randn(60, 32, dtype=torch.float16))
+    assert "contiguous rows" in unsupported(a.t().contiguous().t(), w.t())
+    assert "bias" in unsupported(a, w.t(), bias=torch.randn(31, dtype=torch.float16))
+    with pytest.raises(ValueError, match="persistent_mm"):
+        persistent_mm(a[:, 1:], torch.randn(63, 32, dtype=torch.float16), {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32})

@@ -161,6 +161,7 @@ def tune(req: TuneRequest, on_key: Callable[[Key, int, int], None] | None = None
                 on_key(key, i, len(keys))
             with db.session() as s:
                 warm = neighbour_winners(s, kernel, key, dtype, env_id)
+            warm += kernel.starting_configs(key, dtype, device)
             outcome = run_search(
                 kernel=kernel, key=key, dtype=dtype, device=device, storage=storage,
                 study_name=study_name_for(kernel, key, dtype, env.digest()), measurer=worker,
