@@ -1,4 +1,5 @@
-"""Route every GEMM key to whichever kernel measured faster: tuned FlagGems, tuner's split-K, or native.
+"""Route every GEMM key to whichever kernel measured faster: tuned FlagGems, tuner's split-K or
+persistent TMA GEMM, or native.
 
 Why a router and not FlagGems' own registration: on the H200 tuned FlagGems GEMMs beat cuBLAS on
 only 4 of the 12 vLLM decode keys (results/vllm/tune_keys: gate_up M=16/64 1.09x/1.03x, lm_head
@@ -37,7 +38,8 @@ from tuner.inject.registry import OVERRIDE, Context, injector
 
 logger = logging.getLogger(__name__)
 
-NATIVE, FLAGGEMS, SPLITK = "native", "flaggems", "splitk"
+NATIVE, FLAGGEMS, SPLITK, PERSISTENT = "native", "flaggems", "splitk", "persistent"
+TARGETS = (NATIVE, FLAGGEMS, SPLITK, PERSISTENT)
 REACH = 2  # a tuned M routes runtime M in [M / REACH, M * REACH] (and only where it is the nearest)
 # FlagGems' extra host time per eager GEMM call over cuBLAS (H200, vLLM lm_head at M=64 under
 # torch.profiler: 377 - 113 µs): an eager route must win more GPU time than this per call
@@ -48,7 +50,7 @@ _LIBS: list[Any] = []  # a torch.library.Library deregisters its kernels when co
 
 @dataclass(frozen=True)
 class Route:
-    target: str  # NATIVE | FLAGGEMS | SPLITK
+    target: str  # one of TARGETS
     config: Mapping[str, Any] | None = None
     tuned_m: int | None = None
     eager: bool = False  # also outside CUDA-graph captures: its GPU win covers EAGER_HOST_US
@@ -67,8 +69,8 @@ def record_target(record: Mapping[str, Any]) -> str:
     if not tuned or not native or tuned >= native:
         return NATIVE
     variant = str((record.get("config") or {}).get("variant", ""))
-    if variant == "splitk":
-        return SPLITK
+    if variant in (SPLITK, PERSISTENT):  # tuner's own kernels, for mm and (persistent) addmm
+        return variant
     return FLAGGEMS if variant.startswith("fg_") or record.get("kernel") == "addmm" else NATIVE
 
 
@@ -86,6 +88,17 @@ def _groups(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int, int, s
     return groups
 
 
+def route_config(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's config in mm's names (BLOCK_M, ...): what tuner's kernels take and what the tile
+    check reads (addmm's space names its tiles BLOCK_SIZE_M, ... after FlagGems' kernel)."""
+    cfg = dict(record["config"])
+    if record.get("kernel") == "addmm" and "BLOCK_SIZE_M" in cfg:
+        from kernels.addmm import mm_config
+
+        return mm_config(cfg)
+    return cfg
+
+
 def more_tiles(m: int, tuned_m: int, config: Mapping[str, Any]) -> bool:
     """Whether M needs more BLOCK_M tiles than the tuned M (so more work than was measured)."""
     bm = int(config.get("BLOCK_M") or 0)
@@ -97,13 +110,14 @@ def plan_routes(records: Iterable[Mapping[str, Any]], max_tokens: int) -> dict[t
     plan: dict[tuple, list[tuple[int, int, Route]]] = {}
     for group, by_m in sorted(_groups(records).items()):
         tuned = sorted(by_m)
+        configs = {t: route_config(by_m[t]) for t in tuned}
         # nearest tuned M in log space without Fractions (plan_routes runs in every engine process):
         # t[i] serves M while M*M <= t[i]*t[i+1] (a tie goes to the smaller, as _select.nearest_m)
         bounds = [a * b for a, b in zip(tuned, tuned[1:])]
         runs: list[tuple[int, int, Route]] = []
         for m in range(1, max_tokens + 1):
             t = tuned[bisect.bisect_left(bounds, m * m)]
-            if not (t <= m * REACH and m <= t * REACH) or more_tiles(m, t, by_m[t]["config"]):
+            if not (t <= m * REACH and m <= t * REACH) or more_tiles(m, t, configs[t]):
                 continue
             target = record_target(by_m[t])
             if target == NATIVE:
@@ -111,7 +125,7 @@ def plan_routes(records: Iterable[Mapping[str, Any]], max_tokens: int) -> dict[t
             if runs and runs[-1][1] == m - 1 and runs[-1][2].tuned_m == t:
                 runs[-1] = (runs[-1][0], m, runs[-1][2])
             else:
-                runs.append((m, m, Route(target, dict(by_m[t]["config"]), t, eager_worthwhile(by_m[t]))))
+                runs.append((m, m, Route(target, configs[t], t, eager_worthwhile(by_m[t]))))
         if runs:
             plan[group] = runs
     return plan
@@ -119,7 +133,7 @@ def plan_routes(records: Iterable[Mapping[str, Any]], max_tokens: int) -> dict[t
 
 def route_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """How many stored keys go where: the numbers the plugin's line reports."""
-    counts = {NATIVE: 0, FLAGGEMS: 0, SPLITK: 0}
+    counts = dict.fromkeys(TARGETS, 0)
     for r in records:
         if r.get("kernel") in ROUTED_OPS and int(r["key"].get("BT", 1)) == 1:  # the layouts _groups plans
             counts[record_target(r)] += 1
@@ -148,7 +162,7 @@ class Router:
 
     plan: dict = field(default_factory=dict)
     libs: list = field(default_factory=list)
-    hits: dict = field(default_factory=lambda: {NATIVE: 0, FLAGGEMS: 0, SPLITK: 0})
+    hits: dict = field(default_factory=lambda: dict.fromkeys(TARGETS, 0))
     eager_native: int = 0  # calls of a routed key sent native because they ran outside a capture
     warming: bool = False  # warm-up: take every route, so its kernels compile before serving
     capturing: Callable[[], bool] = lambda: False  # torch.cuda.is_current_stream_capturing
@@ -173,11 +187,25 @@ class Router:
 
 @dataclass
 class Targets:
-    """The callables a route can end in, per op: FlagGems' function and tuner's split-K."""
+    """The callables a route can end in, per op: FlagGems' function and tuner's kernels."""
 
     flaggems_mm: Callable | None = None  # (a, b, out=None)
     flaggems_addmm: Callable | None = None  # (bias, a, b, beta, alpha, out=None)
     splitk_mm: Callable | None = None  # (a, b, config, out=None)
+    persistent_mm: Callable | None = None  # (a, b, config, out=None, bias=None)
+    # why the persistent kernel cannot take these tensors as they are (TMA's alignment), or None
+    persistent_unsupported: Callable | None = None  # (a, b, out=None, bias=None)
+
+    def own(self, r: Route | None, a, b, out=None, bias=None):
+        """The callable running route `r` on these tensors with tuner's kernels, or None."""
+        if r is None:
+            return None
+        if r.target == SPLITK and self.splitk_mm is not None and bias is None:
+            return lambda: self.splitk_mm(a, b, r.config, out=out)
+        if (r.target == PERSISTENT and self.persistent_mm is not None
+                and not (self.persistent_unsupported and self.persistent_unsupported(a, b, out, bias))):
+            return lambda: self.persistent_mm(a, b, r.config, out=out, bias=bias)
+        return None
 
 
 def _exact_out(out, a, b) -> bool:
@@ -194,9 +222,10 @@ def _mm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str,
 
     def mm(keyset, a, b):
         r = route_mm(a, b)
-        if r is not None and r.target == SPLITK and t.splitk_mm is not None:
-            router.hits[SPLITK] += 1
-            return t.splitk_mm(a, b, r.config)
+        own = t.own(r, a, b)
+        if own is not None:
+            router.hits[r.target] += 1
+            return own()
         if r is not None and r.target == FLAGGEMS and t.flaggems_mm is not None:
             router.hits[FLAGGEMS] += 1
             return t.flaggems_mm(a, b)
@@ -206,9 +235,10 @@ def _mm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str,
     def mm_out(keyset, a, b, *, out):
         # only exact output buffers (what Inductor passes): ATen resizes others, the routes would not
         r = route_mm(a, b) if _exact_out(out, a, b) else None
-        if r is not None and r.target == SPLITK and t.splitk_mm is not None:
-            router.hits[SPLITK] += 1
-            return t.splitk_mm(a, b, r.config, out=out)
+        own = t.own(r, a, b, out=out)
+        if own is not None:
+            router.hits[r.target] += 1
+            return own()
         if r is not None and r.target == FLAGGEMS and t.flaggems_mm is not None:
             router.hits[FLAGGEMS] += 1
             return t.flaggems_mm(a, b, out=out)
@@ -219,27 +249,32 @@ def _mm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str,
 
 
 def _addmm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str, Any]):
-    def routed(bias, a, b, out=None):
+    def routed(bias, a, b, beta, alpha, out=None) -> tuple[str, Callable] | None:
+        """(target, the call serving this addmm by its route), or None (native)."""
         if out is not None and not _exact_out(out, a, b):
-            return False
-        if (a.dim() == 2 and b.dim() == 2 and bias.dim() == 1 and a.dtype == b.dtype == bias.dtype
-                and t.flaggems_addmm):
-            r = router.applies(lookup(table, "addmm", a.shape[0], b.shape[1], a.shape[1], a.dtype))
-            return r is not None and r.target == FLAGGEMS
-        return False
+            return None
+        if not (a.dim() == 2 and b.dim() == 2 and bias.dim() == 1 and a.dtype == b.dtype == bias.dtype):
+            return None
+        r = router.applies(lookup(table, "addmm", a.shape[0], b.shape[1], a.shape[1], a.dtype))
+        if r is None:
+            return None
+        if r.target == FLAGGEMS and t.flaggems_addmm:
+            return FLAGGEMS, lambda: t.flaggems_addmm(bias, a, b, beta=beta, alpha=alpha, out=out)
+        # tuner's kernels add the bias as nn.Linear does: beta = alpha = 1 only
+        own = t.own(r, a, b, out=out, bias=bias) if beta == 1 and alpha == 1 else None
+        return (r.target, own) if own is not None else None
 
     def addmm(keyset, bias, a, b, *, beta=1, alpha=1):
-        if routed(bias, a, b):
-            router.hits[FLAGGEMS] += 1
-            return t.flaggems_addmm(bias, a, b, beta=beta, alpha=alpha)
-        router.hits[NATIVE] += 1
-        return native["addmm"].call_boxed(keyset, bias, a, b, beta=beta, alpha=alpha)
+        return addmm_out(keyset, bias, a, b, beta=beta, alpha=alpha, out=None)
 
     def addmm_out(keyset, bias, a, b, *, beta=1, alpha=1, out):
-        if routed(bias, a, b, out):
-            router.hits[FLAGGEMS] += 1
-            return t.flaggems_addmm(bias, a, b, beta=beta, alpha=alpha, out=out)
+        route = routed(bias, a, b, beta, alpha, out)
+        if route is not None:
+            router.hits[route[0]] += 1
+            return route[1]()
         router.hits[NATIVE] += 1
+        if out is None:
+            return native["addmm"].call_boxed(keyset, bias, a, b, beta=beta, alpha=alpha)
         return native["addmm.out"].call_boxed(keyset, bias, a, b, beta=beta, alpha=alpha, out=out)
 
     return {"addmm": addmm, "addmm.out": addmm_out}
@@ -294,9 +329,10 @@ def router_claims(records: list[dict[str, Any]], ctx: Context) -> list[str]:
 
 def flaggems_targets() -> Targets:
     """FlagGems' own mm / addmm functions (their LibTuner caches seeded by the FlagGems stage) and
-    tuner's split-K GEMM: what a route ends in."""
+    tuner's split-K and persistent GEMMs: what a route ends in."""
     from kernels.addmm import flag_gems_addmm_module
     from kernels.mm import flag_gems_mm_module
+    from kernels.persistent_mm import persistent_mm, unsupported
     from kernels.triton_mm import splitk_mm
 
     fg_mm, fg_addmm = flag_gems_mm_module(), flag_gems_addmm_module()
@@ -309,7 +345,8 @@ def flaggems_targets() -> Targets:
             return fg_addmm.addmm(bias, a, b, beta=beta, alpha=alpha)
         return fg_addmm.addmm_out(bias, a, b, beta=beta, alpha=alpha, out=out)
 
-    return Targets(flaggems_mm=mm, flaggems_addmm=addmm, splitk_mm=splitk_mm)
+    return Targets(flaggems_mm=mm, flaggems_addmm=addmm, splitk_mm=splitk_mm, persistent_mm=persistent_mm,
+                   persistent_unsupported=unsupported)
 
 
 def warm_up_ms(lo: int, hi: int) -> list[int]:
@@ -372,19 +409,19 @@ def install_routes_for_serving(records: list[dict[str, Any]], ctx: Context) -> i
                             type(e).__name__, e)
         finally:
             _installed.warming = False
-        _installed.hits.update({NATIVE: 0, FLAGGEMS: 0, SPLITK: 0})  # count serving calls only
+        _installed.hits.update(dict.fromkeys(TARGETS, 0))  # count serving calls only
         _installed.eager_native = 0
         import atexit
 
         atexit.register(lambda: ctx.log.info("%s", hits_line(_installed)))
-    return counts[FLAGGEMS] + counts[SPLITK]
+    return sum(counts.values()) - counts[NATIVE]
 
 
 def hits_line(router: Router) -> str:
     """What the router ran, said when the engine process exits: the check that what the plugin
     reported as routed is what served (calls captured into a CUDA graph count once, at capture)."""
     h = router.hits
-    return ("tuner router: GEMM calls dispatched since start: FlagGems %d, split-K %d, native %d "
+    return ("tuner router: GEMM calls dispatched since start: FlagGems %d, split-K %d, persistent %d, native %d "
             "(of which routed keys kept native on the eager path: %d)") % (
-        h[FLAGGEMS], h[SPLITK], h[NATIVE], router.eager_native)
+        h[FLAGGEMS], h[SPLITK], h[PERSISTENT], h[NATIVE], router.eager_native)
 

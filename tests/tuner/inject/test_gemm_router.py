@@ -20,6 +20,8 @@ def test_record_target_needs_a_measured_win_over_native():
     assert gr.record_target(rec(16, native=None)) == gr.NATIVE  # no native timing: nothing proven
     assert gr.record_target(rec(16, variant="splitk")) == gr.SPLITK
     assert gr.record_target(rec(16, kernel="addmm", variant="fg_addmm")) == gr.FLAGGEMS
+    assert gr.record_target(rec(16, variant="persistent")) == gr.PERSISTENT
+    assert gr.record_target(rec(16, kernel="addmm", variant="persistent")) == gr.PERSISTENT
 
 
 def test_plan_routes_near_winning_ms_only():
@@ -54,7 +56,7 @@ def test_conflicting_winners_raise():
 def test_route_counts_say_where_stored_keys_go():
     recs = [rec(1, tuned=12), rec(16), rec(64, variant="splitk"), rec(16, kernel="addmm", tuned=20),
             rec(16, kernel="fused_moe"), rec(16, N=512, bt=0)]  # a K x N weight: never routed, not counted
-    assert gr.route_counts(recs) == {gr.NATIVE: 2, gr.FLAGGEMS: 1, gr.SPLITK: 1}
+    assert gr.route_counts(recs) == {gr.NATIVE: 2, gr.FLAGGEMS: 1, gr.SPLITK: 1, gr.PERSISTENT: 0}
 
 
 def test_lookup_by_op_shape_dtype_and_m():
@@ -166,11 +168,11 @@ def test_eager_calls_go_native_unless_the_win_pays_flaggems_host_cost():
 
 
 def test_hits_line_reports_what_ran():
-    r = gr.Router(hits={gr.NATIVE: 7, gr.FLAGGEMS: 2, gr.SPLITK: 0}, eager_native=3)
-    assert gr.hits_line(r) == ("tuner router: GEMM calls dispatched since start: FlagGems 2, split-K 0, native 7 "
-                               "(of which routed keys kept native on the eager path: 3)")
-    assert bench_stats.log_events([gr.hits_line(r)])["router_calls"] == {"flaggems": 2, "splitk": 0, "native": 7,
-                                                                         "eager_native": 3}
+    r = gr.Router(hits={gr.NATIVE: 7, gr.FLAGGEMS: 2, gr.SPLITK: 0, gr.PERSISTENT: 5}, eager_native=3)
+    assert gr.hits_line(r) == ("tuner router: GEMM calls dispatched since start: FlagGems 2, split-K 0, persistent 5, "
+                               "native 7 (of which routed keys kept native on the eager path: 3)")
+    assert bench_stats.log_events([gr.hits_line(r)])["router_calls"] == {"flaggems": 2, "splitk": 0, "persistent": 5,
+                                                                         "native": 7, "eager_native": 3}
 
 
 def test_warm_up_covers_every_m_class_triton_compiles():
@@ -223,3 +225,44 @@ def test_plan_uses_the_same_nearest_m_as_the_other_injectors():
             hit = gr.lookup(table, "mm", m, 37888, 3584, "bf16")
             reach = t <= 2 * m and m <= 2 * t and (m + bm - 1) // bm <= (t + bm - 1) // bm
             assert (hit is not None and hit.tuned_m == t) if reach else hit is None, (tuned, m)
+
+
+def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_tensors():
+    """tuner's persistent TMA GEMM (real, under the Triton interpreter) behind mm, mm.out and
+    addmm.out; addmm records name their tiles BLOCK_SIZE_*, the route carries mm's names."""
+    import os
+
+    import torch
+
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    from kernels.persistent_mm import persistent_mm, unsupported
+
+    knobs = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 1, "EPILOGUE_SUBTILE": 0}
+    mm_rec = rec(16, N=64, K=32, dtype="fp16", variant="persistent")
+    mm_rec["config"] |= knobs | {"BLOCK_K": 32, "GROUP_M": 1}
+    addmm_rec = rec(16, N=48, K=32, dtype="fp16", kernel="addmm")
+    addmm_rec["config"] = {"variant": "persistent", "BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32,
+                           "num_warps": 4, "num_stages": 2, "GROUP_M": 1, **knobs}
+    plan = gr.plan_routes([mm_rec, addmm_rec], max_tokens=64)
+    assert plan[("addmm", 48, 32, "fp16")][0][2].config["BLOCK_M"] == 16  # mm's names: the tile check reads them
+    assert [(lo, hi) for lo, hi, _ in plan[("addmm", 48, 32, "fp16")]] == [(8, 16)]
+    targets = gr.Targets(persistent_mm=persistent_mm, persistent_unsupported=unsupported)
+    a, w, w48, bias = (torch.randn(*s).half() for s in [(16, 32), (64, 32), (48, 32), (48,)])
+    ref, ref48 = a.double() @ w.double().t(), a.double() @ w48.double().t() + bias.double()  # before the router
+    router = gr.install_router(plan, targets, dispatch_key="CPU", capturing=lambda: True)
+    try:
+        assert ((torch.mm(a, w.t()).double() - ref).abs().max()) < 1e-2
+        out = torch.empty(16, 64, dtype=torch.half)
+        torch.mm(a, w.t(), out=out)
+        assert ((out.double() - ref).abs().max()) < 1e-2
+        out48 = torch.empty(16, 48, dtype=torch.half)
+        torch.addmm(bias, a, w48.t(), out=out48)
+        assert ((out48.double() - ref48).abs().max()) < 1e-2
+        assert router.hits[gr.PERSISTENT] == 3 and router.hits[gr.NATIVE] == 0
+        torch.addmm(bias, a, w48.t(), beta=2)  # beta != 1: not the bias epilogue, native
+        # a slice whose rows start off a 16-byte boundary: TMA cannot read it, native serves it
+        wide = torch.randn(16, 33).half()
+        torch.mm(wide[:, 1:], w.t())
+        assert router.hits[gr.PERSISTENT] == 3 and router.hits[gr.NATIVE] == 2
+    finally:
+        router.uninstall()

@@ -142,7 +142,7 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     assert ("tuner plugin: 6 tuned configs active (fused_moe 1, mm via FlagGems cache 2, "
             "addmm via FlagGems cache 1, bmm via FlagGems cache 1, attention via FlagGems autotuner 1, "
             "GEMM keys routed to a tuned kernel 0); FlagGems excluded ops: mm, softmax; FlagGems config cache "
-            "read from memory; GEMM keys: FlagGems 0, split-K 0, native 3") in lines[0]
+            "read from memory; GEMM keys: FlagGems 0, split-K 0, persistent 0, native 3") in lines[0]
     assert "USING FOREIGN TUNED RESULT for fused_moe" in out and "USING FOREIGN TUNED RESULT for mm" in out
     assert "USING FOREIGN TUNED RESULT for addmm" in out and "USING FOREIGN TUNED RESULT for bmm" in out
     assert "USING FOREIGN TUNED RESULT for attention" in out
