@@ -14,7 +14,7 @@
 #                                                   (PROFILE_CONC requests in the profiled batch, default 64)
 #   bash tuner/benchmarks/vllm_h200.sh serve        checkpoint (once), `tuner serve --engine vllm --use-tuned`
 #                                                   in the background, one /v1/chat/completions request
-# The tuned mode reads results/vllm/tune_keys/vllm_keys.db (this GPU model, tune_vllm_keys.sh). The
+# The tuned mode reads $BENCH_DB (default results/vllm/tune_keys/vllm_keys.db (this GPU model, tune_vllm_keys.sh). The
 # exclude list is the H100 consistency check's (results/profile): no check has run on the H200.
 # Outputs under $OUT (at most 8 files come back): env.txt, <step>.log, and for bench: bench_MODES.json
 # (the report), bench_MODES.png, profiles_MODES.json (engine profile of each mode: top 15 kernels,
@@ -49,7 +49,7 @@ bench)
   MODES=${2:-native,tuned}; TAG=${MODES//,/_}
   cd /tmp/tuner || exit 1
   [ -f /tmp/ck/config.json ] || { stamp "checkpoint"; python3 cli.py checkpoint /tmp/ck || exit 1; }
-  cp tuner/benchmarks/results/vllm/tune_keys/vllm_keys.db /tmp/bench.db 2>/dev/null || true
+  cp "${BENCH_DB:-tuner/benchmarks/results/vllm/tune_keys/vllm_keys.db}" /tmp/bench.db 2>/dev/null || true
   stamp "bench $MODES"
   python3 cli.py bench /tmp/ck --modes "$MODES" --profile --profile-concurrency "${PROFILE_CONC:-64}" \
       --db /tmp/bench.db --out-dir /tmp/bench_$TAG \
