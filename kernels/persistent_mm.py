@@ -17,6 +17,8 @@ TRITON_INTERPRET=1 (which checks the descriptors' 16-byte stride rule too).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -140,9 +142,20 @@ def num_programs(M: int, N: int, config: dict, sm_count: int) -> int:
     return max(1, min(tiles, sm_count * config.get("OCCUPANCY", 1)))
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def sm_count_of(device: torch.device) -> int:
-    # the interpreter has no SMs: 3 programs still walk several tiles each on the test shapes
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 3
+    # cached: get_device_properties is host time on every eager call (H200: 104 µs per call, cuBLAS
+    # 22 µs, before the cache). The interpreter has no SMs: 3 programs still walk several tiles each
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 3
+
+
+class Unsupported(ValueError):
+    """Tensors TMA cannot read as they are: the caller serves them another way."""
 
 
 def _launch_kwargs(config: dict, b_nk: bool, has_bias: bool, ieee: bool) -> dict:
@@ -158,14 +171,14 @@ def _launch_kwargs(config: dict, b_nk: bool, has_bias: bool, ieee: bool) -> dict
 def persistent_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
                   bias: torch.Tensor | None = None) -> torch.Tensor:
     """C = A @ B (+ bias) with `config` (BLOCK_M/N/K, GROUP_M, OCCUPANCY, WARP_SPECIALIZE,
-    FLATTEN, EPILOGUE_SUBTILE, num_warps, num_stages). Raises ValueError for tensors TMA cannot
-    take as they are (`unsupported` says why; callers route those elsewhere)."""
+    FLATTEN, EPILOGUE_SUBTILE, num_warps, num_stages). Raises Unsupported for tensors TMA cannot
+    take as they are (`unsupported` says why; the router serves those natively)."""
     M, K = a.shape
     N = b.shape[1]
     c = out if out is not None else torch.empty((M, N), dtype=a.dtype, device=a.device)
     reason = unsupported(a, b, c, bias)
     if reason:
-        raise ValueError(f"persistent_mm {tuple(a.shape)} @ {tuple(b.shape)}: {reason}")
+        raise Unsupported(f"persistent_mm {tuple(a.shape)} @ {tuple(b.shape)}: {reason}")
     b_nk, stride_b = b_layout(b)
     programs = num_programs(M, N, config, sm_count_of(a.device))
     triton.set_allocator(_scratch)

@@ -27,7 +27,7 @@ tune)
   SHAPES=(); for s in "$@"; do SHAPES+=(--shape "$s"); done
   cd /tmp/tuner || exit 1
   stamp "tune $OP ${#SHAPES[@]} args"
-  python3 cli.py tune --op "$OP" "${SHAPES[@]}" --trials "${TRIALS:-40}" --timeout "${KEY_TIMEOUT:-12}" \
+  timeout -s INT "${TUNE_LIMIT:-520}" python3 cli.py tune --op "$OP" "${SHAPES[@]}" --trials "${TRIALS:-40}" --timeout "${KEY_TIMEOUT:-12}" \
       --seed 0 --db "sqlite:///$GEMM_DB" > "$OUT/tune_$OP.log" 2>&1
   echo "tune exit $?"; tail -40 "$OUT/tune_$OP.log"
   cp "$GEMM_DB" "$OUT/gemm.db"

@@ -28,6 +28,7 @@ FlagGems its aten::mm took 377 µs of host time (cuBLAS: 113 µs) for an 8 µs G
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -41,9 +42,11 @@ logger = logging.getLogger(__name__)
 NATIVE, FLAGGEMS, SPLITK, PERSISTENT = "native", "flaggems", "splitk", "persistent"
 TARGETS = (NATIVE, FLAGGEMS, SPLITK, PERSISTENT)
 REACH = 2  # a tuned M routes runtime M in [M / REACH, M * REACH] (and only where it is the nearest)
-# FlagGems' extra host time per eager GEMM call over cuBLAS (H200, vLLM lm_head at M=64 under
-# torch.profiler: 377 - 113 µs): an eager route must win more GPU time than this per call
-EAGER_HOST_US = 250.0
+# extra host time per eager GEMM call over cuBLAS, by target: FlagGems' from vLLM's lm_head at M=64
+# under torch.profiler (377 - 113 µs); tuner's kernels from tuner/benchmarks/host_cost.py on the
+# H200 (a 16x128x64 GEMM, the GPU idle: cuBLAS 21.7 µs, split-K 35.4, persistent 104.3 before its
+# SM count was cached). An eager route must win more GPU time than this per call.
+EAGER_HOST_US = {FLAGGEMS: 250.0, SPLITK: 14.0, PERSISTENT: 83.0}
 ROUTED_OPS = ("mm", "addmm")  # the tuner kernels (record["kernel"]) the router serves
 _LIBS: list[Any] = []  # a torch.library.Library deregisters its kernels when collected
 
@@ -53,13 +56,13 @@ class Route:
     target: str  # one of TARGETS
     config: Mapping[str, Any] | None = None
     tuned_m: int | None = None
-    eager: bool = False  # also outside CUDA-graph captures: its GPU win covers EAGER_HOST_US
+    eager: bool = False  # also outside CUDA-graph captures: its GPU win covers EAGER_HOST_US[target]
 
 
 def eager_worthwhile(record: Mapping[str, Any]) -> bool:
-    """Whether a winning record's GPU gain per call pays FlagGems' host cost on the eager path."""
+    """Whether a winning record's GPU gain per call pays its target's host cost on the eager path."""
     tuned, native = record.get("time_us"), record.get("native_us")
-    return bool(tuned and native and native - tuned >= EAGER_HOST_US)
+    return bool(tuned and native and native - tuned >= EAGER_HOST_US.get(record_target(record), float("inf")))
 
 
 def record_target(record: Mapping[str, Any]) -> str:
@@ -192,9 +195,10 @@ class Targets:
     flaggems_mm: Callable | None = None  # (a, b, out=None)
     flaggems_addmm: Callable | None = None  # (bias, a, b, beta, alpha, out=None)
     splitk_mm: Callable | None = None  # (a, b, config, out=None)
-    persistent_mm: Callable | None = None  # (a, b, config, out=None, bias=None)
-    # why the persistent kernel cannot take these tensors as they are (TMA's alignment), or None
-    persistent_unsupported: Callable | None = None  # (a, b, out=None, bias=None)
+    # (a, b, config, out=None, bias=None); raises `unsupported` (a ValueError) for tensors TMA
+    # cannot read as they are, which then go native
+    persistent_mm: Callable | None = None
+    unsupported: type[Exception] = ValueError
 
     def own(self, r: Route | None, a, b, out=None, bias=None):
         """The callable running route `r` on these tensors with tuner's kernels, or None."""
@@ -202,8 +206,7 @@ class Targets:
             return None
         if r.target == SPLITK and self.splitk_mm is not None and bias is None:
             return lambda: self.splitk_mm(a, b, r.config, out=out)
-        if (r.target == PERSISTENT and self.persistent_mm is not None
-                and not (self.persistent_unsupported and self.persistent_unsupported(a, b, out, bias))):
+        if r.target == PERSISTENT and self.persistent_mm is not None:
             return lambda: self.persistent_mm(a, b, r.config, out=out, bias=bias)
         return None
 
@@ -224,8 +227,10 @@ def _mm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str,
         r = route_mm(a, b)
         own = t.own(r, a, b)
         if own is not None:
-            router.hits[r.target] += 1
-            return own()
+            with contextlib.suppress(t.unsupported):
+                res = own()
+                router.hits[r.target] += 1
+                return res
         if r is not None and r.target == FLAGGEMS and t.flaggems_mm is not None:
             router.hits[FLAGGEMS] += 1
             return t.flaggems_mm(a, b)
@@ -237,8 +242,10 @@ def _mm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str,
         r = route_mm(a, b) if _exact_out(out, a, b) else None
         own = t.own(r, a, b, out=out)
         if own is not None:
-            router.hits[r.target] += 1
-            return own()
+            with contextlib.suppress(t.unsupported):
+                res = own()
+                router.hits[r.target] += 1
+                return res
         if r is not None and r.target == FLAGGEMS and t.flaggems_mm is not None:
             router.hits[FLAGGEMS] += 1
             return t.flaggems_mm(a, b, out=out)
@@ -270,8 +277,10 @@ def _addmm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[s
     def addmm_out(keyset, bias, a, b, *, beta=1, alpha=1, out):
         route = routed(bias, a, b, beta, alpha, out)
         if route is not None:
-            router.hits[route[0]] += 1
-            return route[1]()
+            with contextlib.suppress(t.unsupported):
+                res = route[1]()
+                router.hits[route[0]] += 1
+                return res
         router.hits[NATIVE] += 1
         if out is None:
             return native["addmm"].call_boxed(keyset, bias, a, b, beta=beta, alpha=alpha)
@@ -332,7 +341,7 @@ def flaggems_targets() -> Targets:
     tuner's split-K and persistent GEMMs: what a route ends in."""
     from kernels.addmm import flag_gems_addmm_module
     from kernels.mm import flag_gems_mm_module
-    from kernels.persistent_mm import persistent_mm, unsupported
+    from kernels.persistent_mm import Unsupported, persistent_mm
     from kernels.triton_mm import splitk_mm
 
     fg_mm, fg_addmm = flag_gems_mm_module(), flag_gems_addmm_module()
@@ -346,7 +355,7 @@ def flaggems_targets() -> Targets:
         return fg_addmm.addmm_out(bias, a, b, beta=beta, alpha=alpha, out=out)
 
     return Targets(flaggems_mm=mm, flaggems_addmm=addmm, splitk_mm=splitk_mm, persistent_mm=persistent_mm,
-                   persistent_unsupported=unsupported)
+                   unsupported=Unsupported)
 
 
 def warm_up_ms(lo: int, hi: int) -> list[int]:

@@ -37,6 +37,13 @@ def test_plan_routes_near_winning_ms_only():
                                                                       (33, 64, 64, gr.FLAGGEMS)]
 
 
+def test_eager_threshold_is_the_target_s_own_host_cost():
+    gain = gr.EAGER_HOST_US[gr.PERSISTENT] + 1  # pays tuner's kernel's launch, not FlagGems'
+    assert gr.eager_worthwhile(rec(4096, variant="persistent", tuned=1000.0, native=1000.0 + gain))
+    assert not gr.eager_worthwhile(rec(4096, variant="fg_tma", tuned=1000.0, native=1000.0 + gain))
+    assert not gr.eager_worthwhile(rec(4096, variant="persistent", tuned=1000.0, native=1000.0 + gain - 2))
+
+
 def test_more_tiles_than_measured_stay_native():
     assert not gr.more_tiles(16, 16, {"BLOCK_M": 16}) and gr.more_tiles(17, 16, {"BLOCK_M": 16})
     assert not gr.more_tiles(40, 64, {"BLOCK_M": 64}) and not gr.more_tiles(3, 1, {"BLOCK_M": 16})
@@ -147,7 +154,7 @@ def test_eager_calls_go_native_unless_the_win_pays_flaggems_host_cost():
         return (a[:, :, None] * b[None]).sum(1)
 
     small = rec(16, N=64, K=32, dtype="fp32", tuned=256.0, native=264.0)
-    big = rec(64, N=64, K=32, dtype="fp32", tuned=100.0, native=100.0 + gr.EAGER_HOST_US)
+    big = rec(64, N=64, K=32, dtype="fp32", tuned=100.0, native=100.0 + gr.EAGER_HOST_US[gr.FLAGGEMS])
     plan = gr.plan_routes([small, big], max_tokens=64)
     assert [r.eager for _, _, r in plan[("mm", 64, 32, "fp32")]] == [False, True]
     capturing = [False]
@@ -235,7 +242,7 @@ def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_
     import torch
 
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    from kernels.persistent_mm import persistent_mm, unsupported
+    from kernels.persistent_mm import Unsupported, persistent_mm
 
     knobs = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 1, "EPILOGUE_SUBTILE": 0}
     mm_rec = rec(16, N=64, K=32, dtype="fp16", variant="persistent")
@@ -246,7 +253,7 @@ def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_
     plan = gr.plan_routes([mm_rec, addmm_rec], max_tokens=64)
     assert plan[("addmm", 48, 32, "fp16")][0][2].config["BLOCK_M"] == 16  # mm's names: the tile check reads them
     assert [(lo, hi) for lo, hi, _ in plan[("addmm", 48, 32, "fp16")]] == [(8, 16)]
-    targets = gr.Targets(persistent_mm=persistent_mm, persistent_unsupported=unsupported)
+    targets = gr.Targets(persistent_mm=persistent_mm, unsupported=Unsupported)
     a, w, w48, bias = (torch.randn(*s).half() for s in [(16, 32), (64, 32), (48, 32), (48,)])
     ref, ref48 = a.double() @ w.double().t(), a.double() @ w48.double().t() + bias.double()  # before the router
     router = gr.install_router(plan, targets, dispatch_key="CPU", capturing=lambda: True)
