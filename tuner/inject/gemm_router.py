@@ -21,9 +21,11 @@ lm_head at M = 19..30 with the M=16 config, BLOCK_M 16, took 340-390 µs per cal
 measured faster on it.
 
 Per place: a route applies inside CUDA-graph captures (FlagGems' host cost is paid once, at
-capture) and, on the eager path, only where its GPU win covers that host cost (EAGER_HOST_US). On
-the H200 at 64 concurrent requests vLLM's lm_head runs eagerly every decode step: routed to
-FlagGems its aten::mm took 377 µs of host time (cuBLAS: 113 µs) for an 8 µs GPU win.
+capture) and, on the eager path, only where its GPU win covers the extra host cost (EAGER_HOST_US)
+or where the kernel runs so long that its launch hides behind its own GPU time (HIDES x HOST_US:
+vLLM runs prefill eagerly, and a 4096-token GEMM takes 150-1600 µs). On the H200 at 64 concurrent
+requests vLLM's lm_head runs eagerly every decode step: routed to FlagGems its aten::mm took 377 µs
+of host time (cuBLAS: 113 µs) for an 8 µs GPU win, on a 256 µs kernel.
 """
 from __future__ import annotations
 
@@ -45,8 +47,13 @@ REACH = 2  # a tuned M routes runtime M in [M / REACH, M * REACH] (and only wher
 # extra host time per eager GEMM call over cuBLAS, by target: FlagGems' from vLLM's lm_head at M=64
 # under torch.profiler (377 - 113 µs); tuner's kernels from tuner/benchmarks/host_cost.py on the
 # H200 (a 16x128x64 GEMM, the GPU idle: cuBLAS 21.7 µs, split-K 35.4, persistent 104.3 before its
-# SM count was cached). An eager route must win more GPU time than this per call.
+# SM count was cached). An eager route must win more GPU time than this per call ...
 EAGER_HOST_US = {FLAGGEMS: 250.0, SPLITK: 14.0, PERSISTENT: 83.0}
+# ... or run HIDES times its whole host time per call (host_cost.py: FlagGems 112.3, split-K 35.4,
+# persistent 104.3 µs): the CPU then stays ahead of the GPU (the lm_head above, 256 µs against
+# FlagGems' 4 x 112, stays native)
+HOST_US = {FLAGGEMS: 112.3, SPLITK: 35.4, PERSISTENT: 104.3}
+HIDES = 4
 ROUTED_OPS = ("mm", "addmm")  # the tuner kernels (record["kernel"]) the router serves
 _LIBS: list[Any] = []  # a torch.library.Library deregisters its kernels when collected
 
@@ -56,13 +63,17 @@ class Route:
     target: str  # one of TARGETS
     config: Mapping[str, Any] | None = None
     tuned_m: int | None = None
-    eager: bool = False  # also outside CUDA-graph captures: its GPU win covers EAGER_HOST_US[target]
+    eager: bool = False  # also outside CUDA-graph captures (see eager_worthwhile)
 
 
 def eager_worthwhile(record: Mapping[str, Any]) -> bool:
-    """Whether a winning record's GPU gain per call pays its target's host cost on the eager path."""
-    tuned, native = record.get("time_us"), record.get("native_us")
-    return bool(tuned and native and native - tuned >= EAGER_HOST_US.get(record_target(record), float("inf")))
+    """Whether a winning record's route pays on the eager path: its GPU gain per call covers the
+    target's extra host time, or its kernel is long enough to hide the whole launch."""
+    target = record_target(record)
+    if target == NATIVE:
+        return False
+    tuned, native = record["time_us"], record["native_us"]
+    return native - tuned >= EAGER_HOST_US[target] or tuned >= HIDES * HOST_US[target]
 
 
 def record_target(record: Mapping[str, Any]) -> str:

@@ -39,9 +39,15 @@ def test_plan_routes_near_winning_ms_only():
 
 def test_eager_threshold_is_the_target_s_own_host_cost():
     gain = gr.EAGER_HOST_US[gr.PERSISTENT] + 1  # pays tuner's kernel's launch, not FlagGems'
-    assert gr.eager_worthwhile(rec(4096, variant="persistent", tuned=1000.0, native=1000.0 + gain))
-    assert not gr.eager_worthwhile(rec(4096, variant="fg_tma", tuned=1000.0, native=1000.0 + gain))
-    assert not gr.eager_worthwhile(rec(4096, variant="persistent", tuned=1000.0, native=1000.0 + gain - 2))
+    short = 2 * gr.HOST_US[gr.FLAGGEMS]  # too short to hide either launch
+    assert gr.eager_worthwhile(rec(4096, variant="persistent", tuned=short, native=short + gain))
+    assert not gr.eager_worthwhile(rec(4096, variant="fg_tma", tuned=short, native=short + gain))
+    assert not gr.eager_worthwhile(rec(4096, variant="persistent", tuned=short, native=short + gain - 2))
+    # vLLM's eager prefill: gate_up at M=4096, 1601 µs persistent vs 1623 cuBLAS on the H200
+    assert gr.eager_worthwhile(rec(4096, variant="persistent", tuned=1601.1, native=1623.0))
+    # the H200's eager lm_head at M=64 (FlagGems 256 vs 264 µs): a win, but not worth the launch
+    assert not gr.eager_worthwhile(rec(64, variant="fg_tma", tuned=256.0, native=264.0))
+    assert not gr.eager_worthwhile(rec(4096, variant="persistent", tuned=1700.0, native=1623.0))  # a loss
 
 
 def test_more_tiles_than_measured_stay_native():
