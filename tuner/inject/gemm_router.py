@@ -46,13 +46,13 @@ TARGETS = (NATIVE, FLAGGEMS, SPLITK, PERSISTENT)
 REACH = 2  # a tuned M routes runtime M in [M / REACH, M * REACH] (and only where it is the nearest)
 # extra host time per eager GEMM call over cuBLAS, by target: FlagGems' from vLLM's lm_head at M=64
 # under torch.profiler (377 - 113 µs); tuner's kernels from tuner/benchmarks/host_cost.py on the
-# H200 (a 16x128x64 GEMM, the GPU idle: cuBLAS 21.7 µs, split-K 35.4, persistent 104.3 before its
-# SM count was cached). An eager route must win more GPU time than this per call ...
-EAGER_HOST_US = {FLAGGEMS: 250.0, SPLITK: 14.0, PERSISTENT: 83.0}
-# ... or run HIDES times its whole host time per call (host_cost.py: FlagGems 112.3, split-K 35.4,
-# persistent 104.3 µs): the CPU then stays ahead of the GPU (the lm_head above, 256 µs against
-# FlagGems' 4 x 112, stays native)
-HOST_US = {FLAGGEMS: 112.3, SPLITK: 35.4, PERSISTENT: 104.3}
+# H200 (a 16x128x64 GEMM, the GPU idle: cuBLAS 21.3 µs, split-K 33.9, persistent 54.0 with its SM
+# count cached, 104.3 before). An eager route must win more GPU time than this per call ...
+EAGER_HOST_US = {FLAGGEMS: 250.0, SPLITK: 13.0, PERSISTENT: 33.0}
+# ... or run HIDES times its whole host time per call (host_cost.py: FlagGems 93.0, split-K 33.9,
+# persistent 54.0 µs): the CPU then stays ahead of the GPU (the lm_head above, 256 µs against
+# FlagGems' 4 x 93, stays native)
+HOST_US = {FLAGGEMS: 93.0, SPLITK: 33.9, PERSISTENT: 54.0}
 HIDES = 4
 ROUTED_OPS = ("mm", "addmm")  # the tuner kernels (record["kernel"]) the router serves
 _LIBS: list[Any] = []  # a torch.library.Library deregisters its kernels when collected
