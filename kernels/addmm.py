@@ -19,13 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kernels.base import Config, Coverage, Inputs, KernelInputError, Key, Runner, torch_dtype
-from kernels.flaggems_ops import LibTunerKernel, libtuner, op_module  # noqa: F401 (libtuner: re-exported)
-from kernels.mm import MM, PERSISTENT_PARAMS, PERSISTENT_PINNED, tma_rows
+from kernels.flaggems_ops import libtuner, op_module  # noqa: F401 (libtuner: re-exported)
+from kernels.mm import MM
+from kernels.persistent_variant import PERSISTENT, WithPersistent, own_space
 from tuner.devices import ELEM_BYTES
 
 VARIANT = "fg_addmm"
-PERSISTENT = "persistent"
-PERSISTENT_SPACE: dict[str, tuple] = {"GROUP_M": (1, 4, 8, 16), **PERSISTENT_PARAMS}
+PERSISTENT_SPACE = own_space(group=True, subtile=True)
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "num_warps", "num_stages")
 SPACE: dict[str, tuple] = {
     "BLOCK_SIZE_M": (16, 32, 64, 128, 256),
@@ -51,16 +51,6 @@ AUDIO_M = 1500  # Whisper-medium encoder positions of 30 s of audio; the project
 AUDIO_NK = {"qkv_out": (1024, 1024), "fc1": (4096, 1024), "fc2": (1024, 4096), "proj1": (3584, 1024)}
 
 
-PINNED = {"GROUP_M": 8, **PERSISTENT_PINNED}  # FlagGems' kernel has no GROUP_M: a fixed value
-
-
-def mm_config(config: Config) -> Config:
-    """An addmm config as the mm config of the kernel it runs (the persistent kernel's names)."""
-    c = {k: config[k] for k in ("variant", "num_warps", "num_stages", *PERSISTENT_SPACE) if k in config}
-    return c | {"BLOCK_M": config["BLOCK_SIZE_M"], "BLOCK_N": config["BLOCK_SIZE_N"],
-                "BLOCK_K": config["BLOCK_SIZE_K"], "SPLIT_K": 1}
-
-
 def flag_gems_addmm_module():
     """FlagGems' addmm module as loaded (its LibTuner cache lives in that module object)."""
     return op_module("addmm")
@@ -75,7 +65,12 @@ COVERAGE = Coverage(aten_ops={"aten::addmm": "addmm"}, flaggems_op="addmm", prof
                     injectors=("addmm_flaggems", "gemm_routes"))
 
 
-class AddMM(LibTunerKernel):
+def mm_config(config: Config) -> Config:
+    """An addmm config as the mm config of the kernel it runs (the persistent kernel's names)."""
+    return AddMM().mm_config(config)
+
+
+class AddMM(WithPersistent):
     name = "addmm"
     description = "biased GEMM bias + A @ B (aten::addmm, nn.Linear with bias): FlagGems' addmm kernel"
     key_names = ("M", "N", "K", "BT")
@@ -87,6 +82,12 @@ class AddMM(LibTunerKernel):
     config_keys, config_space = CONFIG_KEYS, SPACE
     fg_max_tile = (FG_MAX_BLOCK_M, FG_MAX_BLOCK_N, FG_MAX_BLOCK_K)
     no_cpu = NO_CPU
+    own_space = PERSISTENT_SPACE
+
+    def own_runner(self, mm_cfg: Config) -> Runner:
+        from kernels.persistent_mm import persistent_mm
+
+        return lambda args, out: persistent_mm(args[1], args[2], mm_cfg, out=out, bias=args[0])
 
     # ---- keys -------------------------------------------------------------------------
     def parse_key(self, text: str) -> Key:
@@ -113,47 +114,6 @@ class AddMM(LibTunerKernel):
 
     def mnk(self, key: Key) -> tuple[int, int, int]:
         return key[:3]
-
-    # ---- the persistent variant beside FlagGems' kernel ----------------------------------
-    def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:
-        if device != "cuda" or not tma_rows(key, dtype):
-            return super().space(key, dtype, device)
-        return {"variant": (VARIANT, PERSISTENT), **SPACE, **PERSISTENT_SPACE}
-
-    def canonical(self, key: Key, config: Config) -> Config:
-        if config["variant"] != PERSISTENT:
-            return super().canonical(key, config) | {k: v for k, v in PINNED.items() if k in config}
-        mm = MM().canonical(key, mm_config(config))  # GROUP_M=1 where one row of tiles
-        return {k: config[k] for k in ("variant", *CONFIG_KEYS)} | {k: mm[k] for k in PERSISTENT_SPACE}
-
-    def invalid_reason(self, key: Key, config: Config, dtype: str, device: str, arch: int = 9) -> str | None:
-        if config["variant"] != PERSISTENT:
-            return super().invalid_reason(key, config, dtype, device, arch)
-        if device != "cuda":
-            return self.no_cpu
-        return MM().invalid_reason(key, mm_config(config), dtype, device, arch)
-
-    def runner(self, key: Key, config: Config, dtype: str, device: str) -> Runner:
-        if config["variant"] != PERSISTENT or device != "cuda":
-            return super().runner(key, config, dtype, device)
-        from kernels.persistent_mm import persistent_mm
-
-        cfg = mm_config(config)
-        return lambda args, out: persistent_mm(args[1], args[2], cfg, out=out, bias=args[0])
-
-    def starting_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
-        if PERSISTENT not in self.space(key, dtype, device)["variant"]:
-            return []
-        from kernels.mm import persistent_starts
-
-        return [{"variant": PERSISTENT, **PINNED, **{k: c[k] for k in ("GROUP_M", "num_warps", "num_stages")},
-                 "BLOCK_SIZE_M": c["BLOCK_M"], "BLOCK_SIZE_N": c["BLOCK_N"], "BLOCK_SIZE_K": c["BLOCK_K"],
-                 **{k: c[k] for k in PERSISTENT_PARAMS if k in c}} for c in persistent_starts(key[0])]
-
-    def source_hash(self, config: Config | None = None) -> str:
-        if (config or {}).get("variant") == PERSISTENT:
-            return MM().source_hash({"variant": PERSISTENT})
-        return super().source_hash(config)
 
     # ---- running ------------------------------------------------------------------------
     def make_inputs(self, key: Key, dtype: str, device: str, n_sets: int, seed: int) -> Inputs:

@@ -14,8 +14,11 @@ FlagGems 5.0.2 runs one bmm kernel on every NVIDIA GPU (`flag_gems/ops/bmm.py`, 
 module): a tiled GEMM per batch (grid z = BATCH) under a LibTuner over 12 yaml configs (TILE_M/N/K,
 GROUP_M, num_warps, num_stages), key M, N, K (log2 strategy) and stride_am, stride_bk (align32),
 plus the dtypes of A, B and out; DIVISIBLE_M/N/K come from triton.heuristics. The batch is not
-in its key. One variant, `fg_bmm`: that kernel launched with an explicit config, so a winner is
-exactly one row of FlagGems' bmm cache. GPU only (FlagGems does not import in the interpreter).
+in its key. Variant `fg_bmm`: that kernel launched with an explicit config, so a winner is
+exactly one row of FlagGems' bmm cache. Variant `persistent`: tuner's batched persistent TMA GEMM
+(kernels/persistent_bmm.py) on keys whose rows TMA can read, its tiles the same TILE_* dimensions.
+GPU only here (FlagGems does not import in the interpreter; the persistent kernel's CPU tests run
+it directly).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kernels.base import Config, Coverage, Inputs, KernelInputError, Key, Runner, torch_dtype
-from kernels.flaggems_ops import LibTunerKernel, op_module
+from kernels.flaggems_ops import op_module
 from kernels.mm import MM
+from kernels.persistent_variant import WithPersistent, own_space
 from tuner.devices import ELEM_BYTES
 
 VARIANT = "fg_bmm"
@@ -80,7 +84,7 @@ COVERAGE = Coverage(aten_ops={"aten::bmm": "bmm"}, flaggems_op="bmm",
                     injectors=("bmm_flaggems",))
 
 
-class BMM(LibTunerKernel):
+class BMM(WithPersistent):
     name = "bmm"
     description = "batched GEMM A[b] @ B[b] (aten::bmm): FlagGems' bmm kernel"
     key_names = ("BATCH", "M", "N", "K", "LAYOUT")
@@ -88,10 +92,17 @@ class BMM(LibTunerKernel):
                 "K": "the inner dimension",
                 "LAYOUT": "0 (bmm): contiguous A[b] M x K and B[b] K x N; 1 (linear): F.linear on a "
                           "sequence-first input, one N x K weight for every b (--shape BATCH,M,N,K,linear)"}
-    source_modules = ("flag_gems.ops.bmm",)
+    source_modules = ("flag_gems.ops.bmm", "kernels.persistent_bmm")
     fg_op, fg_kernel, variant = "bmm", "bmm_kernel", VARIANT
     config_keys, config_space, fg_max_tile = CONFIG_KEYS, SPACE, FG_MAX_TILE
     no_cpu = NO_CPU
+    own_space = own_space(group=False, subtile=False)  # GROUP_M is a dimension of FlagGems' bmm already
+    own_module = "kernels.persistent_bmm"
+
+    def own_runner(self, mm_cfg: Config) -> Runner:
+        from kernels.persistent_bmm import persistent_bmm
+
+        return lambda args, out: persistent_bmm(args[0], args[1], mm_cfg, out=out)
 
     # ---- keys -------------------------------------------------------------------------
     def parse_key(self, text: str) -> Key:

@@ -115,26 +115,31 @@ def b_layout(b: torch.Tensor) -> tuple[bool, int] | None:
     return None
 
 
+def tma_reason(a: torch.Tensor, b: torch.Tensor, tensors: list[torch.Tensor], strides: list[int]) -> str | None:
+    """Why TMA cannot read these operands: their dtypes, or a base address or stride (elements)
+    off a 16-byte boundary; None when it can."""
+    if a.dtype != b.dtype or a.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return "needs A and B of one dtype: fp16, bf16 or fp32"
+    eb = a.element_size()
+    if any(t.data_ptr() % TMA_ALIGN for t in tensors) or any((s * eb) % TMA_ALIGN for s in strides):
+        return f"needs {TMA_ALIGN}-byte aligned base addresses and row strides (TMA)"
+    return None
+
+
 def unsupported(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None) -> str | None:
     """Why this kernel cannot take these tensors as they are (TMA's layout rules), or None."""
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         return "needs 2-D A (M x K) and B (K x N) with matching K"
-    if a.dtype != b.dtype or a.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return "needs A and B of one dtype: fp16, bf16 or fp32"
     layout = b_layout(b)
     if a.stride(1) != 1 or layout is None:
         return "needs A with contiguous rows and B as K x N rows or an N x K weight's .t()"
-    eb = a.element_size()
-    tensors = [(a, a.stride(0)), (b, layout[1])] + ([(out, out.stride(0))] if out is not None else [])
-    for t, row_stride in tensors:
-        if t.data_ptr() % TMA_ALIGN or (row_stride * eb) % TMA_ALIGN:
-            return f"needs {TMA_ALIGN}-byte aligned base addresses and row strides (TMA)"
     if out is not None and (out.stride(1) != 1 or out.dtype != a.dtype):
         return "needs an output with contiguous rows in the inputs' dtype"
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != b.shape[1] or bias.stride(0) != 1):
         return "needs a contiguous 1-D bias of N"
-    return None
+    outs = [out] if out is not None else []
+    return tma_reason(a, b, [a, b, *outs], [a.stride(0), layout[1], *(o.stride(0) for o in outs)])
 
 
 def num_programs(M: int, N: int, config: dict, sm_count: int) -> int:

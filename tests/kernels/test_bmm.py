@@ -1,15 +1,21 @@
 """bmm: key, layouts, presets, space, constraints, canonical and reference on the CPU; FlagGems'
 own config list, LibTuner key and kernel source read from the real flag_gems in a subprocess.
-The runner is checked on the H100 in tests/gpu/test_bmm_gpu.py."""
+The runner is checked on the H100 in tests/gpu/test_bmm_gpu.py; the persistent variant's batched
+kernel runs here under the interpreter."""
+
+import os
 
 import pytest
 import torch
 
-from kernels import get_kernel
-from kernels.base import KernelInputError
-from kernels.bmm import CONFIG_KEYS, NO_CPU, SPACE, VARIANT, operand_strides
-from tests.conftest import needs_flag_gems, result, run_py
-from tuner.tuning.search import grid_configs
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from kernels import get_kernel  # noqa: E402
+from kernels.base import KernelInputError  # noqa: E402
+from kernels.bmm import CONFIG_KEYS, NO_CPU, SPACE, VARIANT, operand_strides  # noqa: E402
+from kernels.persistent_variant import PERSISTENT  # noqa: E402
+from tests.conftest import needs_flag_gems, result, run_py  # noqa: E402
+from tuner.tuning.search import grid_configs  # noqa: E402
 
 BMM = get_kernel("bmm")
 
@@ -66,7 +72,10 @@ def test_grid_is_valid_and_canonical():
         valid = grid_configs(BMM, key, "bf16", "cuda")
         assert len(valid) > 100, key
         assert all(BMM.canonical(key, c) == c for c in valid)
-        assert BMM.space(key, "bf16", "cuda") == {"variant": (VARIANT,), **SPACE}
+        space = BMM.space(key, "bf16", "cuda")
+        # lm_head's N = 151700 rows are not 16-byte multiples: FlagGems' kernel only
+        assert space == {"variant": (VARIANT,), **SPACE} if key[2] == 151700 else \
+            space == {"variant": (VARIANT, PERSISTENT), **SPACE, **BMM.own_space}
     # one row of tiles: GROUP_M cannot matter and is folded to 1
     assert BMM.canonical((8, 10, 64, 64, 0), cfg(TILE_M=16, GROUP_M=8))["GROUP_M"] == 1
     assert BMM.canonical((8, 100, 64, 64, 0), cfg(TILE_M=16, GROUP_M=8))["GROUP_M"] == 8
@@ -124,3 +133,36 @@ def test_space_holds_flaggems_list_and_its_libtuner(tmp_path):
     assert r["reasons"] == ["None"]
     assert len(r["hash"]) == 64 and r["hash"] == r["hash_none"]
     assert result(run_py(code, fg_env))["hash"] == r["hash"]
+
+
+def pcfg(**kw):
+    return {"variant": PERSISTENT, "TILE_M": 16, "TILE_N": 32, "TILE_K": 32, "GROUP_M": 2, "num_warps": 4,
+            "num_stages": 2, "OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 0} | kw
+
+
+def test_persistent_variant_constraints_and_names():
+    key = (1024, 10, 3584, 3584, 1)
+    assert BMM.invalid_reason(key, pcfg(), "bf16", "cuda") is None
+    assert BMM.invalid_reason(key, pcfg(), "bf16", "cpu") == NO_CPU
+    assert "warpgroups" in BMM.invalid_reason(key, pcfg(num_warps=2), "bf16", "cuda")
+    assert "variant" in BMM.invalid_reason((1, 1, 151700, 3584, 1), pcfg(), "bf16", "cuda")
+    assert BMM.mm_config(pcfg())["BLOCK_M"] == 16 and BMM.mm_config(pcfg())["GROUP_M"] == 2
+    # FlagGems' configs keep their GROUP_M; the persistent knobs are pinned for them
+    fg = BMM.canonical((8, 100, 64, 64, 0), cfg(GROUP_M=4) | {"OCCUPANCY": 2, "FLATTEN": 1})
+    assert fg["GROUP_M"] == 4 and fg["OCCUPANCY"] == 1 and fg["FLATTEN"] == 0
+    assert [BMM.invalid_reason(key, BMM.canonical(key, c), "bf16", "cuda")
+            for c in BMM.starting_configs(key, "bf16", "cuda")] == [None, None, None]
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("knobs", [dict(), dict(GROUP_M=1, FLATTEN=1, WARP_SPECIALIZE=1)])
+def test_persistent_runner_matches_the_reference(layout, knobs):
+    """Both layouts bmm meets (contiguous batches; F.linear's permuted input and one shared weight),
+    several (batch, tile) pairs per program, edge tiles in M, N and K."""
+    key = (3, 20, 40, 48, layout)
+    inputs = BMM.make_inputs(key, "fp16", "cpu", 1, seed=1)
+    out = inputs.outs[0].fill_(float("nan"))
+    BMM.own_runner(BMM.mm_config(pcfg(**knobs)))(inputs.sets[0], out)
+    ref = BMM.reference(inputs.sets[0])
+    assert not out.isnan().any()
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-3

@@ -1,0 +1,125 @@
+"""The batched form of tuner's persistent TMA GEMM (kernels/persistent_mm.py): out[b] = A[b] @ B[b].
+
+The programs walk every (batch, tile) pair in one persistent loop, tiles grouped within a batch.
+A, B and C are read and written through 3-D device-side tensor descriptors [BATCH, rows, cols],
+which take both layouts bmm meets (kernels/bmm.py): contiguous batches, and F.linear on a
+sequence-first input, where A[b] = X[:, b, :] (row stride BATCH x K) and B is one N x K weight for
+every b. A shared weight (batch stride 0) gets a 2-D descriptor: TMA is not asked for a zero stride.
+Runs on the GPU and under TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.persistent_mm import Unsupported, _scratch, _tile_coords, sm_count_of, tma_reason
+
+
+@triton.jit
+def persistent_bmm_kernel(
+    A, B, C,
+    BATCH, M, N, K,
+    stride_ab, stride_am, stride_bb, stride_b,
+    NUM_PROGRAMS,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    B_NK: tl.constexpr, B_SHARED: tl.constexpr, IEEE: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, FLATTEN: tl.constexpr,
+):
+    dtype = C.dtype.element_ty
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    tiles = num_pid_m * num_pid_n
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    num_pid_in_group = GROUP_M * num_pid_n
+
+    a_desc = tl.make_tensor_descriptor(A, shape=[BATCH, M, K], strides=[stride_ab, stride_am, 1],
+                                       block_shape=[1, BLOCK_M, BLOCK_K])
+    if B_SHARED:
+        if B_NK:
+            b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[stride_b, 1], block_shape=[BLOCK_N, BLOCK_K])
+        else:
+            b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_b, 1], block_shape=[BLOCK_K, BLOCK_N])
+    else:
+        if B_NK:
+            b_desc = tl.make_tensor_descriptor(B, shape=[BATCH, N, K], strides=[stride_bb, stride_b, 1],
+                                               block_shape=[1, BLOCK_N, BLOCK_K])
+        else:
+            b_desc = tl.make_tensor_descriptor(B, shape=[BATCH, K, N], strides=[stride_bb, stride_b, 1],
+                                               block_shape=[1, BLOCK_K, BLOCK_N])
+    c_desc = tl.make_tensor_descriptor(C, shape=[BATCH, M, N], strides=[M * N, N, 1], block_shape=[1, BLOCK_M, BLOCK_N])
+
+    for tile_id in tl.range(tl.program_id(0), BATCH * tiles, NUM_PROGRAMS, flatten=FLATTEN,
+                            warp_specialize=WARP_SPECIALIZE):
+        bid = tile_id // tiles
+        pid_m, pid_n = _tile_coords(tile_id % tiles, num_pid_in_group, num_pid_m, GROUP_M)
+        offs_m = pid_m * BLOCK_M
+        offs_n = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for ki in range(k_tiles):
+            offs_k = ki * BLOCK_K
+            a = a_desc.load([bid, offs_m, offs_k]).reshape(BLOCK_M, BLOCK_K)
+            if B_SHARED:
+                if B_NK:
+                    b = b_desc.load([offs_n, offs_k]).T
+                else:
+                    b = b_desc.load([offs_k, offs_n])
+            else:
+                if B_NK:
+                    b = b_desc.load([bid, offs_n, offs_k]).reshape(BLOCK_N, BLOCK_K).T
+                else:
+                    b = b_desc.load([bid, offs_k, offs_n]).reshape(BLOCK_K, BLOCK_N)
+            if IEEE:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+        c_desc.store([bid, offs_m, offs_n], acc.to(dtype).reshape(1, BLOCK_M, BLOCK_N))
+
+
+def b_operand(b: torch.Tensor) -> tuple[bool, bool, int, int] | None:
+    """(B_NK, B_SHARED, batch stride, row stride of the descriptor) for B [BATCH, K, N], or None:
+    B_NK when each B[b] is an N x K weight seen through .t(); B_SHARED when one weight serves every
+    batch (stride 0, as F.linear's expanded weight)."""
+    sb, sk, sn = b.stride()
+    K, N = b.shape[1], b.shape[2]
+    if sk == 1 and sn >= K:
+        return True, sb == 0, sb, sn
+    if sn == 1 and sk >= N:
+        return False, sb == 0, sb, sk
+    return None
+
+
+def unsupported(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> str | None:
+    """Why the batched kernel cannot take these tensors as they are (TMA's layout rules), or None."""
+    if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        return "needs A [BATCH, M, K] and B [BATCH, K, N]"
+    layout = b_operand(b)
+    if a.stride(2) != 1 or layout is None:
+        return "needs A with contiguous rows and B as K x N rows or an N x K weight's .t() per batch"
+    if not out.is_contiguous() or out.dtype != a.dtype:
+        return "needs a contiguous output in the inputs' dtype"
+    return tma_reason(a, b, [a, b, out], [a.stride(0), a.stride(1), layout[2], layout[3], out.stride(1)])
+
+
+def persistent_bmm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+    """out[b] = A[b] @ B[b] with `config` (BLOCK_M/N/K, GROUP_M, OCCUPANCY, WARP_SPECIALIZE, FLATTEN,
+    num_warps, num_stages); raises Unsupported for tensors TMA cannot read as they are."""
+    batch, M, K = a.shape
+    N = b.shape[2]
+    c = out if out is not None else torch.empty((batch, M, N), dtype=a.dtype, device=a.device)
+    reason = unsupported(a, b, c)
+    if reason:
+        raise Unsupported(f"persistent_bmm {tuple(a.shape)} @ {tuple(b.shape)}: {reason}")
+    b_nk, shared, stride_bb, stride_b = b_operand(b)
+    tiles = batch * triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
+    programs = max(1, min(tiles, sm_count_of(a.device) * config.get("OCCUPANCY", 1)))
+    triton.set_allocator(_scratch)
+    persistent_bmm_kernel[(programs,)](
+        a, b, c, batch, M, N, K, a.stride(0), a.stride(1), stride_bb, stride_b, programs,
+        BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
+        GROUP_M=config.get("GROUP_M", 8), B_NK=b_nk, B_SHARED=shared, IEEE=a.dtype == torch.float32,
+        WARP_SPECIALIZE=bool(config.get("WARP_SPECIALIZE", 0)), FLATTEN=bool(config.get("FLATTEN", 0)),
+        num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 3),
+    )
+    return c
