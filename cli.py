@@ -54,6 +54,11 @@ def tune(
                                                   "upcoming candidates while one is timed (0 = off). "
                                                   "Default: up to 8 on a GPU."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed, for reproducible searches."),
+    workers: int = typer.Option(1, "--workers", help="Measurement processes (per GPU with --gpus) working "
+                                "the same studies; configs are claimed in the database, so none is "
+                                "measured twice. On CPU they share the machine's cores."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices to spread the workers over, e.g. "
+                                       "0,1,2,3: --workers processes on each."),
     from_profile: Optional[str] = typer.Option(None, "--from-profile", help="Add the hot keys of a stored profile "
                                                "run (its id, or latest), hottest first: mm or addmm."),
     top: Optional[int] = typer.Option(None, "--top", help="With --from-profile: at most this many keys."),
@@ -66,8 +71,10 @@ def tune(
 
     Example: tuner tune --op mm --shape 16,4608,3584 --shape 64,37888,3584 --trials 50
 
-    Example (no GPU): tuner tune --op mm --shape 16,256,512 --trials 12 --device cpu"""
-    from tuner.tuning import flow
+    Example (no GPU): tuner tune --op mm --shape 16,256,512 --trials 12 --device cpu
+
+    Example (4 GPUs, 2 processes each): tuner tune --op mm --shapes minicpmo-llm --gpus 0,1,2,3 --workers 2"""
+    from tuner.tuning import flow, parallel
     from tuner.report import tune_progress, tune_table
 
     if from_profile is not None:
@@ -81,8 +88,13 @@ def tune(
                            patience=patience, sampler=sampler, device=device, compile_workers=compile_workers,
                            seed=seed, db_url=db)
     try:
-        with tune_progress(enabled=not as_json, total=trials) as (on_key, on_event):
-            results = flow.tune(req, on_key=on_key, on_event=on_event)
+        failed = []
+        if workers != 1 or gpus is not None:
+            out = parallel.run_parallel(req, workers, gpus, on_child=_child_line(as_json))
+            results, failed = out.results, out.failed
+        else:
+            with tune_progress(enabled=not as_json, total=trials) as (on_key, on_event):
+                results = flow.tune(req, on_key=on_key, on_event=on_event)
     except UserError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -96,19 +108,23 @@ def tune(
             _fail(e)
         raise
     if as_json:
-        typer.echo(json.dumps([r_as_dict(r) for r in results], indent=2))
-    else:
+        typer.echo(json.dumps([flow.result_as_dict(r) for r in results], indent=2))
+    elif results:
         tune_table(results)
+    if failed:
+        raise typer.Exit(1)
 
 
-def r_as_dict(r) -> dict:
-    o = r.outcome
-    return {"key": list(r.key), "best_config": o.best_config, "best_us": o.best_us, "stored": r.stored,
-            "baselines_us": o.setup.baselines_us, "baseline_errors": o.setup.baseline_errors,
-            "first_call_s": o.setup.first_call_s, "measured": o.measured, "trials_total": o.trials_total,
-            "counts": o.counts, "stop_reason": o.stop_reason, "timing": o.timing, "wall_s": o.wall_s, "setup_s": o.setup_s,
-            "study": o.study_name, "confirmed": o.confirmed, "search_best_us": o.search_best_us,
-            "setup_baselines_us": o.setup_baselines_us}
+def _child_line(as_json: bool):
+    """--workers / --gpus: one line as each measurement process ends (a failure always, on stderr)."""
+
+    def on_child(child) -> None:
+        if child.code != 0:
+            typer.secho(child.failure_line(), err=True, fg="red")
+        elif not as_json:
+            typer.echo(f"{child.name}: done, {sum(r.outcome.measured for r in child.results)} measured")
+
+    return on_child
 
 
 @db_app.command("show")

@@ -111,7 +111,7 @@ def open_database(url: str | None = None, *, create: bool = True) -> Database:
         raise DatabaseUnusable(f"{shown_url(url)!r} is not a database URL") from None
     _check_sqlite_file(url, create)
     try:
-        engine = create_engine(url, future=True)
+        engine = create_engine(url, future=True, **engine_kwargs(url))
         tables = set(inspect(engine).get_table_names())
     except (OperationalError, DatabaseError) as e:
         raise DatabaseUnusable(f"cannot read the database at {shown_url(url)}: {_scrub(str(e.orig), url)}") from None
@@ -133,6 +133,18 @@ def open_database(url: str | None = None, *, create: bool = True) -> Database:
 
     retry_schema_race(lambda: upgrade(engine))
     return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+
+
+# SQLite lets one process write at a time and makes the others wait up to this long: the default
+# 5 s was too short for 8 tune processes sharing 2 cores ("database is locked").
+SQLITE_BUSY_S = 60.0
+
+
+def engine_kwargs(url: str) -> dict:
+    """create_engine's extra arguments for `url` (Optuna's storage takes the same)."""
+    if make_url(url).get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_BUSY_S}}
+    return {}
 
 
 def retry_schema_race(create, attempts: int = 40, pause_s: float = 0.25):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, true, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 VERSION_TABLE = "tuner_alembic_version"  # tuner's Alembic revision; Optuna's migrations own `alembic_version`
@@ -63,8 +63,30 @@ class TuningRun(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # written every few seconds while the run lives; a 'running' row whose heartbeat is older than
+    # the grace period is marked 'stale' by the next tune (its process was killed)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    owner: Mapped[str | None] = mapped_column(String(128))  # "host:pid" of the tune process
 
     environment: Mapped[Environment] = relationship()
+
+
+class Claim(Base):
+    """A config of a study taken by one process before it measures it. The unique key makes the
+    INSERT itself the lock: of several processes (on one host or many) asking for one config,
+    exactly one measures it. Released only when its trial ends unmeasured (interrupted, or its
+    process was killed), so the config is measured later."""
+
+    __tablename__ = "tuner_claims"
+    __table_args__ = (UniqueConstraint("study_name", "config_hash", name="uq_claim"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(256))
+    config_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical config text
+    config: Mapped[str] = mapped_column(Text)  # the canonical config text
+    trial_number: Mapped[int] = mapped_column(Integer)  # the Optuna trial that measures it
+    owner: Mapped[str] = mapped_column(String(128))  # "host:pid"
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class BestConfig(Base):
@@ -95,6 +117,9 @@ class BestConfig(Base):
     trials_used: Mapped[int] = mapped_column(Integer)
     timing: Mapped[str] = mapped_column(String(32))  # "cuda-graph" or "interpreter-wall"
     study_name: Mapped[str] = mapped_column(String(256))
+    # False while the row holds a search timing stored as the search improved; True once the
+    # finalists were re-timed side by side with the baselines (what a finished key stores)
+    confirmed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

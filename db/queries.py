@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import select
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import BestConfig, Environment, TuningRun, utcnow
@@ -37,6 +39,25 @@ def finish_run(session: Session, run: TuningRun, status: str, reason: str | None
     run.finished_at = utcnow()
 
 
+def beat_run(session: Session, run_id: int) -> None:
+    """The live run's heartbeat (see mark_stale_runs)."""
+    session.execute(update(TuningRun).where(TuningRun.id == run_id).values(heartbeat_at=utcnow()))
+
+
+def mark_stale_runs(session: Session, grace_s: float) -> list[int]:
+    """Runs still 'running' whose heartbeat (or start, before their first beat) is older than
+    grace_s: their process was killed (kill -9, a lost host). They become 'stale'; their ids."""
+    cutoff = utcnow() - timedelta(seconds=grace_s)
+    last = func.coalesce(TuningRun.heartbeat_at, TuningRun.started_at)
+    rows = list(session.scalars(select(TuningRun).where(TuningRun.status == "running", last < cutoff)))
+    for run in rows:
+        seen = run.heartbeat_at or run.started_at
+        run.status = "stale"
+        run.reason = f"no heartbeat since {seen:%Y-%m-%d %H:%M:%S} UTC: its process was killed"
+        run.finished_at = utcnow()
+    return [r.id for r in rows]
+
+
 def key_text(key_values: dict[str, int]) -> str:
     return ",".join(f"{k}={v}" for k, v in key_values.items())
 
@@ -45,9 +66,14 @@ def upsert_best(session: Session, *, environment_id: int, kernel: str, key_value
                 dtype: str, **fields: Any) -> BestConfig:
     """Insert or replace the best config of (environment, kernel, key, dtype); returns the stored row.
 
-    A different config replaces the stored one only when it is faster (or the kernel's source
-    changed: old timings are of another kernel): several processes tuning one key each store their
-    best, and the last to finish no longer wins regardless. The same config is re-timed in place.
+    A row is replaced only by a faster one (several processes tuning one key each store their best,
+    and the last to finish no longer wins regardless), except that
+    - a new kernel source replaces whatever is stored (old timings are of another kernel);
+    - a confirmed row (`confirmed=True`: finalists re-timed side by side with the baselines)
+      replaces a provisional one (`confirmed=False`: a search timing stored as the search
+      improved), faster or not: one pass's ratios beat a mix of passes, and the confirmation
+      re-timed the study's best configs, the provisional one among them;
+    - a provisional row never replaces a confirmed one of the same config.
     Two first inserts at once: one gets IntegrityError (the unique key); its caller rolls back and
     calls again (`store_best`).
     """
@@ -63,14 +89,25 @@ def upsert_best(session: Session, *, environment_id: int, kernel: str, key_value
     if row is None:
         row = BestConfig(environment_id=environment_id, kernel=kernel, key=key, key_values=key_values, dtype=dtype)
         session.add(row)
-    elif (fields.get("config") != row.config and fields.get("kernel_source_hash") == row.kernel_source_hash
-          and fields.get("time_us") is not None and row.time_us is not None and fields["time_us"] >= row.time_us):
+    elif not _replaces(fields, row):
         return row  # a slower winner of another run: the stored one stays
     for name, value in fields.items():
         setattr(row, name, value)
     row.updated_at = utcnow()
     session.flush()
     return row
+
+
+def _replaces(new: dict[str, Any], row: BestConfig) -> bool:
+    """Whether `new` (upsert_best's fields) replaces the stored `row` (rules: upsert_best)."""
+    if new.get("kernel_source_hash") != row.kernel_source_hash:
+        return True
+    confirmed = new.get("confirmed", True)
+    if confirmed and not row.confirmed:
+        return True
+    if not confirmed and row.confirmed and new.get("config") == row.config:
+        return False
+    return new.get("time_us") is None or row.time_us is None or new["time_us"] < row.time_us
 
 
 def store_best(sessions: Callable[[], Session], **kwargs: Any) -> None:
@@ -119,6 +156,7 @@ def best_as_record(row: BestConfig) -> dict[str, Any]:
         "timing": row.timing,
         "kernel_source_hash": row.kernel_source_hash,
         "study_name": row.study_name,
+        "confirmed": row.confirmed,
         "updated_at": row.updated_at.isoformat(timespec="seconds"),
         "environment": {k: getattr(env, k) for k in _ENV_FIELDS} | {"fingerprint": env.fingerprint},
     }

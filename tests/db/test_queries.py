@@ -4,12 +4,12 @@ from db import queries
 ENV = {"device": "cpu", "torch": "2.13.0", "triton": "3.6.0", "python": "3.11"}
 
 
-def _best(s, env, run, time_us, config):
+def _best(s, env, run, time_us, config, confirmed=True):
     return queries.upsert_best(
         s, environment_id=env.id, kernel="mm", key_values={"M": 1, "N": 64, "K": 64, "BT": 1}, dtype="fp16",
         run_id=run.id, kernel_source_hash="h", config=config, time_us=time_us, untuned_us=None, native_us=20.0,
         speedup_vs_untuned=None, speedup_vs_native=20.0 / time_us, max_abs_error=0.01, rel_error=1e-4,
-        trials_used=3, timing="interpreter-wall", study_name="s",
+        trials_used=3, timing="interpreter-wall", study_name="s", confirmed=confirmed,
     )
 
 
@@ -32,7 +32,7 @@ def test_upsert_replaces_the_best_of_a_key(tmp_path):
 
 def test_a_slower_winner_does_not_replace_the_stored_best(tmp_path):
     """Two processes tuning one key: the one finishing last with a slower config keeps the faster
-    stored; the same config re-timed is updated; a new kernel source replaces whatever was there."""
+    stored (the same config re-timed slower too); a new kernel source replaces whatever was there."""
     db = open_database(str(tmp_path / "t.db"))
     with db.session() as s:
         env = queries.get_or_create_environment(s, "fp1", ENV)
@@ -40,11 +40,36 @@ def test_a_slower_winner_does_not_replace_the_stored_best(tmp_path):
         _best(s, env, run, 8.0, {"BLOCK_M": 32})
         _best(s, env, run, 9.0, {"BLOCK_M": 16})  # slower, another config: kept out
         assert queries.records(queries.best_configs(s))[0]["config"] == {"BLOCK_M": 32}
-        _best(s, env, run, 8.5, {"BLOCK_M": 32})  # the same config re-timed
-        assert queries.records(queries.best_configs(s))[0]["time_us"] == 8.5
+        _best(s, env, run, 8.5, {"BLOCK_M": 32})  # the same config re-timed slower: kept out
+        assert queries.records(queries.best_configs(s))[0]["time_us"] == 8.0
+        _best(s, env, run, 7.5, {"BLOCK_M": 32})  # re-timed faster: in
+        assert queries.records(queries.best_configs(s))[0]["time_us"] == 7.5
         queries.upsert_best(s, environment_id=env.id, kernel="mm", key_values={"M": 1, "N": 64, "K": 64, "BT": 1},
                             dtype="fp16", kernel_source_hash="new", config={"BLOCK_M": 64}, time_us=12.0)
         assert queries.records(queries.best_configs(s))[0]["config"] == {"BLOCK_M": 64}
+
+
+def test_provisional_bests_give_way_to_the_confirmed_one(tmp_path):
+    """A search stores its best as it improves (confirmed=False, search timings); the side-by-side
+    pass at the end of the key replaces it even when its timing is slower, and a later provisional
+    row replaces a confirmed one only when faster."""
+    db = open_database(str(tmp_path / "t.db"))
+    with db.session() as s:
+        env = queries.get_or_create_environment(s, "fp1", ENV)
+        run = queries.start_run(s, env, kernel="mm", sampler="tpe", device="cpu", compile_workers=0)
+        _best(s, env, run, 9.0, {"BLOCK_M": 16}, confirmed=False)
+        _best(s, env, run, 7.0, {"BLOCK_M": 32}, confirmed=False)  # improved: stored at once
+        (rec,) = queries.records(queries.best_configs(s))
+        assert rec["time_us"] == 7.0 and not rec["confirmed"]
+        _best(s, env, run, 7.4, {"BLOCK_M": 16})  # the side-by-side winner, slower than 7.0: in
+        (rec,) = queries.records(queries.best_configs(s))
+        assert rec["config"] == {"BLOCK_M": 16} and rec["time_us"] == 7.4 and rec["confirmed"]
+        _best(s, env, run, 7.6, {"BLOCK_M": 64}, confirmed=False)  # another process, slower: out
+        _best(s, env, run, 6.0, {"BLOCK_M": 16}, confirmed=False)  # the confirmed config: out
+        assert queries.records(queries.best_configs(s))[0]["time_us"] == 7.4
+        _best(s, env, run, 7.0, {"BLOCK_M": 64}, confirmed=False)  # faster, another config: in
+        (rec,) = queries.records(queries.best_configs(s))
+        assert rec["config"] == {"BLOCK_M": 64} and not rec["confirmed"]
 
 
 def test_store_best_survives_a_concurrent_first_insert(tmp_path):

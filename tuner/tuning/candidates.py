@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,7 +89,9 @@ class Candidates:
             if nxt is None:
                 return None
             self.study.enqueue_trial(nxt)
-        trial = self.study.ask(self.dists)
+        with warnings.catch_warnings():  # tuner beats for its own trials (tuner.tuning.heartbeat)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = self.study.ask(self.dists)
         self.asked.append(trial)
         cfg = self.kernel.canonical(self.key, dict(trial.params))
         text = canon_text(cfg)

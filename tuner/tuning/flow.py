@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,6 +18,11 @@ from tuner.devices import resolve_device
 from tuner.tuning.compile_pool import CompilePool
 from tuner.errors import UserError
 from tuner.store import optuna_storage
+from db.models import utcnow
+from tuner.tuning.claims import StudyClaims, on_stale, owner
+from tuner.tuning.heartbeat import GRACE_S, Heartbeat
+from tuner.tuning.history import Best
+from tuner.tuning.measurer import Setup
 from tuner.tuning.search import SAMPLERS, Budget, Event, Outcome, run_search, study_name_for
 from tuner.tuning.worker import WorkerClient
 
@@ -138,7 +144,7 @@ def tune(req: TuneRequest, on_key: Callable[[Key, int, int], None] | None = None
          on_event: Callable[[Event], None] | None = None) -> list[KeyResult]:
     kernel, keys, device, dtype = validate(req)
     db = open_database(req.db_url)
-    storage = optuna_storage(db.url)
+    storage = optuna_storage(db.url, on_stale=on_stale(db.sessions))
     env = fp.collect(device)
     arch = _arch(device)
     workers = req.compile_workers
@@ -146,31 +152,43 @@ def tune(req: TuneRequest, on_key: Callable[[Key, int, int], None] | None = None
         workers = min(8, max(1, (os.cpu_count() or 2) - 2)) if device == "cuda" else 0
     results: list[KeyResult] = []
     with db.session() as s:
+        queries.mark_stale_runs(s, GRACE_S)  # runs of killed processes no longer show 'running'
         env_row = queries.get_or_create_environment(s, env.digest(), env.as_dict())
         run = queries.start_run(s, env_row, kernel=kernel.name, sampler=req.sampler, device=device,
-                                trials_budget=req.trials, timeout_s=req.timeout_s, compile_workers=workers)
+                                trials_budget=req.trials, timeout_s=req.timeout_s, compile_workers=workers,
+                                owner=owner(), heartbeat_at=utcnow())
         s.commit()
         run_id, env_id = run.id, env_row.id
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pool = CompilePool(kernel_ref(kernel), device, workers)
     worker = WorkerClient(kernel_ref(kernel), device)
     status, reason = "done", None
+    heartbeat = Heartbeat(storage, beat_run=lambda: _beat(db, run_id))
     try:
+        heartbeat.__enter__()
         for i, key in enumerate(keys):
             if on_key:
                 on_key(key, i, len(keys))
             with db.session() as s:
                 warm = neighbour_winners(s, kernel, key, dtype, env_id)
             warm += kernel.starting_configs(key, dtype, device)
+            name = study_name_for(kernel, key, dtype, env.digest())
+            store = functools.partial(_store, db, kernel, key, dtype, env_id=env_id, run_id=run_id, study_name=name)
+
+            def on_best(best: Best, setup, trials_used: int) -> None:
+                store(best, setup.baselines_us, trials_used, setup.timing, confirmed=False)
+
             outcome = run_search(
-                kernel=kernel, key=key, dtype=dtype, device=device, storage=storage,
-                study_name=study_name_for(kernel, key, dtype, env.digest()), measurer=worker,
-                sampler=req.sampler, budget=Budget(req.trials, req.timeout_s, req.patience),
+                kernel=kernel, key=key, dtype=dtype, device=device, storage=storage, study_name=name,
+                measurer=worker, sampler=req.sampler, budget=Budget(req.trials, req.timeout_s, req.patience),
                 compile_pool=pool, warm_start=warm, seed=req.seed, arch=arch, on_event=on_event,
+                claims=StudyClaims(db.session, name), heartbeat=heartbeat, on_best=on_best,
             )
             stored = False
             if outcome.best_config is not None:
-                _store(db, kernel, key, dtype, outcome, env_id, run_id)
+                o = outcome
+                best = Best(o.best_us, o.best_config, o.best_rel_error, o.best_max_abs_error)
+                store(best, o.setup.baselines_us, o.trials_total, o.timing or o.setup.timing, confirmed=o.confirmed)
                 stored = True
             results.append(KeyResult(key, outcome, stored))
     except KeyboardInterrupt:
@@ -180,6 +198,7 @@ def tune(req: TuneRequest, on_key: Callable[[Key, int, int], None] | None = None
         status, reason = "failed", f"{type(e).__name__}: {e}"
         raise
     finally:
+        heartbeat.__exit__()
         worker.close()
         pool.close()
         with db.session() as s:
@@ -190,15 +209,48 @@ def tune(req: TuneRequest, on_key: Callable[[Key, int, int], None] | None = None
     return results
 
 
-def _store(db, kernel: Kernel, key: Key, dtype: str, o: Outcome, env_id: int, run_id: int) -> None:
-    native = o.setup.baselines_us.get("native")
-    untuned = o.setup.baselines_us.get("untuned")
+def result_as_dict(r: KeyResult) -> dict:
+    """A key's result as `tuner tune --json` prints it (and a --workers child hands it over)."""
+    o = r.outcome
+    return {"key": list(r.key), "best_config": o.best_config, "best_us": o.best_us, "stored": r.stored,
+            "baselines_us": o.setup.baselines_us, "baseline_errors": o.setup.baseline_errors,
+            "first_call_s": o.setup.first_call_s, "measured": o.measured, "trials_total": o.trials_total,
+            "counts": o.counts, "stop_reason": o.stop_reason, "timing": o.timing, "wall_s": o.wall_s,
+            "setup_s": o.setup_s, "study": o.study_name, "confirmed": o.confirmed,
+            "search_best_us": o.search_best_us, "setup_baselines_us": o.setup_baselines_us,
+            "best_rel_error": o.best_rel_error, "best_max_abs_error": o.best_max_abs_error}
+
+
+def result_from_dict(d: dict) -> KeyResult:
+    """result_as_dict's inverse."""
+    setup = Setup(baselines_us=d["baselines_us"], baseline_errors=d["baseline_errors"],
+                  first_call_s=d["first_call_s"], timing=d["timing"])
+    o = Outcome(study_name=d["study"], setup=setup, best_config=d["best_config"], best_us=d["best_us"],
+                best_rel_error=d.get("best_rel_error"), best_max_abs_error=d.get("best_max_abs_error"),
+                measured=d["measured"], trials_total=d["trials_total"], stop_reason=d["stop_reason"],
+                counts=d["counts"], timing=d["timing"], wall_s=d["wall_s"], setup_s=d["setup_s"],
+                confirmed=d["confirmed"], search_best_us=d["search_best_us"],
+                setup_baselines_us=d["setup_baselines_us"])
+    return KeyResult(tuple(d["key"]), o, d["stored"])
+
+
+def _beat(db, run_id: int) -> None:
+    with db.session() as s:
+        queries.beat_run(s, run_id)
+        s.commit()
+
+
+def _store(db, kernel: Kernel, key: Key, dtype: str, best: Best, baselines_us: dict[str, float], trials_used: int,
+           timing: str, *, env_id: int, run_id: int, study_name: str, confirmed: bool) -> None:
+    """A key's best: provisional (confirmed=False, a search timing, stored as the search improves)
+    or after the side-by-side pass; queries.store_best keeps whichever the rules prefer."""
+    native, untuned = baselines_us.get("native"), baselines_us.get("untuned")
     queries.store_best(
         db.session, environment_id=env_id, kernel=kernel.name, key_values=kernel.key_dict(key), dtype=dtype,
-        run_id=run_id, kernel_source_hash=kernel.source_hash(o.best_config), config=o.best_config, time_us=o.best_us,
-        untuned_us=untuned, native_us=native, baselines_us=dict(o.setup.baselines_us),
-        speedup_vs_untuned=untuned / o.best_us if untuned else None,
-        speedup_vs_native=native / o.best_us if native else None,
-        max_abs_error=o.best_max_abs_error or 0.0, rel_error=o.best_rel_error or 0.0,
-        trials_used=o.trials_total, timing=o.timing or o.setup.timing, study_name=o.study_name,
+        run_id=run_id, kernel_source_hash=kernel.source_hash(best.config), config=best.config, time_us=best.us,
+        untuned_us=untuned, native_us=native, baselines_us=dict(baselines_us),
+        speedup_vs_untuned=untuned / best.us if untuned else None,
+        speedup_vs_native=native / best.us if native else None,
+        max_abs_error=best.max_abs_error or 0.0, rel_error=best.rel_error or 0.0,
+        trials_used=trials_used, timing=timing, study_name=study_name, confirmed=confirmed,
     )

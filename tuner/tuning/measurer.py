@@ -23,6 +23,7 @@ class Status(str, Enum):
     HANG = "hang"  # no answer within the measure timeout
     INVALID = "invalid"  # refused by the kernel's constraints, never compiled
     INTERRUPTED = "interrupted"  # asked, then the user stopped the run: queued again for the next one
+    UNUSED = "unused"  # asked when other processes had already claimed the study's whole budget
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 Candidates flow through a short pipeline: asked from the sampler, canonicalised, checked
 against the constraints (invalid ones are told PRUNED without compiling), deduplicated against
-every earlier trial of the study (a config is never measured twice), compiled ahead in the
-compile pool, then timed and checked in the worker. As in Optuna's study/_optimize.py, the loop
+every earlier trial of the study, claimed in the database (with several processes on one study,
+only the one whose claim is inserted measures it: a config is never measured twice), compiled
+ahead in the compile pool, then timed and checked in the worker. As in Optuna's study/_optimize.py, the loop
 is split into small steps: fill the pipeline, measure the oldest candidate, record it.
 """
 
@@ -24,7 +25,9 @@ from kernels.base import Config, Kernel, Key
 from tuner.tuning.budget import Budget
 from tuner.tuning.candidates import Candidate, Candidates, canon_text, grid_configs
 from tuner.tuning.compile_pool import CompilePool
+from tuner.tuning.claims import StudyClaims, Taken
 from tuner.tuning.finalists import side_by_side
+from tuner.tuning.heartbeat import Heartbeat
 from tuner.tuning.history import Best, History
 from tuner.tuning.measurer import Measurer, Result, Setup, Status
 
@@ -116,10 +119,16 @@ class Search:
                  storage: optuna.storages.BaseStorage | str, study_name: str, measurer: Measurer,
                  sampler: str = "tpe", budget: Budget | None = None, compile_pool: CompilePool | None = None,
                  warm_start: list[Config] | None = None, seed: int | None = None, arch: int = 9,
-                 on_event: Callable[[Event], None] | None = None):
+                 on_event: Callable[[Event], None] | None = None, claims: StudyClaims | None = None,
+                 heartbeat: Heartbeat | None = None, on_best: Callable[[Best, Setup, int], None] | None = None):
+        """claims: the study's claims in tuner's database, for several processes on one study
+        (None: this process alone). heartbeat: beats for the trials in flight. on_best: called
+        with each new best (search timing), the setup and the study's measured count."""
         self.kernel, self.key, self.dtype, self.device, self.arch = kernel, key, dtype, device, arch
         self.storage, self.study_name, self.sampler, self.seed = storage, study_name, sampler, seed
         self.measurer, self.compile_pool, self.on_event = measurer, compile_pool, on_event
+        self.claims, self.heartbeat, self.on_best = claims, heartbeat or Heartbeat(None), on_best
+        self.setup: Setup | None = None
         self.budget = budget or Budget()
         self.warm_start = warm_start or []
         self.counts = {kind.value: 0 for kind in EventKind}
@@ -141,6 +150,7 @@ class Search:
         setup = self.measurer.setup(self.key, self.dtype, seed=self.seed or 0)
         # the budget is for searching: the baselines (FlagGems' own first-call autotune) come before
         self.t_start = time.monotonic()
+        self.setup = setup
         self._open_study(setup)
         self.timing = setup.timing
         self._optimize()
@@ -166,6 +176,9 @@ class Search:
         self.first_number = len(study.get_trials(deepcopy=False))  # trials numbered from here are this run's
         fresh_study = self.first_number == 0
         self.history = History(study, penalise=self.sampler == "gp")
+        if self.claims:
+            self.claims.sweep(study, self.history.numbers())
+            self.history.refresh()
         self.prior = self.history.trials_total()  # --trials is the study's total: a rerun does what is left
         grid = None
         if self.sampler == "grid":
@@ -182,16 +195,19 @@ class Search:
             while self._fill_pipeline():
                 self._measure_next()
         except KeyboardInterrupt:
-            # the pipeline's trials, one asked but not yet admitted, and one the interrupt caught inside
-            # study.ask (created, never returned): every trial of this run still running. A study
-            # worked by several processes at once would need Optuna's heartbeat instead (issue 13).
+            # the pipeline's trials and one asked but not yet admitted: every trial this run asked
+            # that is still running. One the interrupt caught inside study.ask (created, never
+            # returned) has no config yet; the next process to open the study fails it (claims.fail_stale).
             study = self.history.study
-            running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                       if t.number >= self.first_number}
+            running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
             asked = [t for t in self.candidates.asked if t.number in running]
             self.history.abandon(asked)
-            for number in running - {t.number for t in asked}:
-                study.tell(number, state=TrialState.FAIL)
+            if self.claims:
+                self.claims.release(t.number for t in asked)
+            if not self.claims:  # alone on the study: every other running trial of this run is that one
+                for number in running - {t.number for t in asked}:
+                    if number >= self.first_number:
+                        study.tell(number, state=TrialState.FAIL)
             raise
 
     def _fill_pipeline(self) -> bool:
@@ -202,7 +218,9 @@ class Search:
 
     def _budget_left(self) -> bool:
         done = self._done()
-        reason = self.budget.stop_reason(done=self.prior + done, in_flight=len(self.pending),
+        # with claims, the study's claims are its budget: measured plus in flight, every process
+        used, in_flight = (self.claims.count(), 0) if self.claims else (self.prior + done, len(self.pending))
+        reason = self.budget.stop_reason(done=used, in_flight=in_flight,
                                          elapsed_s=self._elapsed(),
                                          since_gain=done - self.last_gain_at if self.best is not None else None)
         # asked again after each measurement: the latest reason is the one reported
@@ -217,7 +235,10 @@ class Search:
             cand = self.candidates.ask()
             if cand is None:
                 return self._stop("grid exhausted")
-            if self._admit(cand):
+            admitted = self._admit(cand)
+            if admitted is None:
+                return self._stop("trials")  # other processes claimed the rest of the budget
+            if admitted:
                 return True
             idle += 1
             if idle >= limit:
@@ -229,20 +250,30 @@ class Search:
             if self.budget.timed_out(self._elapsed()):
                 return self._stop("timeout")
 
-    def _admit(self, cand: Candidate) -> bool:
-        """Into the pipeline when valid and new; an invalid or known config is answered at once."""
+    def _admit(self, cand: Candidate) -> bool | None:
+        """Into the pipeline when valid, new and claimed; an invalid or known config is answered at
+        once. None when the study's budget is claimed to the last config."""
         if cand.invalid_reason:
             self.history.tell_invalid(cand.trial, cand.invalid_reason)
             self._note(EventKind.INVALID, cand.config, None, cand.invalid_reason)
             return False
-        if cand.text in self.history or any(job.text == cand.text for job in self.pending):
-            # never measure twice: repeat the known outcome to the sampler
-            known_us = self.history.tell_repeat(cand.trial, cand.text)
-            self._note(EventKind.DUPLICATE, cand.config, known_us)
-            return False
-        future = self.compile_pool.submit(self.key, self.dtype, cand.config) if self.compile_pool else None
-        self.pending.append(InFlight(cand.trial, cand.config, cand.text, future))
-        return True
+        if cand.text not in self.history and not any(job.text == cand.text for job in self.pending):
+            self.heartbeat.watch(cand.trial)  # before the claim: a claimed trial always has a heartbeat
+            taken = self.claims.take(cand.text, cand.trial.number, self.budget.trials) if self.claims else Taken.CLAIMED
+            if taken != Taken.CLAIMED:
+                self.heartbeat.unwatch(cand.trial)
+            if taken == Taken.FULL:
+                self.history.tell_unused(cand.trial)
+                return None
+            if taken == Taken.CLAIMED:
+                future = self.compile_pool.submit(self.key, self.dtype, cand.config) if self.compile_pool else None
+                self.pending.append(InFlight(cand.trial, cand.config, cand.text, future))
+                return True
+            self.history.refresh()  # another process has it: learn what the others measured
+        # never measure twice: repeat the known outcome to the sampler
+        known_us = self.history.tell_repeat(cand.trial, cand.text)
+        self._note(EventKind.DUPLICATE, cand.config, known_us)
+        return False
 
     def _measure_next(self) -> None:
         job = self.pending[0]  # stays pending while measured: a Ctrl-C then queues it again
@@ -253,6 +284,7 @@ class Search:
             res = self.measurer.measure(job.config)
         self.pending.popleft()
         self.history.tell_result(job.trial, job.text, res)
+        self.heartbeat.unwatch(job.trial)
         if not res.ok:
             self._note(EventKind.FAILED, job.config, None, res.reason)
             return
@@ -260,6 +292,8 @@ class Search:
         gained = self.best is None or res.time_us < self.best.us * 0.995  # under 0.5% is noise
         if self.best is None or res.time_us < self.best.us:
             self.best = Best(res.time_us, job.config, res.rel_error, res.max_abs_error)
+            if self.on_best:  # stored now: a run killed later keeps it (only a faster one replaces it)
+                self.on_best(self.best, self.setup, self.history.trials_total())
         self._note(EventKind.MEASURED, job.config, res.time_us)
         if gained:
             self.last_gain_at = self._done()
@@ -267,6 +301,11 @@ class Search:
     def _confirm(self, setup: Setup) -> bool:
         """Re-time the finalists beside the baselines and keep the fastest (a resumed study's
         best comes from history and is confirmed too)."""
+        if self.claims:
+            self.history.refresh()  # the finalists are the study's best, whoever measured them
+            study_best = self.history.best()
+            if study_best and (self.best is None or study_best.us < self.best.us):
+                self.best = study_best
         if self.best is None:
             return False
         untuned = [canon_text(self.candidates.project(c)) for c in setup.untuned_configs]

@@ -34,7 +34,7 @@ def test_the_worker_client_and_the_replay_are_measurers():
 
 
 def test_statuses_and_event_kinds_are_the_strings_stored_before():
-    assert [s.value for s in Status] == ["ok", "failed", "wrong", "crashed", "hang", "invalid", "interrupted"]
+    assert [s.value for s in Status] == ["ok", "failed", "wrong", "crashed", "hang", "invalid", "interrupted", "unused"]
     assert [k.value for k in EventKind] == ["measured", "failed", "invalid", "duplicate"]
     assert Status.HANG == "hang" and "crashed" == Status.CRASHED and EventKind.DUPLICATE == "duplicate"
     assert json.dumps({"status": Status.WRONG}) == '{"status": "wrong"}'

@@ -1,0 +1,32 @@
+"""One measurement process of `tuner tune --workers N / --gpus ...` (tuner.tuning.parallel).
+
+Runs flow.tune on the request it is given (JSON, argv[1]) and prints its results as one JSON
+line on stdout. Exit codes as `tuner tune`'s: 0 done, 2 a user error, 130 interrupted (the
+configs in flight are queued again), 1 anything else (the traceback on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(argv: list[str]) -> int:
+    from tuner.errors import UserError
+    from tuner.tuning import flow
+
+    req = flow.TuneRequest(**json.loads(argv[1]))
+    try:
+        results = flow.tune(req)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps([flow.result_as_dict(r) for r in results]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
