@@ -102,6 +102,17 @@ def precompile_by_running(kernel: "Kernel", key: Key, config: Config, dtype: str
     torch.cuda.synchronize()
 
 
+def jit_source_hash(module_name: str) -> str:
+    """sha256 of the Triton functions a kernel module of tuner's lists in KERNEL_FUNCTIONS: the
+    identity of its tuned timings (an edit of the launch code keeps them, a kernel edit does not),
+    the same under TRITON_INTERPRET=1 as on the GPU."""
+    import importlib
+
+    mod = importlib.import_module(module_name)
+    text = "".join(inspect.getsource(getattr(f, "fn", f)) for f in mod.KERNEL_FUNCTIONS)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class Kernel(ABC):
     name: str = ""
     description: str = ""

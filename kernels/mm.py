@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from kernels.base import Config, Coverage, Inputs, Kernel, KernelInputError, Key, Runner, next_pow2, torch_dtype
+from kernels.base import (Config, Coverage, Inputs, Kernel, KernelInputError, Key, Runner, jit_source_hash, next_pow2,
+                          torch_dtype)
 from kernels.flaggems_ops import jit_function
 from tuner.devices import ELEM_BYTES, TORCH_NAMES
 
@@ -212,16 +213,13 @@ class MM(Kernel):
     # ---- running ------------------------------------------------------------------------
     def source_hash(self, config: Config | None = None) -> str:
         """sha256 of the Triton source of the kernel this config runs: FlagGems' JIT function
-        for fg_* variants, tuner's own module (OWN_MODULES) for split-K and persistent."""
+        for fg_* variants, the Triton functions of tuner's own module (OWN_MODULES) for split-K and
+        persistent."""
         import hashlib
-        import inspect
 
         variant = (config or {}).get("variant")
         if variant in OWN_MODULES:
-            import importlib
-
-            own = importlib.import_module(OWN_MODULES[variant])
-            return hashlib.sha256(inspect.getsource(own).encode()).hexdigest()
+            return jit_source_hash(OWN_MODULES[variant])
         if variant in ("fg_tma", "fg_general"):
             fg = flag_gems_mm_module()
             fn = fg.mm_kernel_general_host_tma if variant == "fg_tma" else fg.mm_kernel_general

@@ -77,6 +77,9 @@ def persistent_bmm_kernel(
         c_desc.store([bid, offs_m, offs_n], acc.to(dtype).reshape(1, BLOCK_M, BLOCK_N))
 
 
+KERNEL_FUNCTIONS = (persistent_bmm_kernel, _tile_coords)  # what a tuned config's timings belong to (jit_source_hash)
+
+
 def b_operand(b: torch.Tensor) -> tuple[bool, bool, int, int] | None:
     """(B_NK, B_SHARED, batch stride, row stride of the descriptor) for B [BATCH, K, N], or None:
     B_NK when each B[b] is an N x K weight seen through .t(); B_SHARED when one weight serves every

@@ -9,7 +9,7 @@ the own knobs pinned (absent from its configs' meaning), so its configs stay dis
 
 from __future__ import annotations
 
-from kernels.base import Config, Key, Runner
+from kernels.base import Config, Key, Runner, jit_source_hash
 from kernels.flaggems_ops import LibTunerKernel
 from kernels.mm import MM, PERSISTENT_PARAMS, PERSISTENT_PINNED, persistent_starts, tma_rows
 
@@ -21,7 +21,7 @@ class WithPersistent(LibTunerKernel):
     gives `own_space` (a subset of GROUP_M and mm's PERSISTENT_PARAMS) and `own_runner`."""
 
     own_space: dict[str, tuple] = {}
-    own_module = "kernels.persistent_mm"  # the kernel's source: its hash is the variant's identity
+    own_module = "kernels.persistent_mm"  # its KERNEL_FUNCTIONS are the variant's identity
 
     def own_runner(self, mm_cfg: Config) -> Runner:
         """The persistent kernel run with `mm_cfg` (mm's names) on this op's (args, out)."""
@@ -80,12 +80,7 @@ class WithPersistent(LibTunerKernel):
 
     def source_hash(self, config: Config | None = None) -> str:
         if (config or {}).get("variant") == PERSISTENT:
-            import hashlib
-            import importlib
-            import inspect
-
-            mod = importlib.import_module(self.own_module)
-            return hashlib.sha256(inspect.getsource(mod).encode()).hexdigest()
+            return jit_source_hash(self.own_module)
         return super().source_hash(config)
 
 

@@ -86,6 +86,9 @@ def splitk_reduce_kernel(WS, C, M, N, stride_cm, stride_cn, SPLIT_K: tl.constexp
 REDUCE_BLOCK = 1024
 
 
+KERNEL_FUNCTIONS = (mm_splitk_kernel, splitk_reduce_kernel)  # what a tuned config's timings belong to (jit_source_hash)
+
+
 def _launch_kwargs(M: int, N: int, K: int, is_fp32: bool, config: dict) -> dict:
     bk, split_k = config["BLOCK_K"], config.get("SPLIT_K", 1)
     return dict(

@@ -15,6 +15,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU every Triton kernel runs under the interpreter, and triton.jit (triton.language's
+# own helpers included) decides when a function is defined: set it before any test imports triton,
+# not in the test modules that happen to be collected first (a run of one folder broke on that)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = "NVIDIA H100 80GB HBM3"
@@ -65,3 +72,43 @@ def flaggems_env(tmp_path: Path) -> dict[str, str]:
 def fg_env(tmp_path):
     """`flaggems_env` of the test's tmp_path."""
     return flaggems_env(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A PostgreSQL cluster for the whole session (tests/postgres.py). When it cannot start, the
+    tests using it fail: CI installs PostgreSQL; only $TUNER_TEST_SKIP_POSTGRES=1 skips them."""
+    import shutil
+    import tempfile
+
+    from tests.postgres import SKIP_ENV, Cluster
+
+    if os.environ.get(SKIP_ENV) == "1":
+        pytest.skip(f"{SKIP_ENV}=1: PostgreSQL tests skipped")
+    root = Path(tempfile.mkdtemp(prefix="tuner-pg-"))  # not under pytest's tmp: the postgres user reads it
+    cluster = Cluster(root)
+    try:
+        cluster.start()
+    except Exception as e:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"PostgreSQL did not start: {e}")
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+_PG_DATABASES = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def pg_url(pg_cluster):
+    """A fresh, empty database of the session's cluster; its URL carries a password."""
+    return pg_cluster.create_database(f"t{next(_PG_DATABASES)}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh database: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tuner.db'}"
+    return request.getfixturevalue("pg_url")

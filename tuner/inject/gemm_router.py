@@ -406,10 +406,24 @@ def warm_up(plan: Mapping[tuple, list]) -> int:
     return calls
 
 
+def check_own_kernels(records: Iterable[Mapping[str, Any]], allow_foreign: bool) -> None:
+    """Refuse a record routed to tuner's own kernels (split-K, persistent) whose kernel source hash
+    is not the running kernel's: its timings belong to other code (re-tune, or allow_foreign). The
+    FlagGems routes' configs are checked where their caches are seeded."""
+    from kernels import get_kernel
+
+    from tuner.inject.foreign import check_records
+
+    own = [r for r in records if r.get("kernel") in ROUTED_OPS and record_target(r) in (SPLITK, PERSISTENT)]
+    check_records(own, running={}, allow_foreign=allow_foreign,
+                  running_for=lambda r: {"kernel_source_hash": get_kernel(r["kernel"]).source_hash(r["config"])})
+
+
 @injector("gemm_routes", label="GEMM keys routed to a tuned kernel", stage=OVERRIDE, claims=router_claims)
 def install_routes_for_serving(records: list[dict[str, Any]], ctx: Context) -> int:
     """Install the router for the stored mm / addmm records and compile what it routes to."""
     global _installed
+    check_own_kernels(records, ctx.allow_foreign)
     plan = plan_routes(records, ctx.max_tokens)
     counts = route_counts(records)
     if not plan:

@@ -243,12 +243,9 @@ def test_plan_uses_the_same_nearest_m_as_the_other_injectors():
 def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_tensors():
     """tuner's persistent TMA GEMM (real, under the Triton interpreter) behind mm, mm.out and
     addmm.out; addmm records name their tiles BLOCK_SIZE_*, the route carries mm's names."""
-    import os
-
     import torch
 
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-    from kernels.persistent_mm import Unsupported, persistent_mm
+    from kernels.persistent_mm import Unsupported, persistent_mm  # under the interpreter (tests/conftest.py)
 
     knobs = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 1, "EPILOGUE_SUBTILE": 0}
     mm_rec = rec(16, N=64, K=32, dtype="fp16", variant="persistent")
@@ -279,3 +276,22 @@ def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_
         assert router.hits[gr.PERSISTENT] == 3 and router.hits[gr.NATIVE] == 2
     finally:
         router.uninstall()
+
+
+def test_records_of_edited_own_kernels_are_refused():
+    """A split-K or persistent record carries the hash of the Triton functions it was timed with;
+    after a kernel edit the router refuses it (a FlagGems record is checked where its cache is seeded)."""
+    from kernels import get_kernel
+
+    from tuner.inject.foreign import ForeignResultError
+
+    mm = get_kernel("mm")
+    good = rec(16, variant="persistent") | {"kernel_source_hash": mm.source_hash({"variant": "persistent"})}
+    split = rec(16, variant="splitk") | {"kernel_source_hash": mm.source_hash({"variant": "splitk"})}
+    gr.check_own_kernels([good, split, rec(16, variant="fg_tma")], allow_foreign=False)
+    stale = good | {"kernel_source_hash": "0" * 64}
+    with pytest.raises(ForeignResultError, match="kernel_source_hash"):
+        gr.check_own_kernels([stale], allow_foreign=False)
+    with pytest.warns(RuntimeWarning, match="FOREIGN"):
+        gr.check_own_kernels([stale], allow_foreign=True)
+    gr.check_own_kernels([stale | {"native_us": 1.0}], allow_foreign=False)  # a loser is never routed: unchecked
