@@ -73,7 +73,8 @@ def upsert_best(session: Session, *, environment_id: int, kernel: str, key_value
       replaces a provisional one (`confirmed=False`: a search timing stored as the search
       improved), faster or not: one pass's ratios beat a mix of passes, and the confirmation
       re-timed the study's best configs, the provisional one among them;
-    - a provisional row never replaces a confirmed one of the same config.
+    - a provisional row never replaces a confirmed one: a search timing and a side-by-side one
+      are not compared (the confirmation at the end of that search decides).
     Two first inserts at once: one gets IntegrityError (the unique key); its caller rolls back and
     calls again (`store_best`).
     """
@@ -105,7 +106,7 @@ def _replaces(new: dict[str, Any], row: BestConfig) -> bool:
     confirmed = new.get("confirmed", True)
     if confirmed and not row.confirmed:
         return True
-    if not confirmed and row.confirmed and new.get("config") == row.config:
+    if not confirmed and row.confirmed:
         return False
     return new.get("time_us") is None or row.time_us is None or new["time_us"] < row.time_us
 

@@ -51,8 +51,8 @@ def test_a_slower_winner_does_not_replace_the_stored_best(tmp_path):
 
 def test_provisional_bests_give_way_to_the_confirmed_one(tmp_path):
     """A search stores its best as it improves (confirmed=False, search timings); the side-by-side
-    pass at the end of the key replaces it even when its timing is slower, and a later provisional
-    row replaces a confirmed one only when faster."""
+    pass at the end of the key replaces it even when its timing is slower; a provisional row never
+    replaces a confirmed one, and a confirmed one replaces a confirmed one only when faster."""
     db = open_database(str(tmp_path / "t.db"))
     with db.session() as s:
         env = queries.get_or_create_environment(s, "fp1", ENV)
@@ -64,12 +64,12 @@ def test_provisional_bests_give_way_to_the_confirmed_one(tmp_path):
         _best(s, env, run, 7.4, {"BLOCK_M": 16})  # the side-by-side winner, slower than 7.0: in
         (rec,) = queries.records(queries.best_configs(s))
         assert rec["config"] == {"BLOCK_M": 16} and rec["time_us"] == 7.4 and rec["confirmed"]
-        _best(s, env, run, 7.6, {"BLOCK_M": 64}, confirmed=False)  # another process, slower: out
-        _best(s, env, run, 6.0, {"BLOCK_M": 16}, confirmed=False)  # the confirmed config: out
+        _best(s, env, run, 6.0, {"BLOCK_M": 64}, confirmed=False)  # another process's search: out
         assert queries.records(queries.best_configs(s))[0]["time_us"] == 7.4
-        _best(s, env, run, 7.0, {"BLOCK_M": 64}, confirmed=False)  # faster, another config: in
+        _best(s, env, run, 7.6, {"BLOCK_M": 64})  # its confirmation, slower: out
+        _best(s, env, run, 7.1, {"BLOCK_M": 64})  # faster: in
         (rec,) = queries.records(queries.best_configs(s))
-        assert rec["config"] == {"BLOCK_M": 64} and not rec["confirmed"]
+        assert rec["config"] == {"BLOCK_M": 64} and rec["time_us"] == 7.1 and rec["confirmed"]
 
 
 def test_store_best_survives_a_concurrent_first_insert(tmp_path):

@@ -1,6 +1,7 @@
 """One measurement process of `tuner tune --workers N / --gpus ...` (tuner.tuning.parallel).
 
-Runs flow.tune on the request it is given (JSON, argv[1]) and prints its results as one JSON
+Runs flow.tune on the request it is given (JSON on stdin: on the command line a database
+password would show in `ps`) and prints its results as one JSON
 line on stdout. Exit codes as `tuner tune`'s: 0 done, 2 a user error, 130 interrupted (the
 configs in flight are queued again), 1 anything else (the traceback on stderr).
 """
@@ -11,11 +12,11 @@ import json
 import sys
 
 
-def main(argv: list[str]) -> int:
+def main() -> int:
     from tuner.errors import UserError
     from tuner.tuning import flow
 
-    req = flow.TuneRequest(**json.loads(argv[1]))
+    req = flow.TuneRequest(**json.loads(sys.stdin.readline()))
     try:
         results = flow.tune(req)
     except UserError as e:
@@ -29,4 +30,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())

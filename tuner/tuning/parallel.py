@@ -106,9 +106,11 @@ def run_parallel(req: flow.TuneRequest, workers: int, gpus: str | None,
         env = dict(os.environ)
         if child.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = child.gpu
-        child.proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner.tuning.child", json.dumps(_child_request(req, child.index, len(children)))],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        child.proc = subprocess.Popen([sys.executable, "-m", "tuner.tuning.child"], env=env, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True)
+        child.proc.stdin.write(json.dumps(_child_request(req, child.index, len(children))) + "\n")
+        child.proc.stdin.flush()
     try:
         _wait(children, on_child)
     except KeyboardInterrupt:

@@ -19,3 +19,29 @@ def test_a_hung_compile_times_out_and_the_pool_recovers():
         assert pool.result(pool.submit((8,), "fp32", {"variant": "good", "scale": 1})) is None
     finally:
         pool.close(kill=True)
+
+
+def test_a_search_goes_on_past_hung_compiles(tmp_path):
+    """In the search: each hung compile fails its candidate with the reason, after the timeout,
+    and every other config of the space is still measured."""
+    from kernels import get_kernel
+    from tuner.tuning.budget import Budget
+    from tuner.tuning.search import run_search
+    from tuner.tuning.worker import WorkerClient
+
+    pool = CompilePool(FAULTY, "cuda", workers=1, timeout_s=3)
+    t0 = time.monotonic()
+    try:
+        with WorkerClient(FAULTY, "cpu", measure_timeout_s=2) as w:
+            out = run_search(kernel=get_kernel(FAULTY), key=(8,), dtype="fp32", device="cpu",
+                             storage=f"sqlite:///{tmp_path / 't.db'}", study_name="hung", measurer=w,
+                             sampler="grid", budget=Budget(trials=None), compile_pool=pool)
+    finally:
+        pool.close(kill=True)
+    assert out.stop_reason == "grid exhausted" and out.measured == 15
+    import optuna
+
+    trials = optuna.load_study(study_name="hung", storage=f"sqlite:///{tmp_path / 't.db'}").get_trials()
+    hung = [t for t in trials if t.params.get("variant") == "hangs"]
+    assert len(hung) == 3 and all("hung" in t.user_attrs["reason"] for t in hung)
+    assert out.best_config["variant"] == "good" and time.monotonic() - t0 < 120

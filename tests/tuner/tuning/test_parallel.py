@@ -1,0 +1,161 @@
+"""Several tune processes on one database (a SQLite file, then a real PostgreSQL): real `tuner
+tune` processes under the Triton interpreter, on tiny keys with few trials (8 processes share
+the machine's cores)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from db import open_database, queries
+from db.models import Claim, TuningRun
+
+REPO = Path(__file__).resolve().parents[3]
+MEASURED = {"ok", "failed", "wrong", "crashed", "hang"}  # statuses of a config that was measured
+
+
+def _cmd(url: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", "from cli import app; app()", "tune", "--op", "mm", "--device", "cpu",
+            "--dtype", "fp16", "--db", url, *args]
+
+
+def _env(**extra: str) -> dict:
+    return {**os.environ, "PYTHONWARNINGS": "ignore", **extra}
+
+
+def _tune(url: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(url, *args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _studies(url: str, storage=None) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    storage = storage or optuna.storages.RDBStorage(url)
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def _measured(trials) -> list[tuple[str, float | None]]:
+    """(canonical config, µs) of every trial that measured its config (duplicates are not)."""
+    return [(t.user_attrs["canonical"], t.value) for t in trials
+            if t.user_attrs.get("status") in MEASURED and not t.user_attrs.get("duplicate")]
+
+
+def _check_study(trials, budget: int) -> None:
+    measured = [text for text, _ in _measured(trials)]
+    assert len(measured) == len(set(measured)) == budget  # none twice, the budget exactly
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def _stored(url: str) -> dict[str, dict]:
+    db = open_database(url)
+    try:
+        with db.session() as s:
+            return {r["study_name"]: r for r in queries.records(queries.best_configs(s))}
+    finally:
+        db.dispose()
+
+
+def test_eight_workers_on_one_key_measure_each_config_once(db_url):
+    """`--workers 8` on a fresh database: 8 processes, one study, 8 configs measured in all."""
+    t0 = time.monotonic()
+    proc = _tune(db_url, "--shape", "16,32,32", "--trials", "8", "--workers", "8", "--seed", "5", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (result,) = json.loads(proc.stdout)
+    (name, trials), = _studies(db_url).items()
+    _check_study(trials, 8)
+    assert result["measured"] == 8 and result["trials_total"] == 8
+    db = open_database(db_url)
+    with db.session() as s:
+        assert s.query(Claim).count() == 8
+        assert [r.status for r in s.query(TuningRun)] == ["done"] * 8
+    db.dispose()
+    # stored: the fastest of the workers' side-by-side passes (each re-timed the study's finalists)
+    best = _stored(db_url)[name]
+    assert best["confirmed"] and best["config"] == result["best_config"]
+    assert best["time_us"] == pytest.approx(result["best_us"])
+    print(f"8 workers, 1 key: {time.monotonic() - t0:.0f} s")
+
+
+def test_eight_processes_on_two_keys_in_either_order(db_url):
+    """8 separate `tuner tune` processes on one URL, half starting with each key."""
+    a, b = "16,32,32", "16,64,32"
+    procs = [subprocess.Popen(_cmd(db_url, "--shape", *(((a, "--shape", b) if i % 2 else (b, "--shape", a))),
+                                   "--trials", "4", "--seed", str(i), "--json"),
+                              cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(8)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err[-1500:] for _, err in outs]
+    assert not any("Traceback" in err for _, err in outs)
+    studies = _studies(db_url)
+    assert len(studies) == 2
+    stored = _stored(db_url)
+    for name, trials in studies.items():
+        _check_study(trials, 4)
+        results = [r for out, _ in outs for r in json.loads(out) if r["study"] == name]
+        fastest = min(results, key=lambda r: r["best_us"])
+        assert stored[name]["confirmed"] and stored[name]["config"] == fastest["best_config"]
+        assert stored[name]["time_us"] == pytest.approx(fastest["best_us"])
+
+
+def _wait_for(cond, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_kill_9_mid_study_then_resume_loses_nothing(db_url):
+    """A tune killed (SIGKILL to its process group: the host lost) with a config in flight: the
+    next tune fails the stale trial (heartbeat), gives back its claim, measures the config again
+    and finishes the --trials budget; the killed run is marked stale."""
+    env = _env(TUNER_HEARTBEAT_S="1")  # grace: 6 s
+    # a key whose configs take seconds each in the interpreter: the kill lands mid-measurement
+    args = ("--shape", "16,256,256", "--trials", "5", "--seed", "2")
+    victim = subprocess.Popen(_cmd(db_url, *args), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    storage = None
+
+    def measured_and_running():
+        nonlocal storage
+        if victim.poll() is not None:
+            return False
+        try:
+            storage = storage or optuna.storages.RDBStorage(db_url)
+        except Exception:  # the victim is still creating the schema
+            return False
+        studies = _studies(db_url, storage)
+        trials = next(iter(studies.values()), [])
+        return (len(_measured(trials)) >= 2 and any(t.state == TrialState.RUNNING and t.user_attrs.get("canonical")
+                                                   for t in trials))
+
+    try:
+        _wait_for(measured_and_running, 300, "2 configs measured and one in flight")
+    finally:
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+    (name, before), = _studies(db_url).items()
+    done_before = _measured(before)
+    in_flight = {t.user_attrs["canonical"] for t in before if t.state == TrialState.RUNNING
+                 and t.user_attrs.get("canonical")}
+    assert in_flight and len(done_before) < 5
+    time.sleep(7)  # past the grace period
+    proc = subprocess.run(_cmd(db_url, *args), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = _studies(db_url)[name]
+    _check_study(after, 5)  # the remaining budget finished, nothing twice, nothing left running
+    done_after = _measured(after)
+    assert set(done_before) <= set(done_after)  # nothing completed was lost
+    assert in_flight <= {text for text, _ in done_after}  # the killed trial's config measured on resume
+    db = open_database(db_url)
+    with db.session() as s:
+        runs = {r.status for r in s.query(TuningRun)}
+        assert runs == {"stale", "done"}
+        assert s.query(Claim).count() == 5
+    db.dispose()
