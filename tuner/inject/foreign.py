@@ -64,7 +64,10 @@ def mismatches(record: Mapping[str, Any], running: Mapping[str, Any]) -> list[st
     out = []
     for field, have in running.items():
         want = record.get(field) if field == "kernel_source_hash" else env.get(field)
-        if want != have:
+        if want != have and field == "kernel_source_hash":
+            out.append(f"kernel_source_hash: record {str(want)[:12]!r} vs running {str(have)[:12]!r} "
+                       "(the kernel's source changed since it was tuned)")
+        elif want != have:
             out.append(f"{field}: record {want!r} vs running {have!r}")
     return out
 

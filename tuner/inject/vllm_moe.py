@@ -127,6 +127,25 @@ def _default_running() -> dict[str, Any]:
     return running_environment(("gpu_name", "triton"))
 
 
+def moe_source_hash() -> str:
+    """The `kernel_source_hash` a fused_moe record carries: FlagGems' fused_moe_kernel source, the
+    kernel the configs were tuned on (kernels/fused_moe.py stores it). Needs flag_gems loaded."""
+    from kernels.fused_moe import FusedMoE
+
+    return FusedMoE().source_hash()
+
+
+def check_moe_sources(records: Iterable[Mapping[str, Any]], allow_foreign: bool,
+                      source_hash: str | None = None) -> int:
+    """Refuse (ForeignResultError) a fused_moe record tuned on another source of the kernel than
+    the running one (`source_hash`, default: moe_source_hash()), as the mm injectors do; GPU and
+    Triton were checked when the files were written. Returns the number of fused_moe records."""
+    recs = [r for r in records if r.get("kernel") == "fused_moe"]
+    if recs:
+        check_records(recs, {"kernel_source_hash": source_hash or moe_source_hash()}, allow_foreign=allow_foreign)
+    return len(recs)
+
+
 def load_moe_folder(folder: str | Path) -> dict[tuple, dict[int, dict[str, int]]]:
     """Read exported files back: (E, N, dtype|None, device, block_shape|None) -> {M: config}."""
     import json
@@ -148,7 +167,9 @@ def load_moe_folder(folder: str | Path) -> dict[tuple, dict[int, dict[str, int]]
 @injector("fused_moe", label="fused_moe", stage=ENGINE)
 def point_vllm_at_moe_folder(records: list[dict[str, Any]], ctx: Context) -> int:
     """vLLM reads VLLM_TUNED_CONFIG_FOLDER when a MoE layer first asks for its config, i.e. after
-    plugins ran; the files were written with the runtime folder. Counts the fused_moe records."""
+    plugins ran; the files were written with the runtime folder. Counts the fused_moe records.
+    Their kernel source is checked in the FlagGems stage (flaggems_moe: this stage runs before
+    FlagGems is loaded), still before any MoE layer reads the folder."""
     if os.environ.setdefault("VLLM_TUNED_CONFIG_FOLDER", str(ctx.moe_dir)) != str(ctx.moe_dir):
         ctx.log.warning("VLLM_TUNED_CONFIG_FOLDER=%s overrides the tuned MoE folder %s",
                         os.environ["VLLM_TUNED_CONFIG_FOLDER"], ctx.moe_dir)

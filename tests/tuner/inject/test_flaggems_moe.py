@@ -59,3 +59,29 @@ def test_hook_on_gpu_matches_flaggems_fallback(tmp_path):
                                     fm.try_get_optimal_moe_config(*a(64, 60)) == original(*a(64, 60))]))
     """)
     assert result(out) == [32, True]
+
+
+@needs_flag_gems
+def test_a_record_of_another_kernel_source_is_refused(fg_env):
+    """Both MoE injectors (vLLM's folder, FlagGems' hook) check the record's kernel_source_hash
+    against FlagGems' running fused_moe_kernel, as the mm injectors do."""
+    # the records built here: tests.conftest would set TRITON_INTERPRET, and FlagGems breaks under it
+    fresh, stale = moe_record(64), moe_record(1)
+    out = run_py(f"""
+        import json
+        from kernels.fused_moe import FusedMoE
+        from tuner.inject import ForeignResultError
+        from tuner.inject.vllm_moe import check_moe_sources, moe_source_hash
+        fresh, stale = {fresh!r}, {stale!r}
+        fresh["kernel_source_hash"] = moe_source_hash()
+        stale["kernel_source_hash"] = "0123456789abcdef" * 4
+        r = {{"same": moe_source_hash() == FusedMoE().source_hash(), "fresh": check_moe_sources([fresh], False)}}
+        try:
+            check_moe_sources([fresh, stale], False)
+        except ForeignResultError as e:
+            r["refused"] = str(e)
+        print("RESULT", json.dumps(r))
+    """, fg_env)
+    r = result(out)
+    assert r["same"] and r["fresh"] == 1
+    assert "kernel's source changed" in r["refused"] and "'0123456789ab'" in r["refused"]

@@ -77,3 +77,16 @@ def test_an_interrupted_config_is_queued_again_not_known_as_failed():
                if t.state == TrialState.WAITING]
     assert waiting == [{"x": 2}, {"x": 3}]
     assert study.ask(DISTS).params == {"x": 2}  # the resumed search measures them first
+
+
+def test_a_repeat_is_not_a_completed_trial():
+    """optuna-dashboard counts COMPLETE trials: a repeat is PRUNED and marked (issue 14: 608
+    "Complete" for 50 measured); GP, which models completed trials only, still gets the value."""
+    study, _ = _tell_one_of_each(penalise=False)
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["x"] for t in complete) == [1, 3]  # the two measured configs, once each
+    (repeat,) = [t for t in study.get_trials() if t.user_attrs.get("duplicate") and t.params["x"] == 1]
+    assert repeat.state == TrialState.PRUNED and repeat.user_attrs["duplicate_of_us"] == 5.0
+    study, _ = _tell_one_of_each(penalise=True)
+    (repeat,) = [t for t in study.get_trials() if t.user_attrs.get("duplicate") and t.params["x"] == 1]
+    assert repeat.state == TrialState.COMPLETE and repeat.value == 5.0
