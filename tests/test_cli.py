@@ -94,6 +94,11 @@ def test_every_command_help_has_an_example():
     (["--shape", "100000000,100000000,100000000"], "GiB for one set of inputs"),
     (["--shape", "1,64,64", "--patience", "0"], "--patience must be a positive number"),
     (["--shape", "1,64,64", "--compile-workers", "-1"], "--compile-workers must be 0 (off) or a positive"),
+    (["--shape", "1,64,64", "--workers", "0"], "--workers must be 1 or more"),
+    (["--shape", "1,64,64", "--gpus", "0,x"], "--gpus must be comma-separated GPU indices"),
+    (["--shape", "1,64,64", "--gpus", "1,1"], "--gpus must name each GPU once"),
+    (["--shape", "1,64,64", "--gpus", "0"], "--gpus needs --device cuda"),
+    (["--shape", "1,64,64", "--workers", "2", "--trials", "0"], "--trials must be a positive number"),
 ])
 def test_tune_refuses_before_writing(tmp_path, args, words):
     db = tmp_path / "t.db"
@@ -142,3 +147,46 @@ def test_ctrl_c_prints_one_line_and_leaves_nothing_running(tmp_path):
     study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}")
     states = Counter(t.state.name for t in study.trials)
     assert states["RUNNING"] == 0 and states["COMPLETE"] >= 1
+
+
+def test_ctrl_c_stops_every_worker(tmp_path):
+    """`--workers 2`: the SIGINT reaches the parent (the children run in their own sessions), which
+    passes one to each child: exit 130, one sentence, no traceback, nothing left RUNNING, every
+    claim held by a measured config (those in flight were given back and queued again)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from db import open_database
+    from db.models import Claim
+
+    repo = Path(__file__).resolve().parents[1]
+    db = tmp_path / "w.db"
+    proc = subprocess.Popen([sys.executable, str(repo / "cli.py"), "tune", "--op", "mm", "--shape", "16,256,512",
+                             "--trials", "200", "--device", "cpu", "--workers", "2", "--db", str(db)], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url, trials, deadline = f"sqlite:///{db}", [], time.monotonic() + 300
+    while time.monotonic() < deadline and len([t for t in trials if t.state == TrialState.COMPLETE]) < 2:
+        time.sleep(1)
+        try:
+            (summary,) = optuna.get_all_study_summaries(url)
+            trials = optuna.load_study(study_name=summary.study_name, storage=url).get_trials(deepcopy=False)
+        except Exception:  # not created yet
+            continue
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err and err.count("interrupted:") == 1
+    trials = optuna.load_study(study_name=summary.study_name, storage=url).get_trials(deepcopy=False)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    measured = {t.number for t in trials if t.user_attrs.get("status") in ("ok", "failed")}
+    d = open_database(str(db))
+    with d.session() as s:
+        assert {c.trial_number for c in s.query(Claim)} == measured
+    d.dispose()
