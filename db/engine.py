@@ -132,6 +132,7 @@ def open_database(url: str | None = None, *, create: bool = True) -> Database:
     from db.migrate import upgrade  # Alembic (~0.25 s to import) only once a database is opened
 
     retry_schema_race(lambda: upgrade(engine))
+    serialise_sqlite(engine)
     return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
 
 
@@ -145,6 +146,29 @@ def engine_kwargs(url: str) -> dict:
     if make_url(url).get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_S}}
     return {}
+
+
+def serialise_sqlite(engine: Engine) -> Engine:
+    """Every transaction on a SQLite `engine` starts with BEGIN IMMEDIATE (SQLAlchemy's recipe for
+    pysqlite), so a read-then-write is atomic across processes. pysqlite otherwise begins only at
+    the first write: two processes both read a WAITING Optuna trial, both set it RUNNING, and both
+    worked it (8 tune processes on two keys: 1 or 2 of 8 crashed telling a trial the other had
+    finished). Readers then wait in turn too; a transaction is short. No-op for other databases."""
+    from sqlalchemy import event
+
+    if engine.dialect.name != "sqlite":
+        return engine
+
+    @event.listens_for(engine, "connect")
+    def _no_pysqlite_begin(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners go
+    return engine
 
 
 def retry_schema_race(create, attempts: int = 40, pause_s: float = 0.25):

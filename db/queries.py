@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from datetime import timedelta
 
@@ -10,6 +10,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import BestConfig, Environment, TuningRun, utcnow
+
+T = TypeVar("T")
 
 _ENV_FIELDS = (
     "device", "gpu_name", "sm_count", "memory_bytes", "sm_clock_max_mhz", "mem_clock_max_mhz",
@@ -85,7 +87,7 @@ def upsert_best(session: Session, *, environment_id: int, kernel: str, key_value
             BestConfig.kernel == kernel,
             BestConfig.key == key,
             BestConfig.dtype == dtype,
-        )
+        ).with_for_update()  # PostgreSQL: the compare-and-replace below is atomic (SQLite: BEGIN IMMEDIATE)
     )
     if row is None:
         row = BestConfig(environment_id=environment_id, kernel=kernel, key=key, key_values=key_values, dtype=dtype)
@@ -113,18 +115,27 @@ def _replaces(new: dict[str, Any], row: BestConfig) -> bool:
 
 def store_best(sessions: Callable[[], Session], **kwargs: Any) -> None:
     """upsert_best in its own transaction, once more after a concurrent first insert of the key."""
+    in_transaction(sessions, lambda s: upsert_best(s, **kwargs))
+
+
+def in_transaction(sessions: Callable[[], Session], work: Callable[[Session], T]) -> T:
+    """`work` in a transaction of its own, committed; once more when another process inserted the
+    same unique row first (the IntegrityError's rollback undoes all of `work`; the second try
+    finds the row). 8 tune processes starting at once on a fresh database: 1 of 8 failed on the
+    environment row before this."""
     from sqlalchemy.exc import IntegrityError
 
     for attempt in range(2):
         with sessions() as s:
             try:
-                upsert_best(s, **kwargs)
+                out = work(s)
                 s.commit()
-                return
+                return out
             except IntegrityError:
                 s.rollback()
                 if attempt:
                     raise
+    raise AssertionError("unreachable")
 
 
 def best_configs(session: Session, kernel: str | None = None, gpu_name: str | None = None) -> list[BestConfig]:

@@ -23,7 +23,7 @@ def optuna_storage(url: str, on_stale: Callable | None = None):
     heartbeats on, and the callback for a trial failed as stale."""
     import optuna
 
-    from db.engine import engine_kwargs, retry_schema_race
+    from db.engine import engine_kwargs, retry_schema_race, serialise_sqlite
 
     kwargs: dict = {"engine_kwargs": engine_kwargs(url)}
     if on_stale is not None:
@@ -37,4 +37,6 @@ def optuna_storage(url: str, on_stale: Callable | None = None):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return retry_schema_race(lambda: optuna.storages.RDBStorage(url, **kwargs))
+        storage = retry_schema_race(lambda: optuna.storages.RDBStorage(url, **kwargs))
+    serialise_sqlite(storage.engine)
+    return storage

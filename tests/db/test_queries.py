@@ -72,14 +72,15 @@ def test_provisional_bests_give_way_to_the_confirmed_one(tmp_path):
         assert rec["config"] == {"BLOCK_M": 64} and rec["time_us"] == 7.1 and rec["confirmed"]
 
 
-def test_store_best_survives_a_concurrent_first_insert(tmp_path):
+def test_store_best_survives_a_concurrent_first_insert(pg_url):
     """A second connection inserts the key between this one's read and write: the unique key
-    refuses the insert, store_best retries, compares, and keeps the faster."""
+    refuses the insert, store_best retries, compares, and keeps the faster. PostgreSQL: on SQLite
+    every transaction begins IMMEDIATE (db.engine.serialise_sqlite), so the other one waits."""
     import threading
 
     from sqlalchemy import event
 
-    db = open_database(str(tmp_path / "t.db"))
+    db = open_database(pg_url)
     with db.session() as s:
         env = queries.get_or_create_environment(s, "fp1", ENV)
         run = queries.start_run(s, env, kernel="mm", sampler="tpe", device="cpu", compile_workers=0)

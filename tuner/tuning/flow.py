@@ -151,14 +151,16 @@ def tune(req: TuneRequest, on_key: Callable[[Key, int, int], None] | None = None
     if workers is None:
         workers = min(8, max(1, (os.cpu_count() or 2) - 2)) if device == "cuda" else 0
     results: list[KeyResult] = []
-    with db.session() as s:
+
+    def start(s) -> tuple[int, int]:
         queries.mark_stale_runs(s, GRACE_S)  # runs of killed processes no longer show 'running'
         env_row = queries.get_or_create_environment(s, env.digest(), env.as_dict())
         run = queries.start_run(s, env_row, kernel=kernel.name, sampler=req.sampler, device=device,
                                 trials_budget=req.trials, timeout_s=req.timeout_s, compile_workers=workers,
                                 owner=owner(), heartbeat_at=utcnow())
-        s.commit()
-        run_id, env_id = run.id, env_row.id
+        return run.id, env_row.id
+
+    run_id, env_id = queries.in_transaction(db.session, start)  # again if another process added the environment
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pool = CompilePool(kernel_ref(kernel), device, workers)
     worker = WorkerClient(kernel_ref(kernel), device)

@@ -15,9 +15,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import IO, Callable
 
 from tuner.errors import UserError
 from tuner.tuning import flow
@@ -30,6 +31,8 @@ class Child:
     index: int
     gpu: str | None
     proc: subprocess.Popen | None = None
+    out: IO | None = None  # its stdout and stderr, in temporary files
+    err: IO | None = None
     code: int | None = None
     results: list[flow.KeyResult] = field(default_factory=list)
     error: str = ""
@@ -106,11 +109,13 @@ def run_parallel(req: flow.TuneRequest, workers: int, gpus: str | None,
         env = dict(os.environ)
         if child.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = child.gpu
+        # output into files, not pipes: a child filling a pipe's 64 KiB while the parent waits on
+        # another would stall
+        child.out, child.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
         child.proc = subprocess.Popen([sys.executable, "-m", "tuner.tuning.child"], env=env, stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      start_new_session=True)
+                                      stdout=child.out, stderr=child.err, text=True, start_new_session=True)
         child.proc.stdin.write(json.dumps(_child_request(req, child.index, len(children))) + "\n")
-        child.proc.stdin.flush()
+        child.proc.stdin.close()
     try:
         _wait(children, on_child)
     except KeyboardInterrupt:
@@ -120,13 +125,20 @@ def run_parallel(req: flow.TuneRequest, workers: int, gpus: str | None,
 
 
 def _wait(children: list[Child], on_child) -> None:
-    for child in children:
-        out, err = child.proc.communicate()
-        child.code, child.error = child.proc.returncode, err
-        if child.code == 0 and out.strip():
-            child.results = [flow.result_from_dict(d) for d in json.loads(out.strip().splitlines()[-1])]
-        if on_child:
-            on_child(child)
+    """Until every child has ended; on_child as each one ends, in the order they end."""
+    running = list(children)
+    while running:
+        for child in [c for c in running if c.proc.poll() is not None]:
+            running.remove(child)
+            child.code = child.proc.returncode
+            child.out.seek(0)
+            child.err.seek(0)
+            out, child.error = child.out.read(), child.err.read()
+            if child.code == 0 and out.strip():
+                child.results = [flow.result_from_dict(d) for d in json.loads(out.strip().splitlines()[-1])]
+            if on_child:
+                on_child(child)
+        time.sleep(0.2)
 
 
 def _interrupt(children: list[Child]) -> None:
