@@ -178,13 +178,15 @@ def retry_schema_race(create, attempts: int = 40, pause_s: float = 0.25):
     `attempts` (about 10 s) and raises the last error."""
     import time
 
-    from sqlalchemy.exc import IntegrityError
-
     for attempt in range(attempts):
         try:
             return create()
-        except (OperationalError, IntegrityError) as e:
+        except Exception as e:  # noqa: BLE001 - only the schema race is retried, by its words
+            # PostgreSQL reports a table another process just created as ProgrammingError
+            # (DuplicateTable) or IntegrityError (pg_type's unique index); Optuna may wrap either
             text = str(e).lower()
-            if attempt == attempts - 1 or not any(w in text for w in ("already exists", "unique", "locked")):
+            race = any(w in text for w in ("already exists", "unique", "locked", "duplicate"))
+            if (attempt == attempts - 1 or not race
+                    or not (isinstance(e, DatabaseError) or type(e).__name__ == "StorageInternalError")):
                 raise
             time.sleep(pause_s)
