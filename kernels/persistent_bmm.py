@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.persistent_mm import Unsupported, _scratch, _tile_coords, sm_count_of, tma_reason
+from kernels.persistent_mm import Unsupported, _scratch, _tile_coords, num_programs, sm_count_of, tma_reason
 
 
 @triton.jit
@@ -115,8 +115,7 @@ def persistent_bmm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Te
     if reason:
         raise Unsupported(f"persistent_bmm {tuple(a.shape)} @ {tuple(b.shape)}: {reason}")
     b_nk, shared, stride_bb, stride_b = b_operand(b)
-    tiles = batch * triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
-    programs = max(1, min(tiles, sm_count_of(a.device) * config.get("OCCUPANCY", 1)))
+    programs = num_programs(M, N, config, sm_count_of(a.device), batch)
     triton.set_allocator(_scratch)
     persistent_bmm_kernel[(programs,)](
         a, b, c, batch, M, N, K, a.stride(0), a.stride(1), stride_bb, stride_b, programs,

@@ -145,8 +145,9 @@ def unsupported(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = Non
     return tma_reason(a, b, [a, b, *outs], [a.stride(0), layout[1], *(o.stride(0) for o in outs)])
 
 
-def num_programs(M: int, N: int, config: dict, sm_count: int) -> int:
-    tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
+def num_programs(M: int, N: int, config: dict, sm_count: int, batch: int = 1) -> int:
+    """Resident programs: one per output tile up to OCCUPANCY per SM (over every batch)."""
+    tiles = batch * triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
     return max(1, min(tiles, sm_count * config.get("OCCUPANCY", 1)))
 
 

@@ -30,7 +30,6 @@ of host time (cuBLAS: 113 µs) for an 8 µs GPU win, on a 256 µs kernel.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -228,39 +227,48 @@ def _exact_out(out, a, b) -> bool:
             and out.dtype == a.dtype and out.stride(1) == 1)
 
 
+def _serve(router: Router, t: Targets, route: tuple[str, Callable] | None):
+    """Run a route's (target, call) and count it; None when there is no route, or when tuner's own
+    kernel refused the tensors as they are (TMA alignment: `t.unsupported`) and native serves them."""
+    if route is None:
+        return None
+    target, call = route
+    try:
+        res = call()
+    except t.unsupported:
+        if target not in (SPLITK, PERSISTENT):
+            raise
+        return None
+    router.hits[target] += 1
+    return res
+
+
 def _mm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str, Any]):
-    def route_mm(a, b):
-        if a.dim() == 2 and b.dim() == 2 and a.dtype == b.dtype:
-            return router.applies(lookup(table, "mm", a.shape[0], b.shape[1], a.shape[1], a.dtype))
+    def routed(a, b, out=None) -> tuple[str, Callable] | None:
+        """(target, the call serving this mm by its route), or None (native)."""
+        # only exact output buffers (what Inductor passes): ATen resizes others, the routes would not
+        if out is not None and not _exact_out(out, a, b):
+            return None
+        if not (a.dim() == 2 and b.dim() == 2 and a.dtype == b.dtype):
+            return None
+        r = router.applies(lookup(table, "mm", a.shape[0], b.shape[1], a.shape[1], a.dtype))
+        own = t.own(r, a, b, out=out)
+        if own is not None:
+            return r.target, own
+        if r is not None and r.target == FLAGGEMS and t.flaggems_mm is not None:
+            return FLAGGEMS, lambda: t.flaggems_mm(a, b, out=out)
         return None
 
     def mm(keyset, a, b):
-        r = route_mm(a, b)
-        own = t.own(r, a, b)
-        if own is not None:
-            with contextlib.suppress(t.unsupported):
-                res = own()
-                router.hits[r.target] += 1
-                return res
-        if r is not None and r.target == FLAGGEMS and t.flaggems_mm is not None:
-            router.hits[FLAGGEMS] += 1
-            return t.flaggems_mm(a, b)
-        router.hits[NATIVE] += 1
-        return native["mm"].call_boxed(keyset, a, b)
+        return mm_out(keyset, a, b, out=None)
 
     def mm_out(keyset, a, b, *, out):
-        # only exact output buffers (what Inductor passes): ATen resizes others, the routes would not
-        r = route_mm(a, b) if _exact_out(out, a, b) else None
-        own = t.own(r, a, b, out=out)
-        if own is not None:
-            with contextlib.suppress(t.unsupported):
-                res = own()
-                router.hits[r.target] += 1
-                return res
-        if r is not None and r.target == FLAGGEMS and t.flaggems_mm is not None:
-            router.hits[FLAGGEMS] += 1
-            return t.flaggems_mm(a, b, out=out)
+        res = _serve(router, t, routed(a, b, out))
+        if res is not None:
+            return res
         router.hits[NATIVE] += 1
+        if out is None:
+            return native["mm"].call_boxed(keyset, a, b)
         return native["mm.out"].call_boxed(keyset, a, b, out=out)
 
     return {"mm": mm, "mm.out": mm_out}
@@ -286,12 +294,9 @@ def _addmm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[s
         return addmm_out(keyset, bias, a, b, beta=beta, alpha=alpha, out=None)
 
     def addmm_out(keyset, bias, a, b, *, beta=1, alpha=1, out):
-        route = routed(bias, a, b, beta, alpha, out)
-        if route is not None:
-            with contextlib.suppress(t.unsupported):
-                res = route[1]()
-                router.hits[route[0]] += 1
-                return res
+        res = _serve(router, t, routed(bias, a, b, beta, alpha, out))
+        if res is not None:
+            return res
         router.hits[NATIVE] += 1
         if out is None:
             return native["addmm"].call_boxed(keyset, bias, a, b, beta=beta, alpha=alpha)
