@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import Trial
 
 from kernels.base import Config, Kernel, Key
+from tuner.tuning.interrupts import interrupt_held
 
 
 def canon_text(config: Config) -> str:
@@ -92,17 +92,10 @@ class Candidates:
             self.study.enqueue_trial(nxt)
         # a Ctrl-C is held back while the trial is created and recorded as asked: one caught inside
         # study.ask left a trial RUNNING that no process knew as its own
-        blocked = hasattr(signal, "pthread_sigmask")
-        if blocked:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            with warnings.catch_warnings():  # tuner beats for its own trials (tuner.tuning.heartbeat)
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = self.study.ask(self.dists)
+        with interrupt_held(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")  # tuner beats for its own trials
+            trial = self.study.ask(self.dists)
             self.asked.append(trial)
-        finally:
-            if blocked:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         cfg = self.kernel.canonical(self.key, dict(trial.params))
         text = canon_text(cfg)
         trial.set_user_attr("canonical", text)
