@@ -8,10 +8,13 @@ FlagGems 5.0.2 has one addmm kernel on every NVIDIA GPU (`flag_gems/ops/addmm.py
 module): a plain tiled GEMM under a LibTuner over 8 yaml configs (BLOCK_SIZE_M/N/K, num_warps,
 num_stages; no GROUP_M, no pre_hook), key M, N, K with the align32 strategy plus the four tensor
 dtypes. One variant, `fg_addmm`: that kernel launched with an explicit config, so a winner is
-exactly one row of FlagGems' addmm cache. And `persistent`: tuner's persistent TMA GEMM
-(kernels/persistent_mm.py) with its bias epilogue, on keys whose rows TMA can read; its tile
-sizes are the same BLOCK_SIZE_* dimensions, plus mm's GROUP_M and persistent knobs. Both only
-run on an NVIDIA GPU here: on the CPU every config is invalid and the runner refuses.
+exactly one row of FlagGems' addmm cache. And tuner's own GEMMs with a bias epilogue
+(kernels/own_variants.py): `persistent`, the persistent TMA GEMM (kernels/persistent_mm.py), on
+keys whose rows TMA can read, and `splitk` (kernels/triton_mm.py), for the decode keys whose few
+output tiles leave most SMs idle (the q/k/v projections at M <= 64: FlagGems' addmm was 1.47-1.73x
+cuBLAS's time there even tuned). Their tile sizes are the same BLOCK_SIZE_* dimensions, plus mm's
+GROUP_M, persistent knobs and SPLIT_K. In a search every variant runs only on an NVIDIA GPU: on
+the CPU every config is invalid and the runner refuses.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from collections.abc import Mapping
 from kernels.base import Config, Coverage, Inputs, KernelInputError, Key, Runner, torch_dtype
 from kernels.flaggems_ops import libtuner, op_module  # noqa: F401 (libtuner: re-exported)
 from kernels.mm import MM
-from kernels.persistent_variant import PERSISTENT, WithPersistent, own_space
+from kernels.own_variants import PERSISTENT, SPLITK, WithOwnGemms, own_space
 from tuner.devices import ELEM_BYTES
 
 VARIANT = "fg_addmm"
-PERSISTENT_SPACE = own_space(group=True, subtile=True)
+OWN_SPACE = own_space(group=True, subtile=True, split_k=True)
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "num_warps", "num_stages")
 SPACE: dict[str, tuple] = {
     "BLOCK_SIZE_M": (16, 32, 64, 128, 256),
@@ -70,21 +73,26 @@ def mm_config(config: Config) -> Config:
     return AddMM().mm_config(config)
 
 
-class AddMM(WithPersistent):
+class AddMM(WithOwnGemms):
     name = "addmm"
-    description = "biased GEMM bias + A @ B (aten::addmm, nn.Linear with bias): FlagGems' addmm kernel"
+    description = "biased GEMM bias + A @ B (aten::addmm, nn.Linear with bias): FlagGems' addmm + own GEMMs"
     key_names = ("M", "N", "K", "BT")
     key_help = {"M": "rows of A: tokens in the batch", "N": "output features (the bias has N)",
                 "K": "input features (the inner dimension)",
                 "BT": "1: B is an N x K weight transposed (nn.Linear with bias); 0: B stored K x N"}
-    source_modules = ("flag_gems.ops.addmm", "kernels.persistent_mm")
+    source_modules = ("flag_gems.ops.addmm", "kernels.persistent_mm", "kernels.triton_mm")
     fg_op, fg_kernel, variant = "addmm", "addmm_kernel", VARIANT
     config_keys, config_space = CONFIG_KEYS, SPACE
     fg_max_tile = (FG_MAX_BLOCK_M, FG_MAX_BLOCK_N, FG_MAX_BLOCK_K)
     no_cpu = NO_CPU
-    own_space = PERSISTENT_SPACE
+    own_variants = (PERSISTENT, SPLITK)
+    own_space = OWN_SPACE
 
     def own_runner(self, mm_cfg: Config) -> Runner:
+        if mm_cfg["variant"] == SPLITK:
+            from kernels.triton_mm import splitk_mm
+
+            return lambda args, out: splitk_mm(args[1], args[2], mm_cfg, out=out, bias=args[0])
         from kernels.persistent_mm import persistent_mm
 
         return lambda args, out: persistent_mm(args[1], args[2], mm_cfg, out=out, bias=args[0])

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from kernels.base import Config, Coverage, Inputs, KernelInputError, Key, Runner, torch_dtype
 from kernels.flaggems_ops import op_module
 from kernels.mm import MM
-from kernels.persistent_variant import WithPersistent, own_space
+from kernels.own_variants import WithOwnGemms, own_space
 from tuner.devices import ELEM_BYTES
 
 VARIANT = "fg_bmm"
@@ -84,7 +84,7 @@ COVERAGE = Coverage(aten_ops={"aten::bmm": "bmm"}, flaggems_op="bmm",
                     injectors=("bmm_flaggems",))
 
 
-class BMM(WithPersistent):
+class BMM(WithOwnGemms):
     name = "bmm"
     description = "batched GEMM A[b] @ B[b] (aten::bmm): FlagGems' bmm kernel"
     key_names = ("BATCH", "M", "N", "K", "LAYOUT")

@@ -81,6 +81,18 @@ def persistent_starts(M: int) -> list[Config]:
             dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=64, GROUP_M=1, num_warps=4, num_stages=5, FLATTEN=1)]
 
 
+def splitk_starts(M: int) -> list[Config]:
+    """Split-K tiles that won decode keys on the H200 (results/gemm_h200/gemm.db: o and down at
+    M = 1..32 took BLOCK_M 16-32, BLOCK_N 32-64, BLOCK_K 64-128, SPLIT_K 4-8): the split-K
+    variant's warm start where few output tiles leave SMs idle (M <= 64); none above."""
+    if M > 64:
+        return []
+    bm = 16 if M <= 16 else 32
+    return [dict(variant="splitk", BLOCK_M=bm, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, SPLIT_K=8, num_warps=4, num_stages=3),
+            dict(variant="splitk", BLOCK_M=bm, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, SPLIT_K=8, num_warps=8, num_stages=3),
+            dict(variant="splitk", BLOCK_M=bm, BLOCK_N=32, BLOCK_K=128, GROUP_M=1, SPLIT_K=4, num_warps=2, num_stages=3)]
+
+
 def flaggems_variant(key: Key, dtype: str) -> str:
     """Which Hopper kernel FlagGems 5.x runs for this key (hopper/ops/mm.py general_mm)."""
     return "fg_tma" if tma_rows(key, dtype) else "fg_general"
@@ -308,9 +320,12 @@ class MM(Kernel):
         return runners
 
     def starting_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
-        if "persistent" not in self.space(key, dtype, device)["variant"]:
-            return []
-        return [{"variant": "persistent", "SPLIT_K": 1, **PERSISTENT_PINNED, **c} for c in persistent_starts(key[0])]
+        space = self.space(key, dtype, device)
+        pinned = {k: v for k, v in PERSISTENT_PINNED.items() if k in space}
+        splitk = [pinned | c for c in splitk_starts(key[0])] if device == "cuda" else []
+        if "persistent" not in space["variant"]:
+            return splitk
+        return [{"variant": "persistent", "SPLIT_K": 1, **PERSISTENT_PINNED, **c} for c in persistent_starts(key[0])] + splitk
 
     def untuned_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
         """The config FlagGems' own LibTuner chose for this key: LibTuner.run leaves the config

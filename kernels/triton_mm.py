@@ -3,7 +3,9 @@
 A decode-size GEMM (M <= 16) has too few output tiles to fill 132 SMs; splitting K across
 programs multiplies the parallelism, each split writes an fp32 partial, and a second small
 kernel sums the partials and casts (deterministic, no atomics, no zero-fill). SPLIT_K=1 is a
-plain grouped tiled GEMM. Runs on the GPU and under TRITON_INTERPRET=1.
+plain grouped tiled GEMM. A bias (addmm as nn.Linear calls it: beta = alpha = 1) is added in fp32
+where the output is written: by the reduce kernel after the sum, or by the GEMM itself at
+SPLIT_K=1, so every split adds it once. Runs on the GPU and under TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import triton.language as tl
 
 @triton.jit
 def mm_splitk_kernel(
-    A, B, C, WS,
+    A, B, C, WS, BIAS,
     M, N, K,
-    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_bias,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -64,6 +66,8 @@ def mm_splitk_kernel(
 
     mask = (rm < M)[:, None] & (rn < N)[None, :]
     if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(BIAS + rn * stride_bias, mask=rn < N, other=0.0).to(tl.float32)[None, :]
         c_ptr = C + rm[:, None] * stride_cm + rn[None, :] * stride_cn
         tl.store(c_ptr, acc.to(C.dtype.element_ty), mask=mask)
     else:
@@ -72,7 +76,8 @@ def mm_splitk_kernel(
 
 
 @triton.jit
-def splitk_reduce_kernel(WS, C, M, N, stride_cm, stride_cn, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+def splitk_reduce_kernel(WS, C, BIAS, M, N, stride_cm, stride_cn, stride_bias,
+                         SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < M * N
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -80,6 +85,8 @@ def splitk_reduce_kernel(WS, C, M, N, stride_cm, stride_cn, SPLIT_K: tl.constexp
         acc += tl.load(WS + s * M * N + offs, mask=mask, other=0.0)
     m = offs // N
     n = offs % N
+    if HAS_BIAS:
+        acc += tl.load(BIAS + n * stride_bias, mask=mask, other=0.0).to(tl.float32)
     tl.store(C + m * stride_cm + n * stride_cn, acc.to(C.dtype.element_ty), mask=mask)
 
 
@@ -89,33 +96,39 @@ REDUCE_BLOCK = 1024
 KERNEL_FUNCTIONS = (mm_splitk_kernel, splitk_reduce_kernel)  # what a tuned config's timings belong to (jit_source_hash)
 
 
-def _launch_kwargs(M: int, N: int, K: int, is_fp32: bool, config: dict) -> dict:
+def _launch_kwargs(M: int, N: int, K: int, is_fp32: bool, config: dict, has_bias: bool = False) -> dict:
     bk, split_k = config["BLOCK_K"], config.get("SPLIT_K", 1)
     return dict(
         BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=bk,
         GROUP_M=config.get("GROUP_M", 1), SPLIT_K=split_k, EVEN_K=K % (bk * split_k) == 0,
-        IEEE=is_fp32, num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 3),
+        IEEE=is_fp32, HAS_BIAS=has_bias, num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 3),
     )
 
 
-def splitk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None) -> torch.Tensor:
-    """C = A @ B with `config` (BLOCK_M/N/K, GROUP_M, SPLIT_K, num_warps, num_stages)."""
+def splitk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
+              bias: torch.Tensor | None = None) -> torch.Tensor:
+    """C = A @ B (+ bias[N] broadcast over the rows) with `config` (BLOCK_M/N/K, GROUP_M, SPLIT_K,
+    num_warps, num_stages)."""
     M, K = a.shape
     K2, N = b.shape
     if K != K2:
         raise ValueError(f"incompatible shapes {tuple(a.shape)} @ {tuple(b.shape)}")
+    if bias is not None and tuple(bias.shape) != (N,):
+        raise ValueError(f"the bias must have shape ({N},), got {tuple(bias.shape)}")
     c = out if out is not None else torch.empty((M, N), dtype=a.dtype, device=a.device)
     split_k = config.get("SPLIT_K", 1)
     ws = torch.empty((split_k, M, N), dtype=torch.float32, device=a.device) if split_k > 1 else c
+    bias_arg, stride_bias = (bias, bias.stride(0)) if bias is not None else (c, 0)
     grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]), split_k)
     mm_splitk_kernel[grid](
-        a, b, c, ws, M, N, K,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-        **_launch_kwargs(M, N, K, a.dtype == torch.float32, config),
+        a, b, c, ws, bias_arg, M, N, K,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), stride_bias,
+        **_launch_kwargs(M, N, K, a.dtype == torch.float32, config, bias is not None),
     )
     if split_k > 1:
         splitk_reduce_kernel[(triton.cdiv(M * N, REDUCE_BLOCK),)](
-            ws, c, M, N, c.stride(0), c.stride(1), SPLIT_K=split_k, BLOCK=REDUCE_BLOCK, num_warps=4,
+            ws, c, bias_arg, M, N, c.stride(0), c.stride(1), stride_bias,
+            SPLIT_K=split_k, BLOCK=REDUCE_BLOCK, HAS_BIAS=bias is not None, num_warps=4,
         )
     return c
 
@@ -128,11 +141,12 @@ def splitk_warmup(key: tuple, dtype: str, config: dict) -> None:
     stride_bk, stride_bn = (1, K) if bt else (N, 1)
     split_k = config.get("SPLIT_K", 1)
     mm_splitk_kernel.warmup(
-        dt, dt, dt, torch.float32 if split_k > 1 else dt, M, N, K,
-        K, 1, stride_bk, stride_bn, N, 1,
+        dt, dt, dt, torch.float32 if split_k > 1 else dt, dt, M, N, K,
+        K, 1, stride_bk, stride_bn, N, 1, 0,
         grid=(1, split_k), **_launch_kwargs(M, N, K, dt == torch.float32, config),
     )
     if split_k > 1:
         splitk_reduce_kernel.warmup(
-            torch.float32, dt, M, N, N, 1, SPLIT_K=split_k, BLOCK=REDUCE_BLOCK, num_warps=4, grid=(1,),
+            torch.float32, dt, dt, M, N, N, 1, 0, SPLIT_K=split_k, BLOCK=REDUCE_BLOCK, HAS_BIAS=False,
+            num_warps=4, grid=(1,),
         )

@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import get_kernel  # noqa: E402
-from kernels.addmm import CONFIG_KEYS, NO_CPU, PERSISTENT, PERSISTENT_SPACE, SPACE, VARIANT, mm_config  # noqa: E402
+from kernels.addmm import CONFIG_KEYS, NO_CPU, OWN_SPACE, PERSISTENT, SPACE, SPLITK, VARIANT, mm_config  # noqa: E402
 from kernels.base import KernelInputError  # noqa: E402
 from tests.conftest import needs_flag_gems, result, run_py  # noqa: E402
 from tuner.tuning.search import grid_configs  # noqa: E402
@@ -69,7 +69,7 @@ def test_constraints():
     assert "registers" in ADDMM.invalid_reason((4096, 4096, 4096, 1), cfg(BLOCK_SIZE_M=256, BLOCK_SIZE_N=256),
                                                "bf16", "cuda")
     assert "2 warps" in ADDMM.invalid_reason((4096, 4096, 4096, 1), cfg(num_warps=2), "bf16", "cuda")
-    assert "not fg_addmm" in ADDMM.invalid_reason(key, cfg(variant="splitk"), "bf16", "cuda")
+    assert "not fg_addmm" in ADDMM.invalid_reason(key, cfg(variant="other"), "bf16", "cuda")
     own = dict(GROUP_M=1, OCCUPANCY=2, WARP_SPECIALIZE=0, FLATTEN=0, EPILOGUE_SUBTILE=0)
     pers = cfg(variant=PERSISTENT, BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=64, num_warps=8, **own)
     assert ADDMM.invalid_reason((4096, 4608, 3584, 1), pers | {"OCCUPANCY": 1}, "bf16", "cuda") is None
@@ -94,15 +94,68 @@ def test_persistent_variant_runs_with_the_bias_epilogue():
     assert ADDMM.source_hash(cfg_) == MM.source_hash({"variant": PERSISTENT})
 
 
+def splitk_cfg(**kw):
+    return cfg(variant=SPLITK, BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32, num_warps=4, num_stages=2,
+               GROUP_M=1, OCCUPANCY=1, WARP_SPECIALIZE=0, FLATTEN=0, EPILOGUE_SUBTILE=0, SPLIT_K=4) | kw
+
+
+def test_splitk_variant_names_constraints_and_identity():
+    key = (1, 512, 3584, 1)
+    mm = mm_config(splitk_cfg())
+    assert mm["variant"] == SPLITK and mm["SPLIT_K"] == 4 and (mm["BLOCK_M"], mm["BLOCK_N"], mm["BLOCK_K"]) == (16, 32, 32)
+    assert ADDMM.invalid_reason(key, splitk_cfg(), "bf16", "cuda") is None
+    assert "no CPU" in ADDMM.invalid_reason(key, splitk_cfg(), "bf16", "cpu")
+    assert "less than one BLOCK_K" in ADDMM.invalid_reason((1, 512, 96, 1), splitk_cfg(), "bf16", "cuda")
+    # knobs split-K does not take are pinned; SPLIT_K is pinned for the others
+    c = ADDMM.canonical(key, splitk_cfg(OCCUPANCY=2, FLATTEN=1, GROUP_M=8))
+    assert (c["OCCUPANCY"], c["FLATTEN"], c["GROUP_M"], c["SPLIT_K"]) == (1, 0, 1, 4)
+    pers = splitk_cfg(variant=PERSISTENT, num_warps=4)
+    assert ADDMM.canonical((4096, 4608, 3584, 1), pers)["SPLIT_K"] == 1 and mm_config(pers)["SPLIT_K"] == 1
+    assert ADDMM.canonical(key, cfg(SPLIT_K=8))["SPLIT_K"] == 1
+    assert ADDMM.source_hash(splitk_cfg()) == MM.source_hash({"variant": SPLITK}) != MM.source_hash({"variant": PERSISTENT})
+    # a record stored before split-K was a variant (no SPLIT_K key) keeps its meaning
+    old = {k: v for k, v in pers.items() if k != "SPLIT_K"}
+    assert mm_config(old)["SPLIT_K"] == 1 and "SPLIT_K" not in ADDMM.canonical((4096, 4608, 3584, 1), old)
+
+
+@pytest.mark.parametrize("split_k", [1, 3, 4])
+@pytest.mark.parametrize("dtype, tol", [("fp32", 1e-5), ("fp16", 5e-3)])  # the interpreter's bf16 is wrong
+def test_splitk_variant_runs_with_the_bias_added_once(split_k, dtype, tol):
+    """Under the interpreter: the bias lands once whether the GEMM or the reduce kernel writes the
+    output (every split adding it would be off by (SPLIT_K - 1) x bias)."""
+    key = (5, 40, 96, 1)
+    inputs = ADDMM.make_inputs(key, dtype, "cpu", 1, seed=3)
+    bias = inputs.sets[0][0]
+    bias.add_(10.0)  # large against A @ B, so a bias added twice or never cannot pass
+    out = ADDMM.own_runner(mm_config(splitk_cfg(SPLIT_K=split_k)))(inputs.sets[0], inputs.outs[0])
+    ref = ADDMM.reference(inputs.sets[0])
+    assert out is inputs.outs[0]
+    assert ((out.double() - ref).norm() / ref.norm()).item() < tol
+    assert (out.double() - ref).abs().max().item() < 0.1 * 10
+
+
+def test_splitk_refuses_a_bias_of_the_wrong_length():
+    from kernels.triton_mm import splitk_mm
+
+    a, b = torch.randn(4, 32), torch.randn(32, 16)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        splitk_mm(a, b, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32), bias=torch.randn(15))
+
+
 def test_grid_is_nonempty_valid_and_canonical():
     for key in ADDMM.presets()["minicpmo"]:  # every MiniCPM-o key has TMA-aligned rows
         space = ADDMM.space(key, "bf16", "cuda")
-        assert space == {"variant": (VARIANT, PERSISTENT), **SPACE, **PERSISTENT_SPACE}
-    assert ADDMM.space((16, 4100, 3584, 1), "bf16", "cuda") == {"variant": (VARIANT,), **SPACE}
+        assert space == {"variant": (VARIANT, PERSISTENT, SPLITK), **SPACE, **OWN_SPACE}
+    # rows TMA cannot read (4100 bf16 = 8200 B): split-K without the persistent knobs
+    assert ADDMM.space((16, 4100, 3584, 1), "bf16", "cuda") == {
+        "variant": (VARIANT, SPLITK), **SPACE, "GROUP_M": OWN_SPACE["GROUP_M"], "SPLIT_K": OWN_SPACE["SPLIT_K"]}
+    assert ADDMM.space((16, 4100, 3584, 1), "bf16", "cpu") == {"variant": (VARIANT,), **SPACE}
     for key in [(1, 512, 3584, 1), (1500, 4096, 1024, 1)]:
         valid = grid_configs(ADDMM, key, "bf16", "cuda")
         fg = [c for c in valid if c["variant"] == VARIANT]
-        assert len(fg) > 50 and len(valid) - len(fg) > 1000, key
+        splitk = [c for c in valid if c["variant"] == SPLITK]
+        assert len(fg) > 50 and len(valid) - len(fg) - len(splitk) > 1000, key
+        assert len(splitk) > 100 and any(c["SPLIT_K"] > 1 for c in splitk), key
         assert all(ADDMM.canonical(key, c) == c for c in valid)
     assert grid_configs(ADDMM, (16, 512, 3584, 1), "fp16", "cpu") == []
     assert ADDMM.canonical((1, 2, 3, 1), {**cfg(), "extra": 1}) == cfg()
@@ -164,3 +217,17 @@ def test_space_holds_flaggems_list_and_its_libtuner(tmp_path):
         print("RESULT", '"' + get_kernel("addmm").source_hash({"variant": "fg_addmm"}) + '"')
     """, fg_env))
     assert again == r["hash"]
+
+
+def test_warm_starts_measure_every_own_variant_early():
+    """A short search still measures each own variant: split-K starts at decode M (the H200's mm
+    winners), persistent ones where TMA reads the rows; every start valid, canonical and in the space."""
+    for key, variants in [((1, 4608, 3584, 1), {PERSISTENT, SPLITK}), ((4096, 4608, 3584, 1), {PERSISTENT}),
+                          ((16, 4100, 3584, 1), {SPLITK})]:
+        starts = ADDMM.starting_configs(key, "bf16", "cuda")
+        space = ADDMM.space(key, "bf16", "cuda")
+        assert {c["variant"] for c in starts} == variants, key
+        for c in starts:
+            assert ADDMM.invalid_reason(key, c, "bf16", "cuda") is None and ADDMM.canonical(key, c) == c
+            assert set(c) <= set(space) and all(c[k] in space[k] for k in c), c
+    assert ADDMM.starting_configs((1, 4608, 3584, 1), "fp16", "cpu") == []

@@ -13,7 +13,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 from kernels import get_kernel  # noqa: E402
 from kernels.base import KernelInputError  # noqa: E402
 from kernels.bmm import CONFIG_KEYS, NO_CPU, SPACE, VARIANT, operand_strides  # noqa: E402
-from kernels.persistent_variant import PERSISTENT  # noqa: E402
+from kernels.own_variants import PERSISTENT  # noqa: E402
 from tests.conftest import needs_flag_gems, result, run_py  # noqa: E402
 from tuner.tuning.search import grid_configs  # noqa: E402
 

@@ -134,3 +134,14 @@ def test_persistent_mm_refuses_what_tma_cannot_read():
     assert "bias" in unsupported(a, w.t(), bias=torch.randn(31, dtype=torch.float16))
     with pytest.raises(ValueError, match="persistent_mm"):
         persistent_mm(a[:, 1:], torch.randn(63, 32, dtype=torch.float16), {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32})
+
+
+def test_warm_starts_include_splitk_at_decode_only():
+    for key, variants in [((1, 3584, 18944, 1), {"persistent", "splitk"}), ((4096, 3584, 3584, 1), {"persistent"}),
+                          ((16, 151700, 3584, 1), {"splitk"})]:  # lm_head's rows: no TMA
+        starts = MM.starting_configs(key, "bf16", "cuda")
+        space = MM.space(key, "bf16", "cuda")
+        assert {c["variant"] for c in starts} == variants, key
+        for c in starts:
+            assert MM.invalid_reason(key, c, "bf16", "cuda") is None and MM.canonical(key, c) == c
+            assert set(c) <= set(space), c

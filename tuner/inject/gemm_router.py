@@ -82,7 +82,7 @@ def record_target(record: Mapping[str, Any]) -> str:
     if not tuned or not native or tuned >= native:
         return NATIVE
     variant = str((record.get("config") or {}).get("variant", ""))
-    if variant in (SPLITK, PERSISTENT):  # tuner's own kernels, for mm and (persistent) addmm
+    if variant in (SPLITK, PERSISTENT):  # tuner's own kernels, for mm and addmm
         return variant
     return FLAGGEMS if variant.startswith("fg_") or record.get("kernel") == "addmm" else NATIVE
 
@@ -204,7 +204,7 @@ class Targets:
 
     flaggems_mm: Callable | None = None  # (a, b, out=None)
     flaggems_addmm: Callable | None = None  # (bias, a, b, beta, alpha, out=None)
-    splitk_mm: Callable | None = None  # (a, b, config, out=None)
+    splitk_mm: Callable | None = None  # (a, b, config, out=None, bias=None)
     # (a, b, config, out=None, bias=None); raises `unsupported` (a ValueError) for tensors TMA
     # cannot read as they are, which then go native
     persistent_mm: Callable | None = None
@@ -214,8 +214,8 @@ class Targets:
         """The callable running route `r` on these tensors with tuner's kernels, or None."""
         if r is None:
             return None
-        if r.target == SPLITK and self.splitk_mm is not None and bias is None:
-            return lambda: self.splitk_mm(a, b, r.config, out=out)
+        if r.target == SPLITK and self.splitk_mm is not None:
+            return lambda: self.splitk_mm(a, b, r.config, out=out, bias=bias)
         if r.target == PERSISTENT and self.persistent_mm is not None:
             return lambda: self.persistent_mm(a, b, r.config, out=out, bias=bias)
         return None

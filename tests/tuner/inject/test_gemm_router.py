@@ -22,6 +22,7 @@ def test_record_target_needs_a_measured_win_over_native():
     assert gr.record_target(rec(16, kernel="addmm", variant="fg_addmm")) == gr.FLAGGEMS
     assert gr.record_target(rec(16, variant="persistent")) == gr.PERSISTENT
     assert gr.record_target(rec(16, kernel="addmm", variant="persistent")) == gr.PERSISTENT
+    assert gr.record_target(rec(16, kernel="addmm", variant="splitk")) == gr.SPLITK
 
 
 def test_plan_routes_near_winning_ms_only():
@@ -278,6 +279,34 @@ def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_
         router.uninstall()
 
 
+def test_splitk_addmm_routes_run_tuner_kernel_with_the_bias():
+    """An addmm record won by split-K (decode q/k/v) routes addmm and addmm.out to the split-K
+    kernel (real, under the interpreter) with the bias added once; beta != 1 goes native."""
+    import torch
+
+    from kernels.triton_mm import splitk_mm
+
+    addmm_rec = rec(4, N=48, K=64, dtype="fp16", kernel="addmm")
+    addmm_rec["config"] = {"variant": "splitk", "BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 16,
+                           "num_warps": 4, "num_stages": 2, "GROUP_M": 1, "SPLIT_K": 4}
+    plan = gr.plan_routes([addmm_rec], max_tokens=16)
+    route = plan[("addmm", 48, 64, "fp16")][0][2]
+    assert route.target == gr.SPLITK and route.config["SPLIT_K"] == 4 and route.config["BLOCK_K"] == 16
+    a, w, bias = torch.randn(4, 64).half(), torch.randn(48, 64).half(), (torch.randn(48) + 8).half()
+    ref = a.double() @ w.double().t() + bias.double()
+    router = gr.install_router(plan, gr.Targets(splitk_mm=splitk_mm), dispatch_key="CPU", capturing=lambda: True)
+    try:
+        assert ((torch.addmm(bias, a, w.t()).double() - ref).abs().max()) < 2e-2
+        out = torch.empty(4, 48, dtype=torch.half)
+        torch.addmm(bias, a, w.t(), out=out)
+        assert ((out.double() - ref).abs().max()) < 2e-2
+        assert router.hits[gr.SPLITK] == 2 and router.hits[gr.NATIVE] == 0
+        torch.addmm(bias, a, w.t(), alpha=2)
+        assert router.hits[gr.SPLITK] == 2 and router.hits[gr.NATIVE] == 1
+    finally:
+        router.uninstall()
+
+
 def test_records_of_edited_own_kernels_are_refused():
     """A split-K or persistent record carries the hash of the Triton functions it was timed with;
     after a kernel edit the router refuses it (a FlagGems record is checked where its cache is seeded)."""
@@ -288,10 +317,13 @@ def test_records_of_edited_own_kernels_are_refused():
     mm = get_kernel("mm")
     good = rec(16, variant="persistent") | {"kernel_source_hash": mm.source_hash({"variant": "persistent"})}
     split = rec(16, variant="splitk") | {"kernel_source_hash": mm.source_hash({"variant": "splitk"})}
-    gr.check_own_kernels([good, split, rec(16, variant="fg_tma")], allow_foreign=False)
+    addmm_split = rec(16, kernel="addmm", variant="splitk") | {"kernel_source_hash": split["kernel_source_hash"]}
+    gr.check_own_kernels([good, split, addmm_split, rec(16, variant="fg_tma")], allow_foreign=False)
     stale = good | {"kernel_source_hash": "0" * 64}
     with pytest.raises(ForeignResultError, match="kernel_source_hash"):
         gr.check_own_kernels([stale], allow_foreign=False)
+    with pytest.raises(ForeignResultError, match="kernel_source_hash"):  # the persistent kernel's hash
+        gr.check_own_kernels([addmm_split | {"kernel_source_hash": good["kernel_source_hash"]}], allow_foreign=False)
     with pytest.warns(RuntimeWarning, match="FOREIGN"):
         gr.check_own_kernels([stale], allow_foreign=True)
     gr.check_own_kernels([stale | {"native_us": 1.0}], allow_foreign=False)  # a loser is never routed: unchecked

@@ -1,0 +1,118 @@
+"""tuner's own GEMMs as more variants of a FlagGems LibTuner op (addmm, bmm): the persistent TMA
+GEMM (kernels/persistent_mm.py, persistent_bmm.py) and the split-K GEMM (kernels/triton_mm.py).
+
+Such an op's space names its tiles after FlagGems' kernel (BLOCK_SIZE_M..., TILE_M...); an own
+variant reuses those three dimensions plus its own (`own_space`: GROUP_M, the persistent knobs,
+SPLIT_K) and is judged, canonicalised and warm-started as mm's variant of the same name on the
+key's (M, N, K): one set of constraints for every op that runs the kernel. A knob a variant does
+not take is pinned in its configs (OCCUPANCY for split-K, SPLIT_K for persistent, all of them for
+FlagGems' kernel), so configs that run the same program compare equal.
+
+Both own kernels run only on the GPU in a search (on the CPU the op keeps FlagGems' GPU-only
+space); their runners work under TRITON_INTERPRET=1, which the CPU tests use.
+"""
+
+from __future__ import annotations
+
+from kernels.base import Config, Key, Runner, jit_source_hash
+from kernels.flaggems_ops import LibTunerKernel
+from kernels.mm import MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, persistent_starts, splitk_starts, tma_rows
+
+PERSISTENT, SPLITK = "persistent", "splitk"
+SPLIT_K = (1, 2, 4, 8, 16)
+
+
+class WithOwnGemms(LibTunerKernel):
+    """A LibTunerKernel that also searches tuner's own GEMMs. A subclass lists `own_variants`
+    (persistent only where TMA can read the key's rows), gives `own_space` (`own_space()` below)
+    and `own_runner`."""
+
+    own_variants: tuple[str, ...] = (PERSISTENT,)
+    own_space: dict[str, tuple] = {}
+    own_module = OWN_MODULES[PERSISTENT]  # the persistent kernel's module (bmm: persistent_bmm)
+
+    def own_runner(self, mm_cfg: Config) -> Runner:
+        """The own kernel of mm_cfg["variant"] run with `mm_cfg` (mm's names) on this op's (args, out)."""
+        raise NotImplementedError
+
+    # ---- names ------------------------------------------------------------------------
+    def mm_config(self, config: Config) -> Config:
+        """An own variant's config as mm's config of the kernel it runs (BLOCK_M..., knobs not in
+        own_space pinned; SPLIT_K 1 but for split-K)."""
+        tiles = self.config_keys[:3]
+        keys = ("variant", "GROUP_M", "num_warps", "num_stages", *self.own_space)
+        c = {**PERSISTENT_PINNED, **{k: config[k] for k in keys if k in config}}  # older records lack knobs
+        split_k = c.get("SPLIT_K", 1) if c.get("variant") == SPLITK else 1
+        return c | {f"BLOCK_{d}": config[t] for d, t in zip("MNK", tiles)} | {"SPLIT_K": split_k}
+
+    def _mm_key(self, key: Key) -> Key:
+        return (*self.mnk(key), 1)
+
+    def _pinned(self) -> dict:
+        return {k: 8 if k == "GROUP_M" else {**PERSISTENT_PINNED, "SPLIT_K": 1}[k] for k in self.own_space}
+
+    def _own_for(self, key: Key, dtype: str, device: str) -> tuple[str, ...]:
+        """The own variants that serve this key in a search on `device`."""
+        if device != "cuda":
+            return ()
+        return tuple(v for v in self.own_variants if v != PERSISTENT or tma_rows(self._mm_key(key), dtype))
+
+    # ---- search space -------------------------------------------------------------------
+    def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:
+        own = self._own_for(key, dtype, device)
+        if not own:
+            return super().space(key, dtype, device)
+        knobs = {k: v for k, v in self.own_space.items()
+                 if (k not in PERSISTENT_PARAMS or PERSISTENT in own) and (k != "SPLIT_K" or SPLITK in own)}
+        return {"variant": (self.variant, *own), **self.config_space, **knobs}
+
+    def canonical(self, key: Key, config: Config) -> Config:
+        if config["variant"] not in self.own_variants:
+            base = super().canonical(key, config)
+            return base | {k: v for k, v in self._pinned().items() if k in config}
+        mm = MM().canonical(self._mm_key(key), self.mm_config(config))  # GROUP_M=1 where one row of tiles
+        # a persistent record stored before a knob existed gets its pinned value, as mm_config reads it
+        own = [k for k in self.own_space if k in config or (config["variant"] == PERSISTENT and k != "SPLIT_K")]
+        return {k: config[k] for k in ("variant", *self.config_keys)} | {k: mm[k] for k in own}
+
+    def invalid_reason(self, key: Key, config: Config, dtype: str, device: str, arch: int = 9) -> str | None:
+        if config["variant"] not in self.own_variants:
+            return super().invalid_reason(key, config, dtype, device, arch)
+        if device != "cuda":
+            return self.no_cpu
+        return MM().invalid_reason(self._mm_key(key), self.mm_config(config), dtype, device, arch)
+
+    def starting_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
+        """mm's warm starts of each own variant in this space, in this op's names (invalid ones are
+        dropped when queued)."""
+        space = self.space(key, dtype, device)
+        M = self.mnk(key)[0]
+        starts = ([{"variant": PERSISTENT, **c} for c in persistent_starts(M)] if PERSISTENT in space["variant"] else [])
+        starts += splitk_starts(M) if SPLITK in space["variant"] else []
+        out = []
+        for c in starts:
+            pinned = {k: v for k, v in self._pinned().items() if k in space}
+            cfg = {"variant": c["variant"], **pinned, "num_warps": c["num_warps"], "num_stages": c["num_stages"]}
+            cfg |= {t: c[f"BLOCK_{d}"] for d, t in zip("MNK", self.config_keys[:3])}
+            out.append(cfg | {k: c[k] for k in ("GROUP_M", *self.own_space) if k in c and k in space})
+        return out
+
+    # ---- running ------------------------------------------------------------------------
+    def runner(self, key: Key, config: Config, dtype: str, device: str) -> Runner:
+        if config["variant"] not in self.own_variants or device != "cuda":
+            return super().runner(key, config, dtype, device)
+        return self.own_runner(self.mm_config(config))
+
+    def source_hash(self, config: Config | None = None) -> str:
+        variant = (config or {}).get("variant")
+        if variant in self.own_variants:
+            module = self.own_module if variant == PERSISTENT else OWN_MODULES[variant]
+            return jit_source_hash(module)
+        return super().source_hash(config)
+
+
+def own_space(*, group: bool, subtile: bool, split_k: bool = False) -> dict[str, tuple]:
+    """The own knobs an op's kernels take: GROUP_M where FlagGems' space has none, the persistent
+    knobs (the batched kernel has no subtiled epilogue), SPLIT_K where split-K is a variant."""
+    knobs = {k: v for k, v in PERSISTENT_PARAMS.items() if subtile or k != "EPILOGUE_SUBTILE"}
+    return ({"GROUP_M": (1, 4, 8, 16)} if group else {}) | knobs | ({"SPLIT_K": SPLIT_K} if split_k else {})
