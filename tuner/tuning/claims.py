@@ -40,14 +40,24 @@ class StudyClaims:
         return q.release(self.sessions, self.study_name, trial_numbers)
 
     def sweep(self, study: optuna.Study, measured: dict[str, int]) -> None:
-        """At study open: fail what killed processes left running, give back the claims of trials
-        that ended unmeasured, and claim configs measured before claims existed (`measured`:
-        canonical text -> trial number)."""
+        """At study open: clean up (`clean`), and claim configs measured before claims existed
+        (`measured`: canonical text -> trial number)."""
+        self.clean(study)
+        q.backfill(self.sessions, self.study_name, measured, self.owner)
+
+    def clean(self, study: optuna.Study) -> None:
+        """Fail what killed processes left running and give back the claims of trials that ended
+        unmeasured (their configs are queued again)."""
         fail_stale(study, self.sessions)
         unmeasured = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                       if not t.user_attrs.get("status")]
         self.release(unmeasured)
-        q.backfill(self.sessions, self.study_name, measured, self.owner)
+
+    def held_running(self, study: optuna.Study) -> int:
+        """Claimed trials of the study still running: in other processes when this one has none in
+        flight (live ones, or killed ones whose heartbeat has not gone stale yet)."""
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        return len(q.claimed(self.sessions, self.study_name, running))
 
 
 def fail_stale(study: optuna.Study, sessions: Callable[[], Session]) -> None:

@@ -27,7 +27,7 @@ from tuner.tuning.candidates import Candidate, Candidates, canon_text, grid_conf
 from tuner.tuning.compile_pool import CompilePool
 from tuner.tuning.claims import StudyClaims, Taken
 from tuner.tuning.finalists import side_by_side
-from tuner.tuning.heartbeat import Heartbeat
+from tuner.tuning.heartbeat import HEARTBEAT_S, Heartbeat
 from tuner.tuning.history import Best, History
 from tuner.tuning.measurer import Measurer, Result, Setup, Status
 
@@ -212,9 +212,27 @@ class Search:
 
     def _fill_pipeline(self) -> bool:
         """Ask ahead while budget is left; False when nothing is left to measure."""
-        while not self.exhausted and len(self.pending) < self.lookahead and self._budget_left():
-            self.exhausted = not self._ask_next()
-        return bool(self.pending)
+        while True:
+            while not self.exhausted and len(self.pending) < self.lookahead and self._budget_left():
+                self.exhausted = not self._ask_next()
+            if self.pending or not self._wait_for_others():
+                return bool(self.pending)
+
+    def _wait_for_others(self) -> bool:
+        """With claims: the study's budget is claimed to the last config and this process has
+        nothing in flight, but other processes' claimed trials still run. Wait a heartbeat and
+        clean up: a killed process's trial goes stale, its claim comes back and its config is
+        queued again, and this process measures it (before, the study ended one config short and
+        the trial stayed RUNNING until the next tune opened the study). True: ask again."""
+        if not self.claims or self.stop_reason != "trials" or self.budget.timed_out(self._elapsed()):
+            return False
+        study = self.history.study
+        if not self.claims.held_running(study):
+            return False
+        time.sleep(HEARTBEAT_S)
+        self.claims.clean(study)
+        self.exhausted = False
+        return True
 
     def _budget_left(self) -> bool:
         done = self._done()

@@ -111,13 +111,13 @@ def _wait_for(cond, timeout_s: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def test_kill_9_mid_study_then_resume_loses_nothing(db_url):
-    """A tune killed (SIGKILL to its process group: the host lost) with a config in flight: the
-    next tune fails the stale trial (heartbeat), gives back its claim, measures the config again
-    and finishes the --trials budget; the killed run is marked stale."""
-    env = _env(TUNER_HEARTBEAT_S="1")  # grace: 6 s
-    # a key whose configs take seconds each in the interpreter: the kill lands mid-measurement
-    args = ("--shape", "16,256,256", "--trials", "5", "--seed", "2")
+# a key whose configs take seconds each in the interpreter: a kill lands mid-measurement
+KILL_ARGS = ("--shape", "16,256,256", "--trials", "5", "--seed", "2")
+
+
+def _kill_one_mid_measurement(db_url: str, env: dict) -> tuple[str, list, set[str]]:
+    """Start a tune and SIGKILL its process group (the host lost) once it has measured 2 configs
+    and has one in flight: (study name, its trials before, the canonical configs in flight)."""
     storage = None
 
     def measured_and_running():
@@ -134,7 +134,7 @@ def test_kill_9_mid_study_then_resume_loses_nothing(db_url):
                                                    for t in trials))
 
     for _ in range(3):  # a trial told between the look and the kill leaves none in flight: kill again
-        victim = subprocess.Popen(_cmd(db_url, *args), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        victim = subprocess.Popen(_cmd(db_url, *KILL_ARGS), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             _wait_for(measured_and_running, 300, "2 configs measured and one in flight")
@@ -142,14 +142,23 @@ def test_kill_9_mid_study_then_resume_loses_nothing(db_url):
             os.killpg(victim.pid, signal.SIGKILL)
             victim.wait()
         (name, before), = _studies(db_url).items()
-        done_before = _measured(before)
         in_flight = {t.user_attrs["canonical"] for t in before if t.state == TrialState.RUNNING
                      and t.user_attrs.get("canonical")}
         if in_flight:
-            break
-    assert in_flight and len(done_before) < 5
+            return name, before, in_flight
+    raise AssertionError("3 kills, none with a config in flight")
+
+
+def test_kill_9_mid_study_then_resume_loses_nothing(db_url):
+    """A tune killed with a config in flight: the next tune fails the stale trial (heartbeat),
+    gives back its claim, measures the config again and finishes the --trials budget; the killed
+    run is marked stale."""
+    env = _env(TUNER_HEARTBEAT_S="1")  # grace: 6 s
+    name, before, in_flight = _kill_one_mid_measurement(db_url, env)
+    done_before = _measured(before)
+    assert len(done_before) < 5
     time.sleep(7)  # past the grace period
-    proc = subprocess.run(_cmd(db_url, *args), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(_cmd(db_url, *KILL_ARGS), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = _studies(db_url)[name]
     _check_study(after, 5)  # the remaining budget finished, nothing twice, nothing left running
@@ -162,3 +171,18 @@ def test_kill_9_mid_study_then_resume_loses_nothing(db_url):
         assert runs == {"stale", "done"}
         assert s.query(Claim).count() == 5
     db.dispose()
+
+
+def test_a_live_tune_finishes_what_a_killed_one_left_in_flight(db_url):
+    """A tune started right after another was killed (its trial's heartbeat not stale yet): it
+    claims the rest of the budget, then waits for the dead trial to go stale instead of ending one
+    config short, and measures that config itself: the whole budget, nothing twice, nothing left
+    RUNNING, without a third run."""
+    env = _env(TUNER_HEARTBEAT_S="1")  # grace: 6 s
+    name, before, in_flight = _kill_one_mid_measurement(db_url, env)
+    proc = subprocess.run(_cmd(db_url, *KILL_ARGS), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = _studies(db_url)[name]
+    _check_study(after, 5)
+    assert in_flight <= {text for text, _ in _measured(after)}
+    assert set(_measured(before)) <= set(_measured(after))
