@@ -10,7 +10,9 @@ num_stages; no GROUP_M, no pre_hook), key M, N, K with the align32 strategy plus
 dtypes. One variant, `fg_addmm`: that kernel launched with an explicit config, so a winner is
 exactly one row of FlagGems' addmm cache. And tuner's own GEMMs with a bias epilogue
 (kernels/own_variants.py): `persistent`, the persistent TMA GEMM (kernels/persistent_mm.py), on
-keys whose rows TMA can read, and `splitk` (kernels/triton_mm.py), for the decode keys whose few
+keys whose rows TMA can read, `streamk` (kernels/streamk_mm.py) on the same keys, for the tiles
+that leave a partial wave (qkv at M=512: the persistent kernel took 1.68x cuBLAS's time), and
+`splitk` (kernels/triton_mm.py), for the decode keys whose few
 output tiles leave most SMs idle (the q/k/v projections at M <= 64: FlagGems' addmm was 1.47-1.73x
 cuBLAS's time there even tuned). Their tile sizes are the same BLOCK_SIZE_* dimensions, plus mm's
 GROUP_M, persistent knobs and SPLIT_K. In a search every variant runs only on an NVIDIA GPU: on
@@ -24,7 +26,7 @@ from collections.abc import Mapping
 from kernels.base import Config, Coverage, Inputs, KernelInputError, Key, Runner, torch_dtype
 from kernels.flaggems_ops import libtuner, op_module  # noqa: F401 (libtuner: re-exported)
 from kernels.mm import MM
-from kernels.own_variants import PERSISTENT, SPLITK, WithOwnGemms, own_space
+from kernels.own_variants import PERSISTENT, SPLITK, STREAMK, WithOwnGemms, own_space
 from tuner.devices import ELEM_BYTES
 
 VARIANT = "fg_addmm"
@@ -80,15 +82,19 @@ class AddMM(WithOwnGemms):
     key_help = {"M": "rows of A: tokens in the batch", "N": "output features (the bias has N)",
                 "K": "input features (the inner dimension)",
                 "BT": "1: B is an N x K weight transposed (nn.Linear with bias); 0: B stored K x N"}
-    source_modules = ("flag_gems.ops.addmm", "kernels.persistent_mm", "kernels.triton_mm")
+    source_modules = ("flag_gems.ops.addmm", "kernels.persistent_mm", "kernels.streamk_mm", "kernels.triton_mm")
     fg_op, fg_kernel, variant = "addmm", "addmm_kernel", VARIANT
     config_keys, config_space = CONFIG_KEYS, SPACE
     fg_max_tile = (FG_MAX_BLOCK_M, FG_MAX_BLOCK_N, FG_MAX_BLOCK_K)
     no_cpu = NO_CPU
-    own_variants = (PERSISTENT, SPLITK)
+    own_variants = (PERSISTENT, STREAMK, SPLITK)
     own_space = OWN_SPACE
 
     def own_runner(self, mm_cfg: Config) -> Runner:
+        if mm_cfg["variant"] == STREAMK:
+            from kernels.streamk_mm import streamk_mm
+
+            return lambda args, out: streamk_mm(args[1], args[2], mm_cfg, out=out, bias=args[0])
         if mm_cfg["variant"] == SPLITK:
             from kernels.triton_mm import splitk_mm
 

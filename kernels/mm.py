@@ -10,6 +10,9 @@ Variants (a search dimension):
 - persistent: kernels/persistent_mm.py, tuner's persistent TMA GEMM (GPU search only: it runs
   under the interpreter, but interpreter timings say nothing about TMA; its own parameters are
   OCCUPANCY, WARP_SPECIALIZE, FLATTEN and EPILOGUE_SUBTILE, pinned for the other variants)
+- streamk: kernels/streamk_mm.py, the persistent GEMM's loads with the last waves' K iterations
+  shared evenly by the programs (for tiles that do not fill whole waves: M=512, M=1500); GPU
+  search only, its own parameter OCCUPANCY
 Only the FlagGems kernel that FlagGems itself would pick for a key is searched, because only
 that one can be injected into its LibTuner cache for that key.
 """
@@ -42,7 +45,11 @@ MINICPMO_LLM_NK = {
     "lm_head": (151700, 3584),
 }
 SERVING_M = (1, 16, 64, 256, 2048, 8192)
-OWN_MODULES = {"splitk": "kernels.triton_mm", "persistent": "kernels.persistent_mm"}  # tuner's kernels by variant
+OWN_MODULES = {"splitk": "kernels.triton_mm", "persistent": "kernels.persistent_mm",
+               "streamk": "kernels.streamk_mm"}  # tuner's kernels by variant
+TMA_VARIANTS = ("persistent", "streamk")  # tuner's kernels that read through TMA descriptors
+# the own parameters each variant takes; the others are pinned (PERSISTENT_PINNED) in its configs
+KNOBS = {"persistent": tuple(PERSISTENT_PARAMS), "streamk": ("OCCUPANCY",)}
 
 
 def flag_gems_mm_module():
@@ -93,6 +100,27 @@ def splitk_starts(M: int) -> list[Config]:
             dict(variant="splitk", BLOCK_M=bm, BLOCK_N=32, BLOCK_K=128, GROUP_M=1, SPLIT_K=4, num_warps=2, num_stages=3)]
 
 
+def streamk_starts(M: int) -> list[Config]:
+    """Hopper's 128-row wgmma tiles for the prefill M whose tiles leave a partial wave (M=512,
+    M=1500 on the H200): the stream-K variant's warm start; none for decode M."""
+    if M < 256:
+        return []
+    return [dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
+            dict(variant="streamk", BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+            dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)]
+
+
+def mm_starts(space: Mapping[str, tuple], M: int) -> list[Config]:
+    """Warm starts of every own variant that `space` (mm's, or an op's own variants) holds, in
+    mm's names with the knobs the space has pinned: persistent, stream-K, split-K."""
+    variants = space["variant"]
+    starts = [{"variant": "persistent", **c} for c in persistent_starts(M)] if "persistent" in variants else []
+    starts += streamk_starts(M) if "streamk" in variants else []
+    starts += splitk_starts(M) if "splitk" in variants else []
+    pinned = {k: v for k, v in {**PERSISTENT_PINNED, "SPLIT_K": 1}.items() if k in space}
+    return [pinned | c for c in starts]
+
+
 def flaggems_variant(key: Key, dtype: str) -> str:
     """Which Hopper kernel FlagGems 5.x runs for this key (hopper/ops/mm.py general_mm)."""
     return "fg_tma" if tma_rows(key, dtype) else "fg_general"
@@ -113,7 +141,7 @@ class MM(Kernel):
                 "K": "input features (the inner dimension)",
                 "BT": "1: B is an N x K weight transposed, as nn.Linear and vLLM use it (--shape M,N,K or "
                       "M,N,K,nk); 0: B stored K x N (--shape M,N,K,kn)"}
-    source_modules = ("kernels.triton_mm", "kernels.persistent_mm", "flag_gems.runtime.backend._nvidia.hopper.ops.mm")
+    source_modules = ("kernels.triton_mm", "kernels.persistent_mm", "kernels.streamk_mm", "flag_gems.runtime.backend._nvidia.hopper.ops.mm")
 
     # ---- keys -------------------------------------------------------------------------
     def parse_key(self, text: str) -> Key:
@@ -153,7 +181,7 @@ class MM(Kernel):
         if device == "cpu":
             variants: tuple = ("splitk",)
         else:
-            variants = (flaggems_variant(key, dtype), "splitk") + (("persistent",) if tma_rows(key, dtype) else ())
+            variants = (flaggems_variant(key, dtype), "splitk") + (TMA_VARIANTS if tma_rows(key, dtype) else ())
         own = PERSISTENT_PARAMS if "persistent" in variants else {}
         return {
             "variant": variants,
@@ -170,13 +198,13 @@ class MM(Kernel):
     def canonical(self, key: Key, config: Config) -> Config:
         c = dict(config)
         M = key[0]
-        if c["variant"] != "persistent":  # the keys a space without persistent lacks stay absent
-            c.update({k: v for k, v in PERSISTENT_PINNED.items() if k in c})
+        takes = KNOBS.get(c["variant"], ())  # the keys a space without persistent lacks stay absent
+        c.update({k: v for k, v in PERSISTENT_PINNED.items() if k in c and k not in takes})
         if c["variant"].startswith("fg_"):
             c["SPLIT_K"] = 1
             c["GROUP_M"] = FG_GROUP_M
             return c
-        if c["variant"] == "persistent":
+        if c["variant"] in TMA_VARIANTS:
             c["SPLIT_K"] = 1
         if math.ceil(M / c["BLOCK_M"]) == 1:
             c["GROUP_M"] = 1  # one row of tiles: grouping cannot change the order
@@ -206,12 +234,12 @@ class MM(Kernel):
         smem = (bm * bk + bk * bn) * eb * stages
         if variant == "fg_tma":
             smem += bm * bn * eb  # the TMA store stages the C tile in shared memory
-        if variant == "persistent":
-            smem += bm * bn * eb // (2 if config["EPILOGUE_SUBTILE"] else 1)
+        if variant in TMA_VARIANTS:  # the TMA store's C tile (halved by the subtiled epilogue)
+            smem += bm * bn * eb // (2 if config.get("EPILOGUE_SUBTILE") else 1)
         limit = SMEM_BY_ARCH.get(arch, SMEM_DEFAULT) if device == "cuda" else SMEM_BY_ARCH[9]
         if smem > limit:
             return f"needs {smem} B of shared memory, the limit is {limit}"
-        if variant == "persistent":
+        if variant in TMA_VARIANTS:
             if config["OCCUPANCY"] > 1 and config["OCCUPANCY"] * smem > limit:
                 return f"{config['OCCUPANCY']} programs per SM need {config['OCCUPANCY'] * smem} B of shared memory"
             if warps < 4:
@@ -282,6 +310,11 @@ class MM(Kernel):
 
             cfg = dict(config)
             return lambda args, out: persistent_mm(args[0], args[1], cfg, out=out)
+        if variant == "streamk":
+            from kernels.streamk_mm import streamk_mm
+
+            cfg = dict(config)
+            return lambda args, out: streamk_mm(args[0], args[1], cfg, out=out)
         if variant == "fg_tma":
             return _fg_tma_runner(config, dtype)
         if variant == "fg_general":
@@ -302,8 +335,8 @@ class MM(Kernel):
 
             persistent_warmup(key, dtype, config)
         else:
-            # FlagGems' kernels take descriptors / pointers whose specialisation needs real
-            # tensors: compile them by running once on the real shapes
+            # FlagGems' kernels and stream-K take descriptors / pointers whose specialisation
+            # needs real tensors: compile them by running once on the real shapes
             import torch
 
             inputs = self.make_inputs(key, dtype, device, 1, seed=0)
@@ -320,12 +353,10 @@ class MM(Kernel):
         return runners
 
     def starting_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
-        space = self.space(key, dtype, device)
-        pinned = {k: v for k, v in PERSISTENT_PINNED.items() if k in space}
-        splitk = [pinned | c for c in splitk_starts(key[0])] if device == "cuda" else []
-        if "persistent" not in space["variant"]:
-            return splitk
-        return [{"variant": "persistent", "SPLIT_K": 1, **PERSISTENT_PINNED, **c} for c in persistent_starts(key[0])] + splitk
+        """The warm starts of tuner's own variants in this key's space (mm_starts), on the GPU."""
+        if device != "cuda":
+            return []
+        return [self.canonical(key, c) for c in mm_starts(self.space(key, dtype, device), key[0])]
 
     def untuned_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
         """The config FlagGems' own LibTuner chose for this key: LibTuner.run leaves the config

@@ -1,5 +1,6 @@
 """tuner's own GEMMs as more variants of a FlagGems LibTuner op (addmm, bmm): the persistent TMA
-GEMM (kernels/persistent_mm.py, persistent_bmm.py) and the split-K GEMM (kernels/triton_mm.py).
+GEMM (kernels/persistent_mm.py, persistent_bmm.py), the stream-K GEMM (kernels/streamk_mm.py) and
+the split-K GEMM (kernels/triton_mm.py).
 
 Such an op's space names its tiles after FlagGems' kernel (BLOCK_SIZE_M..., TILE_M...); an own
 variant reuses those three dimensions plus its own (`own_space`: GROUP_M, the persistent knobs,
@@ -16,16 +17,16 @@ from __future__ import annotations
 
 from kernels.base import Config, Key, Runner, jit_source_hash
 from kernels.flaggems_ops import LibTunerKernel
-from kernels.mm import MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, persistent_starts, splitk_starts, tma_rows
+from kernels.mm import MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, TMA_VARIANTS, mm_starts, tma_rows
 
-PERSISTENT, SPLITK = "persistent", "splitk"
+PERSISTENT, STREAMK, SPLITK = "persistent", "streamk", "splitk"
 SPLIT_K = (1, 2, 4, 8, 16)
 
 
 class WithOwnGemms(LibTunerKernel):
     """A LibTunerKernel that also searches tuner's own GEMMs. A subclass lists `own_variants`
-    (persistent only where TMA can read the key's rows), gives `own_space` (`own_space()` below)
-    and `own_runner`."""
+    (persistent and stream-K only where TMA can read the key's rows), gives `own_space`
+    (`own_space()` below) and `own_runner`."""
 
     own_variants: tuple[str, ...] = (PERSISTENT,)
     own_space: dict[str, tuple] = {}
@@ -55,15 +56,16 @@ class WithOwnGemms(LibTunerKernel):
         """The own variants that serve this key in a search on `device`."""
         if device != "cuda":
             return ()
-        return tuple(v for v in self.own_variants if v != PERSISTENT or tma_rows(self._mm_key(key), dtype))
+        return tuple(v for v in self.own_variants if v not in TMA_VARIANTS or tma_rows(self._mm_key(key), dtype))
 
     # ---- search space -------------------------------------------------------------------
     def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:
         own = self._own_for(key, dtype, device)
         if not own:
             return super().space(key, dtype, device)
-        knobs = {k: v for k, v in self.own_space.items()
-                 if (k not in PERSISTENT_PARAMS or PERSISTENT in own) and (k != "SPLIT_K" or SPLITK in own)}
+        knobs = {k: v for k, v in self.own_space.items() if (k not in PERSISTENT_PARAMS or PERSISTENT in own
+                                                             or (k == "OCCUPANCY" and STREAMK in own))
+                 and (k != "SPLIT_K" or SPLITK in own)}
         return {"variant": (self.variant, *own), **self.config_space, **knobs}
 
     def canonical(self, key: Key, config: Config) -> Config:
@@ -86,15 +88,12 @@ class WithOwnGemms(LibTunerKernel):
         """mm's warm starts of each own variant in this space, in this op's names (invalid ones are
         dropped when queued)."""
         space = self.space(key, dtype, device)
-        M = self.mnk(key)[0]
-        starts = ([{"variant": PERSISTENT, **c} for c in persistent_starts(M)] if PERSISTENT in space["variant"] else [])
-        starts += splitk_starts(M) if SPLITK in space["variant"] else []
         out = []
-        for c in starts:
+        for c in mm_starts(space, self.mnk(key)[0]):
             pinned = {k: v for k, v in self._pinned().items() if k in space}
             cfg = {"variant": c["variant"], **pinned, "num_warps": c["num_warps"], "num_stages": c["num_stages"]}
             cfg |= {t: c[f"BLOCK_{d}"] for d, t in zip("MNK", self.config_keys[:3])}
-            out.append(cfg | {k: c[k] for k in ("GROUP_M", *self.own_space) if k in c and k in space})
+            out.append(self.canonical(key, cfg | {k: c[k] for k in ("GROUP_M", *self.own_space) if k in c and k in space}))
         return out
 
     # ---- running ------------------------------------------------------------------------
@@ -106,7 +105,7 @@ class WithOwnGemms(LibTunerKernel):
     def source_hash(self, config: Config | None = None) -> str:
         variant = (config or {}).get("variant")
         if variant in self.own_variants:
-            module = self.own_module if variant == PERSISTENT else OWN_MODULES[variant]
+            module = self.own_module if variant == PERSISTENT else OWN_MODULES[variant]  # bmm: its batched kernel
             return jit_source_hash(module)
         return super().source_hash(config)
 

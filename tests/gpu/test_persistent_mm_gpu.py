@@ -1,7 +1,7 @@
 """On a Hopper GPU (`pytest -m gpu`): tuner's persistent TMA GEMM on the MiniCPM-o LLM shapes,
 bit-for-bit stable across runs, within tolerance of cuBLAS, inside a CUDA graph, and behind
 the router's aten::mm / aten::addmm override; the split-K GEMM's bias epilogue (addmm's
-splitk variant) likewise."""
+splitk variant) and the stream-K GEMM (kernels/streamk_mm.py) likewise."""
 
 import pytest
 import torch
@@ -100,25 +100,49 @@ def test_batched_kernel_on_the_resampler_projection(slices):
     assert rel(one) < 1e-2 and rel(one) <= 1.5 * rel(torch.bmm(a, b)) + 1e-3
 
 
+def _stable_close_and_graph_safe(gemm, a, w, bias, cfg):
+    """gemm(a, w.t(), cfg, out=, bias=): bit-for-bit across two runs, within tolerance of cuBLAS
+    (and at most 1.5x its error), and the same output when replayed in a CUDA graph."""
+    one, two = gemm(a, w.t(), cfg, bias=bias), gemm(a, w.t(), cfg, bias=bias)
+    assert torch.equal(one, two)
+    ref = a.float() @ w.float().t() + (bias.float() if bias is not None else 0)
+    cublas = torch.addmm(bias, a, w.t()) if bias is not None else a @ w.t()
+    rel = lambda x: ((x.float() - ref).norm() / ref.norm()).item()  # noqa: E731
+    assert rel(one) < 1e-2 and rel(one) <= 1.5 * rel(cublas) + 1e-3
+    out = torch.empty_like(one)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        gemm(a, w.t(), cfg, out=out, bias=bias)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, one)
+
+
 @pytest.mark.parametrize("M", [1, 16, 64])
 @pytest.mark.parametrize("split_k", [1, 4, 8])
 def test_splitk_with_bias_stable_close_to_cublas_and_graph_safe(M, split_k):
-    """The split-K GEMM's bias epilogue on the qkv projection at decode M (addmm's splitk variant):
-    bit-for-bit across runs (the reduce sums the splits in a fixed order), within tolerance of
-    cuBLAS's addmm, and the same when replayed in a CUDA graph."""
+    """The split-K GEMM's bias epilogue on the qkv projection at decode M (addmm's splitk
+    variant); the reduce sums the splits in a fixed order."""
     from kernels.triton_mm import splitk_mm
 
     a, w, bias = _inputs(M, 4608, 3584, bias=True)
     cfg = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, SPLIT_K=split_k, num_warps=4, num_stages=4)
-    one, two = splitk_mm(a, w.t(), cfg, bias=bias), splitk_mm(a, w.t(), cfg, bias=bias)
-    assert torch.equal(one, two)
-    ref = a.float() @ w.float().t() + bias.float()
-    rel = lambda x: ((x.float() - ref).norm() / ref.norm()).item()  # noqa: E731
-    assert rel(one) < 1e-2 and rel(one) <= 1.5 * rel(torch.addmm(bias, a, w.t())) + 1e-3
-    out = torch.empty_like(one)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        splitk_mm(a, w.t(), cfg, out=out, bias=bias)
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, one)
+    _stable_close_and_graph_safe(splitk_mm, a, w, bias, cfg)
+
+
+@pytest.mark.parametrize("M,N,K", [(512, 4608, 3584), (512, 3584, 3584), (1500, 1024, 4096), (4096, 3584, 18944)])
+@pytest.mark.parametrize("occupancy", [1, 2])
+def test_streamk_stable_close_to_cublas_and_graph_safe(M, N, K, occupancy):
+    """Stream-K at the partial-wave keys (qkv and o at M=512, Whisper's fc2 at M=1500) and a big
+    one (the finisher adds the partials in a fixed order); the flags are back at zero after."""
+    from kernels.persistent_mm import sm_count_of
+    from kernels.streamk_mm import _flags, programs_for, streamk_mm
+
+    a, w, bias = _inputs(M, N, K, bias=N == 4608)
+    # OCCUPANCY 2 with 3 stages needs 2 x 128 KiB of shared memory: one program per SM fits, so
+    # half the programs wait for a free SM while others spin on their flags (no deadlock: a
+    # program only waits for lower indices, dispatched first)
+    cfg = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, OCCUPANCY=occupancy, num_warps=8,
+               num_stages=3 if occupancy == 2 else 4)
+    _stable_close_and_graph_safe(streamk_mm, a, w, bias, cfg)
+    assert int(_flags(a.device, programs_for(M, N, cfg, sm_count_of(a.device))).sum()) == 0

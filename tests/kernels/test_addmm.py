@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import get_kernel  # noqa: E402
-from kernels.addmm import CONFIG_KEYS, NO_CPU, OWN_SPACE, PERSISTENT, SPACE, SPLITK, VARIANT, mm_config  # noqa: E402
+from kernels.addmm import CONFIG_KEYS, NO_CPU, OWN_SPACE, PERSISTENT, SPACE, SPLITK, STREAMK, VARIANT, mm_config  # noqa: E402
 from kernels.base import KernelInputError  # noqa: E402
 from tests.conftest import needs_flag_gems, result, run_py  # noqa: E402
 from tuner.tuning.search import grid_configs  # noqa: E402
@@ -145,7 +145,7 @@ def test_splitk_refuses_a_bias_of_the_wrong_length():
 def test_grid_is_nonempty_valid_and_canonical():
     for key in ADDMM.presets()["minicpmo"]:  # every MiniCPM-o key has TMA-aligned rows
         space = ADDMM.space(key, "bf16", "cuda")
-        assert space == {"variant": (VARIANT, PERSISTENT, SPLITK), **SPACE, **OWN_SPACE}
+        assert space == {"variant": (VARIANT, PERSISTENT, STREAMK, SPLITK), **SPACE, **OWN_SPACE}
     # rows TMA cannot read (4100 bf16 = 8200 B): split-K without the persistent knobs
     assert ADDMM.space((16, 4100, 3584, 1), "bf16", "cuda") == {
         "variant": (VARIANT, SPLITK), **SPACE, "GROUP_M": OWN_SPACE["GROUP_M"], "SPLIT_K": OWN_SPACE["SPLIT_K"]}
@@ -222,7 +222,7 @@ def test_space_holds_flaggems_list_and_its_libtuner(tmp_path):
 def test_warm_starts_measure_every_own_variant_early():
     """A short search still measures each own variant: split-K starts at decode M (the H200's mm
     winners), persistent ones where TMA reads the rows; every start valid, canonical and in the space."""
-    for key, variants in [((1, 4608, 3584, 1), {PERSISTENT, SPLITK}), ((4096, 4608, 3584, 1), {PERSISTENT}),
+    for key, variants in [((1, 4608, 3584, 1), {PERSISTENT, SPLITK}), ((4096, 4608, 3584, 1), {PERSISTENT, STREAMK}),
                           ((16, 4100, 3584, 1), {SPLITK})]:
         starts = ADDMM.starting_configs(key, "bf16", "cuda")
         space = ADDMM.space(key, "bf16", "cuda")
@@ -231,3 +231,17 @@ def test_warm_starts_measure_every_own_variant_early():
             assert ADDMM.invalid_reason(key, c, "bf16", "cuda") is None and ADDMM.canonical(key, c) == c
             assert set(c) <= set(space) and all(c[k] in space[k] for k in c), c
     assert ADDMM.starting_configs((1, 4608, 3584, 1), "fp16", "cpu") == []
+
+
+def test_streamk_variant_names_and_runs_with_the_bias():
+    """Stream-K takes OCCUPANCY (its programs per SM), the other persistent knobs are pinned; its
+    runner under the interpreter adds the bias once, the tiles split between programs included."""
+    key = (40, 64, 96, 1)
+    c = ADDMM.canonical((512, 4608, 3584, 1), splitk_cfg(variant=STREAMK, OCCUPANCY=2, FLATTEN=1, SPLIT_K=4))
+    assert (c["OCCUPANCY"], c["FLATTEN"], c["SPLIT_K"]) == (2, 0, 1)
+    assert ADDMM.source_hash({"variant": STREAMK}) == MM.source_hash({"variant": STREAMK})
+    inputs = ADDMM.make_inputs(key, "fp16", "cpu", 1, seed=5)
+    inputs.sets[0][0].add_(10.0)
+    out = ADDMM.own_runner(mm_config(splitk_cfg(variant=STREAMK, GROUP_M=2)))(inputs.sets[0], inputs.outs[0])
+    ref = ADDMM.reference(inputs.sets[0])
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 5e-3 and (out.double() - ref).abs().max() < 1

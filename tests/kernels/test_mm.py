@@ -54,6 +54,9 @@ def test_canonical_drops_what_cannot_matter():
     assert all(split[k] == PERSISTENT_PINNED[k] for k in own)  # the persistent kernel's knobs
     pers = MM.canonical((512, 4608, 3584, 1), cfg(variant="persistent", SPLIT_K=4, GROUP_M=4, **own))
     assert pers["SPLIT_K"] == 1 and pers["GROUP_M"] == 4 and all(pers[k] == v for k, v in own.items())
+    sk = MM.canonical((512, 4608, 3584, 1), cfg(variant="streamk", SPLIT_K=4, GROUP_M=4, **own))
+    assert sk["SPLIT_K"] == 1 and sk["OCCUPANCY"] == 2  # stream-K takes OCCUPANCY only
+    assert (sk["WARP_SPECIALIZE"], sk["FLATTEN"], sk["EPILOGUE_SUBTILE"]) == (0, 0, 0)
 
 
 def test_constraints_before_compiling():
@@ -71,11 +74,16 @@ def test_constraints_before_compiling():
     # ... half of it with the subtiled epilogue fits
     assert MM.invalid_reason((4096, 4608, 3584, 1), pers | {"EPILOGUE_SUBTILE": 1}, "bf16", "cuda") is None
     assert "variant" in MM.invalid_reason((4096, 151700, 3584, 1), pers, "bf16", "cuda")
+    sk = pers | {"variant": "streamk", "BLOCK_N": 128}
+    assert MM.invalid_reason((512, 4608, 3584, 1), sk, "bf16", "cuda") is None
+    assert "programs per SM" in MM.invalid_reason((512, 4608, 3584, 1), sk | {"OCCUPANCY": 2}, "bf16", "cuda")
+    assert "warpgroups" in MM.invalid_reason((512, 4608, 3584, 1), sk | {"num_warps": 2}, "bf16", "cuda")
+    assert "variant" in MM.invalid_reason((512, 151700, 3584, 1), sk, "bf16", "cuda")  # no TMA, no stream-K
 
 
 def test_space_is_a_superset_of_flaggems_hopper_list():
     space = MM.space((2048, 4608, 3584, 1), "bf16", "cuda")
-    assert space["variant"] == ("fg_tma", "splitk", "persistent")
+    assert space["variant"] == ("fg_tma", "splitk", "persistent", "streamk")
     assert {32, 64, 128, 256} <= set(space["BLOCK_M"]) and {32, 64, 128} <= set(space["BLOCK_N"])
     assert {32, 64, 128} <= set(space["BLOCK_K"]) and {2, 3, 4} <= set(space["num_stages"])
     assert {4, 8} <= set(space["num_warps"])
@@ -136,8 +144,9 @@ def test_persistent_mm_refuses_what_tma_cannot_read():
         persistent_mm(a[:, 1:], torch.randn(63, 32, dtype=torch.float16), {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32})
 
 
-def test_warm_starts_include_splitk_at_decode_only():
-    for key, variants in [((1, 3584, 18944, 1), {"persistent", "splitk"}), ((4096, 3584, 3584, 1), {"persistent"}),
+def test_warm_starts_include_splitk_at_decode_and_streamk_at_prefill():
+    for key, variants in [((1, 3584, 18944, 1), {"persistent", "splitk"}),
+                          ((4096, 3584, 3584, 1), {"persistent", "streamk"}),
                           ((16, 151700, 3584, 1), {"splitk"})]:  # lm_head's rows: no TMA
         starts = MM.starting_configs(key, "bf16", "cuda")
         space = MM.space(key, "bf16", "cuda")

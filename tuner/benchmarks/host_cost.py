@@ -26,6 +26,7 @@ def per_call_us(fn, n: int = 3000) -> float:
 def main() -> None:
     from kernels.mm import flag_gems_mm_module
     from kernels.persistent_mm import persistent_mm
+    from kernels.streamk_mm import streamk_mm
     from kernels.triton_mm import splitk_mm
 
     a = torch.randn(16, 64, device="cuda", dtype=torch.bfloat16)
@@ -38,6 +39,7 @@ def main() -> None:
         "flaggems_us": per_call_us(lambda: fg.mm(a, w.t())),
         "splitk_us": per_call_us(lambda: splitk_mm(a, w.t(), split)),
         "persistent_us": per_call_us(lambda: persistent_mm(a, w.t(), pers)),
+        "streamk_us": per_call_us(lambda: streamk_mm(a, w.t(), pers)),
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
     }
     print(json.dumps(out))

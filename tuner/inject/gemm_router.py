@@ -1,5 +1,5 @@
-"""Route every GEMM key to whichever kernel measured faster: tuned FlagGems, tuner's split-K or
-persistent TMA GEMM, or native.
+"""Route every GEMM key to whichever kernel measured faster: tuned FlagGems, tuner's split-K,
+persistent TMA or stream-K GEMM, or native.
 
 Why a router and not FlagGems' own registration: on the H200 tuned FlagGems GEMMs beat cuBLAS on
 only 4 of the 12 vLLM decode keys (results/vllm/tune_keys: gate_up M=16/64 1.09x/1.03x, lm_head
@@ -40,18 +40,21 @@ from tuner.inject.registry import OVERRIDE, Context, injector
 
 logger = logging.getLogger(__name__)
 
-NATIVE, FLAGGEMS, SPLITK, PERSISTENT = "native", "flaggems", "splitk", "persistent"
-TARGETS = (NATIVE, FLAGGEMS, SPLITK, PERSISTENT)
+NATIVE, FLAGGEMS, SPLITK, PERSISTENT, STREAMK = "native", "flaggems", "splitk", "persistent", "streamk"
+TARGETS = (NATIVE, FLAGGEMS, SPLITK, PERSISTENT, STREAMK)
+OWN = (SPLITK, PERSISTENT, STREAMK)  # tuner's own kernels (their records carry the kernel's source hash)
 REACH = 2  # a tuned M routes runtime M in [M / REACH, M * REACH] (and only where it is the nearest)
 # extra host time per eager GEMM call over cuBLAS, by target: FlagGems' from vLLM's lm_head at M=64
 # under torch.profiler (377 - 113 µs); tuner's kernels from tuner/benchmarks/host_cost.py on the
 # H200 (a 16x128x64 GEMM, the GPU idle: cuBLAS 21.3 µs, split-K 33.9, persistent 54.0 with its SM
 # count cached, 104.3 before). An eager route must win more GPU time than this per call ...
-EAGER_HOST_US = {FLAGGEMS: 250.0, SPLITK: 13.0, PERSISTENT: 33.0}
+# stream-K is not measured yet: taken as the persistent kernel's launch plus one workspace
+# allocation (host_cost.py measures it on the GPU; replace these with its number)
+EAGER_HOST_US = {FLAGGEMS: 250.0, SPLITK: 13.0, PERSISTENT: 33.0, STREAMK: 40.0}
 # ... or run HIDES times its whole host time per call (host_cost.py: FlagGems 93.0, split-K 33.9,
 # persistent 54.0 µs): the CPU then stays ahead of the GPU (the lm_head above, 256 µs against
 # FlagGems' 4 x 93, stays native)
-HOST_US = {FLAGGEMS: 93.0, SPLITK: 33.9, PERSISTENT: 54.0}
+HOST_US = {FLAGGEMS: 93.0, SPLITK: 33.9, PERSISTENT: 54.0, STREAMK: 61.0}
 HIDES = 4
 ROUTED_OPS = ("mm", "addmm")  # the tuner kernels (record["kernel"]) the router serves
 _LIBS: list[Any] = []  # a torch.library.Library deregisters its kernels when collected
@@ -82,7 +85,7 @@ def record_target(record: Mapping[str, Any]) -> str:
     if not tuned or not native or tuned >= native:
         return NATIVE
     variant = str((record.get("config") or {}).get("variant", ""))
-    if variant in (SPLITK, PERSISTENT):  # tuner's own kernels, for mm and addmm
+    if variant in OWN:  # tuner's own kernels, for mm and addmm
         return variant
     return FLAGGEMS if variant.startswith("fg_") or record.get("kernel") == "addmm" else NATIVE
 
@@ -205,9 +208,10 @@ class Targets:
     flaggems_mm: Callable | None = None  # (a, b, out=None)
     flaggems_addmm: Callable | None = None  # (bias, a, b, beta, alpha, out=None)
     splitk_mm: Callable | None = None  # (a, b, config, out=None, bias=None)
-    # (a, b, config, out=None, bias=None); raises `unsupported` (a ValueError) for tensors TMA
+    # (a, b, config, out=None, bias=None); raise `unsupported` (a ValueError) for tensors TMA
     # cannot read as they are, which then go native
     persistent_mm: Callable | None = None
+    streamk_mm: Callable | None = None
     unsupported: type[Exception] = ValueError
 
     def own(self, r: Route | None, a, b, out=None, bias=None):
@@ -218,6 +222,8 @@ class Targets:
             return lambda: self.splitk_mm(a, b, r.config, out=out, bias=bias)
         if r.target == PERSISTENT and self.persistent_mm is not None:
             return lambda: self.persistent_mm(a, b, r.config, out=out, bias=bias)
+        if r.target == STREAMK and self.streamk_mm is not None:
+            return lambda: self.streamk_mm(a, b, r.config, out=out, bias=bias)
         return None
 
 
@@ -236,7 +242,7 @@ def _serve(router: Router, t: Targets, route: tuple[str, Callable] | None):
     try:
         res = call()
     except t.unsupported:
-        if target not in (SPLITK, PERSISTENT):
+        if target not in OWN:
             raise
         return None
     router.hits[target] += 1
@@ -354,10 +360,11 @@ def router_claims(records: list[dict[str, Any]], ctx: Context) -> list[str]:
 
 def flaggems_targets() -> Targets:
     """FlagGems' own mm / addmm functions (their LibTuner caches seeded by the FlagGems stage) and
-    tuner's split-K and persistent GEMMs: what a route ends in."""
+    tuner's split-K, persistent and stream-K GEMMs: what a route ends in."""
     from kernels.addmm import flag_gems_addmm_module
     from kernels.mm import flag_gems_mm_module
     from kernels.persistent_mm import Unsupported, persistent_mm
+    from kernels.streamk_mm import streamk_mm
     from kernels.triton_mm import splitk_mm
 
     fg_mm, fg_addmm = flag_gems_mm_module(), flag_gems_addmm_module()
@@ -371,7 +378,7 @@ def flaggems_targets() -> Targets:
         return fg_addmm.addmm_out(bias, a, b, beta=beta, alpha=alpha, out=out)
 
     return Targets(flaggems_mm=mm, flaggems_addmm=addmm, splitk_mm=splitk_mm, persistent_mm=persistent_mm,
-                   unsupported=Unsupported)
+                   streamk_mm=streamk_mm, unsupported=Unsupported)
 
 
 def warm_up_ms(lo: int, hi: int) -> list[int]:
@@ -412,14 +419,14 @@ def warm_up(plan: Mapping[tuple, list]) -> int:
 
 
 def check_own_kernels(records: Iterable[Mapping[str, Any]], allow_foreign: bool) -> None:
-    """Refuse a record routed to tuner's own kernels (split-K, persistent) whose kernel source hash
+    """Refuse a record routed to tuner's own kernels (split-K, persistent, stream-K) whose kernel source hash
     is not the running kernel's: its timings belong to other code (re-tune, or allow_foreign). The
     FlagGems routes' configs are checked where their caches are seeded."""
     from kernels import get_kernel
 
     from tuner.inject.foreign import check_records
 
-    own = [r for r in records if r.get("kernel") in ROUTED_OPS and record_target(r) in (SPLITK, PERSISTENT)]
+    own = [r for r in records if r.get("kernel") in ROUTED_OPS and record_target(r) in OWN]
     check_records(own, running={}, allow_foreign=allow_foreign,
                   running_for=lambda r: {"kernel_source_hash": get_kernel(r["kernel"]).source_hash(r["config"])})
 
@@ -460,7 +467,7 @@ def hits_line(router: Router) -> str:
     """What the router ran, said when the engine process exits: the check that what the plugin
     reported as routed is what served (calls captured into a CUDA graph count once, at capture)."""
     h = router.hits
-    return ("tuner router: GEMM calls dispatched since start: FlagGems %d, split-K %d, persistent %d, native %d "
-            "(of which routed keys kept native on the eager path: %d)") % (
-        h[FLAGGEMS], h[SPLITK], h[PERSISTENT], h[NATIVE], router.eager_native)
+    return ("tuner router: GEMM calls dispatched since start: FlagGems %d, split-K %d, persistent %d, "
+            "stream-K %d, native %d (of which routed keys kept native on the eager path: %d)") % (
+        h[FLAGGEMS], h[SPLITK], h[PERSISTENT], h[STREAMK], h[NATIVE], router.eager_native)
 

@@ -15,9 +15,9 @@ from typing import Any
 AUTOTUNE_LINE = re.compile(r"Autotuning (kernel|for)|autotuning kernel", re.I)
 JIT_LINE = re.compile(r"Triton kernel JIT compilation during inference: *([A-Za-z_]\w*)")
 # tuner's GEMM router, at engine exit (tuner.inject.gemm_router.hits_line)
-# older lines lack the persistent count (before tuner's persistent GEMM) and the eager count
+# older lines lack the persistent and stream-K counts (before those kernels) and the eager count
 ROUTER_LINE = re.compile(r"tuner router: GEMM calls dispatched since start: FlagGems (\d+), split-K (\d+), "
-                         r"(?:persistent (\d+), )?native (\d+)"
+                         r"(?:persistent (\d+), )?(?:stream-K (\d+), )?native (\d+)"
                          r"(?: \(of which routed keys kept native on the eager path: (\d+)\))?")
 
 
@@ -43,7 +43,7 @@ def log_events(lines: Iterable[str]) -> dict[str, Any]:
         r = ROUTER_LINE.search(line)
         if r:  # one line per engine process that installed the router (workers under TP): summed
             router = router or {"flaggems": 0, "splitk": 0, "native": 0}
-            for k, v in zip(("flaggems", "splitk", "persistent", "native", "eager_native"), r.groups()):
+            for k, v in zip(("flaggems", "splitk", "persistent", "streamk", "native", "eager_native"), r.groups()):
                 if v is not None:
                     router[k] = router.get(k, 0) + int(v)
     return {"autotunes": autotunes, "jit_compiles": sum(jit.values()), "jit_kernels": jit, "router_calls": router}

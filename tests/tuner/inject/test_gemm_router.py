@@ -23,6 +23,8 @@ def test_record_target_needs_a_measured_win_over_native():
     assert gr.record_target(rec(16, variant="persistent")) == gr.PERSISTENT
     assert gr.record_target(rec(16, kernel="addmm", variant="persistent")) == gr.PERSISTENT
     assert gr.record_target(rec(16, kernel="addmm", variant="splitk")) == gr.SPLITK
+    assert gr.record_target(rec(512, variant="streamk")) == gr.STREAMK
+    assert gr.record_target(rec(512, kernel="addmm", variant="streamk")) == gr.STREAMK
 
 
 def test_plan_routes_near_winning_ms_only():
@@ -70,7 +72,7 @@ def test_conflicting_winners_raise():
 def test_route_counts_say_where_stored_keys_go():
     recs = [rec(1, tuned=12), rec(16), rec(64, variant="splitk"), rec(16, kernel="addmm", tuned=20),
             rec(16, kernel="fused_moe"), rec(16, N=512, bt=0)]  # a K x N weight: never routed, not counted
-    assert gr.route_counts(recs) == {gr.NATIVE: 2, gr.FLAGGEMS: 1, gr.SPLITK: 1, gr.PERSISTENT: 0}
+    assert gr.route_counts(recs) == {gr.NATIVE: 2, gr.FLAGGEMS: 1, gr.SPLITK: 1, gr.PERSISTENT: 0, gr.STREAMK: 0}
 
 
 def test_lookup_by_op_shape_dtype_and_m():
@@ -182,11 +184,15 @@ def test_eager_calls_go_native_unless_the_win_pays_flaggems_host_cost():
 
 
 def test_hits_line_reports_what_ran():
-    r = gr.Router(hits={gr.NATIVE: 7, gr.FLAGGEMS: 2, gr.SPLITK: 0, gr.PERSISTENT: 5}, eager_native=3)
+    r = gr.Router(hits={gr.NATIVE: 7, gr.FLAGGEMS: 2, gr.SPLITK: 0, gr.PERSISTENT: 5, gr.STREAMK: 4}, eager_native=3)
     assert gr.hits_line(r) == ("tuner router: GEMM calls dispatched since start: FlagGems 2, split-K 0, persistent 5, "
-                               "native 7 (of which routed keys kept native on the eager path: 3)")
-    assert bench_stats.log_events([gr.hits_line(r)])["router_calls"] == {"flaggems": 2, "splitk": 0, "persistent": 5,
-                                                                         "native": 7, "eager_native": 3}
+                               "stream-K 4, native 7 (of which routed keys kept native on the eager path: 3)")
+    assert bench_stats.log_events([gr.hits_line(r)])["router_calls"] == {
+        "flaggems": 2, "splitk": 0, "persistent": 5, "streamk": 4, "native": 7, "eager_native": 3}
+    older = ("tuner router: GEMM calls dispatched since start: FlagGems 2, split-K 0, persistent 5, native 7 "
+             "(of which routed keys kept native on the eager path: 3)")  # logs before stream-K still read
+    assert bench_stats.log_events([older])["router_calls"] == {"flaggems": 2, "splitk": 0, "persistent": 5,
+                                                               "native": 7, "eager_native": 3}
 
 
 def test_warm_up_covers_every_m_class_triton_compiles():
@@ -303,6 +309,32 @@ def test_splitk_addmm_routes_run_tuner_kernel_with_the_bias():
         assert router.hits[gr.SPLITK] == 2 and router.hits[gr.NATIVE] == 0
         torch.addmm(bias, a, w.t(), alpha=2)
         assert router.hits[gr.SPLITK] == 2 and router.hits[gr.NATIVE] == 1
+    finally:
+        router.uninstall()
+
+
+def test_streamk_routes_run_tuner_kernel_with_the_bias():
+    """Stream-K records (prefill M whose tiles leave a partial wave) route mm and addmm to the
+    stream-K kernel (real, under the interpreter: 3 programs share the K iterations)."""
+    import torch
+
+    from kernels.persistent_mm import Unsupported
+    from kernels.streamk_mm import streamk_mm
+
+    mm_rec = rec(40, N=64, K=96, dtype="fp16", variant="streamk", bm=16)
+    mm_rec["config"] |= {"BLOCK_K": 32, "GROUP_M": 2, "OCCUPANCY": 1}
+    addmm_rec = rec(40, N=48, K=96, dtype="fp16", kernel="addmm")
+    addmm_rec["config"] = {"variant": "streamk", "BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32,
+                           "num_warps": 4, "num_stages": 2, "GROUP_M": 2, "OCCUPANCY": 1}
+    plan = gr.plan_routes([mm_rec, addmm_rec], max_tokens=64)
+    targets = gr.Targets(streamk_mm=streamk_mm, unsupported=Unsupported)
+    a, w, w48, bias = (torch.randn(*s).half() for s in [(40, 96), (64, 96), (48, 96), (48,)])
+    ref, ref48 = a.double() @ w.double().t(), a.double() @ w48.double().t() + bias.double()
+    router = gr.install_router(plan, targets, dispatch_key="CPU", capturing=lambda: True)
+    try:
+        assert ((torch.mm(a, w.t()).double() - ref).abs().max()) < 2e-2
+        assert ((torch.addmm(bias, a, w48.t()).double() - ref48).abs().max()) < 2e-2
+        assert router.hits[gr.STREAMK] == 2 and router.hits[gr.NATIVE] == 0
     finally:
         router.uninstall()
 

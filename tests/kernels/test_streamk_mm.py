@@ -1,0 +1,51 @@
+"""The stream-K GEMM under the interpreter (3 programs: TRITON_INTERPRET=1 has no SMs): tiles cut
+between programs, whole data-parallel waves, programs with no iterations, both weight layouts,
+the bias, and the flags left at zero for the next call. Its GPU tests are in
+tests/gpu/test_persistent_mm_gpu.py."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from kernels.streamk_mm import _flags, dp_tiles, programs_for, streamk_mm  # noqa: E402
+from kernels.persistent_mm import Unsupported  # noqa: E402
+
+
+def test_dp_tiles_leaves_one_to_two_waves_to_stream_k():
+    assert dp_tiles(144, 132) == 0  # qkv at M=512 (128x128 tiles): both waves shared by K
+    assert dp_tiles(264, 132) == 264  # whole waves: no partials to pay for
+    assert dp_tiles(300, 132) == 132  # 2 waves + 36: the last 168 tiles stream-K
+    assert dp_tiles(5, 132) == 0
+    assert programs_for(512, 4608, {"OCCUPANCY": 2}, 132) == 264 and programs_for(1, 1, {}, 132) == 132
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("M,N,K,bt,occ", [
+    (16, 32, 512, True, 1),   # one tile, 16 K iterations over 3 programs: the finisher adds 2 partials
+    (33, 96, 160, False, 2),  # 9 tiles x 5 iterations over 6 programs: tiles cut in two
+    (64, 64, 64, True, 1),    # 16 tiles: 12 data-parallel (4 waves of 3 but the last), 4 stream-K
+    (16, 32, 64, True, 1),    # 2 iterations over 3 programs: one program has none
+    (40, 64, 96, False, 1),   # 6 tiles over 3 programs: whole waves, all data-parallel
+])
+def test_streamk_mm_matches_torch(dtype, tol, M, N, K, bt, occ):
+    g = torch.Generator().manual_seed(M * N + K)
+    a = torch.randn(M, K, generator=g).to(dtype)
+    b = (torch.randn(N, K, generator=g).t() if bt else torch.randn(K, N, generator=g)).to(dtype)
+    bias = (torch.randn(N, generator=g) + 4).to(dtype)
+    config = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, OCCUPANCY=occ, num_warps=4, num_stages=2)
+    for with_bias in (False, True):
+        out = torch.full((M, N), float("nan"), dtype=dtype)
+        streamk_mm(a, b, config, out=out, bias=bias if with_bias else None)
+        ref = a.double() @ b.double() + (bias.double() if with_bias else 0)
+        assert not out.isnan().any()
+        assert ((out.double() - ref).norm() / ref.norm()).item() < tol
+        assert int(_flags(a.device, 3 * occ).sum()) == 0  # every partial consumed: ready for the next call
+
+
+def test_streamk_mm_refuses_what_tma_cannot_read():
+    a = torch.randn(8, 64, dtype=torch.float16)
+    with pytest.raises(Unsupported, match="streamk_mm"):
+        streamk_mm(a[:, 1:], torch.randn(63, 32, dtype=torch.float16), {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32})
