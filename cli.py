@@ -340,7 +340,8 @@ def serve(
                                    "GPU (FlagGems LibTuner cache rows, split-K mm overrides, vLLM fused-MoE "
                                    "files). Without it: FlagGems untuned, for comparison."),
     engine: str = typer.Option("vllm", "--engine", help="vllm | flagscale | transformers (transformers' own "
-                               "OpenAI-compatible server)."),
+                               "OpenAI-compatible server). flagscale writes a FlagScale serve config and runs "
+                               "vLLM through `flagscale serve`."),
     port: int = typer.Option(8000, "--port", help="Port the engine listens on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the engine listens on: this machine only "
                              "by default; 0.0.0.0 serves the network (give --api-key then)."),
@@ -370,7 +371,10 @@ def serve(
 
     Example: tuner serve /tmp/ck --engine vllm --use-tuned --port 8000 -- --max-model-len 4096
 
-    Example (to the network): TUNER_API_KEY=... tuner serve /tmp/ck --use-tuned --host 0.0.0.0"""
+    Example (to the network): TUNER_API_KEY=... tuner serve /tmp/ck --use-tuned --host 0.0.0.0
+
+    Example (FlagScale's launcher, its config in the runtime folder): tuner serve /tmp/ck --engine flagscale
+    --use-tuned --port 9010 -- --trust-remote-code"""
     from tuner.serving import flow
 
     req = flow.ServeRequest(model=model, engine=engine, use_tuned=use_tuned, engine_args=list(ctx.args),

@@ -44,6 +44,7 @@ class Prepared:
     records: int
     exclude: list[str]
     left_native: list[str] = field(default_factory=list)  # excluded because native was faster
+    engine: str = "vllm"
 
 
 def _running_gpu() -> str | None:
@@ -144,7 +145,7 @@ def stored_exclude_list(db_url: str | None) -> list[str]:
 # call as extern kernels, all its other ops run on the eager path (vLLM 0.26: the sampler's argmax and
 # gather every step), where each costs ~100-190 µs of Python launch (H100 e2e run 3) and compiles
 # during serving (vLLM's JIT monitor, H200)
-COMPILING_ENGINES = ("vllm",)
+COMPILING_ENGINES = ("vllm", "flagscale")  # FlagScale runs `vllm serve`
 
 
 def flaggems_ops(req: ServeRequest) -> str:
@@ -166,22 +167,31 @@ def prepare(req: ServeRequest) -> Prepared:
     if req.api_key and key_env is None:
         raise UserError(f"the {req.engine} engine takes no API key from tuner; use vllm, or its own settings")
     command = engine.command(req.model, req.port, engine_args, host=req.host)
+    folder = Path(req.runtime_dir or DEFAULT_RUNTIME).expanduser()
+    # engines started from a config file of their own (flagscale): checked now, written below
+    config = (engine.config_writer(folder, req.model, req.port, engine_args, req.host)
+              if hasattr(engine, "config_writer") else None)
     records = select_records(req.db_url, req.allow_foreign) if req.use_tuned else []
     exclude = req.exclude if req.exclude is not None else stored_exclude_list(req.db_url)
     left_native = [op for op in leave_native(records) if op not in exclude] if req.native_when_faster else []
     exclude = [*exclude, *left_native]
-    folder = Path(req.runtime_dir or DEFAULT_RUNTIME).expanduser()
     try:
         write_runtime_dir(folder, records, exclude, max_tokens=max_tokens, allow_foreign=req.allow_foreign,
                           flaggems_ops=flaggems_ops(req))
     except ForeignResultError as e:
         raise UserError(str(e)) from None
     env = runtime_env(folder) | engine.env(folder) | ({key_env: req.api_key} if req.api_key else {})
-    return Prepared(command, env, folder, len(records), list(exclude), left_native)
+    if config is not None:
+        command = engine.write(config, env)
+    return Prepared(command, env, folder, len(records), list(exclude), left_native, req.engine)
 
 
 def launch(p: Prepared) -> int:
-    """Run the engine in the foreground; SIGINT/SIGTERM go to it; its exit code is ours."""
+    """Run the engine in the foreground; SIGINT/SIGTERM go to it; its exit code is ours. An engine
+    that starts its server in the background (flagscale) holds it with its own `launch`."""
+    module = engines.engine(p.engine)
+    if hasattr(module, "launch"):
+        return module.launch(p.command, p.env)
     proc = subprocess.Popen(p.command, env={**os.environ, **p.env})
 
     def forward(signum, _frame):

@@ -180,20 +180,16 @@ def test_verdicts_survive_installing_vllm_or_a_new_driver(tmp_path):
 
 
 def test_engine_modules_command_and_environment(tmp_path, monkeypatch):
-    """flagscale: the `flagscale` on PATH, USE_FLAGGEMS after the runtime folder's variables;
+    """flagscale: USE_FLAGGEMS=false (tuner's plugin alone enables FlagGems), this interpreter first
+    on PATH (FlagScale runs `python` and `vllm` by name), tuner first on PYTHONPATH;
     transformers: a sitecustomize module that runs the hook, tuner importable beside it."""
     from tuner.serving import engines
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "flagscale").write_text("#!/bin/sh\n")
-    (bin_dir / "flagscale").chmod(0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
-    p = prepare(ServeRequest(model="m", engine="flagscale", engine_args=["--x"], exclude=["mul"],
-                             runtime_dir=str(tmp_path / "rt")))
-    assert p.command == [str(bin_dir / "flagscale"), "serve", "m", "--x"]
-    assert list(p.env) == ["TUNER_RUNTIME_DIR", "VLLM_TUNED_CONFIG_FOLDER", "FLAGGEMS_DB_URL", "USE_FLAGGEMS"]
-    assert p.env["USE_FLAGGEMS"] == "1"
+    monkeypatch.setenv("PATH", "/usr/bin")
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    fs = engines.engine("flagscale").env(tmp_path)
+    assert fs == {"USE_FLAGGEMS": "false", "PATH": f"{Path(sys.executable).parent}:/usr/bin",
+                  "PYTHONPATH": f"{REPO}:/elsewhere"}
 
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     env = engines.engine("transformers").env(tmp_path)
@@ -273,7 +269,7 @@ def test_serve_listens_locally_and_keeps_the_api_key_off_the_command_line(tmp_pa
     own = vllm.command(str(tmp_path), 8000, ["--host=10.0.0.1"])  # the engine's own argument wins
     assert own.count("--host") == 0 and "--host=10.0.0.1" in own
     with pytest.raises(UserError, match="takes no API key"):
-        prepare(ServeRequest(**{**base, "engine": "flagscale"}, api_key="k"))
+        prepare(ServeRequest(**{**base, "engine": "transformers"}, api_key="k"))
     with pytest.raises(UserError, match="does not exist"):  # refused before the runtime folder is written
         prepare(ServeRequest(**{**base, "model": str(tmp_path / "missing"), "runtime_dir": str(tmp_path / "rt2")}))
     assert not (tmp_path / "rt2").exists()

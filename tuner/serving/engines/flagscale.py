@@ -1,23 +1,82 @@
-"""FlagScale's `flagscale serve`, which wraps vLLM (the hook runs through vLLM's plugin entry point)
-and switches FlagGems on with USE_FLAGGEMS."""
+"""FlagScale (`flagscale serve`), which runs `vllm serve` from a serve config of its own
+(flagscale_config): the runtime hook runs through vLLM's plugin entry point as with the vllm engine.
+
+FlagGems is enabled by tuner's plugin alone. FlagScale's own switch, USE_FLAGGEMS, is read only by
+the vLLM FlagScale patches (backends/vllm/.../gpu_model_runner.py.patch: `flag_gems.enable(record=True,
+unused=["exponential_", "softmax"])` when the module is imported), which would put back every op
+tuner's exclude list leaves out; the config sets USE_FLAGGEMS=false, so a patched vLLM does not
+enable FlagGems a second time and a stock vLLM is unaffected."""
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
+import os
+import sys
 from pathlib import Path
 
 from tuner.errors import UserError
+from tuner.serving.engines import flagscale_config, flagscale_job, vllm
 
-INSTALL_HINT = "install FlagScale (github.com/FlagOpen/FlagScale) so that `flagscale` is on PATH"
+# flag-scale 0.8.0 pins torch==2.7.1 and ~40 packages (ray, wandb, linters): without its dependencies,
+# next to the host's torch, its serve path needs hydra-core/omegaconf (antlr4 runtime 4.9.x), pandas
+# (its auto-tuner is imported by every command), click, psutil and PyYAML
+INSTALL_HINT = ('pip install --no-deps flag-scale==0.8.0 hydra-core==1.3.2 omegaconf==2.3.0 '
+                '"antlr4-python3-runtime==4.9.3" "pandas>=2,<3" pytz tzdata, with vLLM for your torch '
+                '(pip install flag-scale alone replaces your torch with its pinned 2.7.1)')
+NEEDS = ("flag_scale", "hydra", "omegaconf", "antlr4", "pandas", "click", "psutil", "yaml")
+API_KEY_ENV = vllm.API_KEY_ENV  # read by the vLLM FlagScale starts, which inherits tuner's environment
+# the launch environment only: FlagScale would write the key into a script and onto a command line, and
+# an exported PATH / PYTHONPATH would undo the folders its script adds
+LAUNCH_ONLY = (API_KEY_ENV, "PATH", "PYTHONPATH")
+CONFIG_DIR = "flagscale"  # under the runtime folder
+batch_tokens = vllm.batch_tokens  # FlagScale runs vLLM: tuner's --max-tokens is its batched-token bound
 
 
 def command(model: str, port: int, args: list[str], host: str = "127.0.0.1") -> list[str]:
-    """FlagScale takes host and port from its serve config (the model argument), not from tuner."""
-    exe = shutil.which("flagscale")
-    if exe is None:
-        raise UserError(f"the flagscale engine is not installed: {INSTALL_HINT}")
-    return [exe, "serve", model, *args]
+    """`vllm serve` as FlagScale will run it (checked: model folder, FlagScale and vLLM installed,
+    the arguments vLLM's parser takes); config_writer turns it into FlagScale's config and command."""
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+        raise UserError(f"model folder {model} does not exist (write one with `tuner checkpoint`)")
+    missing = [m for m in NEEDS if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"the flagscale engine is not installed (missing {', '.join(missing)}): {INSTALL_HINT}")
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(f"FlagScale serves through vLLM, which is not installed: {vllm.INSTALL_HINT}")
+    engine_args = flagscale_config.engine_args(model, host, port, args)  # refuses what FlagScale cannot pass
+    flagscale_config.check_vllm_accepts(model, args)
+    where = [] if "host" in {a.split("=", 1)[0][2:] for a in args} else ["--host", host]
+    return ["vllm", "serve", engine_args["model"], *where, "--port", str(port), *args]
+
+
+def config_writer(folder: Path, model: str, port: int, args: list[str], host: str) -> flagscale_config.ServeConfig:
+    """The config under the runtime folder, checked before anything is written."""
+    root = folder.expanduser().resolve() / CONFIG_DIR
+    if not flagscale_config.SHELL_SAFE.fullmatch(str(root)):
+        raise UserError(f"runtime folder {root.parent} would need shell quoting, which FlagScale does not do; "
+                        "use a --runtime-dir path of letters, digits and / . _ - only")
+    return flagscale_config.ServeConfig(root, flagscale_config.engine_args(model, host, port, args))
+
+
+def write(config: flagscale_config.ServeConfig, env: dict[str, str]) -> list[str]:
+    """Write the config with tuner's environment in its `experiment.envs` (not the API key: FlagScale
+    writes envs into a script and a command line; vLLM gets the key from the inherited environment),
+    and return the command that starts FlagScale with it."""
+    config.write({k: v for k, v in env.items() if k not in LAUNCH_ONLY})
+    return [sys.executable, "-m", "flag_scale.flagscale.cli", "serve", "tuner", str(config.path)]
 
 
 def env(folder: Path) -> dict[str, str]:
-    return {"USE_FLAGGEMS": "1"}
+    """FlagScale's script runs `python` and `vllm` by name from its own package folder: this
+    interpreter's folder comes first on PATH and tuner's on PYTHONPATH (vLLM finds the plugin's entry
+    point there; FlagScale appends its folders to a PYTHONPATH it inherits). USE_FLAGGEMS=false keeps
+    a FlagScale-patched vLLM from enabling FlagGems itself."""
+    bindir = str(Path(sys.executable).parent)
+    repo = str(Path(__file__).resolve().parents[3])
+    return {"USE_FLAGGEMS": "false",
+            "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "")]).rstrip(os.pathsep),
+            "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+def launch(command: list[str], env: dict[str, str]) -> int:
+    """Start FlagScale with the config `write` wrote (the command's last argument) and hold its job."""
+    return flagscale_job.run(command, env, Path(command[-1]).parent.parent / "outputs")
