@@ -10,6 +10,7 @@ from kernels.base import Coverage, Kernel, KernelInputError
 # op name -> "module:ClassName"; imported lazily so listing ops never imports torch/flag_gems
 REGISTRY: dict[str, str] = {
     "mm": "kernels.mm:MM",
+    "vllm_fused_moe": "kernels.vllm_fused_moe:VllmFusedMoE",  # before fused_moe: vLLM's MoE rows are its
     "fused_moe": "kernels.fused_moe:FusedMoE",
     "attention": "kernels.attention:Attention",
     "addmm": "kernels.addmm:AddMM",

@@ -180,6 +180,17 @@ def quantize_per_expert(w):
     return q, scale
 
 
+def moe_buffers(x, key: Key) -> tuple:
+    """fused_experts_impl's intermediate caches for one key (vLLM's and FlagGems' alike): cache1
+    [M, top_k, 2N] and cache3 [M, top_k, K] share memory (same L2 footprint), cache2 [M*top_k, N]."""
+    import torch
+
+    _, N, K, top_k, M = key
+    c13 = torch.empty(M * top_k * max(2 * N, K), device=x.device, dtype=x.dtype)
+    return (c13[: M * top_k * 2 * N].view(M, top_k, 2 * N), torch.empty((M * top_k, N), device=x.device, dtype=x.dtype),
+            c13[: M * top_k * K].view(M, top_k, K))
+
+
 def _fg_runner(key: Key, config: Config, dtype: str) -> Runner:
     """fused_experts_impl's path for one chunk, step by step with FlagGems' own functions, but
     with the given config and the output written into `out`: calling fused_experts_impl itself
@@ -206,11 +217,7 @@ def _fg_runner(key: Key, config: Config, dtype: str) -> Runner:
         x, w1, w2, topk_weights, topk_ids = args[:5]
         w1_scale, w2_scale = args[5:] if fp8 else (None, None)
         if not bufs:
-            # cache1 and cache3 share memory, as in fused_experts_impl (same L2 footprint)
-            c13 = torch.empty(M * top_k * max(2 * N, K), device=x.device, dtype=x.dtype)
-            bufs.extend([c13[: M * top_k * 2 * N].view(M, top_k, 2 * N),
-                         torch.empty((M * top_k, N), device=x.device, dtype=x.dtype),
-                         c13[: M * top_k * K].view(M, top_k, K)])
+            bufs.extend(moe_buffers(x, key))
         c1, c2, c3 = bufs
         if naive:
             sorted_ids, expert_ids = None, topk_ids.view(-1)
@@ -231,9 +238,9 @@ def _fg_runner(key: Key, config: Config, dtype: str) -> Runner:
     return run
 
 
-# vLLM's fused-MoE custom ops (vllm::fused_moe, vllm::outplace_fused_experts, _moe_C::topk_softmax)
-# and FlagGems' own; vLLM reads the tuned configs from its config files, FlagGems through its hook
-COVERAGE = Coverage(op_patterns=("moe", "fused_experts"), injectors=("fused_moe", "fused_moe_flaggems_hook"))
+# FlagGems' fused MoE (vLLM's own MoE ops are kernels/vllm_fused_moe.py's, listed before this op):
+# its winners reach FlagGems through its hook, never vLLM's config files (timed in another kernel)
+COVERAGE = Coverage(op_patterns=("moe", "fused_experts"), injectors=("fused_moe_flaggems_hook",))
 
 
 class FusedMoE(Kernel):
@@ -291,12 +298,9 @@ class FusedMoE(Kernel):
             return f"fused_moe runs {', '.join(self.dtypes)}, not {dtype}"
         E, N, K, top_k, M = key
         bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
-        # an expert gets at most M tokens (top-k experts are distinct): taller tiles only pad
-        if naive_assignment(key) and bm > 16:
-            return (f"M*top_k*{SPARSITY_FACTOR}={M * top_k * SPARSITY_FACTOR} <= E={E}: every routed token gets "
-                    f"its own block, so BLOCK_SIZE_M={bm} > 16 only adds masked rows")
-        if bm > max(16, next_pow2(M)):
-            return f"BLOCK_SIZE_M={bm} exceeds the most tokens one expert can get (M={M}, M*top_k={M * top_k})"
+        reason = self.tall_tile_reason(key, bm, dtype)
+        if reason is not None:
+            return reason
         # one config serves GEMM1 (N-dim 2N, K-dim K) and GEMM2 (N-dim K, K-dim N)
         if bn > max(32, next_pow2(max(2 * N, K))):
             return f"BLOCK_SIZE_N={bn} exceeds both GEMMs' output width (2N={2 * N}, K={K})"
@@ -306,6 +310,17 @@ class FusedMoE(Kernel):
         limit = SMEM_BY_ARCH.get(arch, SMEM_DEFAULT)
         if smem > limit:
             return f"needs {smem} B of shared memory for {config['num_stages']} stages, the limit is {limit}"
+        return None
+
+    def tall_tile_reason(self, key: Key, bm: int, dtype: str) -> str | None:
+        """Why BLOCK_SIZE_M=bm only pads this key's rows, or None."""
+        E, _, _, top_k, M = key
+        # an expert gets at most M tokens (top-k experts are distinct): taller tiles only pad
+        if naive_assignment(key) and bm > 16:
+            return (f"M*top_k*{SPARSITY_FACTOR}={M * top_k * SPARSITY_FACTOR} <= E={E}: every routed token gets "
+                    f"its own block, so BLOCK_SIZE_M={bm} > 16 only adds masked rows")
+        if bm > max(16, next_pow2(M)):
+            return f"BLOCK_SIZE_M={bm} exceeds the most tokens one expert can get (M={M}, M*top_k={M * top_k})"
         return None
 
     # ---- running ------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from tuner.profiling.workload import RequestOptions, build_model, build_requests
 @pytest.mark.parametrize("op, kernel", [
     ("aten::mm", "mm"), ("aten::addmm", "addmm"), ("aten::linear", "mm"), ("aten::matmul", "mm"),
     ("aten::bmm", "bmm"), ("aten::baddbmm", "mm"),
-    ("vllm::fused_moe", "fused_moe"), ("_moe_C::topk_softmax", "fused_moe"),
-    ("vllm::outplace_fused_experts", "fused_moe"),
+    ("vllm::fused_moe", "vllm_fused_moe"), ("_moe_C::topk_softmax", "vllm_fused_moe"),
+    ("vllm::outplace_fused_experts", "vllm_fused_moe"), ("flag_gems::fused_moe", "fused_moe"),
     ("aten::_scaled_dot_product_flash_attention", "attention"),
     ("aten::_scaled_dot_product_efficient_attention", "attention"),
     ("aten::_flash_attention_forward", "attention"), ("aten::scaled_dot_product_attention", "attention"),
