@@ -1,4 +1,5 @@
-"""Make FlagGems' fused MoE use the tuned configs exported for vLLM.
+"""Make FlagGems' fused MoE use its tuned configs (fused_moe records, timed in FlagGems' kernel),
+exported in vLLM's file format to the runtime folder's FLAGGEMS_SUBFOLDER.
 
 FlagGems 5.0.2 reads its MoE config from an embedded table the wheel does not ship,
 so it always falls back to a heuristic. `fused_experts_impl` looks up the module
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tuner.inject.registry import FLAGGEMS, Context, injector
-from tuner.inject.vllm_moe import check_moe_sources, device_file_name, load_moe_folder
+from tuner.inject.vllm_moe import FLAGGEMS_SUBFOLDER, check_moe_sources, device_file_name, load_moe_folder
 
 logger = logging.getLogger(__name__)
 _MODULE = "flag_gems.fused.fused_moe"
@@ -70,9 +71,9 @@ def install_flaggems_moe_hook(folder: str | Path, device_name: str | None = None
 
 @injector("fused_moe_flaggems_hook", label=None, stage=FLAGGEMS)
 def hook_flaggems_moe_for_serving(records: list[dict], ctx: Context) -> int:
-    """FlagGems' fused MoE reads the same files as vLLM (counted by the fused_moe injector), once
-    no record was tuned on another source of FlagGems' kernel: a stale record stops the engine here
-    (ForeignResultError, or a loud warning with allow_foreign), before vLLM reads the files too."""
+    """FlagGems' fused MoE reads the fused_moe records' files (FLAGGEMS_SUBFOLDER), once no record
+    was tuned on another source of FlagGems' kernel: a stale record stops the engine here
+    (ForeignResultError, or a loud warning with allow_foreign)."""
     check_moe_sources(records, ctx.allow_foreign)
-    install_flaggems_moe_hook(ctx.moe_dir)
+    install_flaggems_moe_hook(ctx.moe_dir / FLAGGEMS_SUBFOLDER)
     return 0

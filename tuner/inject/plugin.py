@@ -15,7 +15,7 @@ from typing import Any
 
 from tuner.inject import _atomic, registry
 from tuner.inject.foreign import check_records, running_environment
-from tuner.inject.vllm_moe import export_moe_configs
+from tuner.inject.vllm_moe import FLAGGEMS_OP, FLAGGEMS_SUBFOLDER, export_moe_configs
 
 logger = logging.getLogger(registry.LOGGER)  # "vllm.tuner": vLLM's handlers print its one line
 STATE_FILE = "state.json"
@@ -50,8 +50,11 @@ def write_runtime_dir(
     folder = Path(folder)
     staging = _atomic.staging_dir(folder)
     try:
+        # checked just above; vLLM's kernel's records to vLLM's folder, FlagGems' to its subfolder
         moe_files = export_moe_configs(records, staging / MOE_FOLDER, device_name=device_name,
-                                       allow_foreign=True, running={})  # checked just above
+                                       allow_foreign=True, running={}, max_tokens=max_tokens)
+        export_moe_configs(records, staging / MOE_FOLDER / FLAGGEMS_SUBFOLDER, op=FLAGGEMS_OP,
+                           device_name=device_name, allow_foreign=True, running={})
         state = {
             "format": STATE_FORMAT,
             "exclude_ops": sorted(set(exclude_ops)),

@@ -2,6 +2,13 @@
 
 Names and content follow vLLM 0.33 `fused_moe.get_config_file_name` / `get_moe_configs`;
 tests compare against vLLM's own functions so a renamed scheme is caught.
+
+Which records become which files: a config is evidence only for the kernel it was timed in.
+vLLM's folder is read by vLLM's own fused_moe_kernel, which is what serves a MoE model in vLLM
+(FlagGems registers no MoE op there), so only `vllm_fused_moe` records (timed in that kernel,
+kernels/vllm_fused_moe.py) are written to it. `fused_moe` records (timed in FlagGems' port) go to
+the FLAGGEMS_SUBFOLDER beside them, which only FlagGems' hook reads (vLLM looks up
+`<folder>/<name>`, never a subfolder), for where FlagGems' MoE serves.
 """
 from __future__ import annotations
 
@@ -25,6 +32,9 @@ _DTYPE = {
 # Keys of a config entry that vLLM's/FlagGems' kernel launchers accept.
 _CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M",
                 "num_warps", "num_stages")
+VLLM_OP = "vllm_fused_moe"  # timed in vLLM's kernel: vLLM's folder
+FLAGGEMS_OP = "fused_moe"  # timed in FlagGems' kernel: FLAGGEMS_SUBFOLDER, for FlagGems' hook
+FLAGGEMS_SUBFOLDER = "flaggems"
 FILE_RE = re.compile(
     r"^E=(?P<E>\d+),N=(?P<N>\d+),device_name=(?P<device>[^,]+)"
     r"(?:,dtype=(?P<dtype>[^,]+))?(?:,block_shape=\[(?P<bn>\d+),(?P<bk>\d+)\])?\.json$"
@@ -59,60 +69,81 @@ def config_file_name(
     return f"E={E},N={N},device_name={dev}{dsel}{bsel}.json"
 
 
-def _file_for(rec: Mapping[str, Any], device_name: str | None) -> str:
+def _file_for(rec: Mapping[str, Any], device_name: str | None) -> tuple[str, str]:
     key = rec["key"]
     dev = device_name or (rec.get("environment") or {}).get("gpu_name")
     if not dev:
         raise ValueError("fused_moe record has no environment.gpu_name; pass device_name")
     return config_file_name(int(key["E"]), int(key["N"]), config_dtype(rec["dtype"]), dev,
-                            key.get("block_shape"))
+                            key.get("block_shape")), dev
 
 
 def moe_tables(
-    records: Iterable[Mapping[str, Any]], device_name: str | None = None
+    records: Iterable[Mapping[str, Any]], device_name: str | None = None, op: str = VLLM_OP
 ) -> dict[str, dict[int, dict[str, int]]]:
-    """file name -> {M: config} for the fused_moe records; conflicting duplicates raise."""
-    tables: dict[str, dict[int, dict[str, int]]] = {}
+    """file name -> {M: config} for the records of `op`; conflicting duplicates raise."""
+    return {name: table for name, (_, table) in _files(records, device_name, op).items()}
+
+
+def _files(records: Iterable[Mapping[str, Any]], device_name: str | None, op: str) -> dict[str, tuple[dict, dict]]:
+    """file name -> (its shape: E, N, K, top_k, dtype, device; {M: config}) for `op`'s records."""
+    files: dict[str, tuple[dict, dict[int, dict[str, int]]]] = {}
     origin: dict[tuple[str, int], Mapping[str, Any]] = {}
     for rec in records:
-        if rec.get("kernel") != "fused_moe":
+        if rec.get("kernel") != op:
             continue
-        name = _file_for(rec, device_name)
-        m = int(rec["key"]["M"])
+        name, dev = _file_for(rec, device_name)
+        key = rec["key"]
+        shape = {"E": int(key["E"]), "N": int(key["N"]), "K": int(key["K"]), "top_k": int(key["top_k"]),
+                 "dtype": rec["dtype"], "device": dev}
+        m = int(key["M"])
         cfg = {k: int(v) for k, v in rec["config"].items() if k in _CONFIG_KEYS}
-        prev = tables.setdefault(name, {}).get(m)
+        known, table = files.setdefault(name, (shape, {}))
+        if known != shape:  # one file serves one (K, top_k): vLLM's name carries neither
+            raise ValueError(f"{name} would hold configs of two shapes: {known} and {shape}")
+        prev = table.get(m)
         if prev is not None and prev != cfg:
             raise ValueError(
-                f"two different fused_moe configs for {name} M={m}: "
+                f"two different {op} configs for {name} M={m}: "
                 f"{origin[name, m]['key']} and {rec['key']}"
             )
-        tables[name][m] = cfg
+        table[m] = cfg
         origin[name, m] = rec
-    return tables
+    return files
 
 
 def export_moe_configs(
     records: Iterable[Mapping[str, Any]],
     folder: str | Path,
     *,
+    op: str = VLLM_OP,
     device_name: str | None = None,
     allow_foreign: bool = False,
     running: Mapping[str, Any] | None = None,
+    max_tokens: int | None = None,
 ) -> list[Path]:
-    """Write one vLLM JSON file per (E, N, dtype, block_shape); return the paths.
+    """Write one vLLM JSON file per (E, N, dtype, block_shape) of `op`'s records; return the paths.
 
     `device_name` is the target GPU's NVML name (default: each record's gpu_name).
     Records are checked against the running GPU/Triton (`running` overrides the
     detected values); vLLM itself checks nothing, so this is the only guard.
+    With `max_tokens` (vLLM's max_num_batched_tokens), a file of vLLM's kernel holds the keys
+    that give every M up to it its tuned config, or vLLM's own where no tuned M is near
+    (kernels.vllm_fused_moe.batch_table); without, the tuned M only.
     """
     import triton
 
-    recs = [r for r in records if r.get("kernel") == "fused_moe"]
+    recs = [r for r in records if r.get("kernel") == op]
     check_records(recs, running if running is not None else _default_running(),
                   allow_foreign=allow_foreign)
     folder = Path(folder)
     paths = []
-    for name, table in sorted(moe_tables(recs, device_name).items()):
+    for name, (shape, table) in sorted(_files(recs, device_name, op).items()):
+        if max_tokens and op == VLLM_OP:
+            from kernels.vllm_fused_moe import batch_table, vllm_picker
+
+            pick = vllm_picker(shape["E"], shape["N"], shape["K"], shape["top_k"], shape["device"], shape["dtype"])
+            table = batch_table(table, max_tokens, pick)
         content: dict[str, Any] = {str(m): table[m] for m in sorted(table)}
         content["triton_version"] = triton.__version__
         path = folder / name
@@ -135,14 +166,24 @@ def moe_source_hash() -> str:
     return FusedMoE().source_hash()
 
 
+def vllm_moe_source_hash() -> str:
+    """The `kernel_source_hash` a vllm_fused_moe record carries: vLLM's fused_moe_kernel source,
+    read from the installed vllm's file (kernels/vllm_fused_moe.py stores it)."""
+    from kernels.vllm_fused_moe import vllm_kernel_source_hash
+
+    return vllm_kernel_source_hash()
+
+
 def check_moe_sources(records: Iterable[Mapping[str, Any]], allow_foreign: bool,
-                      source_hash: str | None = None) -> int:
-    """Refuse (ForeignResultError) a fused_moe record tuned on another source of the kernel than
-    the running one (`source_hash`, default: moe_source_hash()), as the mm injectors do; GPU and
-    Triton were checked when the files were written. Returns the number of fused_moe records."""
-    recs = [r for r in records if r.get("kernel") == "fused_moe"]
+                      source_hash: str | None = None, op: str = FLAGGEMS_OP) -> int:
+    """Refuse (ForeignResultError) an `op` record tuned on another source of its kernel than the
+    running one (`source_hash`, default: that of FlagGems' kernel for fused_moe, of vLLM's for
+    vllm_fused_moe), as the mm injectors do; GPU and Triton were checked when the files were
+    written. Returns the number of `op` records."""
+    recs = [r for r in records if r.get("kernel") == op]
     if recs:
-        check_records(recs, {"kernel_source_hash": source_hash or moe_source_hash()}, allow_foreign=allow_foreign)
+        running = source_hash or (vllm_moe_source_hash() if op == VLLM_OP else moe_source_hash())
+        check_records(recs, {"kernel_source_hash": running}, allow_foreign=allow_foreign)
     return len(recs)
 
 
@@ -167,10 +208,12 @@ def load_moe_folder(folder: str | Path) -> dict[tuple, dict[int, dict[str, int]]
 @injector("fused_moe", label="fused_moe", stage=ENGINE)
 def point_vllm_at_moe_folder(records: list[dict[str, Any]], ctx: Context) -> int:
     """vLLM reads VLLM_TUNED_CONFIG_FOLDER when a MoE layer first asks for its config, i.e. after
-    plugins ran; the files were written with the runtime folder. Counts the fused_moe records.
-    Their kernel source is checked in the FlagGems stage (flaggems_moe: this stage runs before
-    FlagGems is loaded), still before any MoE layer reads the folder."""
+    plugins ran; the files were written with the runtime folder. Counts the vllm_fused_moe records
+    (the files' content), once none was tuned on another source of vLLM's fused_moe_kernel than the
+    installed one (ForeignResultError, or a loud warning with allow_foreign). FlagGems-timed
+    records are the FlagGems stage's (flaggems_moe)."""
+    count = check_moe_sources(records, ctx.allow_foreign, op=VLLM_OP)
     if os.environ.setdefault("VLLM_TUNED_CONFIG_FOLDER", str(ctx.moe_dir)) != str(ctx.moe_dir):
         ctx.log.warning("VLLM_TUNED_CONFIG_FOLDER=%s overrides the tuned MoE folder %s",
                         os.environ["VLLM_TUNED_CONFIG_FOLDER"], ctx.moe_dir)
-    return sum(1 for r in records if r.get("kernel") == "fused_moe")
+    return count

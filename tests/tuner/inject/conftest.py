@@ -26,8 +26,10 @@ def env_of(gpu_name: str = H100) -> dict:
             "torch": "2.13.0"}
 
 
-def moe_record(M: int, bm: int = 64, *, E=128, N=768, K=2048, top_k=8, dtype="bf16", gpu=H100):
-    return {"kernel": "fused_moe", "key": {"E": E, "N": N, "K": K, "top_k": top_k, "M": M},
+def moe_record(M: int, bm: int = 64, *, E=128, N=768, K=2048, top_k=8, dtype="bf16", gpu=H100,
+               kernel="fused_moe"):
+    """A fused MoE record timed in FlagGems' kernel (fused_moe) or vLLM's (vllm_fused_moe)."""
+    return {"kernel": kernel, "key": {"E": E, "N": N, "K": K, "top_k": top_k, "M": M},
             "dtype": dtype,
             "config": {"BLOCK_SIZE_M": bm, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 64,
                        "GROUP_SIZE_M": 8, "num_warps": 4, "num_stages": 3},

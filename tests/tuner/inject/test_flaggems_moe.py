@@ -3,13 +3,14 @@ import pytest
 
 from tests.conftest import needs_flag_gems, result, run_py
 from tests.tuner.inject.conftest import moe_record
-from tuner.inject.vllm_moe import export_moe_configs
+from tuner.inject.vllm_moe import FLAGGEMS_OP, export_moe_configs
 
 
 @needs_flag_gems
 def test_hook_returns_tuned_and_falls_back(tmp_path, fg_env):
     recs = [moe_record(m, bm, gpu="cpu") for m, bm in [(1, 16), (64, 64), (256, 128)]]
-    export_moe_configs(recs, tmp_path / "moe", running={"gpu_name": "cpu", "triton": recs[0]["environment"]["triton"]})
+    export_moe_configs(recs, tmp_path / "moe", op=FLAGGEMS_OP,
+                       running={"gpu_name": "cpu", "triton": recs[0]["environment"]["triton"]})
     out = run_py(f"""
         import json
         import flag_gems.fused.fused_moe as fm
@@ -48,7 +49,7 @@ def test_hook_on_gpu_matches_flaggems_fallback(tmp_path):
         import json, torch
         import flag_gems.fused.fused_moe as fm
         from tuner.inject.flaggems_moe import install_flaggems_moe_hook
-        from tuner.inject.vllm_moe import export_moe_configs
+        from tuner.inject.vllm_moe import FLAGGEMS_OP, export_moe_configs
         from tests.tuner.inject.conftest import moe_record
         gpu = torch.cuda.get_device_name(0)
         export_moe_configs([moe_record(64, 32, gpu=gpu)], {str(tmp_path / 'moe')!r})

@@ -6,7 +6,9 @@ import pytest
 from tests.conftest import needs_flag_gems, needs_vllm, result, run_py
 from tests.tuner.inject.conftest import env_of, moe_record
 from tuner.inject import ForeignResultError
+from kernels.vllm_fused_moe import ms_to_tune
 from tuner.inject.plugin import FLAGGEMS_DB, MOE_FOLDER, apply_state, runtime_env, write_runtime_dir
+from tuner.inject.vllm_moe import FLAGGEMS_SUBFOLDER
 
 ENTRY_POINT = "tuner = tuner.inject.plugin:register"
 
@@ -44,13 +46,22 @@ def test_write_runtime_dir_replaces_atomically(tmp_path):
     folder = tmp_path / "rt"
     write_runtime_dir(folder, [moe_record(1)], ["softmax"], running=run)
     (folder / "stale").write_text("x")
-    write_runtime_dir(folder, [moe_record(64), mm_record(16)], ["mm", "softmax", "mm"], max_tokens=512,
-                      running=run)
+    # timed in vLLM's kernel at M covering 1..512 (no fallback to vLLM's own config needed), and
+    # one timed in FlagGems' kernel
+    vllm_recs = [moe_record(m, bm, kernel="vllm_fused_moe") for m, bm in zip(ms_to_tune(512), (16, 16, 16, 64, 128))]
+    write_runtime_dir(folder, [*vllm_recs, moe_record(64, 32), mm_record(16)], ["mm", "softmax", "mm"],
+                      max_tokens=512, running=run)
     state = json.loads((folder / "state.json").read_text())
     assert state["exclude_ops"] == ["mm", "softmax"] and state["max_tokens"] == 512
-    assert len(state["records"]) == 2 and state["moe_files"] == [
-        "E=128,N=768,device_name=NVIDIA_H100_80GB_HBM3.json"]
-    assert json.loads((folder / MOE_FOLDER / state["moe_files"][0]).read_text())["64"]["BLOCK_SIZE_M"] == 64
+    name = "E=128,N=768,device_name=NVIDIA_H100_80GB_HBM3.json"
+    assert len(state["records"]) == 7 and state["moe_files"] == [name]
+    vllm_file = json.loads((folder / MOE_FOLDER / name).read_text())
+    # runs of one config written as their end points: 1..32 (M 1, 4 and 16: one config), 33..128
+    # (M 64), 129..512 (M 256); only vLLM-timed configs in vLLM's folder
+    assert [int(m) for m in vllm_file if m.isdigit()] == [1, 32, 33, 128, 129, 512]
+    assert [vllm_file[m]["BLOCK_SIZE_M"] for m in ("1", "32", "33", "128", "129", "512")] == [16, 16, 64, 64, 128, 128]
+    flaggems_file = json.loads((folder / MOE_FOLDER / FLAGGEMS_SUBFOLDER / name).read_text())
+    assert [m for m in flaggems_file if m.isdigit()] == ["64"] and flaggems_file["64"]["BLOCK_SIZE_M"] == 32
     assert sorted(p.name for p in folder.iterdir()) == ["state.json", MOE_FOLDER]  # old content gone
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rt"]  # no staging folder left
     with pytest.raises(ForeignResultError):  # checked before anything is written
@@ -97,8 +108,9 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     rt = tmp_path / "rt"
     # Measured "elsewhere" (this host has no GPU): allowed, so the loud path runs too.
     with pytest.warns(RuntimeWarning, match="FOREIGN"):
-        write_runtime_dir(rt, [moe_record(64), mm_record(1), mm_record(256), addmm_record(16), bmm_record(10),
-                                attention_record()],
+        vllm_recs = [moe_record(m, kernel="vllm_fused_moe") for m in ms_to_tune(64)]  # 1, 4, 16, 64
+        write_runtime_dir(rt, [*vllm_recs, moe_record(64), mm_record(1), mm_record(256), addmm_record(16),
+                               bmm_record(10), attention_record()],
                           ["softmax", "mm"],
                           max_tokens=64, allow_foreign=True)
     code = """
@@ -139,11 +151,14 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     out = run_py(code, env)
     lines = [line for line in out.splitlines() if "tuner plugin:" in line]
     assert len(lines) == 1, out[-3000:]
-    assert ("tuner plugin: 6 tuned configs active (fused_moe 1, mm via FlagGems cache 2, "
+    assert ("tuner plugin: 9 tuned configs active (fused_moe 4, mm via FlagGems cache 2, "
             "addmm via FlagGems cache 1, bmm via FlagGems cache 1, attention via FlagGems autotuner 1, "
             "GEMM keys routed to a tuned kernel 0); FlagGems excluded ops: mm, softmax; FlagGems config cache "
             "read from memory; GEMM keys: FlagGems 0, split-K 0, persistent 0, native 3") in lines[0]
     assert "USING FOREIGN TUNED RESULT for fused_moe" in out and "USING FOREIGN TUNED RESULT for mm" in out
+    # the vLLM-timed records' kernel hash is checked against the installed vLLM's fused_moe_kernel
+    vllm_lines = [line for line in out.splitlines() if "USING FOREIGN TUNED RESULT for vllm_fused_moe" in line]
+    assert any("kernel_source_hash: record 'moe-src'" in line for line in vllm_lines), out[-3000:]
     assert "USING FOREIGN TUNED RESULT for addmm" in out and "USING FOREIGN TUNED RESULT for bmm" in out
     assert "USING FOREIGN TUNED RESULT for attention" in out
     r = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
