@@ -231,8 +231,9 @@ def _routes_text(counts: Mapping[str, Any]) -> str:
     routes = counts.get("routes") or {}
     text = ""
     if any(routes.values()):
-        text += "; GEMM keys: FlagGems %d, split-K %d, persistent %d, native %d" % (
-            routes.get("flaggems", 0), routes.get("splitk", 0), routes.get("persistent", 0), routes.get("native", 0))
+        text += "; GEMM keys: FlagGems %d, split-K %d, persistent %d, stream-K %d, native %d" % (
+            routes.get("flaggems", 0), routes.get("splitk", 0), routes.get("persistent", 0), routes.get("streamk", 0),
+            routes.get("native", 0))
     if counts.get("flaggems_ops") == "routed":
         text += "; FlagGems registers no aten op (only routed GEMM keys reach its kernels)"
     return text

@@ -47,7 +47,8 @@ def test_apply_state_without_flaggems_counts_every_injector(tmp_path, monkeypatc
     assert list(counts.items()) == [
         ("fused_moe", 0), ("mm_flaggems", 0), ("addmm_flaggems", 0), ("bmm_flaggems", 0),
         ("attention_flaggems", 0), ("gemm_routes", 0), ("config_memo", False), ("exclude_ops", ["softmax"]),
-        ("routes", {"native": 0, "flaggems": 0, "splitk": 0, "persistent": 0}), ("flaggems_ops", "none")]
+        ("routes", {"native": 0, "flaggems": 0, "splitk": 0, "persistent": 0, "streamk": 0}),
+            ("flaggems_ops", "none")]
     assert os.environ["VLLM_TUNED_CONFIG_FOLDER"] == str(tmp_path / "rt" / plugin.MOE_FOLDER)
 
 
@@ -64,8 +65,8 @@ def test_log_line_says_where_gemm_keys_go_and_what_flaggems_registers():
               "gemm_routes": 4, "config_memo": True, "exclude_ops": ["mul"],
               "routes": {"native": 8, "flaggems": 4, "splitk": 0}, "flaggems_ops": "routed"}
     line = active_line(counts)
-    assert line.endswith("; GEMM keys: FlagGems 4, split-K 0, persistent 0, native 8; FlagGems registers no aten op "
-                         "(only routed GEMM keys reach its kernels)")
+    assert line.endswith("; GEMM keys: FlagGems 4, split-K 0, persistent 0, stream-K 0, native 8; "
+                         "FlagGems registers no aten op (only routed GEMM keys reach its kernels)")
     assert line.startswith("tuner plugin: 16 tuned configs active (")
 
 
