@@ -81,7 +81,7 @@ def operand_strides(key: Key) -> tuple[tuple[int, int, int], tuple[int, int, int
 COVERAGE = Coverage(aten_ops={"aten::bmm": "bmm"}, flaggems_op="bmm",
                     no_profile_keys="a profile row has the shapes but not the operand layout the key needs; "
                                     "pass them with --shape BATCH,M,N,K,bmm|linear",
-                    injectors=("bmm_flaggems",))
+                    injectors=("bmm_flaggems", "gemm_routes"))
 
 
 class BMM(WithOwnGemms):

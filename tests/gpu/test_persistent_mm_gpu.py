@@ -146,3 +146,24 @@ def test_streamk_stable_close_to_cublas_and_graph_safe(M, N, K, occupancy):
                num_stages=3 if occupancy == 2 else 4)
     _stable_close_and_graph_safe(streamk_mm, a, w, bias, cfg)
     assert int(_flags(a.device, programs_for(M, N, cfg, sm_count_of(a.device))).sum()) == 0
+
+
+def test_router_serves_bmm_with_the_batched_persistent_kernel():
+    """The resampler's F.linear on a sequence-first input (one weight expanded over 1024 positions,
+    LAYOUT 1) routed to tuner's batched persistent GEMM through aten::bmm."""
+    from tuner.inject import gemm_router as gr
+
+    cfg = {"variant": "persistent", "TILE_M": 16, "TILE_N": 128, "TILE_K": 64, "GROUP_M": 1, "num_warps": 4,
+           "num_stages": 4, "OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 0}
+    recs = [{"kernel": "bmm", "key": {"BATCH": 1024, "M": 10, "N": 3584, "K": 3584, "LAYOUT": 1}, "dtype": "bf16",
+             "config": cfg, "time_us": 1.0, "native_us": 2.0}]
+    router = gr.install_router(gr.plan_routes(recs, 64), gr.flaggems_targets(), capturing=lambda: True)
+    try:
+        x, w, _ = _inputs(10 * 1024, 3584, 3584)
+        a = x.view(10, 1024, 3584).permute(1, 0, 2)
+        y = torch.matmul(a, w.t())  # matmul cannot fold the permuted input: it calls bmm
+        assert router.hits[gr.PERSISTENT] == 1, router.hits
+        ref = torch.einsum("bmk,nk->bmn", a.float(), w.float())
+        assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
+    finally:
+        router.uninstall()

@@ -8,10 +8,11 @@ kernel. And vLLM's Inductor graphs call GEMMs as `aten::mm.out` / `aten::addmm.o
 (`extern_kernels.mm(..., out=buf)`), which a `flag_gems.enable(unused=["addmm"])` leaves registered
 (FlagGems names that overload `addmm_out`) and which an `aten::mm` override never sees.
 
-So the router registers its own CUDA kernels for `mm`, `mm.out`, `addmm` and `addmm.out` (only for
-ops that have at least one non-native route); each looks the call's (N, K, dtype, M) up in a table
-built from the stored records and calls FlagGems' function, tuner's split-K kernel, or the ATen
-kernel that was registered before (cuBLAS), captured with `torch.library.get_kernel`.
+So the router registers its own CUDA kernels for `mm`, `mm.out`, `addmm`, `addmm.out`, `bmm` and
+`bmm.out` (only for ops that have at least one non-native route); each looks the call's (N, K,
+dtype, M) up in a table built from the stored records (for bmm also its batch and operand layout,
+kernels/bmm.py) and calls FlagGems' function, one of tuner's kernels, or the ATen kernel that was
+registered before (cuBLAS), captured with `torch.library.get_kernel`.
 
 A record routes the runtime M near its own M only: nearest tuned M in log space, within a factor
 of two of it (a decode win at M=64 says nothing about a 4096-token prefill chunk), and needing no
@@ -56,7 +57,7 @@ EAGER_HOST_US = {FLAGGEMS: 250.0, SPLITK: 13.0, PERSISTENT: 33.0, STREAMK: 40.0}
 # FlagGems' 4 x 93, stays native)
 HOST_US = {FLAGGEMS: 93.0, SPLITK: 33.9, PERSISTENT: 54.0, STREAMK: 61.0}
 HIDES = 4
-ROUTED_OPS = ("mm", "addmm")  # the tuner kernels (record["kernel"]) the router serves
+ROUTED_OPS = ("mm", "addmm", "bmm")  # the tuner kernels (record["kernel"]) the router serves
 _LIBS: list[Any] = []  # a torch.library.Library deregisters its kernels when collected
 
 
@@ -90,13 +91,26 @@ def record_target(record: Mapping[str, Any]) -> str:
     return FLAGGEMS if variant.startswith("fg_") or record.get("kernel") == "addmm" else NATIVE
 
 
-def _groups(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int, int, str], dict[int, Mapping]]:
-    groups: dict[tuple[str, int, int, str], dict[int, Mapping]] = {}
+def group_key(record: Mapping[str, Any]) -> tuple | None:
+    """The table a record's key routes in: (op, N, K, dtype), for bmm with its BATCH and LAYOUT
+    after them (a batch of 1024 resampler positions says nothing about another batch); None for
+    what the router does not route."""
+    k = record["key"]
+    if record.get("kernel") == "bmm":
+        return ("bmm", int(k["N"]), int(k["K"]), record["dtype"], int(k["BATCH"]), int(k["LAYOUT"]))
+    if record.get("kernel") not in ROUTED_OPS or int(k.get("BT", 1)) != 1:
+        return None  # only nn.Linear's layout (B = W^T) is what the engines call
+    return (record["kernel"], int(k["N"]), int(k["K"]), record["dtype"])
+
+
+def _groups(records: Iterable[Mapping[str, Any]]) -> dict[tuple, dict[int, Mapping]]:
+    groups: dict[tuple, dict[int, Mapping]] = {}
     for r in records:
-        if r.get("kernel") not in ROUTED_OPS or int(r["key"].get("BT", 1)) != 1:
-            continue  # only nn.Linear's layout (B = W^T) is what the engines call
+        group = group_key(r)
+        if group is None:
+            continue
         k = r["key"]
-        g = groups.setdefault((r["kernel"], int(k["N"]), int(k["K"]), r["dtype"]), {})
+        g = groups.setdefault(group, {})
         m = int(k["M"])
         if m in g and g[m]["config"] != r["config"]:
             raise ValueError(f"two different {r['kernel']} winners for {dict(k)} {r['dtype']}")
@@ -106,12 +120,13 @@ def _groups(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int, int, s
 
 def route_config(record: Mapping[str, Any]) -> dict[str, Any]:
     """A record's config in mm's names (BLOCK_M, ...): what tuner's kernels take and what the tile
-    check reads (addmm's space names its tiles BLOCK_SIZE_M, ... after FlagGems' kernel)."""
+    check reads (addmm's and bmm's spaces name their tiles after FlagGems' kernels: BLOCK_SIZE_M,
+    TILE_M, ...)."""
     cfg = dict(record["config"])
-    if record.get("kernel") == "addmm" and "BLOCK_SIZE_M" in cfg:
-        from kernels.addmm import mm_config
+    if record.get("kernel") in ("addmm", "bmm") and "BLOCK_M" not in cfg:
+        from kernels import get_kernel
 
-        return mm_config(cfg)
+        return get_kernel(record["kernel"]).mm_config(cfg)
     return cfg
 
 
@@ -122,7 +137,7 @@ def more_tiles(m: int, tuned_m: int, config: Mapping[str, Any]) -> bool:
 
 
 def plan_routes(records: Iterable[Mapping[str, Any]], max_tokens: int) -> dict[tuple, list[tuple[int, int, Route]]]:
-    """(op, N, K, dtype) -> [(M_lo, M_hi, Route)] for the runtime M that do not go native."""
+    """group_key -> [(M_lo, M_hi, Route)] for the runtime M that do not go native."""
     plan: dict[tuple, list[tuple[int, int, Route]]] = {}
     for group, by_m in sorted(_groups(records).items()):
         tuned = sorted(by_m)
@@ -151,18 +166,20 @@ def route_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """How many stored keys go where: the numbers the plugin's line reports."""
     counts = dict.fromkeys(TARGETS, 0)
     for r in records:
-        if r.get("kernel") in ROUTED_OPS and int(r["key"].get("BT", 1)) == 1:  # the layouts _groups plans
+        if group_key(r) is not None:  # what _groups plans
             counts[record_target(r)] += 1
     return counts
 
 
 def build_table(plan: Mapping[tuple, list], dtype_of: Callable[[str], Any] = lambda d: d) -> dict:
-    """plan -> {(op, N, K, dtype_of(dtype)): (sorted M_lo list, runs)} for bisect lookup."""
-    return {(op, N, K, dtype_of(d)): ([r[0] for r in runs], runs) for (op, N, K, d), runs in plan.items()}
+    """plan -> {(op, N, K, dtype_of(dtype), *rest): (sorted M_lo list, runs)} for bisect lookup."""
+    return {(op, N, K, dtype_of(d), *rest): ([r[0] for r in runs], runs)
+            for (op, N, K, d, *rest), runs in plan.items()}
 
 
-def lookup(table: Mapping, op: str, M: int, N: int, K: int, dtype: Any) -> Route | None:
-    entry = table.get((op, N, K, dtype))
+def lookup(table: Mapping, op: str, M: int, N: int, K: int, dtype: Any, *rest: int) -> Route | None:
+    """The route of a call of `op` (rest: bmm's batch and layout), or None."""
+    entry = table.get((op, N, K, dtype, *rest))
     if entry is None:
         return None
     los, runs = entry
@@ -212,6 +229,8 @@ class Targets:
     # cannot read as they are, which then go native
     persistent_mm: Callable | None = None
     streamk_mm: Callable | None = None
+    flaggems_bmm: Callable | None = None  # (a, b, out=None)
+    persistent_bmm: Callable | None = None  # (a, b, config, out=None); raises `unsupported` likewise
     unsupported: type[Exception] = ValueError
 
     def own(self, r: Route | None, a, b, out=None, bias=None):
@@ -265,19 +284,25 @@ def _mm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str,
             return FLAGGEMS, lambda: t.flaggems_mm(a, b, out=out)
         return None
 
-    def mm(keyset, a, b):
-        return mm_out(keyset, a, b, out=None)
+    return _a_b_overloads("mm", routed, t, router, native)
 
-    def mm_out(keyset, a, b, *, out):
+
+def _a_b_overloads(op: str, routed: Callable, t: Targets, router: Router, native: Mapping[str, Any]) -> dict:
+    """The kernels of an op taking (a, b) and its .out overload (mm, bmm): the route `routed`
+    gives, else the native kernel."""
+    def plain(keyset, a, b):
+        return with_out(keyset, a, b, out=None)
+
+    def with_out(keyset, a, b, *, out):
         res = _serve(router, t, routed(a, b, out))
         if res is not None:
             return res
         router.hits[NATIVE] += 1
         if out is None:
-            return native["mm"].call_boxed(keyset, a, b)
-        return native["mm.out"].call_boxed(keyset, a, b, out=out)
+            return native[op].call_boxed(keyset, a, b)
+        return native[f"{op}.out"].call_boxed(keyset, a, b, out=out)
 
-    return {"mm": mm, "mm.out": mm_out}
+    return {op: plain, f"{op}.out": with_out}
 
 
 def _addmm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str, Any]):
@@ -311,6 +336,33 @@ def _addmm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[s
     return {"addmm": addmm, "addmm.out": addmm_out}
 
 
+def bmm_layout(b) -> int:
+    """kernels/bmm.py's LAYOUT of a call: 1 when one weight serves every batch (F.linear on a
+    sequence-first input: B expanded, batch stride 0), else 0."""
+    return int(b.stride(0) == 0)
+
+
+def _bmm_kernels(table: Mapping, t: Targets, router: Router, native: Mapping[str, Any]):
+    def routed(a, b, out=None) -> tuple[str, Callable] | None:
+        """(target, the call serving this bmm by its route), or None (native)."""
+        if not (a.dim() == 3 and b.dim() == 3 and a.dtype == b.dtype and a.shape[0] == b.shape[0]):
+            return None
+        batch, M, K = a.shape
+        N = b.shape[2]
+        if out is not None and (tuple(out.shape) != (batch, M, N) or out.dtype != a.dtype or not out.is_contiguous()):
+            return None
+        r = router.applies(lookup(table, "bmm", M, N, K, a.dtype, batch, bmm_layout(b)))
+        if r is None:
+            return None
+        if r.target == PERSISTENT and t.persistent_bmm is not None:
+            return PERSISTENT, lambda: t.persistent_bmm(a, b, r.config, out=out)
+        if r.target == FLAGGEMS and t.flaggems_bmm is not None:
+            return FLAGGEMS, lambda: t.flaggems_bmm(a, b, out=out)
+        return None
+
+    return _a_b_overloads("bmm", routed, t, router, native)
+
+
 def install_router(plan: Mapping[tuple, list], targets: Targets, *, dispatch_key: str = "CUDA",
                    capturing: Callable[[], bool] | None = None) -> Router:
     """Register the routing kernels for every op the plan sends anywhere but native (none: no-op).
@@ -335,6 +387,8 @@ def install_router(plan: Mapping[tuple, list], targets: Targets, *, dispatch_key
         kernels.update(_mm_kernels(table, targets, router, native))
     if "addmm" in ops:
         kernels.update(_addmm_kernels(table, targets, router, native))
+    if "bmm" in ops:
+        kernels.update(_bmm_kernels(table, targets, router, native))
     lib = torch.library.Library("aten", "IMPL")
     with warnings.catch_warnings():  # "Overriding a previously registered kernel" is the point
         warnings.simplefilter("ignore", UserWarning)
@@ -359,10 +413,12 @@ def router_claims(records: list[dict[str, Any]], ctx: Context) -> list[str]:
 
 
 def flaggems_targets() -> Targets:
-    """FlagGems' own mm / addmm functions (their LibTuner caches seeded by the FlagGems stage) and
-    tuner's split-K, persistent and stream-K GEMMs: what a route ends in."""
+    """FlagGems' own mm / addmm / bmm functions (their LibTuner caches seeded by the FlagGems stage)
+    and tuner's split-K, persistent (also batched) and stream-K GEMMs: what a route ends in."""
     from kernels.addmm import flag_gems_addmm_module
+    from kernels.flaggems_ops import op_module
     from kernels.mm import flag_gems_mm_module
+    from kernels.persistent_bmm import persistent_bmm
     from kernels.persistent_mm import Unsupported, persistent_mm
     from kernels.streamk_mm import streamk_mm
     from kernels.triton_mm import splitk_mm
@@ -377,8 +433,13 @@ def flaggems_targets() -> Targets:
             return fg_addmm.addmm(bias, a, b, beta=beta, alpha=alpha)
         return fg_addmm.addmm_out(bias, a, b, beta=beta, alpha=alpha, out=out)
 
+    fg_bmm = op_module("bmm")
+
+    def bmm(a, b, out=None):
+        return fg_bmm.bmm(a, b) if out is None else fg_bmm.bmm_out(a, b, out)
+
     return Targets(flaggems_mm=mm, flaggems_addmm=addmm, splitk_mm=splitk_mm, persistent_mm=persistent_mm,
-                   streamk_mm=streamk_mm, unsupported=Unsupported)
+                   streamk_mm=streamk_mm, flaggems_bmm=bmm, persistent_bmm=persistent_bmm, unsupported=Unsupported)
 
 
 def warm_up_ms(lo: int, hi: int) -> list[int]:
@@ -391,15 +452,19 @@ def warm_up_ms(lo: int, hi: int) -> list[int]:
 
 
 def warm_up(plan: Mapping[tuple, list]) -> int:
-    """Run every routed (op, N, K, dtype) once per M class and overload through the dispatcher, so
-    the Triton kernels are compiled before the engine takes requests (vLLM's JIT monitor flagged
-    mm_kernel_general_host_tma compilations during serving). Returns the calls made."""
+    """Run every routed group (op, N, K, dtype[, batch, layout]) once per M class and overload
+    through the dispatcher, so the Triton kernels are compiled before the engine takes requests
+    (vLLM's JIT monitor flagged mm_kernel_general_host_tma compilations during serving). Returns
+    the calls made."""
     import torch
 
     from tuner.devices import torch_dtype
 
     calls = 0
-    for (op, N, K, dtype), runs in plan.items():
+    for (op, N, K, dtype, *rest), runs in plan.items():
+        if op == "bmm":
+            calls += _warm_up_bmm(N, K, dtype, *rest, runs)
+            continue
         dt = torch_dtype(dtype)
         w = torch.randn(N, K, device="cuda", dtype=dt)
         bias = torch.randn(N, device="cuda", dtype=dt)
@@ -415,6 +480,23 @@ def warm_up(plan: Mapping[tuple, list]) -> int:
         del w, bias
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
+    return calls
+
+
+def _warm_up_bmm(N: int, K: int, dtype: str, batch: int, layout: int, runs: list) -> int:
+    """warm_up for one bmm group: its key's operands in its layout (kernels/bmm.py makes them)."""
+    import torch
+
+    from kernels import get_kernel
+
+    bmm, calls = get_kernel("bmm"), 0
+    for lo, hi, _ in runs:
+        for m in warm_up_ms(lo, hi):
+            inputs = bmm.make_inputs((batch, m, N, K, layout), dtype, "cuda", 1, seed=0)
+            (a, b), out = inputs.sets[0], inputs.outs[0]
+            torch.bmm(a, b), torch.bmm(a, b, out=out)
+            calls += 2
+            del inputs, a, b, out
     return calls
 
 

@@ -60,7 +60,8 @@ def test_more_tiles_than_measured_stay_native():
 
 
 def test_plan_skips_groups_with_no_win_and_other_layouts():
-    recs = [rec(16, tuned=12, native=11), rec(16, N=3584, bt=0), rec(16, kernel="bmm")]
+    recs = [rec(16, tuned=12, native=11), rec(16, N=3584, bt=0), rec(16, kernel="fused_moe"),
+            _bmm_rec(8, 4, 64, 32, 1) | {"time_us": 3.0}]
     assert gr.plan_routes(recs, max_tokens=64) == {}
 
 
@@ -339,6 +340,47 @@ def test_streamk_routes_run_tuner_kernel_with_the_bias():
         router.uninstall()
 
 
+def _bmm_rec(batch, M, N, K, layout, variant="persistent"):
+    cfg = {"variant": variant, "TILE_M": 16, "TILE_N": 32, "TILE_K": 32, "GROUP_M": 1, "num_warps": 4,
+           "num_stages": 2, "OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 0}
+    return {"kernel": "bmm", "key": {"BATCH": batch, "M": M, "N": N, "K": K, "LAYOUT": layout}, "dtype": "fp16",
+            "config": cfg, "time_us": 1.0, "native_us": 2.0}
+
+
+def test_bmm_routes_by_batch_and_layout_to_the_batched_persistent_kernel():
+    """A bmm record (the resampler's F.linear on a sequence-first input: one weight expanded over
+    the batch, LAYOUT 1) routes bmm and bmm.out calls of its batch and layout near its M to
+    tuner's batched persistent GEMM (real, under the interpreter); another batch, the other layout
+    or an M out of reach stays native."""
+    import torch
+
+    from kernels.persistent_bmm import persistent_bmm
+    from kernels.persistent_mm import Unsupported
+
+    plan = gr.plan_routes([_bmm_rec(8, 4, 64, 32, 1)], max_tokens=16)
+    assert list(plan) == [("bmm", 64, 32, "fp16", 8, 1)] and plan[("bmm", 64, 32, "fp16", 8, 1)][0][:2] == (2, 8)
+    assert plan[("bmm", 64, 32, "fp16", 8, 1)][0][2].config["BLOCK_M"] == 16  # mm's names from TILE_*
+    assert gr.route_counts([_bmm_rec(8, 4, 64, 32, 1)])[gr.PERSISTENT] == 1
+    targets = gr.Targets(persistent_bmm=persistent_bmm, unsupported=Unsupported)
+    w = torch.randn(64, 32).half()
+    x = torch.randn(4, 8, 32).half()  # sequence-first: [M, BATCH, K]
+    a, b = x.permute(1, 0, 2), w.t().expand(8, 32, 64)  # what matmul passes to bmm for F.linear
+    ref = torch.einsum("bmk,nk->bmn", a.double(), w.double())
+    router = gr.install_router(plan, targets, dispatch_key="CPU", capturing=lambda: True)
+    try:
+        assert ((torch.bmm(a, b).double() - ref).abs().max()) < 2e-2
+        out = torch.empty(8, 4, 64, dtype=torch.half)
+        torch.bmm(a, b, out=out)
+        assert ((out.double() - ref).abs().max()) < 2e-2
+        assert router.hits[gr.PERSISTENT] == 2 and router.hits[gr.NATIVE] == 0
+        torch.bmm(a.contiguous(), b.contiguous())  # layout 0: no record
+        torch.bmm(a[:4], b[:4])  # batch 4: no record
+        torch.bmm(torch.randn(8, 16, 32).half(), b)  # M = 16: beyond 2x of the tuned 4
+        assert router.hits[gr.PERSISTENT] == 2 and router.hits[gr.NATIVE] == 3
+    finally:
+        router.uninstall()
+
+
 def test_records_of_edited_own_kernels_are_refused():
     """A split-K or persistent record carries the hash of the Triton functions it was timed with;
     after a kernel edit the router refuses it (a FlagGems record is checked where its cache is seeded)."""
@@ -356,6 +398,11 @@ def test_records_of_edited_own_kernels_are_refused():
         gr.check_own_kernels([stale], allow_foreign=False)
     with pytest.raises(ForeignResultError, match="kernel_source_hash"):  # the persistent kernel's hash
         gr.check_own_kernels([addmm_split | {"kernel_source_hash": good["kernel_source_hash"]}], allow_foreign=False)
+    bmm_rec = _bmm_rec(8, 4, 64, 32, 1)  # the batched kernel's own hash, not the 2-D one's
+    gr.check_own_kernels([bmm_rec | {"kernel_source_hash": get_kernel("bmm").source_hash({"variant": "persistent"})}],
+                         allow_foreign=False)
+    with pytest.raises(ForeignResultError, match="kernel_source_hash"):
+        gr.check_own_kernels([bmm_rec | {"kernel_source_hash": good["kernel_source_hash"]}], allow_foreign=False)
     with pytest.warns(RuntimeWarning, match="FOREIGN"):
         gr.check_own_kernels([stale], allow_foreign=True)
     gr.check_own_kernels([stale | {"native_us": 1.0}], allow_foreign=False)  # a loser is never routed: unchecked

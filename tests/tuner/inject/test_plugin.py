@@ -154,7 +154,7 @@ def test_vllm_loader_runs_entry_point(tmp_path, fg_env):
     assert ("tuner plugin: 9 tuned configs active (fused_moe 4, mm via FlagGems cache 2, "
             "addmm via FlagGems cache 1, bmm via FlagGems cache 1, attention via FlagGems autotuner 1, "
             "GEMM keys routed to a tuned kernel 0); FlagGems excluded ops: mm, softmax; FlagGems config cache "
-            "read from memory; GEMM keys: FlagGems 0, split-K 0, persistent 0, stream-K 0, native 3") in lines[0]
+            "read from memory; GEMM keys: FlagGems 0, split-K 0, persistent 0, stream-K 0, native 4") in lines[0]
     assert "USING FOREIGN TUNED RESULT for fused_moe" in out and "USING FOREIGN TUNED RESULT for mm" in out
     # the vLLM-timed records' kernel hash is checked against the installed vLLM's fused_moe_kernel
     vllm_lines = [line for line in out.splitlines() if "USING FOREIGN TUNED RESULT for vllm_fused_moe" in line]
