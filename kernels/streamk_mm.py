@@ -120,7 +120,8 @@ def streamk_mm_kernel(
             while covered > tile_id * k_tiles:
                 while tl.atomic_add(FLAGS + p, 0, sem="acquire") == 0:
                     pass
-                acc += tl.load(WS + p.to(tl.int64) * BLOCK_M * BLOCK_N + slot)
+                # .cg: read from L2, where the release made the partial visible (not a stale L1 line)
+                acc += tl.load(WS + p.to(tl.int64) * BLOCK_M * BLOCK_N + slot, cache_modifier=".cg")
                 tl.atomic_xchg(FLAGS + p, 0, sem="relaxed")
                 covered = first + p * per + tl.minimum(p, extra)
                 p -= 1

@@ -19,8 +19,15 @@ case "${1:?usage: gemm_h200.sh probe|tune OP SHAPE...}" in
 probe)
   cd /tmp/tuner || exit 1
   stamp "copy bandwidth"; python3 -m tuner.benchmarks.copy_bw | tee /tmp/copy_bw.json; cp /tmp/copy_bw.json "$OUT/"
-  stamp "pytest -m gpu persistent"
-  timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu/test_persistent_mm_gpu.py > "$OUT/probe_tests.log" 2>&1
+  # stream-K first and on its own short limit: its programs spin on flags, and a kernel that never
+  # finishes would otherwise hold the machine for the whole limit below
+  stamp "pytest -m gpu stream-K"
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -k streamk tests/gpu/test_persistent_mm_gpu.py \
+      > "$OUT/probe_streamk.log" 2>&1
+  echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$OUT/probe_streamk.log" | tail -12
+  stamp "pytest -m gpu persistent, split-K, router"
+  timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider -k "not streamk" tests/gpu/test_persistent_mm_gpu.py \
+      > "$OUT/probe_tests.log" 2>&1
   echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$OUT/probe_tests.log" | tail -25 ;;
 tune)
   OP=${2:?op}; shift 2
