@@ -38,7 +38,7 @@ setup)
 gputests)
   cd /tmp/tuner || exit 1
   # one pytest process per group: the mm tests set TRITON_INTERPRET, fused_moe and attention must run alone
-  TEST_GROUPS=${GPU_TESTS:-"tests/gpu/test_mm_gpu.py tests/gpu/test_persistent_mm_gpu.py tests/tuner/inject|tests/kernels/test_fused_moe.py|tests/gpu/test_attention_gpu.py|tests/gpu/test_addmm_gpu.py tests/gpu/test_bmm_gpu.py"}
+  TEST_GROUPS=${GPU_TESTS:-"tests/gpu/test_mm_gpu.py tests/gpu/test_persistent_mm_gpu.py tests/tuner/inject|tests/kernels/test_fused_moe.py|tests/gpu/test_attention_gpu.py|tests/gpu/test_addmm_gpu.py tests/gpu/test_bmm_gpu.py|tests/gpu/test_parallel_gpu.py"}
   IFS='|' read -ra GS <<< "$TEST_GROUPS"
   for f in "${GS[@]}"; do
     stamp "pytest -m gpu $f"
