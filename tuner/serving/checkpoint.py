@@ -1,5 +1,6 @@
-"""A servable checkpoint of the MiniCPM-o 2.6 LLM with random weights and a locally built
-tokenizer: nothing can be downloaded, so `tuner serve` writes what it serves. A real checkpoint
+"""A servable checkpoint with random weights and a locally built tokenizer: the MiniCPM-o 2.6 LLM, or
+a Qwen3-MoE with Qwen3-30B-A3B's dimensions (tuner.serving.checkpoint_moe); nothing can be
+downloaded, so `tuner serve` writes what it serves. A real checkpoint
 folder (config.json, *.safetensors, tokenizer files) can be served instead by passing its path."""
 
 from __future__ import annotations
@@ -43,6 +44,58 @@ def build_tokenizer():
     return fast
 
 
+MODELS = ("minicpmo-llm", "qwen3-moe")
+
+
+def _check_folder(folder: Path) -> None:
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UserError(f"{folder} exists and is not an empty folder; choose a new folder for the checkpoint")
+
+
+def _write_atomically(folder: Path, fill) -> Path:
+    """fill(tmp) writes the files into a temporary sibling folder, renamed to folder when done."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        fill(tmp)
+        if folder.exists():
+            folder.rmdir()
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def write_checkpoint(folder: str | Path, model: str = "minicpmo-llm", scale: float = 1.0, layers: int | None = None,
+                     dtype: str = "bf16", seed: int = 0, tiny: bool = False) -> Path:
+    """`tuner checkpoint`: every input checked before anything is written."""
+    if model not in MODELS:
+        raise UserError(f"unknown model {model!r}; use {' or '.join(MODELS)}")
+    if model == "minicpmo-llm":
+        if layers is not None or tiny:
+            raise UserError("--layers and --tiny are for --model qwen3-moe; shrink minicpmo-llm with --scale")
+        return write_llm_checkpoint(folder, scale=scale, dtype=dtype, seed=seed)
+    from tuner.serving import checkpoint_moe
+
+    if scale != 1.0:
+        raise UserError("--scale is for --model minicpmo-llm; give qwen3-moe fewer layers with --layers")
+    layers = checkpoint_moe.DEFAULT_LAYERS if layers is None else layers
+    checkpoint_moe.validate(layers, dtype)
+    folder = Path(folder)
+    _check_folder(folder)
+
+    def fill(tmp: Path) -> None:
+        import torch
+
+        # random init of ~5.6 B parameters (8 layers) is minutes on a CPU and seconds on a GPU
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        checkpoint_moe.write_files(tmp, layers, dtype, seed, tiny, device)
+        build_tokenizer().save_pretrained(tmp)
+
+    return _write_atomically(folder, fill)
+
+
 def write_llm_checkpoint(folder: str | Path, scale: float = 1.0, dtype: str = "bf16", seed: int = 0) -> Path:
     """Write config.json, model safetensors and tokenizer files; atomically (temp dir + rename)."""
     import torch
@@ -50,8 +103,7 @@ def write_llm_checkpoint(folder: str | Path, scale: float = 1.0, dtype: str = "b
     from tuner.profiling.workload import WorkloadError, build_model
 
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise UserError(f"{folder} exists and is not empty; choose a new folder for the checkpoint")
+    _check_folder(folder)
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
     tdt = torch_dtype(dtype)
@@ -61,9 +113,8 @@ def write_llm_checkpoint(folder: str | Path, scale: float = 1.0, dtype: str = "b
         model = build_model(scale=scale, dtype=tdt, device=device, components=("llm",), seed=seed)
     except WorkloadError as e:
         raise UserError(str(e)) from None
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         llm = model.llm
         llm.config.dtype = tdt
         llm.config.eos_token_id = None
@@ -73,10 +124,5 @@ def write_llm_checkpoint(folder: str | Path, scale: float = 1.0, dtype: str = "b
         (tmp / "TUNER_CHECKPOINT.txt").write_text(
             f"MiniCPM-o 2.6 LLM (Qwen2) with RANDOM weights, scale={scale}, dtype={dtype}, seed={seed}; "
             "tokenizer trained locally. Written by `tuner checkpoint`.\n")
-        if folder.exists():
-            folder.rmdir()
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+
+    return _write_atomically(folder, fill)
