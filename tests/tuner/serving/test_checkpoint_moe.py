@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from kernels import get_kernel
+from tests.conftest import needs_vllm
 from tuner.serving import checkpoint_moe as moe
 
 runner = CliRunner()
@@ -44,6 +45,7 @@ def test_tiny_loads_in_transformers_and_runs(tiny):
     assert (c.num_hidden_layers, c.num_experts, c.num_experts_per_tok, c.hidden_size, c.moe_intermediate_size,
             c.vocab_size, c.head_dim) == (2, 8, 2, 64, 32, 2048, 16)
     assert c.norm_topk_prob and not c.tie_word_embeddings and c.model_type == "qwen3_moe"
+    assert c.rope_parameters["rope_theta"] == 1e6 and c.eos_token_id is None  # rope_theta read as written
     # the per-expert hub names landed where transformers wants them (its loader fuses the experts)
     experts = model.model.layers[1].mlp.experts
     down = _tensor(tiny, "model.layers.1.mlp.experts.5.down_proj.weight")
@@ -147,3 +149,19 @@ def test_minicpmo_llm_still_written(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
     again = runner.invoke(app, ["checkpoint", str(tmp_path / "ck"), "--scale", "0.02"])
     assert again.exit_code == 2 and "not an empty folder" in again.output
+
+
+@needs_vllm
+def test_vllm_model_config_reads_the_tiny_checkpoint(tiny):
+    """vLLM's own ModelConfig (what the engine builds first): the architecture it resolves and the
+    MoE fields its Qwen3MoeForCausalLM reads from hf_text_config."""
+    from vllm.config import ModelConfig
+
+    mc = ModelConfig(model=str(tiny), dtype="bfloat16")
+    assert mc.architectures == ["Qwen3MoeForCausalLM"]
+    info, arch = mc.registry.inspect_model_cls(mc.architectures, mc)
+    assert arch == "Qwen3MoeForCausalLM" and info.is_text_generation_model and not mc.trust_remote_code
+    t = mc.hf_text_config
+    assert moe.fused_moe_key({k: getattr(t, k) for k in ("num_experts", "moe_intermediate_size", "hidden_size",
+                                                         "num_experts_per_tok")}) == (8, 32, 64, 2)
+    assert (t.num_hidden_layers, t.decoder_sparse_step, t.mlp_only_layers, t.norm_topk_prob) == (2, 1, [], True)
