@@ -400,7 +400,9 @@ def serve(
 @app.command()
 def bench(
     model: str = typer.Argument(..., help="Checkpoint folder to serve (e.g. one written by `tuner checkpoint`)."),
-    engine: str = typer.Option("vllm", "--engine", help="Engine to benchmark: vllm."),
+    engine: str = typer.Option("vllm", "--engine", help="Engine to benchmark: vllm (in-process), flagscale "
+                               "(served through FlagScale), or vllm,flagscale: every mode in both, both "
+                               "served, the same requests; ratios to the first."),
     modes: str = typer.Option("native,untuned,tuned", "--modes", help="Comma-separated: native (the engine "
                               "as it is), untuned (what `tuner serve` starts), tuned (`tuner serve --use-tuned`)."),
     concurrency: str = typer.Option("1,64", "--concurrency", help="Concurrent requests per batch, e.g. 1,64."),
@@ -419,7 +421,11 @@ def bench(
     exclude: Optional[str] = typer.Option(None, "--exclude", help="As `tuner serve --exclude` (default: the "
                                           "stored consistency check's failures)."),
     allow_foreign: bool = typer.Option(False, "--allow-foreign", help="As `tuner serve --allow-foreign`."),
-    timeout: float = typer.Option(900.0, "--timeout", help="Seconds one mode may take, engine start included."),
+    timeout: float = typer.Option(900.0, "--timeout", help="Seconds one mode may take, engine start included "
+                                  "(served engines: seconds until the server answers, and per request)."),
+    served: bool = typer.Option(False, "--served", help="Serve vLLM as `tuner serve` does and send the "
+                                "requests over its OpenAI API (as flagscale always is)."),
+    port: int = typer.Option(8000, "--port", help="Port of served engines on 127.0.0.1 (one at a time)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -430,7 +436,9 @@ def bench(
     seen in the engine log, teacher-forced prompt-logprob agreement with native. Stored in the
     database; a table, a PNG chart in --out-dir, or --json.
 
-    Example: tuner bench /tmp/ck --modes native,tuned --concurrency 1,64 --out-dir /tmp/bench"""
+    Example: tuner bench /tmp/ck --modes native,tuned --concurrency 1,64 --out-dir /tmp/bench
+
+    Example (FlagScale vs vLLM, both served, tuned): tuner bench /tmp/ck --engine vllm,flagscale --modes tuned"""
     from tuner.serving import bench as flow
     from tuner.serving.bench_report import agreement_lines, bench_chart, bench_table
 
@@ -440,7 +448,7 @@ def bench(
                             max_tokens=max_tokens, profile=profile, profile_concurrency=profile_concurrency,
                             out_dir=out_dir, db_url=db,
                             exclude=[o for o in exclude.split(",") if o] if exclude is not None else None,
-                            allow_foreign=allow_foreign, timeout_s=timeout)
+                            allow_foreign=allow_foreign, timeout_s=timeout, served=served, port=port)
     try:
         report = flow.bench(req, on_mode=lambda m: typer.echo(f"bench: {m} ...", err=True))
     except UserError as e:

@@ -14,12 +14,13 @@ _COLUMNS = ("mode", "concurrency", "output_tok_s", "output_tok_s_cold", "start_s
 
 def add_bench(session: Session, *, environment_id: int, bench_id: str, engine: str, model: str,
               rows: Iterable[Mapping[str, Any]]) -> list[BenchRun]:
-    """One BenchRun per row; the columns tuner queries by, everything else in `metrics`."""
+    """One BenchRun per row; the columns tuner queries by, everything else in `metrics`. A row's own
+    `engine` (a bench comparing engines) wins over the bench's."""
     out = []
     for r in rows:
-        run = BenchRun(environment_id=environment_id, bench_id=bench_id, engine=engine, model=model,
-                       **{c: r.get(c) for c in _COLUMNS},
-                       metrics={k: v for k, v in r.items() if k not in _COLUMNS})
+        run = BenchRun(environment_id=environment_id, bench_id=bench_id, engine=r.get("engine") or engine,
+                       model=model, **{c: r.get(c) for c in _COLUMNS},
+                       metrics={k: v for k, v in r.items() if k not in (*_COLUMNS, "engine")})
         session.add(run)
         out.append(run)
     session.flush()

@@ -112,3 +112,19 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'tuner.db'}"
     return request.getfixturevalue("pg_url")
+
+
+def hidden_modules(*names: str) -> str:
+    """Python source that hides the named top-level packages from every import finder (prepend it to a
+    child interpreter's code): the package is then missing, as on a host without it."""
+    return textwrap.dedent(f"""
+        import sys
+        class Hidden:
+            def __init__(self, finder):
+                self.finder = finder
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {names!r}:
+                    return None
+                return self.finder.find_spec(name, path, target)
+        sys.meta_path = [Hidden(f) if hasattr(f, "find_spec") else f for f in sys.meta_path]
+    """)

@@ -6,6 +6,13 @@ tuned    exactly what `tuner serve MODEL --use-tuned` starts: the runtime folder
 Each mode runs in its own process (`python -m tuner.serving.bench_engine`), one after another on
 the same GPU, with the environment `tuner serve` would give the engine; its log is kept and read
 for autotunes and Triton JIT compilations.
+
+Served engines (tuner.serving.bench_served): `--engine flagscale` is a server (FlagScale starts
+`vllm serve`), so its modes run as `tuner serve --engine flagscale` servers and the requests go over
+the OpenAI API. `--engine vllm,flagscale` runs every mode in both engines, both served (vLLM as
+`tuner serve --engine vllm` serves), the same requests through the same client, one engine after the
+other per mode: a ratio between them measures the launcher, not an in-process vs HTTP difference.
+`--served` serves vLLM alone that way.
 """
 from __future__ import annotations
 
@@ -22,12 +29,14 @@ from tuner.errors import UserError
 from tuner.serving import bench_stats
 
 MODES = ("native", "untuned", "tuned")
+ENGINES = ("vllm", "flagscale")
+SERVED_ONLY = ("flagscale",)  # engines tuner reaches as a server only
 
 
 @dataclass
 class BenchRequest:
     model: str
-    engine: str = "vllm"
+    engine: str = "vllm"  # one engine, or "vllm,flagscale": every mode in each (the first is the reference)
     modes: tuple[str, ...] = MODES
     out_dir: str = "bench"
     db_url: str | None = None
@@ -42,11 +51,29 @@ class BenchRequest:
     allow_foreign: bool = False
     timeout_s: float = 900.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    served: bool = False  # vLLM as a server too (flagscale always is; with it in the list, every engine is)
+    port: int = 8000  # served engines listen here on 127.0.0.1, one at a time
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        return tuple(e.strip() for e in self.engine.split(",") if e.strip())
+
+    @property
+    def is_served(self) -> bool:
+        return self.served or any(e in SERVED_ONLY for e in self.engines)
+
+
+def label(req: BenchRequest, engine: str, mode: str) -> str:
+    """A run's name in the report: the mode, or engine/mode when the bench compares engines."""
+    return mode if len(req.engines) == 1 else f"{engine}/{mode}"
 
 
 def validate(req: BenchRequest) -> None:
-    if req.engine != "vllm":
-        raise UserError(f"tuner bench runs the vllm engine only, not {req.engine!r}")
+    names = req.engines
+    bad_engines = [e for e in names if e not in ENGINES]
+    if bad_engines or not names or len(set(names)) != len(names):
+        raise UserError(f"--engine takes one or more different engines of {', '.join(ENGINES)}, "
+                        f"not {req.engine!r}")
     bad = [m for m in req.modes if m not in MODES]
     if bad or not req.modes:
         raise UserError(f"unknown mode {', '.join(bad) or '(none)'}; use one or more of {', '.join(MODES)}")
@@ -61,6 +88,21 @@ def validate(req: BenchRequest) -> None:
         raise UserError("--concurrency takes positive numbers")
     if req.prompt_tokens + req.output_tokens > 4096:
         raise UserError("--prompt-tokens + --output-tokens must fit the engine's 4096-token context")
+    if req.is_served:
+        if req.profile:
+            raise UserError("--profile needs the in-process engine (vLLM's profiler hooks); served engines "
+                            "(flagscale, --served) take no --profile")
+        if not 0 < req.port < 65536:
+            raise UserError(f"--port {req.port} is not a TCP port")
+        from tuner.serving.bench_served import HOST, port_free
+
+        if not port_free(req.port):
+            raise UserError(f"port {req.port} on {HOST} is in use; stop what listens there or pass --port")
+        for name in names:  # a missing FlagScale or vLLM is refused before any mode runs
+            from tuner.serving import engines
+
+            module = engines.engine(name)
+            module.command(req.model, req.port, [], host=HOST)
 
 
 def mode_env(req: BenchRequest, mode: str, folder: Path) -> dict[str, str]:
@@ -92,10 +134,20 @@ def engine_args(req: BenchRequest, mode: str, folder: Path) -> list[str]:
     return args
 
 
-def run_mode(req: BenchRequest, mode: str, on_line: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run one mode's process; its result JSON plus what its log says; a failure is recorded."""
-    folder = Path(req.out_dir) / mode
+def run_mode(req: BenchRequest, mode: str, engine: str = "vllm") -> dict[str, Any]:
+    """Run one mode of one engine; its result JSON plus what its log says; a failure is recorded."""
+    folder = Path(req.out_dir) / label(req, engine, mode).replace("/", "-")
     folder.mkdir(parents=True, exist_ok=True)
+    tag = {"engine_name": engine, "label": label(req, engine, mode), "api": "http" if req.is_served else "llm"}
+    if req.is_served:
+        from tuner.serving.bench_served import run_served
+
+        t0 = time.perf_counter()
+        out = run_served(req, engine, mode, folder)
+        log_path = folder / "engine.log"
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        out.update(tag, events=bench_stats.log_events(text.splitlines()), wall_s=time.perf_counter() - t0)
+        return out if "error" in out else {**out, "log": str(log_path)}
     env = mode_env(req, mode, folder)
     log_path = folder / "engine.log"
     t0 = time.perf_counter()
@@ -110,33 +162,55 @@ def run_mode(req: BenchRequest, mode: str, on_line: Callable[[str], None] | None
     events = bench_stats.log_events(log_path.read_text(errors="replace").splitlines())
     result_path = folder / "result.json"
     if rc != 0 or not result_path.exists():
-        return {"mode": mode, "error": f"engine process ended with {rc}; see {log_path}", "wall_s": wall,
+        return {"mode": mode, **tag, "error": f"engine process ended with {rc}; see {log_path}", "wall_s": wall,
                 "events": events}
-    return {**json.loads(result_path.read_text()), "events": events, "wall_s": wall, "log": str(log_path)}
+    return {**json.loads(result_path.read_text()), **tag, "events": events, "wall_s": wall, "log": str(log_path)}
 
 
-def summarise(results: list[dict]) -> dict[str, Any]:
+def _label(r: dict) -> str:
+    return r.get("label", r["mode"])
+
+
+def summarise(results: list[dict], reference_engine: str | None = None) -> dict[str, Any]:
+    """Rows per (run, concurrency) with ratios to the same engine's native and, when engines are
+    compared, to the reference engine (default: the first result's) in the same mode; teacher-forced
+    agreement likewise; keyed by run label (the mode alone when one engine ran)."""
+    ref_engine = reference_engine or (results[0].get("engine_name", "vllm") if results else "vllm")
     rows: list[dict] = []
     for r in results:
         if "error" not in r:
-            rows += bench_stats.summarise_mode(r, r["events"])
+            tag = {"label": _label(r), "engine": r.get("engine_name", "vllm"), "api": r.get("api", "llm")}
+            rows += [{**row, **tag} for row in bench_stats.summarise_mode(r, r["events"])]
     rows = bench_stats.with_ratios(rows)
-    ref = next((r for r in results if r["mode"] == "native" and "error" not in r), None)
-    agree = {}
-    for r in results:
-        if ref is not None and r is not ref and "error" not in r:
-            agree[r["mode"]] = bench_stats.agreement(ref["prompt_logprobs"], r["prompt_logprobs"])
+    if len({row["engine"] for row in rows}) > 1:
+        rows = bench_stats.engine_ratios(rows, ref_engine)
+    ok = [r for r in results if "error" not in r]
+
+    def find(engine: str, mode: str) -> dict | None:
+        return next((r for r in ok if r.get("engine_name", "vllm") == engine and r["mode"] == mode), None)
+
+    agree, across = {}, {}
+    for r in ok:
+        engine = r.get("engine_name", "vllm")
+        ref = find(engine, "native")
+        if ref is not None and r is not ref:
+            agree[_label(r)] = bench_stats.agreement(ref["prompt_logprobs"], r["prompt_logprobs"])
             if ref.get("small_m_logprobs") and r.get("small_m_logprobs"):
-                agree[r["mode"]]["small_m"] = bench_stats.agreement(ref["small_m_logprobs"], r["small_m_logprobs"])
+                agree[_label(r)]["small_m"] = bench_stats.agreement(ref["small_m_logprobs"], r["small_m_logprobs"])
+        other = find(ref_engine, r["mode"])
+        if engine != ref_engine and other is not None:  # the same vLLM under two launchers
+            across[_label(r)] = {"reference": _label(other),
+                                 **bench_stats.agreement(other["prompt_logprobs"], r["prompt_logprobs"])}
     for row in rows:
-        row.update({f"agreement_{k}": v for k, v in agree.get(row["mode"], {}).items() if k != "small_m"})
-        small = agree.get(row["mode"], {}).get("small_m", {})
+        row.update({f"agreement_{k}": v for k, v in agree.get(row["label"], {}).items() if k != "small_m"})
+        small = agree.get(row["label"], {}).get("small_m", {})
         row.update({f"agreement_small_m_{k}": v for k, v in small.items()})
-    errors = {r["mode"]: r["error"] for r in results if "error" in r}
-    return {"runs": rows, "agreement": agree, "errors": errors,
-            "engine": {r["mode"]: r.get("engine") for r in results if "error" not in r},
-            "jit_kernels": {r["mode"]: r["events"]["jit_kernels"] for r in results},
-            "router_calls": {r["mode"]: r["events"].get("router_calls") for r in results}}
+    errors = {_label(r): r["error"] for r in results if "error" in r}
+    return {"runs": rows, "agreement": agree, "engine_agreement": across, "errors": errors,
+            "reference_engine": ref_engine,
+            "engine": {_label(r): r.get("engine") for r in ok},
+            "jit_kernels": {_label(r): r["events"]["jit_kernels"] for r in results},
+            "router_calls": {_label(r): r["events"].get("router_calls") for r in results}}
 
 
 def store(req: BenchRequest, report: dict[str, Any]) -> str:
@@ -165,14 +239,15 @@ def bench(req: BenchRequest, on_mode: Callable[[str], None] | None = None) -> di
     out = Path(req.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for mode in req.modes:
-        if on_mode:
-            on_mode(mode)
-        results.append(run_mode(req, mode))
+    for mode in req.modes:  # engines side by side per mode: the runs a ratio compares are close in time
+        for engine in req.engines:
+            if on_mode:
+                on_mode(label(req, engine, mode))
+            results.append(run_mode(req, mode, engine))
         # what is finished is on disk even if a later mode is killed
         (out / "modes.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "prompt_logprobs"}
                                                      for r in results], default=str))
-    report = summarise(results)
+    report = summarise(results, req.engines[0])
     from db import shown_url
 
     report["request"] = {k: v for k, v in vars(req).items() if k != "extra_env"}

@@ -91,10 +91,25 @@ def agreement(reference: Sequence[Mapping], other: Sequence[Mapping]) -> dict[st
 
 
 def with_ratios(rows: list[dict], reference_mode: str = "native") -> list[dict]:
-    """Adds `vs_native` (output tokens/s over the native mode's at the same concurrency)."""
-    ref = {r["concurrency"]: r["output_tok_s"] for r in rows if r["mode"] == reference_mode}
+    """Adds `vs_native` (output tokens/s over the same engine's native mode at the same concurrency)."""
+    ref = {(r.get("engine"), r["concurrency"]): r["output_tok_s"] for r in rows if r["mode"] == reference_mode}
     out = []
     for r in rows:
-        base = ref.get(r["concurrency"])
+        base = ref.get((r.get("engine"), r["concurrency"]))
         out.append({**r, "vs_native": r["output_tok_s"] / base if base else None})
+    return out
+
+
+def engine_ratios(rows: list[dict], reference_engine: str) -> list[dict]:
+    """Adds `vs_engine` to the rows of the other engines: output tokens/s over the reference engine's
+    in the same mode at the same concurrency (`reference_engine` names it); None where it has no row."""
+    ref = {(r["mode"], r["concurrency"]): r["output_tok_s"] for r in rows if r.get("engine") == reference_engine}
+    out = []
+    for r in rows:
+        if r.get("engine") == reference_engine:
+            out.append(dict(r))
+            continue
+        base = ref.get((r["mode"], r["concurrency"]))
+        out.append({**r, "vs_engine": r["output_tok_s"] / base if base else None,
+                    "reference_engine": reference_engine})
     return out

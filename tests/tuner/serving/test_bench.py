@@ -70,26 +70,34 @@ def test_chart_is_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_rows_are_stored_and_read_back(tmp_path):
+def store_and_read(tmp_path, rows, engine="vllm"):
+    """The rows through bench_queries into a real SQLite database and back (the newest bench)."""
     db = open_database(f"sqlite:///{tmp_path / 't.db'}")
     try:
         with db.session() as s:
             env = queries.get_or_create_environment(s, "f" * 64, {"device": "cuda", "gpu_name": "NVIDIA H200",
                                                                   "torch": "2.11", "triton": "3.6", "python": "3.12"})
-            bench_queries.add_bench(s, environment_id=env.id, bench_id="b1", engine="vllm", model="/m",
-                                    rows=_report()["runs"])
+            bench_queries.add_bench(s, environment_id=env.id, bench_id="b1", engine=engine, model="/m", rows=rows)
             s.commit()
         with db.session() as s:
-            rows = bench_queries.bench_rows(s)
+            return bench_queries.bench_rows(s)
     finally:
         db.dispose()
+
+
+def test_rows_are_stored_and_read_back(tmp_path):
+    rows = store_and_read(tmp_path, _report()["runs"])
     assert len(rows) == 4 and rows[0]["bench_id"] == "b1"
     tuned = next(r for r in rows if r["mode"] == "tuned" and r["concurrency"] == 64)
     assert tuned["output_tok_s"] == 5600.0 and tuned["vs_native"] == pytest.approx(5600 / 5611)
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"engine": "transformers"}, "vllm engine only"),
+    ({"engine": "transformers"}, "engines of vllm, flagscale, not 'transformers'"),
+    ({"engine": "vllm,vllm"}, "different engines"),
+    ({"engine": ""}, "one or more"),
+    ({"served": True, "profile": True}, "--profile needs the in-process engine"),
+    ({"served": True, "port": 70000}, "not a TCP port"),
     ({"modes": ("native", "fast")}, "unknown mode fast"),
     ({"concurrency": (0,)}, "positive"),
     ({"prompt_tokens": 4000}, "4096-token context"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import result, run_py
+from tests.conftest import hidden_modules, result, run_py
 from tuner.errors import UserError
 from tuner.inject.plugin import read_state
 from tuner.serving.flow import ServeRequest, prepare
@@ -166,17 +166,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
 
 def test_missing_flagscale_says_how_to_install_it(tmp_path):
     """flag_scale hidden from every import finder, as on a host without it."""
-    hide = """
-import sys
-class Hidden:
-    def __init__(self, finder):
-        self.finder = finder
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "flag_scale":
-            return None
-        return self.finder.find_spec(name, path, target)
-sys.meta_path = [Hidden(f) if hasattr(f, "find_spec") else f for f in sys.meta_path]
-"""
+    hide = hidden_modules("flag_scale")
     model = tmp_path / "model"
     model.mkdir()
     line = _cli_fails(tmp_path, str(model), "--engine", "flagscale", "--runtime-dir", str(tmp_path / "rt"), code=hide)
