@@ -27,7 +27,7 @@ from tuner.tuning.candidates import Candidate, Candidates, canon_text, grid_conf
 from tuner.tuning.compile_pool import CompilePool
 from tuner.tuning.claims import StudyClaims, Taken
 from tuner.tuning.finalists import side_by_side
-from tuner.tuning.heartbeat import HEARTBEAT_S, Heartbeat
+from tuner.tuning.heartbeat import GRACE_S, HEARTBEAT_S, Heartbeat
 from tuner.tuning.history import Best, History
 from tuner.tuning.measurer import Measurer, Result, Setup, Status
 
@@ -144,6 +144,7 @@ class Search:
         self.first_number = 0
         self.timing = ""
         self.t_start = 0.0
+        self.waiting_since = 0.0  # when this process began waiting for others' claimed trials (0: not)
 
     def run(self) -> Outcome:
         t_setup = time.monotonic()
@@ -215,16 +216,29 @@ class Search:
         while True:
             while not self.exhausted and len(self.pending) < self.lookahead and self._budget_left():
                 self.exhausted = not self._ask_next()
-            if self.pending or not self._wait_for_others():
-                return bool(self.pending)
+            if self.pending:
+                self.waiting_since = 0.0
+                return True
+            if not self._wait_for_others():
+                return False
 
     def _wait_for_others(self) -> bool:
         """With claims: the study's budget is claimed to the last config and this process has
         nothing in flight, but other processes' claimed trials still run. Wait a heartbeat and
         clean up: a killed process's trial goes stale, its claim comes back and its config is
         queued again, and this process measures it (before, the study ended one config short and
-        the trial stayed RUNNING until the next tune opened the study). True: ask again."""
+        the trial stayed RUNNING until the next tune opened the study). True: ask again.
+
+        Bounded: a dead trial goes stale GRACE_S after its last beat, so after GRACE_S plus a beat
+        of waiting what still runs is alive and finishes the budget itself; without heartbeats
+        nothing can go stale and nothing is waited for."""
         if not self.claims or self.stop_reason != "trials" or self.budget.timed_out(self._elapsed()):
+            return False
+        if self.heartbeat.storage is None:
+            return False
+        now = time.monotonic()
+        self.waiting_since = self.waiting_since or now
+        if now - self.waiting_since > GRACE_S + HEARTBEAT_S:
             return False
         study = self.history.study
         if not self.claims.held_running(study):
