@@ -199,14 +199,15 @@ def persistent_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Ten
     return c
 
 
-def persistent_warmup(key: tuple, dtype: str, config: dict, has_bias: bool = False) -> None:
+def persistent_warmup(key: tuple, dtype: str, config: dict, has_bias: bool = False):
     """Compile `config` for key (M, N, K, BT) without launching (BT=1: B is an N x K weight's
-    .t()), as splitk_warmup does: Triton specialises on dtypes and on integers' divisibility."""
+    .t()), as splitk_warmup does: Triton specialises on dtypes and on integers' divisibility.
+    Returns Triton's compiled kernel (its `asm` holds the TTGIR and PTX)."""
     M, N, K, bt = key
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     programs = num_programs(M, N, config, sm_count_of(torch.device("cuda")))
     triton.set_allocator(_scratch)
-    persistent_mm_kernel.warmup(
+    return persistent_mm_kernel.warmup(
         dt, dt, dt, dt, M, N, K, K, K if bt else N, N, programs,
         grid=(programs,), **_launch_kwargs(config, bool(bt), has_bias, dt == torch.float32),
     )

@@ -25,6 +25,8 @@ probe)
   timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -k streamk tests/gpu/test_persistent_mm_gpu.py \
       > "$OUT/probe_streamk.log" 2>&1
   echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$OUT/probe_streamk.log" | tail -12
+  stamp "warp specialisation: what Triton compiled"
+  timeout 120 python3 -m tuner.benchmarks.ws_probe | tee "$OUT/ws_probe.jsonl"
   stamp "pytest -m gpu persistent, split-K, router"
   timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider -k "not streamk" tests/gpu/test_persistent_mm_gpu.py \
       > "$OUT/probe_tests.log" 2>&1
