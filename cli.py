@@ -429,16 +429,18 @@ def bench(
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Benchmark one model in the engine: native vs FlagGems untuned vs FlagGems + tuned.
+    """Benchmark one model in the engine: native vs FlagGems untuned vs tuned.
 
-    The same requests in each mode, one engine process per mode: engine start, output tokens/s at
-    each concurrency (cold and warm), TTFT/TPOT percentiles, autotunes and Triton JIT compilations
-    seen in the engine log, teacher-forced prompt-logprob agreement with native. Stored in the
+    The same requests in each mode, one engine process per mode: engine
+    start, output tokens/s at each concurrency (cold and warm), TTFT/TPOT
+    percentiles, autotunes and Triton JIT compilations seen in the engine
+    log, teacher-forced prompt-logprob agreement with native. Stored in the
     database; a table, a PNG chart in --out-dir, or --json.
 
-    Example: tuner bench /tmp/ck --modes native,tuned --concurrency 1,64 --out-dir /tmp/bench
+    Example: tuner bench /tmp/ck --modes native,tuned --out-dir /tmp/bench
 
-    Example (FlagScale vs vLLM, both served, tuned): tuner bench /tmp/ck --engine vllm,flagscale --modes tuned"""
+    Example (FlagScale vs vLLM, both served):
+    tuner bench /tmp/ck --engine vllm,flagscale --modes tuned"""
     from tuner.serving import bench as flow
     from tuner.serving.bench_report import agreement_lines, bench_chart, bench_table
 
