@@ -29,6 +29,7 @@ from tuner.tuning.claims import StudyClaims, Taken
 from tuner.tuning.finalists import side_by_side
 from tuner.tuning.heartbeat import GRACE_S, HEARTBEAT_S, Heartbeat
 from tuner.tuning.history import Best, History
+from tuner.tuning.interrupts import interrupts_checked, raise_if_pending
 from tuner.tuning.measurer import Measurer, Result, Setup, Status
 
 SAMPLERS = ("tpe", "gp", "random", "grid")
@@ -192,8 +193,13 @@ class Search:
         self.best = self.history.best()  # a resumed study starts from its best so far
 
     def _optimize(self) -> None:
+        with interrupts_checked():
+            self._optimize_loop()
+
+    def _optimize_loop(self) -> None:
         try:
             while self._fill_pipeline():
+                raise_if_pending()  # a Ctrl-C that a finalizer swallowed still stops the search
                 self._measure_next()
         except KeyboardInterrupt:
             # the pipeline's trials and one asked but not yet admitted: every trial this run asked
@@ -244,6 +250,7 @@ class Search:
         if not self.claims.held_running(study):
             return False
         time.sleep(HEARTBEAT_S)
+        raise_if_pending()
         self.claims.clean(study)
         self.exhausted = False
         return True
