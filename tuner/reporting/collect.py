@@ -91,6 +91,18 @@ def profile_summary(run: Any, rows: list[Any], top: int = 10) -> dict[str, Any]:
                       "total_us": r.total_us, "share": r.share} for r in (kernel_rows or rows)[:top]]}
 
 
+def bench_engines(rows: list[dict]) -> list[str]:
+    """The engines of one bench's rows, in their order (the first is the reference)."""
+    return list(dict.fromkeys(str(r.get("engine")) for r in rows))
+
+
+def label_bench(rows: list[dict]) -> list[dict]:
+    """Each row's run label as `tuner bench` prints it: engine/mode when the bench compared engines
+    (`--engine vllm,flagscale`), the mode alone otherwise."""
+    many = len(bench_engines(rows)) > 1
+    return [{**r, "label": f"{r.get('engine')}/{r['mode']}" if many else r["mode"]} for r in rows]
+
+
 def collect(db_url: str | None, profiles: int = 3) -> ReportData:
     """Everything the report shows; the newest `profiles` profile runs."""
     from sqlalchemy import select
@@ -107,7 +119,7 @@ def collect(db_url: str | None, profiles: int = 3) -> ReportData:
             data.best = best_by_op(queries.records(queries.best_configs(s)))
             runs = s.scalars(select(ProfileRun).order_by(ProfileRun.id.desc()).limit(profiles))
             data.profiles = [profile_summary(run, pq.hot_ops(s, run)) for run in runs]
-            data.bench = bench_queries.bench_rows(s)
+            data.bench = label_bench(bench_queries.bench_rows(s))
         data.searches = searches(db.url)
         data.source = shown_url(db.url)
         return data

@@ -8,7 +8,7 @@ from typing import Any
 
 from tuner.report import fmt
 from tuner.reporting import plots
-from tuner.reporting.collect import ReportData
+from tuner.reporting.collect import ReportData, bench_engines
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}th,td{padding:2px 8px;text-align:right}
@@ -72,13 +72,22 @@ def _profile_section(data: ReportData, out: Path) -> list[str]:
 def _bench_section(data: ReportData, out: Path) -> list[str]:
     rows = data.bench
     png = plots.bench(rows, out / "bench.png")
-    table = _table(["mode", "concurrency", "output tok/s", "x native", "start s", "autotunes"],
-                   [[html.escape(str(r["mode"])), str(r["concurrency"]), fmt(r["output_tok_s"], ".1f"),
-                     fmt(r.get("vs_native"), ".3f"), fmt(r.get("start_s"), ".1f"), fmt(r.get("autotunes"), ".0f")]
-                    for r in rows])
+    engines = bench_engines(rows)
+    many = len(engines) > 1  # engines compared: which engine each row is, and its ratio to the first
+    ref = next((r["reference_engine"] for r in rows if r.get("reference_engine")), engines[0])
+    header = ["mode", "concurrency", "output tok/s", "x native", "start s", "autotunes"]
+    if many:
+        header = ["engine", *header[:4], f"x {ref}", *header[4:]]
+    body = []
+    for r in rows:
+        cells = [html.escape(str(r["mode"])), str(r["concurrency"]), fmt(r["output_tok_s"], ".1f"),
+                 fmt(r.get("vs_native"), ".3f"), fmt(r.get("start_s"), ".1f"), fmt(r.get("autotunes"), ".0f")]
+        if many:
+            cells = [html.escape(str(r.get("engine"))), *cells[:4], fmt(r.get("vs_engine"), ".3f"), *cells[4:]]
+        body.append(cells)
     bench_id = html.escape(str(rows[0].get("bench_id", "")))
-    return [f"<h2>Serving bench {bench_id} ({html.escape(str(rows[0].get('engine')))})</h2>",
-            *([f'<img src="{png.name}" alt="bench">'] if png else []), table]
+    return [f"<h2>Serving bench {bench_id} ({html.escape(', '.join(engines))})</h2>",
+            *([f'<img src="{png.name}" alt="bench">'] if png else []), _table(header, body)]
 
 
 def write(data: ReportData, out: Path) -> Path:

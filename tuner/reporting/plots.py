@@ -89,8 +89,9 @@ def profile(p: dict, path: Path) -> Path:
 
 
 def bench(rows: list[dict], path: Path) -> Path | None:
-    """The serving bench's chart (tuner bench's own)."""
+    """The serving bench's chart (tuner bench's own): bars by run label (engine/mode when the bench
+    compared engines, see collect.label_bench), the engines in the title."""
+    from tuner.reporting.collect import bench_engines
     from tuner.serving.bench_report import bench_chart
 
-    engine = rows[0].get("engine", "vllm") if rows else "vllm"
-    return bench_chart({"runs": rows, "request": {"engine": engine}}, path)
+    return bench_chart({"runs": rows, "request": {"engine": ",".join(bench_engines(rows))}}, path)

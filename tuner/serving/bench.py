@@ -210,7 +210,8 @@ def summarise(results: list[dict], reference_engine: str | None = None) -> dict[
             "reference_engine": ref_engine,
             "engine": {_label(r): r.get("engine") for r in ok},
             "jit_kernels": {_label(r): r["events"]["jit_kernels"] for r in results},
-            "router_calls": {_label(r): r["events"].get("router_calls") for r in results}}
+            "router_calls": {_label(r): r["events"].get("router_calls") for r in results},
+            "moe_configs": {_label(r): r["events"].get("moe_configs") for r in results}}
 
 
 def store(req: BenchRequest, report: dict[str, Any]) -> str:

@@ -49,6 +49,7 @@ def agreement_lines(report: Mapping[str, Any]) -> list[str]:
                          f"decode sizes): top-1 {small['top1_agreement']:.1%}, max |d logprob| "
                          f"{small['max_abs_dlogprob']:.3f}")
     lines += engine_lines(report)
+    lines += moe_lines(report)
     for mode, err in report.get("errors", {}).items():
         lines.append(f"{mode}: FAILED: {err}")
     return lines
@@ -69,6 +70,22 @@ def engine_lines(report: Mapping[str, Any], within: float = 0.03) -> list[str]:
             lines.append(f"{name} vs {a['reference']}, teacher-forced on {a['positions']} prompt positions: "
                          f"top-1 agreement {a['top1_agreement']:.1%}, max |d logprob| {a['max_abs_dlogprob']:.3f}")
     return lines
+
+
+def _moe_file(key: str, lines: int) -> str:
+    from tuner.serving.bench_stats import moe_source
+
+    source = moe_source(key)
+    what = {"tuner": f"tuner's runtime folder {Path(key).name}", "vllm": f"vLLM's shipped {Path(key).name}",
+            "default": "vLLM's default config (no file found)"}.get(source, key)
+    return f"{what} ({lines} line{'s' if lines > 1 else ''})"
+
+
+def moe_lines(report: Mapping[str, Any]) -> list[str]:
+    """Per run, the fused-MoE config files vLLM said its MoE layers read (engine log lines; a
+    model without MoE layers has none, and no line here)."""
+    return [f"{run}: MoE configs served: {'; '.join(_moe_file(k, n) for k, n in files.items())}"
+            for run, files in (report.get("moe_configs") or {}).items() if files]
 
 
 def bench_chart(report: Mapping[str, Any], path: str | Path) -> Path | None:
@@ -93,8 +110,12 @@ def bench_chart(report: Mapping[str, Any], path: str | Path) -> Path | None:
         vals = [rows[m]["output_tok_s"] if m in rows else 0 for m in labels]
         bars = ax.bar(labels, vals, color=[MODE_COLOURS[mode_of[m]] for m in labels],
                       hatch=[hatch[m] for m in labels])
-        if len(labels) > 3:
+        if len(labels) > 3:  # engine/mode labels: slanted, each ending under its bar, room above the ratios
             ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+            for tick in ax.get_xticklabels():
+                tick.set_horizontalalignment("right")
+                tick.set_rotation_mode("anchor")
+            ax.set_ylim(top=1.12 * max(vals or [0]) or None)
         for bar, m in zip(bars, labels):
             ratio = rows.get(m, {}).get("vs_native")
             if ratio is not None:
@@ -102,8 +123,13 @@ def bench_chart(report: Mapping[str, Any], path: str | Path) -> Path | None:
                             ha="center", va="bottom", fontsize=9)
         ax.set_title(f"{c} concurrent request{'s' if c > 1 else ''}")
         ax.set_ylabel("output tokens/s (warm)")
-    fig.suptitle(f"{report.get('request', {}).get('engine', 'vllm')}: {' vs '.join(labels)} (x native)",
-                 fontsize=10 if len(labels) > 3 else None)
+    engines = list(dict.fromkeys(r.get("engine") for r in runs))
+    if len(engines) > 1:  # the labels are on the bars: the title names the engines and which is hatched
+        title = (f"{' vs '.join(map(str, engines))} ({', '.join(map(str, engines[1:]))} hatched): output tokens/s, "
+                 f"x native per engine")
+    else:
+        title = f"{report.get('request', {}).get('engine', 'vllm')}: {' vs '.join(labels)} (x native)"
+    fig.suptitle(title, fontsize=10 if len(labels) > 3 else None)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -8,6 +8,8 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tuner.inject.plugin import MOE_FOLDER  # the runtime folder's subfolder of MoE configs
+
 # Units (what the logs allow): `autotunes` counts autotuning lines, i.e. Triton's one line per config
 # benchmarked plus its per-key summaries (0 is the target either way); `jit_compiles` counts vLLM
 # 0.26's JIT-monitor warnings, which it logs once per kernel name and process, so it is the number of
@@ -19,6 +21,13 @@ JIT_LINE = re.compile(r"Triton kernel JIT compilation during inference: *([A-Za-
 ROUTER_LINE = re.compile(r"tuner router: GEMM calls dispatched since start: FlagGems (\d+), split-K (\d+), "
                          r"(?:persistent (\d+), )?(?:stream-K (\d+), )?native (\d+)"
                          r"(?: \(of which routed keys kept native on the eager path: (\d+)\))?")
+# vLLM's fused-MoE config lookup (get_moe_configs in model_executor/layers/fused_moe/fused_moe.py): the
+# file it read (info_once: once per file and process, first rank only), or that none was found (the
+# paths it tried, comma-joined) and the kernel's default config serves. The same text in the installed
+# vLLM 0.33 and in stored vLLM sources before and after VLLM_TUNED_CONFIG_FOLDER (v0.26.0 itself not read)
+MOE_CONFIG_LINE = re.compile(r"Using configuration from (.+?) for MoE layer\.")
+MOE_DEFAULT_LINE = re.compile(r"Using default MoE config\. Performance might be sub-optimal! Config file not found at")
+MOE_DEFAULT = "default"  # moe_configs' key for the default-config lines
 
 
 def percentile(xs: Sequence[float], q: float) -> float | None:
@@ -31,9 +40,24 @@ def percentile(xs: Sequence[float], q: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def moe_source(key: str) -> str:
+    """Which config a `moe_configs` key is: tuner's runtime folder, vLLM's shipped configs, the
+    kernel's default (no file found), or another file (a VLLM_TUNED_CONFIG_FOLDER not tuner's)."""
+    if key == MOE_DEFAULT:
+        return "default"
+    parts = key.replace("\\", "/").split("/")
+    if len(parts) >= 2 and parts[-2] == MOE_FOLDER:
+        return "tuner"
+    if len(parts) >= 3 and parts[-3:-1] == ["fused_moe", "configs"]:
+        return "vllm"
+    return "other"
+
+
 def log_events(lines: Iterable[str]) -> dict[str, Any]:
-    """Autotune benchmarks and Triton JIT compilations seen in an engine log."""
-    autotunes, jit, router = 0, {}, None
+    """Autotune benchmarks, Triton JIT compilations, tuner's router counts and vLLM's fused-MoE
+    config lines (`moe_configs`: lines per file read, MOE_DEFAULT for no file; None without a line)
+    seen in an engine log."""
+    autotunes, jit, router, moe = 0, {}, None, None
     for line in lines:
         if AUTOTUNE_LINE.search(line):
             autotunes += 1
@@ -46,7 +70,13 @@ def log_events(lines: Iterable[str]) -> dict[str, Any]:
             for k, v in zip(("flaggems", "splitk", "persistent", "streamk", "native", "eager_native"), r.groups()):
                 if v is not None:
                     router[k] = router.get(k, 0) + int(v)
-    return {"autotunes": autotunes, "jit_compiles": sum(jit.values()), "jit_kernels": jit, "router_calls": router}
+        m = MOE_CONFIG_LINE.search(line)
+        key = m.group(1) if m else MOE_DEFAULT if MOE_DEFAULT_LINE.search(line) else None
+        if key is not None:  # vLLM logs each file once per process (and config lookup): counted per file
+            moe = moe if moe is not None else {}
+            moe[key] = moe.get(key, 0) + 1
+    return {"autotunes": autotunes, "jit_compiles": sum(jit.values()), "jit_kernels": jit, "router_calls": router,
+            "moe_configs": moe}
 
 
 def summarise_mode(result: Mapping[str, Any], events: Mapping[str, Any]) -> list[dict]:

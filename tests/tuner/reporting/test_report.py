@@ -65,3 +65,46 @@ def test_cli_refuses_a_missing_or_empty_database(tmp_path):
     r = cli("--db", str(empty), "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and "nothing stored yet" in r.stderr and not (tmp_path / "r").exists()
     assert sqlite3.connect(empty).execute("select count(*) from tuner_best_configs").fetchone() == (0,)
+
+
+def test_a_two_engine_bench_shows_its_engines(db, tmp_path):
+    """`tuner bench --engine vllm,flagscale` stored on top of the recorded database (its rows from the
+    bench's own summary of mode results, tests/tuner/serving/test_bench_served.py): the report's table
+    and chart name each row's engine; the recorded one-engine bench's section is as before."""
+    pytest.importorskip("matplotlib")
+    from db import bench_queries, open_database
+    from db.models import Environment
+    from tests.tuner.serving.test_bench_served import _two_engine_report
+
+    single = collect.collect(db)
+    assert [r["label"] for r in single.bench] == [r["mode"] for r in single.bench]
+    one = page._bench_section(single, tmp_path)
+    assert one[0].endswith("(vllm)</h2>") and "<th>engine</th>" not in one[-1]
+    assert "<th>mode</th><th>concurrency</th><th>output tok/s</th><th>x native</th><th>start s</th>" in one[-1]
+
+    rep = _two_engine_report()
+    store = open_database(f"sqlite:///{db}")
+    try:
+        with store.session() as s:
+            env_id = s.query(Environment.id).first()[0]  # the recorded H200's environment
+            bench_queries.add_bench(s, environment_id=env_id, bench_id="bench-two", engine="vllm,flagscale",
+                                    model="/tmp/ck", rows=rep["runs"])
+            s.commit()
+    finally:
+        store.dispose()
+    data = collect.collect(db)
+    labels = [r["label"] for r in data.bench]
+    assert len(set(labels)) == len(set(labels) & {f"{e}/{m}" for e in ("vllm", "flagscale")
+                                                  for m in ("native", "untuned", "tuned")}) == 6
+    path = page.write(data, tmp_path / "report")
+    text = path.read_text()
+    assert "<h2>Serving bench bench-two (vllm, flagscale)</h2>" in text
+    assert "<th>engine</th><th>mode</th><th>concurrency</th><th>output tok/s</th><th>x native</th><th>x vllm</th>" \
+        in text
+    fs_tuned = next(r for r in data.bench if r["label"] == "flagscale/tuned" and r["concurrency"] == 1)
+    cells = ["flagscale", "tuned", "1", f"{fs_tuned['output_tok_s']:.1f}", f"{fs_tuned['vs_native']:.3f}",
+             f"{fs_tuned['vs_engine']:.3f}"]
+    assert "<tr>" + "".join(f"<td>{c}</td>" for c in cells) in text
+    assert text.count("<tr><td>vllm</td>") == text.count("<tr><td>flagscale</td>") == 6  # 3 modes x 2 concurrencies
+    assert fs_tuned["vs_engine"] == pytest.approx(0.98)  # the bench's FlagScale ran at 0.98 of vLLM's pace
+    assert (path.parent / "bench.png").read_bytes()[:8] == PNG

@@ -122,3 +122,31 @@ def test_engine_process_arguments_are_its_own_parsers(tmp_path):
         ("tuned", [1, 8], 64, str(tmp_path / "tuned" / "trace"))
     plain = bench_engine.parse_args(flow.engine_args(flow.BenchRequest(model=str(tmp_path)), "native", tmp_path)[3:])
     assert plain.profile_dir is None and plain.profile_concurrency == 1
+
+
+def test_moe_config_files_per_mode_reach_the_report_and_its_lines(tmp_path):
+    """A MoE checkpoint's bench: each mode's engine log says which fused-MoE config file served (vLLM's
+    own lines, tests/tuner/serving/test_bench_stats.py), and the report says it per mode."""
+    from tests.tuner.serving.test_bench_stats import KEY, SITE, _moe_line
+    from tuner.serving import bench_stats
+
+    runtime = tmp_path / "tuned" / "runtime" / bench_stats.MOE_FOLDER / KEY
+    logs = {"native": [_moe_line("INFO", 1153, f"Using configuration from {SITE}/{KEY} for MoE layer.")],
+            "untuned": [_moe_line("WARNING", 1166, "Using default MoE config. Performance might be sub-optimal! "
+                                                   f"Config file not found at {SITE}/{KEY}")],
+            "tuned": [_moe_line("INFO", 1153, f"Using configuration from {runtime} for MoE layer.")]}
+    results = []
+    for mode, tps in (("native", 200.0), ("untuned", 150.0), ("tuned", 230.0)):
+        log = tmp_path / f"{mode}.log"
+        log.write_text("\n".join(["INFO 11-30 21:04:01 [loader.py:1] loading", *logs[mode]]) + "\n")
+        results.append({**_mode(mode, tps, tps * 20, 60.0),
+                        "events": bench_stats.log_events(log.read_text().splitlines())})
+    rep = flow.summarise(results)
+    assert rep["moe_configs"] == {"native": {f"{SITE}/{KEY}": 1}, "untuned": {bench_stats.MOE_DEFAULT: 1},
+                                  "tuned": {str(runtime): 1}}
+    lines = agreement_lines(rep)
+    assert f"native: MoE configs served: vLLM's shipped {KEY} (1 line)" in lines
+    assert "untuned: MoE configs served: vLLM's default config (no file found) (1 line)" in lines
+    assert f"tuned: MoE configs served: tuner's runtime folder {KEY} (1 line)" in lines
+    # a dense model's bench has no MoE line
+    assert not any("MoE" in line for line in agreement_lines(_report()))

@@ -22,12 +22,64 @@ def test_log_events_counts_autotunes_and_jit_compiles_by_kernel():
     ]
     ev = bs.log_events(lines)
     assert ev == {"autotunes": 1, "jit_compiles": 3,
-                  "jit_kernels": {"argmax_kernel_inner": 2, "fill_scalar_kernel": 1}, "router_calls": None}
+                  "jit_kernels": {"argmax_kernel_inner": 2, "fill_scalar_kernel": 1}, "router_calls": None,
+                  "moe_configs": None}
     line = "(EngineCore pid=1) INFO [gemm_router.py:1] tuner router: GEMM calls dispatched since start: " \
            "FlagGems 448, split-K 0, native 3920"
     assert bs.log_events([line])["router_calls"] == {"flaggems": 448, "splitk": 0, "native": 3920}
     # one line per process that installed the router (tensor-parallel workers): summed
     assert bs.log_events([line, line])["router_calls"] == {"flaggems": 896, "splitk": 0, "native": 7840}
+
+
+SITE = "/tmp/site/vllm/model_executor/layers/fused_moe/configs"  # vLLM's shipped configs on the GPU host
+KEY = "E=128,N=768,device_name=NVIDIA_H200.json"
+
+
+def _moe_line(level: str, line_no: int, message: str, pid: int = 5318) -> str:
+    """A line as vLLM's logger writes it (vllm/logger.py's _FORMAT, the engine core's process name)."""
+    return f"(EngineCore_DP0 pid={pid}) {level} 11-30 21:04:{line_no % 60:02d} [fused_moe.py:{line_no}] {message}"
+
+
+def test_log_events_counts_the_moe_config_files_each_mode_read():
+    tuned = f"/tmp/bench-moe/tuned/runtime/{bs.MOE_FOLDER}/{KEY}"
+    lines = [
+        _moe_line("INFO", 1153, f"Using configuration from {tuned} for MoE layer."),
+        _moe_line("INFO", 1153, f"Using configuration from {tuned} for MoE layer.", pid=5320),  # a second worker
+        _moe_line("INFO", 1153, f"Using configuration from {SITE}/E=128,N=384,device_name=NVIDIA_H200.json for "
+                                "MoE layer."),
+        "INFO 11-30 21:04:09 [gpu_model_runner.py:2602] Model loading took 11.2 GiB",
+    ]
+    ev = bs.log_events(lines)
+    assert ev["moe_configs"] == {tuned: 2, f"{SITE}/E=128,N=384,device_name=NVIDIA_H200.json": 1}
+    assert [bs.moe_source(k) for k in ev["moe_configs"]] == ["tuner", "vllm"]
+    # no file: vLLM names the paths it tried and serves its default config
+    default = _moe_line("WARNING", 1166, "Using default MoE config. Performance might be sub-optimal! Config file "
+                                         f"not found at /tmp/rt/{bs.MOE_FOLDER}/{KEY}, {SITE}/{KEY}")
+    assert bs.log_events([default, default])["moe_configs"] == {bs.MOE_DEFAULT: 2}
+    assert bs.moe_source(bs.MOE_DEFAULT) == "default"
+    assert bs.moe_source(f"/home/me/moe/{KEY}") == "other"  # a VLLM_TUNED_CONFIG_FOLDER of one's own
+    # the dense model's log: no MoE layer, no count (not an empty one)
+    assert bs.log_events(lines[-1:])["moe_configs"] is None
+
+
+def test_moe_patterns_match_the_installed_vllm_messages():
+    """The regexes against the messages in the installed vLLM's own source (read, not imported)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None:
+        pytest.skip("vllm is not installed")
+    src = (Path(spec.origin).parent / "model_executor/layers/fused_moe/fused_moe.py").read_text()
+    found = re.search(r'logger\.info(?:_once)?\(\s*"(Using configuration from %s for MoE layer\.)"', src)
+    assert found, "vLLM's fused_moe.py no longer logs the config file it reads in the known form"
+    path = f"{SITE}/{KEY}"
+    assert bs.log_events([_moe_line("INFO", 1153, found.group(1) % path)])["moe_configs"] == {path: 1}
+    default = re.search(r'logger\.warning(?:_once)?\(\s*\(?"(Using default MoE config\. [^"]*)"\s*"([^"]*)"', src)
+    assert default, "vLLM's fused_moe.py no longer logs its default MoE config in the known form"
+    message = (default.group(1) + default.group(2)) % path
+    assert bs.log_events([_moe_line("WARNING", 1166, message)])["moe_configs"] == {bs.MOE_DEFAULT: 1}
 
 
 def _batch(c, phase, tps, ttft=(), tpot=()):
