@@ -40,3 +40,21 @@ def test_two_workers_on_one_gpu_measure_each_config_once(tmp_path):
                 if t.user_attrs.get("status") in {"ok", "failed", "wrong", "crashed", "hang"}
                 and not t.user_attrs.get("duplicate")]
     assert len(measured) == len(set(measured)) == 16
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_two_gpus_work_one_study_and_measure_each_config_once(tmp_path):
+    """`--gpus 0,1`: one worker on each GPU, one study, the budget measured once each, and both GPUs
+    measured some of it (each trial records the GPU that timed it)."""
+    import optuna
+
+    db = tmp_path / "t.db"
+    p = _tune(db, "--gpus", "0,1", "--trials", "16", "--seed", "0")
+    assert p.returncode == 0, p.stderr[-3000:]
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{db}")
+    trials = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}").get_trials()
+    done = [t for t in trials if t.user_attrs.get("status") in {"ok", "failed", "wrong", "crashed", "hang"}
+            and not t.user_attrs.get("duplicate")]
+    measured = [t.user_attrs["canonical"] for t in done]
+    assert len(measured) == len(set(measured)) == 16
+    assert {t.user_attrs.get("gpu") for t in done} == {"0", "1"}

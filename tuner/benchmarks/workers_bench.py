@@ -1,13 +1,14 @@
-"""Many workers on one study, against the exhaustive grid (issue 13's measurement).
+"""Many workers (or GPUs) on one study, against the exhaustive grid (issues 13 and 17).
 
-Reads the Optuna studies that `tuner tune` left in a grid database (`--sampler grid`: every valid
-config measured) and in one database per run of the same keys (e.g. `--workers 1` and
-`--workers 4`, same --trials and --seed), matched by study name, and reports per run and key:
-the search's wall time until a measured config came within SLACK of the grid's best (from the
-first trial's start: the baselines before it are the same for every run), configs measured, and
-configs measured twice (the claims must make that 0).
+Reads the Optuna studies that `tuner tune` left in one database per run of the same keys (e.g.
+`--workers 1` and `--workers 4`, or `--gpus 0` and `--gpus 0,1`, same --trials and --seed),
+matched by study name, and reports per run and key: the search's wall time until a measured
+config came within SLACK of the reference (from the first trial's start: the baselines before it
+are the same for every run), configs measured, and configs measured twice (the claims must make
+that 0). The reference is the grid's best when a grid database (`--sampler grid`: every valid
+config measured) is given, else the best config any of the runs measured for that key.
 
-usage: python -m tuner.benchmarks.workers_bench --grid GRID_DB LABEL=RUN_DB [LABEL=RUN_DB ...]
+usage: python -m tuner.benchmarks.workers_bench [--grid GRID_DB] LABEL=RUN_DB [LABEL=RUN_DB ...]
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def _seconds(a: datetime, b: datetime) -> float:
     return (b - a).total_seconds()
 
 
-def summarise(trials: list[FrozenTrial], grid_best: float | None, slack: float = SLACK) -> dict:
-    """One run's study against the grid's best: wall time to target, measured, measured twice."""
+def summarise(trials: list[FrozenTrial], reference: float | None, slack: float = SLACK) -> dict:
+    """One run's study against a reference time: wall time to target, measured, measured twice."""
     done = measured(trials)
     counts = Counter(t.user_attrs["canonical"] for t in done)
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
@@ -54,29 +55,37 @@ def summarise(trials: list[FrozenTrial], grid_best: float | None, slack: float =
     ends = sorted((t.datetime_complete, t.value) for t in done
                   if t.datetime_complete is not None and t.state == TrialState.COMPLETE
                   and t.user_attrs.get("status") == "ok")
-    target = grid_best * slack if grid_best else None
+    target = reference * slack if reference else None
     hit = next((when for when, value in ends if target is not None and value <= target), None)
     best = best_us(trials)
     return {
         "measured": len(done), "measured_twice": sum(n - 1 for n in counts.values() if n > 1),
         "running_left": sum(t.state == TrialState.RUNNING for t in trials),
-        "best_us": best, "grid_best_us": grid_best,
-        "best_over_grid": best / grid_best if best and grid_best else None,
+        "measured_by_gpu": dict(sorted(Counter(t.user_attrs.get("gpu", "-") for t in done).items())),
+        "best_us": best, "reference_us": reference,
+        "best_over_reference": best / reference if best and reference else None,
         "s_to_target": _seconds(t0, hit) if hit and t0 else None,
         "search_s": _seconds(t0, ends[-1][0]) if ends and t0 else None,
     }
 
 
-def compare(grid_url: str, runs: dict[str, str], slack: float = SLACK) -> list[dict]:
-    grid = studies(grid_url)
+def compare(grid_url: str | None, runs: dict[str, str], slack: float = SLACK) -> list[dict]:
+    """One row per run and study; without a grid the reference is the best any run measured."""
+    loaded = {label: studies(url) for label, url in runs.items()}
+    grid = studies(grid_url) if grid_url else None
     rows = []
-    for label, url in runs.items():
-        for name, trials in sorted(studies(url).items()):
+    for label, run in loaded.items():
+        for name, trials in sorted(run.items()):
+            if grid is None:
+                found = [b for b in (best_us(other[name]) for other in loaded.values() if name in other) if b]
+                rows.append({"run": label, "study": name, "reference": "best of runs",
+                             **summarise(trials, min(found) if found else None, slack)})
+                continue
             if name not in grid:
                 raise SystemExit(f"study {name} of run {label} is not in the grid database (other key, "
                                  "dtype or kernel source?)")
             g = grid[name]
-            rows.append({"run": label, "study": name, "grid_measured": len(measured(g)),
+            rows.append({"run": label, "study": name, "reference": "grid", "grid_measured": len(measured(g)),
                          "grid_measured_twice": summarise(g, None)["measured_twice"],
                          **summarise(trials, best_us(g), slack)})
     return rows
@@ -88,7 +97,7 @@ def _url(path: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--grid", required=True, help="database of the --sampler grid run")
+    ap.add_argument("--grid", help="database of the --sampler grid run (default: the best of the runs)")
     ap.add_argument("runs", nargs="+", help="LABEL=DB, one per run (e.g. w1=/tmp/w1.db w4=/tmp/w4.db)")
     ap.add_argument("--slack", type=float, default=SLACK)
     args = ap.parse_args()
@@ -99,7 +108,7 @@ def main() -> None:
         if not sep or not label or not path:
             ap.error(f"a run is LABEL=DB, got {spec!r}")
         runs[label] = _url(path)
-    for row in compare(_url(args.grid), runs, args.slack):
+    for row in compare(_url(args.grid) if args.grid else None, runs, args.slack):
         print(json.dumps(row))
 
 

@@ -7,6 +7,7 @@ reason, duplicate, errors); only "canonical" is set earlier, when the candidate 
 from __future__ import annotations
 
 import json
+import os
 from typing import Iterable, NamedTuple
 
 import optuna
@@ -34,6 +35,9 @@ class Best(NamedTuple):
 
 
 _NOT_MEASURED = (Status.INVALID, Status.INTERRUPTED, Status.UNUSED)
+# the GPU this worker measures on when `tune --gpus` started it (tuner.tuning.parallel): kept per
+# trial so a study worked by several GPUs says which timed what
+MEASURING_GPUS = os.environ.get("TUNER_WORKER_GPU", "")
 
 
 def _is_record(t: optuna.trial.FrozenTrial) -> bool:
@@ -147,6 +151,8 @@ class History:
             if getattr(res, name) is not None:
                 trial.set_user_attr(name, getattr(res, name))
         trial.set_user_attr("status", res.status.value)
+        if MEASURING_GPUS:  # which GPU timed it, when `--gpus` split the study over several
+            trial.set_user_attr("gpu", MEASURING_GPUS)
         if res.ok:
             self.study.tell(trial, res.time_us)
             self.known[text] = Known(TrialState.COMPLETE, res.time_us,

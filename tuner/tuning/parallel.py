@@ -108,7 +108,7 @@ def run_parallel(req: flow.TuneRequest, workers: int, gpus: str | None,
     for child in children:
         env = dict(os.environ)
         if child.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = child.gpu
+            env["CUDA_VISIBLE_DEVICES"] = env["TUNER_WORKER_GPU"] = child.gpu
         # output into files, not pipes: a child filling a pipe's 64 KiB while the parent waits on
         # another would stall
         child.out, child.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")

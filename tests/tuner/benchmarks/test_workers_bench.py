@@ -33,11 +33,11 @@ def _frozen(specs):
 def test_time_to_target_counts_from_the_first_start_and_ignores_duplicates():
     trials = _frozen([(0, 2, 12.0, "a"), (1, 5, 10.3, "b"), (2, 6, 9.0, "b", "ok", True),  # a duplicate told 9
                       (3, 9, 10.1, "c"), (4, 11, 11.0, "b")])  # "b" measured again: once twice
-    row = summarise(trials, grid_best=10.0)
+    row = summarise(trials, reference=10.0)
     assert row["measured"] == 4 and row["measured_twice"] == 1
     assert row["s_to_target"] == 9.0  # 10.1 <= 10.2; the duplicate's 9.0 was never measured
-    assert row["best_us"] == 10.1 and abs(row["best_over_grid"] - 1.01) < 1e-9 and row["search_s"] == 11.0
-    assert summarise(trials, grid_best=9.0)["s_to_target"] is None  # 10.1 > 9.18: never within 2%
+    assert row["best_us"] == 10.1 and abs(row["best_over_reference"] - 1.01) < 1e-9 and row["search_s"] == 11.0
+    assert summarise(trials, reference=9.0)["s_to_target"] is None  # 10.1 > 9.18: never within 2%
     failed = _frozen([(0, 1, None, "d", "failed", False, TrialState.FAIL)])
     row = summarise(failed, 10.0)  # a config that failed was measured, and reached nothing
     assert row["measured"] == 1 and row["best_us"] is None and row["s_to_target"] is None
@@ -61,4 +61,12 @@ def test_real_runs_on_the_cpu(tmp_path):
     assert row["grid_measured"] == len(grid_configs(get_kernel("mm"), (16, 32, 32, 1), "fp16", "cpu"))
     assert row["grid_measured_twice"] == 0
     assert row["measured"] == 12 and row["measured_twice"] == 0 and row["running_left"] == 0
-    assert row["best_us"] > 0 and row["grid_best_us"] > 0 and row["search_s"] > 0
+    assert row["best_us"] > 0 and row["reference_us"] > 0 and row["search_s"] > 0
+    assert row["reference"] == "grid" and row["best_us"] >= row["reference_us"]  # the grid measured every config
+    # no grid (issue 17's 1-GPU vs 2-GPU runs): the reference is the best of the runs, per study
+    tune(tmp_path / "w1.db", "--workers", "1", "--trials", "6", "--seed", "1")
+    rows = compare(None, {"w1": f"sqlite:///{tmp_path / 'w1.db'}", "w2": f"sqlite:///{tmp_path / 'w2.db'}"})
+    assert [r["run"] for r in rows] == ["w1", "w2"] and {r["reference"] for r in rows} == {"best of runs"}
+    best = min(r["best_us"] for r in rows)
+    assert all(r["reference_us"] == best for r in rows)
+    assert min(r["best_over_reference"] for r in rows) == 1.0

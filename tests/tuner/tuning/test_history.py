@@ -90,3 +90,15 @@ def test_a_repeat_is_not_a_completed_trial():
     study, _ = _tell_one_of_each(penalise=True)
     (repeat,) = [t for t in study.get_trials() if t.user_attrs.get("duplicate") and t.params["x"] == 1]
     assert repeat.state == TrialState.COMPLETE and repeat.value == 5.0
+
+
+def test_a_worker_started_for_one_gpu_records_it_on_every_measured_trial(monkeypatch):
+    import tuner.tuning.history as history
+
+    study = optuna.create_study(direction="minimize")
+    h = History(study, penalise=False)
+    h.tell_result(_ask(study, 1), canon_text({"x": 1}), Result(ok=True, time_us=5.0))
+    monkeypatch.setattr(history, "MEASURING_GPUS", "1")  # as `tune --gpus 0,1` starts its second worker
+    h.tell_result(_ask(study, 2), canon_text({"x": 2}), Result(ok=True, time_us=4.0))
+    h.tell_result(_ask(study, 3), canon_text({"x": 3}), Result(ok=False, status=Status.WRONG, reason="rel 9"))
+    assert [t.user_attrs.get("gpu") for t in study.get_trials()] == [None, "1", "1"]

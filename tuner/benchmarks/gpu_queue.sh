@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# A lease's GPU work (issues 12, 13, 17) as a queue that outlives the 10-minute call limit: each call
+# runs the steps not yet done (a marker per step in /tmp/q) until LIMIT seconds, a tune stopped at
+# the limit (SIGINT: it stores what it measured) is resumed by the next call, whose studies go on
+# where they stopped. Everything the steps write lands in /tmp/res and comes back packed, as
+# $OUT/res.tar.gz (logs, reports, gemm.db) and $OUT/dbs.tar.gz (the issue 13/17 study databases):
+# the tool returns at most 8 files. Call it back to back while the machine stays warm (/tmp is lost
+# when cold): run(carry=[".whl", ".snap"], command="LIMIT=560 bash tuner/benchmarks/gpu_queue.sh").
+# Steps, in order:
+#   setup   wheels + the project snapshot (vllm_h200.sh setup), both GPUs in env.txt
+#   probe   GPU 0: copy bandwidth, stream-K tests (150 s: its programs spin on flags), host cost,
+#           ws_probe; GPU 1 meanwhile: the other GPU tests (persistent, split-K bias, bmm router,
+#           addmm, parallel with --gpus 0,1, mm, inject)
+#   mm      issue 12: the 24 LLM mm keys, tuned by both GPUs (--gpus 0,1)
+#   addmm   issue 12: the 13 addmm keys (q/k/v with bias, SigLIP, Whisper), --gpus 0,1
+#   runs    issues 13/17: TPE, same seed and trials, on 3 decode keys: w1 (1 worker, GPU 0),
+#           w4 (4 workers sharing GPU 0), g2 (1 worker on each of GPUs 0 and 1)
+#   grid    issue 13's reference: --sampler grid on the same keys, --gpus 0,1 --workers 4
+# and after them, in every call: the GEMM report and the workers report of what exists so far.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+T0=$(date +%s); END=$(( T0 + ${LIMIT:-560} ))
+stamp() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
+left() { echo $(( END - $(date +%s) )); }
+export PYTHONPATH=/tmp/tuner:/tmp/site PYTHONUNBUFFERED=1
+Q=/tmp/q R=/tmp/res; mkdir -p "$Q" "$R"
+KEYS=${KEYS:-"16,4608,3584 16,3584,3584 16,3584,18944"}  # issue 13's three decode keys (results/search)
+MM=(); for nk in 3584,3584 37888,3584 3584,18944 151744,3584; do for m in 1 8 32 64 512 4096; do MM+=(--shape "$m,$nk"); done; done
+ADDMM=(); for m in 1 8 32 64 512 4096; do ADDMM+=(--shape "$m,4608,3584"); done
+for s in 10240,1152,1152 10240,4304,1152 10240,1152,4304 1500,1024,1024 1500,4096,1024 1500,1024,4096 1500,3584,1024; do
+  ADDMM+=(--shape "$s"); done
+WK=(); for s in $KEYS; do WK+=(--shape "$s"); done
+
+# tune NAME LOG ARGS...: `tuner tune` stopped by SIGINT 60 s before the call's end (a parallel tune's
+# children need that long to queue their configs again); done (marker) only when it ended by itself
+tune() {
+  local name=$1 log=$2; shift 2
+  local t=$(( $(left) - 60 )); [ "$t" -gt 30 ] || { echo "no time left for $name"; return 1; }
+  stamp "$name (up to $t s)"
+  (cd /tmp/tuner && timeout -s INT -k 120 "$t" python3 cli.py tune "$@") >> "$R/$log" 2>&1
+  local rc=$?; echo "$name exit $rc"; tail -4 "$R/$log"
+  [ $rc = 0 ] && touch "$Q/$name"
+}
+
+gpu1_tests() {  # one pytest process per group: the mm tests set TRITON_INTERPRET in their process
+  local g
+  echo "=== GPU 1: pytest -m gpu tests/gpu/test_persistent_mm_gpu.py -k 'not streamk'"
+  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=1 timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider \
+      -k "not streamk" tests/gpu/test_persistent_mm_gpu.py 2>&1 | tail -25)
+  for g in "tests/gpu/test_addmm_gpu.py tests/gpu/test_bmm_gpu.py" "tests/gpu/test_mm_gpu.py tests/tuner/inject"; do
+    echo "=== GPU 1: pytest -m gpu $g"
+    (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=1 timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider $g 2>&1 | tail -25)
+  done
+  echo "=== both GPUs: pytest -m gpu tests/gpu/test_parallel_gpu.py"
+  (cd /tmp/tuner && timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu/test_parallel_gpu.py 2>&1 | tail -25)
+}
+
+if [ ! -f $Q/setup ]; then
+  stamp "setup"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  rm -rf /tmp/tuner && mkdir -p /tmp/tuner && tar -xf .snap/tuner.tar -C /tmp/tuner || exit 1
+  (cd /tmp/tuner && python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site .) || exit 1
+  { nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.max.sm --format=csv; nvidia-smi topo -m
+    python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
+    python3 -m pip list 2>/dev/null | grep -iE "^(flag.gems|optuna|sqlalchemy|numpy) "; nproc
+    echo "tuner commit $(cat .snap/commit)"; } > "$R/env.txt" 2>&1
+  cat "$R/env.txt"; touch $Q/setup
+fi
+
+if [ ! -f $Q/probe ]; then
+  gpu1_tests > "$R/gputests_gpu1.log" 2>&1 & BG=$!
+  cd /tmp/tuner || exit 1
+  export CUDA_VISIBLE_DEVICES=0
+  stamp "copy bandwidth"; timeout 60 python3 -m tuner.benchmarks.copy_bw | tee "$R/copy_bw.json"
+  stamp "pytest -m gpu stream-K (GPU 0)"
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -k streamk tests/gpu/test_persistent_mm_gpu.py > "$R/probe_streamk.log" 2>&1
+  echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$R/probe_streamk.log" | tail -12
+  stamp "host cost per call"; timeout 120 python3 -m tuner.benchmarks.host_cost | tee "$R/host_cost.json"
+  stamp "warp specialisation"; timeout 120 python3 -m tuner.benchmarks.ws_probe | tee "$R/ws_probe.jsonl"
+  unset CUDA_VISIBLE_DEVICES; cd - > /dev/null
+  stamp "waiting for the GPU 1 tests"; wait $BG
+  grep -E "^===|passed|failed|error" "$R/gputests_gpu1.log" | tail -20
+  touch $Q/probe
+fi
+
+[ -f $Q/mm ] || tune mm tune_mm.log --op mm "${MM[@]}" --trials "${TRIALS:-40}" --timeout "${KEY_TIMEOUT:-12}" \
+    --seed 0 --gpus 0,1 --db "sqlite:///$R/gemm.db"
+[ -f $Q/mm ] && { [ -f $Q/addmm ] || tune addmm tune_addmm.log --op addmm "${ADDMM[@]}" --trials "${TRIALS:-40}" \
+    --timeout "${KEY_TIMEOUT:-12}" --seed 0 --gpus 0,1 --db "sqlite:///$R/gemm.db"; }
+if [ -f $Q/addmm ]; then
+  mkdir -p "$R/dbs"
+  for run in "w1 --gpus 0 --workers 1" "w4 --gpus 0 --workers 4" "g2 --gpus 0,1 --workers 1"; do
+    set -- $run; name=$1; shift
+    [ -f "$Q/$name" ] || tune "$name" "$name.log" --op mm "${WK[@]}" --trials "${RUN_TRIALS:-60}" --seed 0 "$@" \
+        --db "sqlite:///$R/dbs/$name.db" || break
+  done
+  [ -f $Q/g2 ] && { [ -f $Q/grid ] || tune grid grid.log --op mm "${WK[@]}" --sampler grid --trials 100000 \
+      --gpus 0,1 --workers 4 --db "sqlite:///$R/dbs/grid.db"; }
+fi
+
+stamp "reports"
+cd /tmp/tuner || exit 1
+if [ -f "$R/gemm.db" ]; then
+  python3 cli.py db show --db "sqlite:///$R/gemm.db" --json > "$R/db_show.json" 2>/dev/null
+  python3 -m tuner.benchmarks.report_mm --copy-bw "$R/copy_bw.json" --ops mm,addmm "$R/gemm.db" > "$R/REPORT.md" 2>&1
+  tail -8 "$R/REPORT.md"
+fi
+RUNS=(); for n in w1 w4 g2; do [ -f "$R/dbs/$n.db" ] && RUNS+=("$n=$R/dbs/$n.db"); done
+if [ ${#RUNS[@]} -gt 0 ]; then
+  GRID=(); [ -f $Q/grid ] && GRID=(--grid "$R/dbs/grid.db")
+  python3 -m tuner.benchmarks.workers_bench "${GRID[@]}" "${RUNS[@]}" > "$R/workers.jsonl" 2>&1; cat "$R/workers.jsonl"
+fi
+ls $Q | tr '\n' ' ' > "$R/steps_done.txt"; echo "steps done: $(cat $R/steps_done.txt)"
+tar -czf "$OUT/res.tar.gz" -C "$R" --exclude=dbs . && tar -czf "$OUT/dbs.tar.gz" -C "$R" dbs 2>/dev/null
+stamp "done"
