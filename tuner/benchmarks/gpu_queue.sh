@@ -8,14 +8,14 @@
 # when cold): run(carry=[".whl", ".snap"], command="LIMIT=560 bash tuner/benchmarks/gpu_queue.sh").
 # Steps, in order:
 #   setup   wheels + the project snapshot (vllm_h200.sh setup), both GPUs in env.txt
-#   probe   GPU 0: copy bandwidth, stream-K tests (150 s: its programs spin on flags), host cost,
-#           ws_probe; GPU 1 meanwhile: the other GPU tests (persistent, split-K bias, bmm router,
-#           addmm, parallel with --gpus 0,1, mm, inject)
-#   mm      issue 12: the 24 LLM mm keys, tuned by both GPUs (--gpus 0,1)
-#   addmm   issue 12: the 13 addmm keys (q/k/v with bias, SigLIP, Whisper), --gpus 0,1
+#   probe   GPU 0: copy bandwidth and host cost alone, then stream-K tests (150 s: its programs spin
+#           on flags) and ws_probe while the other GPU tests (persistent, split-K bias, bmm router,
+#           addmm, parallel, mm, inject) run on GPU 1 (on GPU 0 when there is one GPU)
+#   mm      issue 12: the 24 LLM mm keys, tuned by every GPU (--gpus 0,1 on two, 0 on one)
+#   addmm   issue 12: the 13 addmm keys (q/k/v with bias, SigLIP, Whisper), likewise
 #   runs    issues 13/17: TPE, same seed and trials, on 3 decode keys: w1 (1 worker, GPU 0),
-#           w4 (4 workers sharing GPU 0), g2 (1 worker on each of GPUs 0 and 1)
-#   grid    issue 13's reference: --sampler grid on the same keys, --gpus 0,1 --workers 4
+#           w4 (4 workers sharing GPU 0), g2 (1 worker on each of GPUs 0 and 1; two GPUs only)
+#   grid    issue 13's reference: --sampler grid on the same keys, 4 workers per GPU
 # and after them, in every call: the GEMM report and the workers report of what exists so far.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -30,6 +30,8 @@ ADDMM=(); for m in 1 8 32 64 512 4096; do ADDMM+=(--shape "$m,4608,3584"); done
 for s in 10240,1152,1152 10240,4304,1152 10240,1152,4304 1500,1024,1024 1500,4096,1024 1500,1024,4096 1500,3584,1024; do
   ADDMM+=(--shape "$s"); done
 WK=(); for s in $KEYS; do WK+=(--shape "$s"); done
+NG=$(nvidia-smi -L 2>/dev/null | grep -c GPU); ALL=$(seq -s, 0 $(( NG > 0 ? NG - 1 : 0 )))  # 0 or 0,1
+OTHER=$(( NG > 1 ? 1 : 0 ))  # where the correctness tests run beside GPU 0's timings (the same GPU on one)
 
 # tune NAME LOG ARGS...: `tuner tune` stopped by SIGINT 60 s before the call's end (a parallel tune's
 # children need that long to queue their configs again); done (marker) only when it ended by itself
@@ -44,14 +46,14 @@ tune() {
 
 gpu1_tests() {  # one pytest process per group: the mm tests set TRITON_INTERPRET in their process
   local g
-  echo "=== GPU 1: pytest -m gpu tests/gpu/test_persistent_mm_gpu.py -k 'not streamk'"
-  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=1 timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider \
+  echo "=== GPU $OTHER: pytest -m gpu tests/gpu/test_persistent_mm_gpu.py -k 'not streamk'"
+  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=$OTHER timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider \
       -k "not streamk" tests/gpu/test_persistent_mm_gpu.py 2>&1 | tail -25)
   for g in "tests/gpu/test_addmm_gpu.py tests/gpu/test_bmm_gpu.py" "tests/gpu/test_mm_gpu.py tests/tuner/inject"; do
-    echo "=== GPU 1: pytest -m gpu $g"
-    (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=1 timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider $g 2>&1 | tail -25)
+    echo "=== GPU $OTHER: pytest -m gpu $g"
+    (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=$OTHER timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider $g 2>&1 | tail -25)
   done
-  echo "=== both GPUs: pytest -m gpu tests/gpu/test_parallel_gpu.py"
+  echo "=== all GPUs: pytest -m gpu tests/gpu/test_parallel_gpu.py"
   (cd /tmp/tuner && timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu/test_parallel_gpu.py 2>&1 | tail -25)
 }
 
@@ -68,34 +70,36 @@ if [ ! -f $Q/setup ]; then
 fi
 
 if [ ! -f $Q/probe ]; then
-  gpu1_tests > "$R/gputests_gpu1.log" 2>&1 & BG=$!
   cd /tmp/tuner || exit 1
   export CUDA_VISIBLE_DEVICES=0
+  # the timings first, with nothing else on the machine; then the tests beside the rest
   stamp "copy bandwidth"; timeout 60 python3 -m tuner.benchmarks.copy_bw | tee "$R/copy_bw.json"
+  stamp "host cost per call"; timeout 120 python3 -m tuner.benchmarks.host_cost | tee "$R/host_cost.json"
+  gpu1_tests > "$R/gputests_other.log" 2>&1 & BG=$!
   stamp "pytest -m gpu stream-K (GPU 0)"
   timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -k streamk tests/gpu/test_persistent_mm_gpu.py > "$R/probe_streamk.log" 2>&1
   echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$R/probe_streamk.log" | tail -12
-  stamp "host cost per call"; timeout 120 python3 -m tuner.benchmarks.host_cost | tee "$R/host_cost.json"
   stamp "warp specialisation"; timeout 120 python3 -m tuner.benchmarks.ws_probe | tee "$R/ws_probe.jsonl"
   unset CUDA_VISIBLE_DEVICES; cd - > /dev/null
-  stamp "waiting for the GPU 1 tests"; wait $BG
-  grep -E "^===|passed|failed|error" "$R/gputests_gpu1.log" | tail -20
+  stamp "waiting for the other GPU tests"; wait $BG
+  grep -E "^===|passed|failed|error" "$R/gputests_other.log" | tail -20
   touch $Q/probe
 fi
 
 [ -f $Q/mm ] || tune mm tune_mm.log --op mm "${MM[@]}" --trials "${TRIALS:-40}" --timeout "${KEY_TIMEOUT:-12}" \
-    --seed 0 --gpus 0,1 --db "sqlite:///$R/gemm.db"
+    --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"
 [ -f $Q/mm ] && { [ -f $Q/addmm ] || tune addmm tune_addmm.log --op addmm "${ADDMM[@]}" --trials "${TRIALS:-40}" \
-    --timeout "${KEY_TIMEOUT:-12}" --seed 0 --gpus 0,1 --db "sqlite:///$R/gemm.db"; }
+    --timeout "${KEY_TIMEOUT:-12}" --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"; }
 if [ -f $Q/addmm ]; then
   mkdir -p "$R/dbs"
-  for run in "w1 --gpus 0 --workers 1" "w4 --gpus 0 --workers 4" "g2 --gpus 0,1 --workers 1"; do
+  RUNS_TODO=("w1 --gpus 0 --workers 1" "w4 --gpus 0 --workers 4"); [ "$NG" -gt 1 ] && RUNS_TODO+=("g2 --gpus 0,1 --workers 1")
+  for run in "${RUNS_TODO[@]}"; do
     set -- $run; name=$1; shift
     [ -f "$Q/$name" ] || tune "$name" "$name.log" --op mm "${WK[@]}" --trials "${RUN_TRIALS:-60}" --seed 0 "$@" \
         --db "sqlite:///$R/dbs/$name.db" || break
   done
-  [ -f $Q/g2 ] && { [ -f $Q/grid ] || tune grid grid.log --op mm "${WK[@]}" --sampler grid --trials 100000 \
-      --gpus 0,1 --workers 4 --db "sqlite:///$R/dbs/grid.db"; }
+  [ -f $Q/w4 ] && { [ "$NG" -lt 2 ] || [ -f $Q/g2 ]; } && { [ -f $Q/grid ] || tune grid grid.log --op mm "${WK[@]}" \
+      --sampler grid --trials 100000 --gpus "$ALL" --workers 4 --db "sqlite:///$R/dbs/grid.db"; }
 fi
 
 stamp "reports"
