@@ -10,14 +10,17 @@ program and finished by the next.
 
 How: full waves but the last run data-parallel (one whole tile per program, as the persistent
 kernel does); the tiles left (between one and two waves) are cut into their K iterations, and
-program p takes iterations [start(p), start(p + 1)). A program that ends mid-tile writes its fp32
-partial to its slot of a workspace and raises its flag; the program that finishes the tile waits
-for the flags of the programs before it that worked on the tile, adds their partials nearest
-first (a fixed order: the result is the same bit for bit on every run), lowers the flags again
-(they start at zero for the next call) and writes the tile with the bias. A program only ever
-waits for programs of lower index, which the GPU dispatches first, so the waits cannot deadlock
-even when not every program is resident; under TRITON_INTERPRET=1 programs run in index order and
-the flags are already up when read.
+program p takes iterations [start(p), start(p + 1)). A program whose range ends mid-tile computes
+that piece first of all, writes its fp32 partial to its slot of a workspace and raises its flag;
+then it runs its data-parallel tiles, then the pieces of its range that end at a tile's end: it
+finishes those tiles, waiting for the flags of the programs before it that worked on the tile,
+adding their partials nearest first (a fixed order: the result is the same bit for bit on every
+run), lowering the flags again (they start at zero for the next call) and writing the tile with
+the bias. A program only ever waits for programs of lower index, which the GPU dispatches first
+and which post their partial before anything else, so the waits cannot deadlock even when not
+every program is resident, and a finisher waits at most for one piece of each program before it
+(not, as when the partial came last, for a chain through every program before it); under
+TRITON_INTERPRET=1 programs run in index order and the flags are already up when read.
 
 The flags live in one zeroed buffer per device reused by every call (self-cleaning), so two
 calls must not run at once on two streams of one device (vLLM runs its GEMMs on one stream).
@@ -86,15 +89,7 @@ def streamk_mm_kernel(
         b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_b, 1], block_shape=[BLOCK_K, BLOCK_N])
     c_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1], block_shape=[BLOCK_M, BLOCK_N])
 
-    # whole waves but the last: one tile per program, as the persistent kernel
-    for tile_id in range(pid, DP_TILES, NUM_PROGRAMS):
-        pid_m, pid_n = _tile_coords(tile_id, num_pid_in_group, num_pid_m, GROUP_M)
-        acc = _mac(a_desc, b_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, 0, k_tiles,
-                   BLOCK_M, BLOCK_N, BLOCK_K, B_NK, IEEE)
-        acc = _with_bias(BIAS, acc, pid_n * BLOCK_N, N, BLOCK_N, HAS_BIAS)
-        c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(dtype))
-
-    # the rest: K iterations shared evenly, program p takes [first + p*per + min(p, extra), ...)
+    # the last waves' K iterations, shared evenly: program p takes [first + p*per + min(p, extra), ...)
     first = DP_TILES * k_tiles
     sk_iters = num_tiles * k_tiles - first
     per = sk_iters // NUM_PROGRAMS
@@ -104,34 +99,53 @@ def streamk_mm_kernel(
     rm = tl.arange(0, BLOCK_M)
     rn = tl.arange(0, BLOCK_N)
     slot = rm[:, None] * BLOCK_N + rn[None, :]
+
+    # First, before any other work, the piece that ends mid-tile (the end of this program's range):
+    # its fp32 partial for the tile's finisher, a later program. Done last, as the first version of
+    # this kernel did, every finisher waited for the whole range of the program before it, which
+    # waited for the one before: a chain through all programs, 5-22x cuBLAS's time on the H200
+    # (e.g. 246.7 us vs 21.3 for fg_tma at M=512 3584x3584; results/gemm_h200/session5).
+    stop = end
+    if (end > start) & (end % k_tiles != 0):
+        tile_id = (end - 1) // k_tiles
+        stop = tl.maximum(start, tile_id * k_tiles)
+        pid_m, pid_n = _tile_coords(tile_id, num_pid_in_group, num_pid_m, GROUP_M)
+        acc = _mac(a_desc, b_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, stop - tile_id * k_tiles,
+                   end - tile_id * k_tiles, BLOCK_M, BLOCK_N, BLOCK_K, B_NK, IEEE)
+        tl.store(WS + pid.to(tl.int64) * BLOCK_M * BLOCK_N + slot, acc)
+        tl.atomic_xchg(FLAGS + pid, 1, sem="release")
+
+    # whole waves but the last: one tile per program, as the persistent kernel
+    for tile_id in range(pid, DP_TILES, NUM_PROGRAMS):
+        pid_m, pid_n = _tile_coords(tile_id, num_pid_in_group, num_pid_m, GROUP_M)
+        acc = _mac(a_desc, b_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, 0, k_tiles,
+                   BLOCK_M, BLOCK_N, BLOCK_K, B_NK, IEEE)
+        acc = _with_bias(BIAS, acc, pid_n * BLOCK_N, N, BLOCK_N, HAS_BIAS)
+        c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(dtype))
+
+    # then the pieces of [start, stop), each ending at its tile's end: this program finishes those
+    # tiles, adding the partials of the programs before it that worked on them, nearest first (a
+    # fixed order: the same result bit for bit on every run). Those programs posted them first thing.
     it = start
-    while it < end:
+    while it < stop:
         tile_id = it // k_tiles
         k_begin = it % k_tiles
-        k_end = tl.minimum(k_tiles, k_begin + end - it)
         pid_m, pid_n = _tile_coords(tile_id, num_pid_in_group, num_pid_m, GROUP_M)
-        acc = _mac(a_desc, b_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, k_begin, k_end,
+        acc = _mac(a_desc, b_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, k_begin, k_tiles,
                    BLOCK_M, BLOCK_N, BLOCK_K, B_NK, IEEE)
-        if k_end == k_tiles:
-            # this program finishes the tile: the programs before it that worked on it hold its
-            # first K iterations; add their partials nearest first
-            covered = it
-            p = pid - 1
-            while covered > tile_id * k_tiles:
-                while tl.atomic_add(FLAGS + p, 0, sem="acquire") == 0:
-                    pass
-                # .cg: read from L2, where the release made the partial visible (not a stale L1 line)
-                acc += tl.load(WS + p.to(tl.int64) * BLOCK_M * BLOCK_N + slot, cache_modifier=".cg")
-                tl.atomic_xchg(FLAGS + p, 0, sem="relaxed")
-                covered = first + p * per + tl.minimum(p, extra)
-                p -= 1
-            acc = _with_bias(BIAS, acc, pid_n * BLOCK_N, N, BLOCK_N, HAS_BIAS)
-            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(dtype))
-        else:
-            # ends mid-tile (only ever this program's last piece): its partial for the finisher
-            tl.store(WS + pid.to(tl.int64) * BLOCK_M * BLOCK_N + slot, acc)
-            tl.atomic_xchg(FLAGS + pid, 1, sem="release")
-        it += k_end - k_begin
+        covered = it
+        p = pid - 1
+        while covered > tile_id * k_tiles:
+            while tl.atomic_add(FLAGS + p, 0, sem="acquire") == 0:
+                pass
+            # .cg: read from L2, where the release made the partial visible (not a stale L1 line)
+            acc += tl.load(WS + p.to(tl.int64) * BLOCK_M * BLOCK_N + slot, cache_modifier=".cg")
+            tl.atomic_xchg(FLAGS + p, 0, sem="relaxed")
+            covered = first + p * per + tl.minimum(p, extra)
+            p -= 1
+        acc = _with_bias(BIAS, acc, pid_n * BLOCK_N, N, BLOCK_N, HAS_BIAS)
+        c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(dtype))
+        it += k_tiles - k_begin
 
 
 KERNEL_FUNCTIONS = (streamk_mm_kernel, _mac, _with_bias, _tile_coords)  # the timings' identity (jit_source_hash)

@@ -29,6 +29,8 @@ def test_dp_tiles_leaves_one_to_two_waves_to_stream_k():
     (64, 64, 64, True, 1),    # 16 tiles: 12 data-parallel (4 waves of 3 but the last), 4 stream-K
     (16, 32, 64, True, 1),    # 2 iterations over 3 programs: one program has none
     (40, 64, 96, False, 1),   # 6 tiles over 3 programs: whole waves, all data-parallel
+    (16, 64, 160, True, 1),   # 2 tiles x 5 iterations as [0,4) [4,7) [7,10): program 1 posts its
+                              # partial of tile 1 first, then finishes tile 0 with program 0's
 ])
 def test_streamk_mm_matches_torch(dtype, tol, M, N, K, bt, occ):
     g = torch.Generator().manual_seed(M * N + K)
