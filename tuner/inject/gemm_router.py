@@ -47,15 +47,14 @@ OWN = (SPLITK, PERSISTENT, STREAMK)  # tuner's own kernels (their records carry 
 REACH = 2  # a tuned M routes runtime M in [M / REACH, M * REACH] (and only where it is the nearest)
 # extra host time per eager GEMM call over cuBLAS, by target: FlagGems' from vLLM's lm_head at M=64
 # under torch.profiler (377 - 113 µs); tuner's kernels from tuner/benchmarks/host_cost.py on the
-# H200 (a 16x128x64 GEMM, the GPU idle: cuBLAS 21.3 µs, split-K 33.9, persistent 54.0 with its SM
-# count cached, 104.3 before). An eager route must win more GPU time than this per call ...
-# stream-K is not measured yet: taken as the persistent kernel's launch plus one workspace
-# allocation (host_cost.py measures it on the GPU; replace these with its number)
-EAGER_HOST_US = {FLAGGEMS: 250.0, SPLITK: 13.0, PERSISTENT: 33.0, STREAMK: 40.0}
-# ... or run HIDES times its whole host time per call (host_cost.py: FlagGems 93.0, split-K 33.9,
-# persistent 54.0 µs): the CPU then stays ahead of the GPU (the lm_head above, 256 µs against
-# FlagGems' 4 x 93, stays native)
-HOST_US = {FLAGGEMS: 93.0, SPLITK: 33.9, PERSISTENT: 54.0, STREAMK: 61.0}
+# H200, all in one run (results/gemm_h200/session5/host_cost.json: a 16x128x64 GEMM, the GPU idle:
+# cuBLAS 13.5 µs, split-K 29.7, persistent 47.0, stream-K 53.4 with its workspace allocation).
+# An eager route must win more GPU time than this per call ...
+EAGER_HOST_US = {FLAGGEMS: 250.0, SPLITK: 16.2, PERSISTENT: 33.5, STREAMK: 39.9}
+# ... or run HIDES times its whole host time per call (the same run: FlagGems 75.5 µs, the others
+# above): the CPU then stays ahead of the GPU (vLLM's lm_head at M=64, 256 µs of GPU time against
+# FlagGems' 4 x 75.5, stays native)
+HOST_US = {FLAGGEMS: 75.5, SPLITK: 29.7, PERSISTENT: 47.0, STREAMK: 53.4}
 HIDES = 4
 ROUTED_OPS = ("mm", "addmm", "bmm")  # the tuner kernels (record["kernel"]) the router serves
 _LIBS: list[Any] = []  # a torch.library.Library deregisters its kernels when collected
