@@ -70,20 +70,23 @@ def summarise(trials: list[FrozenTrial], reference: float | None, slack: float =
 
 
 def compare(grid_url: str | None, runs: dict[str, str], slack: float = SLACK) -> list[dict]:
-    """One row per run and study; without a grid the reference is the best any run measured."""
+    """One row per run and study. The reference is the grid's best for the studies the grid has;
+    without a grid, or for a study the grid never reached, the best any run measured."""
     loaded = {label: studies(url) for label, url in runs.items()}
-    grid = studies(grid_url) if grid_url else None
+    grid = studies(grid_url) if grid_url else {}
+    if grid_url:
+        for label, run in loaded.items():
+            if run and not set(run) & set(grid):
+                raise SystemExit(f"no study of run {label} is in the grid database (other keys, dtype or "
+                                 "kernel source?)")
     rows = []
     for label, run in loaded.items():
         for name, trials in sorted(run.items()):
-            if grid is None:
+            if name not in grid:
                 found = [b for b in (best_us(other[name]) for other in loaded.values() if name in other) if b]
                 rows.append({"run": label, "study": name, "reference": "best of runs",
                              **summarise(trials, min(found) if found else None, slack)})
                 continue
-            if name not in grid:
-                raise SystemExit(f"study {name} of run {label} is not in the grid database (other key, "
-                                 "dtype or kernel source?)")
             g = grid[name]
             rows.append({"run": label, "study": name, "reference": "grid", "grid_measured": len(measured(g)),
                          "grid_measured_twice": summarise(g, None)["measured_twice"],

@@ -46,9 +46,9 @@ def test_time_to_target_counts_from_the_first_start_and_ignores_duplicates():
 def test_real_runs_on_the_cpu(tmp_path):
     repo = Path(__file__).resolve().parents[3]
 
-    def tune(db, *args):
-        cmd = [sys.executable, str(repo / "cli.py"), "tune", "--op", "mm", "--shape", "16,32,32", "--device", "cpu",
-               "--db", f"sqlite:///{db}", *args]
+    def tune(db, *args, shapes=("16,32,32",)):
+        cmd = [sys.executable, str(repo / "cli.py"), "tune", "--op", "mm", *(a for s in shapes for a in ("--shape", s)),
+               "--device", "cpu", "--db", f"sqlite:///{db}", *args]
         p = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr
 
@@ -64,9 +64,15 @@ def test_real_runs_on_the_cpu(tmp_path):
     assert row["best_us"] > 0 and row["reference_us"] > 0 and row["search_s"] > 0
     assert row["reference"] == "grid" and row["best_us"] >= row["reference_us"]  # the grid measured every config
     # no grid (issue 17's 1-GPU vs 2-GPU runs): the reference is the best of the runs, per study
-    tune(tmp_path / "w1.db", "--workers", "1", "--trials", "6", "--seed", "1")
-    rows = compare(None, {"w1": f"sqlite:///{tmp_path / 'w1.db'}", "w2": f"sqlite:///{tmp_path / 'w2.db'}"})
+    tune(tmp_path / "w1.db", "--workers", "1", "--trials", "6", "--seed", "1", shapes=("16,32,32", "16,64,32"))
+    w1, w2 = f"sqlite:///{tmp_path / 'w1.db'}", f"sqlite:///{tmp_path / 'w2.db'}"
+    rows = [r for r in compare(None, {"w1": w1, "w2": w2}) if "N=32," in r["study"]]
     assert [r["run"] for r in rows] == ["w1", "w2"] and {r["reference"] for r in rows} == {"best of runs"}
     best = min(r["best_us"] for r in rows)
     assert all(r["reference_us"] == best for r in rows)
     assert min(r["best_over_reference"] for r in rows) == 1.0
+    # a grid that reached only some keys (stopped at a call's limit): the others against the runs
+    by_key = {r["study"].split("|")[1]: r for r in compare(f"sqlite:///{tmp_path / 'grid.db'}", {"w1": w1})}
+    assert by_key["M=16,N=32,K=32,BT=1"]["reference"] == "grid"
+    assert by_key["M=16,N=64,K=32,BT=1"]["reference"] == "best of runs"
+    assert by_key["M=16,N=64,K=32,BT=1"]["best_over_reference"] == 1.0
