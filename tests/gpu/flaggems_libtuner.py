@@ -82,9 +82,9 @@ print("RESULT", json.dumps({{"stored": res.stored, "timing": o.timing, "baseline
 """
 
 
-def tune_one_key(tmp_path, op: str, shape: str, trials: int, variant: str) -> dict:
-    """`tuner tune` of one key end to end; checks what every tuned key must satisfy and returns
-    the stored record."""
+def tune_one_key(tmp_path, op: str, shape: str, trials: int, variants: tuple[str, ...]) -> dict:
+    """`tuner tune` of one key end to end; checks what every tuned key must satisfy (the winner one
+    of `variants`) and returns the stored record."""
     code = _TUNE.format(db=tmp_path / "t.db", op=op, shape=shape, trials=trials)
     r = result(run_py(code, gpu_env(tmp_path), timeout=600))
     assert r["stored"] and r["timing"] == "cuda-graph"
@@ -92,7 +92,7 @@ def tune_one_key(tmp_path, op: str, shape: str, trials: int, variant: str) -> di
     # FlagGems' own untuned pick is the warm start: the best is never worse than it (+noise)
     assert r["best_us"] <= r["baselines"]["untuned"] * 1.05
     rec = r["rec"]
-    assert rec["config"]["variant"] == variant and rec["rel_error"] < 1e-2
+    assert rec["config"]["variant"] in variants and rec["rel_error"] < 1e-2, rec
     assert rec["untuned_us"] > 0 and rec["native_us"] > 0 and len(rec["kernel_source_hash"]) == 64
     return rec
 

@@ -22,7 +22,9 @@ def test_runner_is_flaggems_addmm_bit_for_bit(tmp_path):
 
 
 def test_tune_minicpmo_kv_decode_key(tmp_path):
-    tune_one_key(tmp_path, "addmm", "16,512,3584", trials=10, variant="fg_addmm")
+    # FlagGems' addmm or one of tuner's own kernels (split-K won this decode key on the H200 once
+    # they joined the space: the test said fg_addmm and failed, results/gemm_h200/session5)
+    tune_one_key(tmp_path, "addmm", "16,512,3584", trials=10, variants=("fg_addmm", "splitk", "persistent", "streamk"))
 
 
 def test_seeded_addmm_runs_without_autotuning(tmp_path):

@@ -23,7 +23,7 @@ def test_runner_is_flaggems_bmm_bit_for_bit(tmp_path):
 
 
 def test_tune_resampler_key(tmp_path):
-    rec = tune_one_key(tmp_path, "bmm", "1024,10,3584,3584,linear", trials=8, variant="fg_bmm")
+    rec = tune_one_key(tmp_path, "bmm", "1024,10,3584,3584,linear", trials=8, variants=("fg_bmm", "persistent"))
     assert rec["key"] == {"BATCH": 1024, "M": 10, "N": 3584, "K": 3584, "LAYOUT": 1}
 
 

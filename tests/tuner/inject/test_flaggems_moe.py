@@ -52,7 +52,7 @@ def test_hook_on_gpu_matches_flaggems_fallback(tmp_path):
         from tuner.inject.vllm_moe import FLAGGEMS_OP, export_moe_configs
         from tests.tuner.inject.conftest import moe_record
         gpu = torch.cuda.get_device_name(0)
-        export_moe_configs([moe_record(64, 32, gpu=gpu)], {str(tmp_path / 'moe')!r})
+        export_moe_configs([moe_record(64, 32, gpu=gpu)], {str(tmp_path / 'moe')!r}, op=FLAGGEMS_OP)
         original = fm.try_get_optimal_moe_config
         install_flaggems_moe_hook({str(tmp_path / 'moe')!r})
         a = lambda E, M: ((E, 1536, 2048), (E, 2048, 768), 8, None, M, E)
