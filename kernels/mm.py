@@ -101,10 +101,19 @@ def splitk_starts(M: int) -> list[Config]:
 
 
 def streamk_starts(M: int) -> list[Config]:
-    """Hopper's 128-row wgmma tiles for the prefill M whose tiles leave a partial wave (M=512,
-    M=1500 on the H200): the stream-K variant's warm start; none for decode M."""
+    """The stream-K variant's warm start. Prefill M whose tiles leave a partial wave (M=512,
+    M=1500 on the H200): Hopper's 128-row wgmma tiles. Decode M (<= 64): skinny tiles, where
+    stream-K is a split-K in one kernel (the partials added by the finisher, no reduce kernel:
+    split-K's second launch is ~2 us of a 10-13 us decode GEMM in a CUDA graph). Measured on the
+    H200 only with the first, serialised stream-K (results/gemm_h200/session5), which lost every key."""
     if M < 256:
-        return []
+        if M > 64:
+            return []
+        bm = 16 if M <= 16 else (32 if M <= 32 else 64)
+        return [dict(variant="streamk", BLOCK_M=bm, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, OCCUPANCY=1, num_warps=4,
+                     num_stages=4),
+                dict(variant="streamk", BLOCK_M=bm, BLOCK_N=32, BLOCK_K=128, GROUP_M=1, OCCUPANCY=2, num_warps=4,
+                     num_stages=4)]
     return [dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
             dict(variant="streamk", BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
             dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)]

@@ -220,9 +220,10 @@ def test_space_holds_flaggems_list_and_its_libtuner(tmp_path):
 
 
 def test_warm_starts_measure_every_own_variant_early():
-    """A short search still measures each own variant: split-K starts at decode M (the H200's mm
-    winners), persistent ones where TMA reads the rows; every start valid, canonical and in the space."""
-    for key, variants in [((1, 4608, 3584, 1), {PERSISTENT, SPLITK}), ((4096, 4608, 3584, 1), {PERSISTENT, STREAMK}),
+    """A short search still measures each own variant: split-K and skinny stream-K starts at decode
+    M (split-K: the H200's mm winners), persistent ones where TMA reads the rows, stream-K at prefill;
+    every start valid, canonical and in the space."""
+    for key, variants in [((1, 4608, 3584, 1), {PERSISTENT, SPLITK, STREAMK}), ((4096, 4608, 3584, 1), {PERSISTENT, STREAMK}),
                           ((16, 4100, 3584, 1), {SPLITK})]:
         starts = ADDMM.starting_configs(key, "bf16", "cuda")
         space = ADDMM.space(key, "bf16", "cuda")
