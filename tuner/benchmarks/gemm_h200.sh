@@ -5,15 +5,16 @@
 #   bash tuner/benchmarks/vllm_h200.sh setup      wheels + the project snapshot (.whl, .snap carried)
 #   bash tuner/benchmarks/gemm_h200.sh probe      GPU tests of the persistent kernel, copy bandwidth
 #   bash tuner/benchmarks/gemm_h200.sh tune OP SHAPE...   `tuner tune` into $GEMM_DB (TRIALS, KEY_TIMEOUT)
-# The database starts from tuner/benchmarks/results/gemm_h200/gemm.db when one is carried (a cold
-# machine loses /tmp), and comes back under $OUT with `db show --json` and the report.
+# The database ($GEMM_DB) lives in /tmp while the machine stays warm (the stored H200 databases
+# hold records of kernel sources since changed: a new run starts empty) and comes back under $OUT
+# with `db show --json` and the report.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s); stamp() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
 export PYTHONPATH=/tmp/tuner:/tmp/site PYTHONUNBUFFERED=1
 RES=tuner/benchmarks/results/gemm_h200
 GEMM_DB=${GEMM_DB:-/tmp/gemm.db}
-[ -f "$GEMM_DB" ] || { [ -f "$RES/gemm.db" ] && cp "$RES/gemm.db" "$GEMM_DB"; }
+
 [ -f /tmp/copy_bw.json ] || { [ -f "$RES/copy_bw.json" ] && cp "$RES/copy_bw.json" /tmp/copy_bw.json; }
 case "${1:?usage: gemm_h200.sh probe|tune OP SHAPE...}" in
 probe)
