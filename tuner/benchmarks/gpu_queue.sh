@@ -17,6 +17,8 @@
 #           w4 (4 workers sharing GPU 0), g2 (1 worker on each of GPUs 0 and 1; two GPUs only)
 #   grid    issue 13's reference: --sampler grid on the same keys, 4 workers per GPU
 # and after them, in every call: the GEMM report and the workers report of what exists so far.
+# SKIP="probe runs grid" marks steps done before starting (e.g. a lease that only re-tunes); the
+# stream-K GPU tests (step streamk, 150 s at most) still run before the tunes that time stream-K.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s); END=$(( T0 + ${LIMIT:-560} ))
@@ -24,6 +26,7 @@ stamp() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
 left() { echo $(( END - $(date +%s) )); }
 export PYTHONPATH=/tmp/tuner:/tmp/site PYTHONUNBUFFERED=1
 Q=/tmp/q R=/tmp/res; mkdir -p "$Q" "$R"
+for s in ${SKIP:-}; do touch "$Q/$s"; done
 KEYS=${KEYS:-"16,4608,3584 16,3584,3584 16,3584,18944"}  # issue 13's three decode keys (results/search)
 MM=(); for nk in 3584,3584 37888,3584 3584,18944 151744,3584; do for m in 1 8 32 64 512 4096; do MM+=(--shape "$m,$nk"); done; done
 ADDMM=(); for m in 1 8 32 64 512 4096; do ADDMM+=(--shape "$m,4608,3584"); done
@@ -59,13 +62,17 @@ gpu1_tests() {  # one pytest process per group: the mm tests set TRITON_INTERPRE
 
 if [ ! -f $Q/setup ]; then
   stamp "setup"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  rm -rf /tmp/tuner && mkdir -p /tmp/tuner && tar -xf .snap/tuner.tar -C /tmp/tuner || exit 1
-  (cd /tmp/tuner && python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site .) || exit 1
+  if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    rm -rf /tmp/tuner && mkdir -p /tmp/tuner && tar -xf .snap/tuner.tar -C /tmp/tuner || exit 1
+    (cd /tmp/tuner && python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site .) || exit 1
+  elif [ ! -f /tmp/tuner/cli.py ]; then  # staged by vllm_h200.sh setup in an earlier call, or nothing
+    echo "nothing to set up from: carry .whl and .snap (or run vllm_h200.sh setup first)"; exit 1
+  fi
   { nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.max.sm --format=csv; nvidia-smi topo -m
     python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
     python3 -m pip list 2>/dev/null | grep -iE "^(flag.gems|optuna|sqlalchemy|numpy) "; nproc
-    echo "tuner commit $(cat .snap/commit)"; } > "$R/env.txt" 2>&1
+    echo "tuner commit $(cat .snap/commit 2>/dev/null || echo '(snapshot installed earlier)')"; } > "$R/env.txt" 2>&1
   cat "$R/env.txt"; touch $Q/setup
 fi
 
@@ -83,9 +90,15 @@ if [ ! -f $Q/probe ]; then
   unset CUDA_VISIBLE_DEVICES; cd - > /dev/null
   stamp "waiting for the other GPU tests"; wait $BG
   grep -E "^===|passed|failed|error" "$R/gputests_other.log" | tail -20
-  touch $Q/probe
+  touch $Q/probe $Q/streamk
 fi
 
+if [ ! -f $Q/streamk ] && [ ! -f $Q/mm ]; then  # in probe too; on its own when probe is skipped
+  stamp "pytest -m gpu stream-K (spinning programs: 150 s at most)"
+  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -k streamk \
+      tests/gpu/test_persistent_mm_gpu.py) > "$R/streamk_tests.log" 2>&1
+  echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$R/streamk_tests.log" | tail -12; touch $Q/streamk
+fi
 [ -f $Q/mm ] || tune mm tune_mm.log --op mm "${MM[@]}" --trials "${TRIALS:-40}" --timeout "${KEY_TIMEOUT:-12}" \
     --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"
 [ -f $Q/mm ] && { [ -f $Q/addmm ] || tune addmm tune_addmm.log --op addmm "${ADDMM[@]}" --trials "${TRIALS:-40}" \

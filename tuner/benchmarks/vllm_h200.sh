@@ -14,6 +14,18 @@
 #                                                   (PROFILE_CONC requests in the profiled batch, default 64)
 #   bash tuner/benchmarks/vllm_h200.sh serve        checkpoint (once), `tuner serve --engine vllm --use-tuned`
 #                                                   in the background, one /v1/chat/completions request
+#   bash tuner/benchmarks/vllm_h200.sh fs           FlagScale 0.8.0 and its config-loading packages from .fs
+#                                                   (wheels made by `fs-wheels` below; carried as .fs)
+#   bash tuner/benchmarks/vllm_h200.sh fsbench      issue 15: checkpoint (once), `tuner bench --engine
+#                                                   vllm,flagscale --modes tuned` (each engine served, the same
+#                                                   requests), the plugin's and FlagScale's lines in the logs
+# Staging with the tracked tree at ~21 MiB (64 MiB per call, tree included), four calls back to back:
+#   carry [.vllm/a1, .vllm/stage2.sh]                      bash .vllm/stage2.sh a1
+#   carry [.vllm/a2, .vllm/stage2.sh, .whl, .snap]         bash .vllm/stage2.sh a2 && bash tuner/benchmarks/vllm_h200.sh setup
+#   carry [.vllm/b, .vllm/c2, .vllm/stage.sh, .vllm/stage2.sh]   bash .vllm/stage2.sh b && bash .vllm/stage2.sh c2
+#   carry [.vllm/c1, .vllm/stage2.sh, .fs]                 bash .vllm/stage2.sh c1 && bash tuner/benchmarks/vllm_h200.sh fs
+# .fs here: pip download --no-deps (manylinux wheels, Python 3.12) flag-scale==0.8.0 hydra-core==1.3.2
+# omegaconf==2.3.0 pytz tzdata, and `pip wheel --no-deps antlr4-python3-runtime==4.9.3` (an sdist only).
 # The tuned mode reads $BENCH_DB (default results/vllm/tune_keys/vllm_keys.db (this GPU model, tune_vllm_keys.sh). The
 # exclude list is the H100 consistency check's (results/profile): no check has run on the H200.
 # Outputs under $OUT (at most 8 files come back): env.txt, <step>.log, and for bench: bench_MODES.json
@@ -25,7 +37,30 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s); stamp() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
 export PYTHONPATH=/tmp/tuner:/tmp/vsite:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 VLLM_USE_FLASHINFER_SAMPLER=0
 EXCL=${EXCL:-arange_start,layer_norm,mul,weight_norm_interface}
-case "${1:?usage: vllm_h200.sh setup|gputests|bench MODES|serve}" in
+case "${1:?usage: vllm_h200.sh setup|gputests|bench MODES|serve|fs|fsbench}" in
+fs)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .fs/*.whl || exit 1
+  python3 -c "import flag_scale, hydra, omegaconf; print('flag_scale', getattr(flag_scale, '__version__', '?'), 'at', flag_scale.__path__[0])" \
+      | tee -a "$OUT/env.txt" ;;
+fsbench)
+  cd /tmp/tuner || exit 1
+  [ -f /tmp/ck/config.json ] || { stamp "checkpoint"; python3 cli.py checkpoint /tmp/ck || exit 1; }
+  cp "${BENCH_DB:-tuner/benchmarks/results/vllm/tune_keys/vllm_keys.db}" /tmp/fsbench.db 2>/dev/null || true
+  stamp "bench --engine vllm,flagscale --modes ${FS_MODES:-tuned}"
+  python3 cli.py bench /tmp/ck --engine vllm,flagscale --modes "${FS_MODES:-tuned}" --db /tmp/fsbench.db \
+      --out-dir /tmp/fsbench --exclude "$EXCL" --max-tokens 4096 --timeout "${MODE_TIMEOUT:-400}" --json > "$OUT/fsbench.json"
+  echo "bench exit $?"
+  python3 - <<'PY'
+import json, os
+from tuner.serving.bench_report import agreement_lines, bench_table
+from rich.console import Console
+rep = json.load(open(f"{os.environ['OUT']}/fsbench.json"))
+Console(width=80).print(bench_table(rep)); print("\n".join(agreement_lines(rep)))
+PY
+  # the plugin's lines (routes, exclude list) and FlagScale's own in every engine log
+  grep -rn --include=*.log -e "tuner" -e "USE_FLAGGEMS" -e "flag_gems" /tmp/fsbench | cut -c1-240 | head -60 | tee "$OUT/fsbench_lines.txt"
+  cp /tmp/fsbench/bench.png "$OUT/fsbench.png" 2>/dev/null
+  tar -czf "$OUT/logs_fsbench.tar.gz" -C /tmp/fsbench --exclude='*.pt.trace.json*' . ;;
 setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   rm -rf /tmp/tuner && mkdir -p /tmp/tuner && tar -xf .snap/tuner.tar -C /tmp/tuner || exit 1
