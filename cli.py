@@ -37,7 +37,10 @@ def tune(
     shape: List[str] = typer.Option([], "--shape", help="A key, e.g. M,N,K for mm (add ,kn for a K x N "
                                      "weight; default nk = nn.Linear layout). Repeatable."),
     shapes: Optional[str] = typer.Option(None, "--shapes", help="A preset list of keys, e.g. minicpmo-llm "
-                                         "(the MiniCPM-o 2.6 LLM GEMMs x M in 1,16,64,256,2048,8192)."),
+                                         "(the MiniCPM-o 2.6 LLM GEMMs x M in 1,16,64,256,2048,8192), or "
+                                         "vllm-tp2 (one rank's GEMMs when vLLM serves the LLM with "
+                                         "--tensor-parallel-size 2; mm: o, gate_up, down, lm_head; "
+                                         "addmm: qkv). `tuner ops` lists each op's."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32. Default bf16 on a GPU, "
                                         "fp16 on CPU (the Triton interpreter computes bf16 wrongly)."),
     trials: int = typer.Option(50, "--trials", help="Configs measured per key over its whole study "
@@ -185,6 +188,11 @@ def ops() -> None:
         for field in k.key_names:
             typer.echo(textwrap.fill(k.key_help.get(field, ""), width=78, initial_indent=f"    {field:8s} ",
                                      subsequent_indent=" " * 13))
+        presets = k.presets()
+        if presets:  # `tune --shapes NAME`
+            names = ", ".join(f"{p} ({len(keys)} key{'s' * (len(keys) != 1)})" for p, keys in presets.items())
+            typer.echo(textwrap.fill("  --shapes " + names, width=80, subsequent_indent="    ",
+                                     break_on_hyphens=False))
 
 
 WORKLOAD_HELP = "text | image | audio | speech | all. Repeatable."

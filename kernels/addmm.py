@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 from kernels.base import Config, Coverage, Inputs, KernelInputError, Key, Runner, torch_dtype
 from kernels.flaggems_ops import libtuner, op_module  # noqa: F401 (libtuner: re-exported)
-from kernels.mm import MM
+from kernels.mm import MM, vllm_shard_keys
 from kernels.own_variants import PERSISTENT, SPLITK, STREAMK, WithOwnGemms, own_space
 from tuner.devices import ELEM_BYTES
 
@@ -115,8 +115,9 @@ class AddMM(WithOwnGemms):
         llm = [(m, n, k, 1) for (n, k) in LLM_NK.values() for m in LLM_M]
         vision = [(VISION_M, n, k, 1) for (n, k) in VISION_NK.values()]
         audio = [(AUDIO_M, n, k, 1) for (n, k) in AUDIO_NK.values()]
+        vllm = {f"vllm-tp{tp}": vllm_shard_keys(tp, ("qkv",)) for tp in (1, 2, 4, 8)}  # fused q/k/v with bias
         return {"minicpmo": llm + vision + audio, "minicpmo-llm": llm,
-                "minicpmo-vision": vision, "minicpmo-audio": audio}
+                "minicpmo-vision": vision, "minicpmo-audio": audio, **vllm}
 
     def flops(self, key: Key) -> float:
         M, N, K, _ = key

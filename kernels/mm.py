@@ -45,6 +45,23 @@ MINICPMO_LLM_NK = {
     "lm_head": (151700, 3584),
 }
 SERVING_M = (1, 16, 64, 256, 2048, 8192)
+# vLLM serving the LLM: gate and up fused, the vocab padded to a multiple of 64 (151744), each GEMM
+# split over tensor-parallel ranks (column-parallel qkv/gate_up/lm_head divide N, row-parallel o/down
+# divide K); M as vLLM meets them: decode batches in CUDA graphs and prefill chunks
+VLLM_NK = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944),
+           "lm_head": (151744, 3584)}
+VLLM_ROW_PARALLEL = ("o", "down")
+VLLM_M = (1, 8, 32, 64, 512, 2048, 4096)
+
+
+def vllm_shard_keys(tp: int, layers: tuple[str, ...], ms: tuple[int, ...] = VLLM_M) -> list[Key]:
+    """The (M, N, K, BT) one rank's GEMMs have when vLLM serves the LLM with tensor parallel `tp`."""
+    keys = []
+    for layer in layers:
+        n, k = VLLM_NK[layer]
+        n, k = (n, k // tp) if layer in VLLM_ROW_PARALLEL else (n // tp, k)
+        keys += [(m, n, k, 1) for m in ms]
+    return keys
 OWN_MODULES = {"splitk": "kernels.triton_mm", "persistent": "kernels.persistent_mm",
                "streamk": "kernels.streamk_mm"}  # tuner's kernels by variant
 TMA_VARIANTS = ("persistent", "streamk")  # tuner's kernels that read through TMA descriptors
@@ -175,7 +192,9 @@ class MM(Kernel):
 
     def presets(self) -> Mapping[str, list[Key]]:
         llm = [(m, n, k, 1) for (n, k) in MINICPMO_LLM_NK.values() for m in SERVING_M]
-        return {"minicpmo-llm": llm}
+        # qkv carries a bias: in vLLM it is addmm's (kernels/addmm.py has the same presets for it)
+        vllm = {f"vllm-tp{tp}": vllm_shard_keys(tp, ("o", "gate_up", "down", "lm_head")) for tp in (1, 2, 4, 8)}
+        return {"minicpmo-llm": llm, **vllm}
 
     def flops(self, key: Key) -> float:
         M, N, K, _ = key

@@ -76,6 +76,9 @@ def test_ops_explains_every_key_field_in_80_columns():
     assert "BT       1: B is an N x K weight transposed" in res.output
     for op in ("mm", "addmm", "bmm", "fused_moe", "attention"):
         assert f"\n{op}: " in f"\n{res.output}"
+    # the presets `tune --shapes` takes, names never cut at a hyphen
+    assert "--shapes minicpmo-llm (30 keys), vllm-tp1 (28 keys)" in res.output
+    assert "minicpmo-llm (1 key)" in res.output and "vllm-\n" not in res.output
 
 
 def test_every_command_help_has_an_example():

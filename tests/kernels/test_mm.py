@@ -32,6 +32,18 @@ def test_parse_key_rejects(text):
         MM.parse_key(text)
 
 
+def test_vllm_presets_are_one_ranks_shards():
+    addmm = get_kernel("addmm")
+    tp1, tp2 = MM.presets()["vllm-tp1"], MM.presets()["vllm-tp2"]
+    assert len(tp1) == len(tp2) == 4 * 7
+    # column-parallel gate_up and lm_head divide N, row-parallel o and down divide K
+    assert {(n, k) for _, n, k, _ in tp2} == {(3584, 1792), (18944, 3584), (3584, 9472), (75872, 3584)}
+    assert (1, 151744, 3584, 1) in tp1 and (4096, 37888, 3584, 1) in tp1
+    assert {(n, k) for _, n, k, _ in addmm.presets()["vllm-tp2"]} == {(2304, 3584)}  # qkv: 14 + 2 + 2 heads
+    for key in tp2 + addmm.presets()["vllm-tp8"]:  # every shard a key the op parses back
+        assert MM.parse_key(",".join(map(str, key[:3]))) == key
+
+
 def test_preset_covers_the_llm_gemms():
     keys = MM.presets()["minicpmo-llm"]
     assert len(keys) == 30
