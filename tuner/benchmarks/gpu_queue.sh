@@ -16,6 +16,8 @@
 #   runs    issues 13/17: TPE, same seed and trials, on 3 decode keys: w1 (1 worker, GPU 0),
 #           w4 (4 workers sharing GPU 0), g2 (1 worker on each of GPUs 0 and 1; two GPUs only)
 #   grid    issue 13's reference: --sampler grid on the same keys, 4 workers per GPU
+#   vbench, fsbench   only with vLLM staged (and FlagScale for fsbench, vllm_h200.sh fs), before runs:
+#           vllm_h200.sh bench native,tuned and fsbench with this run's gemm.db as the tuned routes
 # and after them, in every call: the GEMM report and the workers report of what exists so far.
 # SKIP="probe runs grid" marks steps done before starting (e.g. a lease that only re-tunes); the
 # stream-K GPU tests (step streamk, 150 s at most) still run before the tunes that time stream-K.
@@ -103,7 +105,22 @@ fi
     --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"
 [ -f $Q/mm ] && { [ -f $Q/addmm ] || tune addmm tune_addmm.log --op addmm "${ADDMM[@]}" --trials "${TRIALS:-40}" \
     --timeout "${KEY_TIMEOUT:-12}" --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"; }
-if [ -f $Q/addmm ]; then
+# with vLLM staged (vllm_h200.sh's header): the engine benches, each at the start of a call of its own
+# (two engines with the checkpoint take most of one), tuned = the routes of the GEMM set just tuned
+WAIT_FOR_CALL=0
+if [ -f $Q/addmm ] && [ -d /tmp/vsite/vllm ]; then
+  for step in vbench fsbench; do
+    [ -f $Q/$step ] && continue
+    [ $step = fsbench ] && [ ! -d /tmp/site/flag_scale ] && continue  # FlagScale not staged (vllm_h200.sh fs)
+    if [ "$(left)" -lt "${BENCH_S:-500}" ]; then echo "$step needs a call of its own: it runs first in the next one"
+      WAIT_FOR_CALL=1; break; fi
+    stamp "$step"
+    if [ $step = vbench ]; then BENCH_DB=$R/gemm.db bash tuner/benchmarks/vllm_h200.sh bench native,tuned
+    else BENCH_DB=$R/gemm.db bash tuner/benchmarks/vllm_h200.sh fsbench; fi
+    touch "$Q/$step"
+  done
+fi
+if [ -f $Q/addmm ] && [ $WAIT_FOR_CALL = 0 ]; then
   mkdir -p "$R/dbs"
   RUNS_TODO=("w1 --gpus 0 --workers 1" "w4 --gpus 0 --workers 4"); [ "$NG" -gt 1 ] && RUNS_TODO+=("g2 --gpus 0,1 --workers 1")
   for run in "${RUNS_TODO[@]}"; do
