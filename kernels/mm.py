@@ -272,6 +272,10 @@ class MM(Kernel):
                 return f"{config['OCCUPANCY']} programs per SM need {config['OCCUPANCY'] * smem} B of shared memory"
             if warps < 4:
                 return "the persistent kernel's wgmma main loop works on whole warpgroups (4 warps)"
+            if arch == 9 and config.get("WARP_SPECIALIZE") and config.get("FLATTEN"):
+                # H200, Triton 3.6 (results/gemm_h200/session5/ws_probe.jsonl): with FLATTEN the loop is
+                # not split into warp groups (4 warps, no setmaxnreg): the kernel FLATTEN alone makes
+                return "WARP_SPECIALIZE with FLATTEN compiles to the FLATTEN kernel on sm_90 (no warp groups)"
         if bm * bn > 256 * 32 * warps:
             return f"a {bm}x{bn} fp32 accumulator over {warps} warps needs > 256 registers per thread"
         if warps == 2 and bm * bn > 64 * 64:

@@ -78,6 +78,12 @@ def test_constraints_before_compiling():
     assert "shared memory" in MM.invalid_reason((4096, 4096, 4096, 1), cfg(BLOCK_M=256, BLOCK_N=256, BLOCK_K=128,
                                                                            num_stages=5, num_warps=8), "bf16", "cuda")
     assert "SPLIT_K" in MM.invalid_reason((1, 64, 64, 1), cfg(SPLIT_K=16, BLOCK_K=32), "fp16", "cpu")
+    # sm_90 compiles warp specialisation with FLATTEN as FLATTEN alone: measured once, not twice
+    ws = cfg(variant="persistent", BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2,
+             OCCUPANCY=1, EPILOGUE_SUBTILE=0, WARP_SPECIALIZE=1, FLATTEN=1)
+    assert "FLATTEN" in MM.invalid_reason((4096, 3584, 3584, 1), ws, "bf16", "cuda")
+    assert MM.invalid_reason((4096, 3584, 3584, 1), ws | {"FLATTEN": 0}, "bf16", "cuda") is None
+    assert MM.invalid_reason((4096, 3584, 3584, 1), ws, "bf16", "cuda", arch=10) is None
     assert "variant" in MM.invalid_reason(key, cfg(variant="fg_tma"), "fp16", "cpu")
     pers = cfg(variant="persistent", BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_stages=4, num_warps=8,
                **PERSISTENT_PINNED)

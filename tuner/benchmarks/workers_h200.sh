@@ -8,7 +8,7 @@
 #   bash tuner/benchmarks/workers_h200.sh runs      TPE, --workers 1 then --workers 4, same seed and trials
 #   bash tuner/benchmarks/workers_h200.sh report    python -m tuner.benchmarks.workers_bench -> $OUT
 # KEYS: mm keys (default: the H100 grid study's three decode keys, results/search); TRIALS (default 60).
-# Cost: the grid is ~3,050 valid configs per key on sm_90 (fg_tma 445, split-K 810, persistent 1600,
+# Cost: the grid is ~2,655 valid configs per key on sm_90 (fg_tma 445, split-K 810, persistent 1200,
 # stream-K 200; counted with grid_configs on CPU); the H100's single-process grid ran ~10 configs/s,
 # so plan two or three `grid` calls (each resumes the last) before `runs`.
 set -u
