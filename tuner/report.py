@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Iterator
 
 from rich import box
@@ -23,6 +24,9 @@ def tune_progress(enabled: bool = True, total: int | None = None) -> Iterator[tu
     if not enabled:
         yield None, None
         return
+    if not console.is_terminal:
+        yield from _key_lines(total)
+        return
     progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                         TextColumn("search best {task.fields[best]}"), TimeElapsedColumn(), console=console)
     state: dict = {"task": None}
@@ -38,6 +42,32 @@ def tune_progress(enabled: bool = True, total: int | None = None) -> Iterator[tu
 
     with progress:
         yield on_key, on_event
+
+
+def _key_lines(total: int | None) -> Iterator[tuple]:
+    """Piped or logged output: rich draws its bars only when the run ends (never, if it is killed),
+    so one line per key as the key ends, flushed at once."""
+    state: dict = {"line": None}
+
+    def flush():
+        if state["line"] is not None:
+            console.print(f"{state['line']}: {state['measured']}/{total or '-'} measured, search best "
+                          f"{state['best']}, {time.monotonic() - state['t0']:.0f} s", soft_wrap=True)
+            console.file.flush()
+            state["line"] = None
+
+    def on_key(key, i, n):
+        flush()
+        state.update(line=f"[{i + 1}/{n}] {','.join(map(str, key))}", t0=time.monotonic(), measured=0, best="-")
+
+    def on_event(ev):
+        if state["line"] is not None:
+            state.update(measured=ev.measured, best=f"{ev.best_us:.2f} µs" if ev.best_us else "-")
+
+    try:
+        yield on_key, on_event
+    finally:
+        flush()
 
 
 def short_config(cfg: dict | None) -> str:

@@ -30,3 +30,17 @@ def test_db_show_at_80_columns_shows_whole_keys(tmp_path):
     for key in keys:  # each key whole at the start of its row
         assert any(line.split() and line.split()[0] == key for line in lines), key
     assert "mm bf16 on NVIDIA H200 (cuda-graph): key M,N,K,BT, µs" in r.stdout
+
+
+def test_tune_piped_prints_one_line_per_key_as_it_ends(tmp_path):
+    """Not a terminal (a log, CI, the GPU host's runs): rich would draw its bars only at the end, so
+    each key gets one plain line, before the results table."""
+    r = _cli("tune", "--op", "mm", "--shape", "16,32,32", "--shape", "16,64,32", "--device", "cpu",
+             "--trials", "3", "--seed", "0", "--db", str(tmp_path / "t.db"))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    keys = [i for i, line in enumerate(lines) if line.startswith(("[1/2] 16,32,32,1: ", "[2/2] 16,64,32,1: "))]
+    assert len(keys) == 2, r.stdout
+    assert all("3/3 measured, search best " in lines[i] and " µs, " in lines[i] for i in keys)
+    assert keys[1] < next(i for i, line in enumerate(lines) if line.startswith("tuning results"))
+    assert "━" not in r.stdout  # no bar drawn
