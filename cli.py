@@ -93,7 +93,8 @@ def tune(
     try:
         failed = []
         if workers != 1 or gpus is not None:
-            out = parallel.run_parallel(req, workers, gpus, on_child=_child_line(as_json))
+            out = parallel.run_parallel(req, workers, gpus, on_child=_child_line(as_json),
+                                        on_line=None if as_json else _progress_line)
             results, failed = out.results, out.failed
         else:
             with tune_progress(enabled=not as_json, total=trials) as (on_key, on_event):
@@ -116,6 +117,11 @@ def tune(
         tune_table(results)
     if failed:
         raise typer.Exit(1)
+
+
+def _progress_line(child, line: str) -> None:
+    """--workers / --gpus: a key one measurement process finished (its share of the trials)."""
+    typer.echo(f"{child.name} {line}")
 
 
 def _child_line(as_json: bool):

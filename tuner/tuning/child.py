@@ -9,7 +9,10 @@ configs in flight are queued again), 1 anything else (the traceback on stderr).
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+from tuner.tuning.parallel import PROGRESS_ENV
 
 
 def main() -> int:
@@ -18,7 +21,13 @@ def main() -> int:
 
     req = flow.TuneRequest(**json.loads(sys.stdin.readline()))
     try:
-        results = flow.tune(req)
+        if os.environ.get(PROGRESS_ENV):  # a line per key on stdout, before the results' JSON line
+            from tuner.report import tune_progress
+
+            with tune_progress(total=req.trials) as (on_key, on_event):
+                results = flow.tune(req, on_key=on_key, on_event=on_event)
+        else:
+            results = flow.tune(req)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

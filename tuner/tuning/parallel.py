@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from tuner.errors import UserError
 from tuner.tuning import flow
 
 INTERRUPT_WAIT_S = 120.0  # a child's clean-up after SIGINT (re-queueing, closing its worker)
+PROGRESS_ENV = "TUNER_CHILD_PROGRESS"  # set: the child prints a line per key as it ends (stdout)
+PROGRESS_LINE = re.compile(r"^\[\d+/\d+\] ")  # tuner.report's key line (the last line is the results' JSON)
 
 
 @dataclass
@@ -36,6 +39,8 @@ class Child:
     code: int | None = None
     results: list[flow.KeyResult] = field(default_factory=list)
     error: str = ""
+    read_to: int = 0  # how far the parent has read its stdout for progress lines
+    partial: str = ""
 
     @property
     def name(self) -> str:
@@ -101,12 +106,15 @@ def _child_request(req: flow.TuneRequest, index: int, n: int) -> dict:
 
 
 def run_parallel(req: flow.TuneRequest, workers: int, gpus: str | None,
-                 on_child: Callable[[Child], None] | None = None) -> ParallelOutcome:
+                 on_child: Callable[[Child], None] | None = None,
+                 on_line: Callable[[Child, str], None] | None = None) -> ParallelOutcome:
     """Start the children, wait for all, merge their results per key. on_child: called as each
-    child ends."""
+    child ends; on_line: with each progress line a child prints (a key it finished)."""
     children = plan(req, workers, gpus)
     for child in children:
         env = dict(os.environ)
+        if on_line is not None:
+            env[PROGRESS_ENV] = "1"
         if child.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = env["TUNER_WORKER_GPU"] = child.gpu
         # output into files, not pipes: a child filling a pipe's 64 KiB while the parent waits on
@@ -117,18 +125,37 @@ def run_parallel(req: flow.TuneRequest, workers: int, gpus: str | None,
         child.proc.stdin.write(json.dumps(_child_request(req, child.index, len(children))) + "\n")
         child.proc.stdin.close()
     try:
-        _wait(children, on_child)
+        _wait(children, on_child, on_line)
     except KeyboardInterrupt:
         _interrupt(children)
         raise
     return ParallelOutcome(merge([r for c in children for r in c.results]), children)
 
 
-def _wait(children: list[Child], on_child) -> None:
+def _progress(child: Child, on_line) -> None:
+    """The progress lines the child printed since the last look (pread: the child's file offset,
+    which its writes use, stays where it is)."""
+    while True:
+        chunk = os.pread(child.out.fileno(), 1 << 16, child.read_to)
+        if not chunk:
+            break
+        child.read_to += len(chunk)
+        *lines, child.partial = (child.partial + chunk.decode("utf-8", "replace")).split("\n")
+        for line in lines:
+            if PROGRESS_LINE.match(line):
+                on_line(child, line)
+
+
+def _wait(children: list[Child], on_child, on_line=None) -> None:
     """Until every child has ended; on_child as each one ends, in the order they end."""
     running = list(children)
     while running:
+        if on_line is not None:
+            for child in running:
+                _progress(child, on_line)
         for child in [c for c in running if c.proc.poll() is not None]:
+            if on_line is not None:
+                _progress(child, on_line)
             running.remove(child)
             child.code = child.proc.returncode
             child.out.seek(0)

@@ -186,3 +186,21 @@ def test_a_live_tune_finishes_what_a_killed_one_left_in_flight(db_url):
     _check_study(after, 5)
     assert in_flight <= {text for text, _ in _measured(after)}
     assert set(_measured(before)) <= set(_measured(after))
+
+
+def test_workers_report_each_key_as_it_ends(tmp_path):
+    """Without --json, each measurement process's line per key reaches the terminal as the key
+    ends (the parent reads the children's output while they run), before the results table; the
+    lines' measured counts are the workers' shares of the budget."""
+    proc = _tune(f"sqlite:///{tmp_path / 't.db'}", "--shape", "16,32,32", "--shape", "16,64,32", "--trials", "4",
+                 "--workers", "2", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    keyed = [line for line in lines if line.startswith(("worker 0 [", "worker 1 ["))]
+    assert sorted(line.split(":")[0] for line in keyed) == [
+        "worker 0 [1/2] 16,32,32,1", "worker 0 [2/2] 16,64,32,1", "worker 1 [1/2] 16,32,32,1", "worker 1 [2/2] 16,64,32,1"]
+    for key in ("16,32,32,1", "16,64,32,1"):
+        shares = [int(line.split(": ")[1].split("/")[0]) for line in keyed if key in line]
+        assert sum(shares) == 4, keyed
+    first_table = next(i for i, line in enumerate(lines) if line.startswith("tuning results"))
+    assert all(lines.index(line) < first_table for line in keyed)
