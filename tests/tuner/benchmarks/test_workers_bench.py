@@ -10,7 +10,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner.benchmarks.workers_bench import compare, summarise
+from tuner.benchmarks.workers_bench import compare, measured, studies, summarise
 
 T0 = datetime(2026, 11, 30, 12, 0, 0)
 
@@ -62,7 +62,11 @@ def test_real_runs_on_the_cpu(tmp_path):
     assert row["grid_measured_twice"] == 0
     assert row["measured"] == 12 and row["measured_twice"] == 0 and row["running_left"] == 0
     assert row["best_us"] > 0 and row["reference_us"] > 0 and row["search_s"] > 0
-    assert row["reference"] == "grid" and row["best_us"] >= row["reference_us"]  # the grid measured every config
+    assert row["reference"] == "grid"
+    # the grid measured every config the run did (their times differ by noise: two runs, CI failed on
+    # best >= grid's best when the run timed the same config 5% faster on a busy 2-core machine)
+    texts = lambda url: {t.user_attrs["canonical"] for ts in studies(url).values() for t in measured(ts)}
+    assert texts(f"sqlite:///{tmp_path / 'w2.db'}") <= texts(f"sqlite:///{tmp_path / 'grid.db'}")
     # no grid (issue 17's 1-GPU vs 2-GPU runs): the reference is the best of the runs, per study
     tune(tmp_path / "w1.db", "--workers", "1", "--trials", "6", "--seed", "1", shapes=("16,32,32", "16,64,32"))
     w1, w2 = f"sqlite:///{tmp_path / 'w1.db'}", f"sqlite:///{tmp_path / 'w2.db'}"
