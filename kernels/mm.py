@@ -32,6 +32,10 @@ SMEM_BY_ARCH = {9: 232448, 8: 166912}
 SMEM_DEFAULT = 101376
 MAX_WORKSPACE_BYTES = 512 << 20
 FG_GROUP_M = 8  # FlagGems' general_mm always passes GROUP_M=8: its cache cannot hold another
+# the tile and launch dimensions of every GEMM space of tuner's kernels (mm, scaled_mm)
+TILE_SPACE = {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (32, 64, 128, 256), "BLOCK_K": (32, 64, 128, 256),
+              "GROUP_M": (1, 4, 8, 16)}
+LAUNCH_SPACE = {"num_warps": (2, 4, 8), "num_stages": (2, 3, 4, 5)}
 # the persistent kernel's own parameters, and the value they are pinned to for the other variants
 PERSISTENT_PARAMS = {"OCCUPANCY": (1, 2), "WARP_SPECIALIZE": (0, 1), "FLATTEN": (0, 1), "EPILOGUE_SUBTILE": (0, 1)}
 PERSISTENT_PINNED = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 0, "EPILOGUE_SUBTILE": 0}
@@ -99,7 +103,7 @@ def persistent_starts(M: int) -> list[Config]:
         return [dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, EPILOGUE_SUBTILE=1),
                 dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
                 dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4, FLATTEN=1)]
-    bm = 16 if M <= 16 else 64
+    bm = 16 if M <= 16 else (32 if M <= 32 else 64)  # never over the padded M: such a start is dropped
     return [dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=256 if bm == 16 else 128, GROUP_M=1, num_warps=4, num_stages=4),
             dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=4),
             dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=64, GROUP_M=1, num_warps=4, num_stages=5, FLATTEN=1)]
@@ -145,6 +149,20 @@ def mm_starts(space: Mapping[str, tuple], M: int) -> list[Config]:
     starts += splitk_starts(M) if "splitk" in variants else []
     pinned = {k: v for k, v in {**PERSISTENT_PINNED, "SPLIT_K": 1}.items() if k in space}
     return [pinned | c for c in starts]
+
+
+def persistent_reason(config: Config, smem: int, limit: int, arch: int) -> str | None:
+    """Why a persistent TMA kernel's config (bf16 or fp8) cannot run, its shared memory per
+    program `smem` already within `limit`: resident programs, warpgroups, warp specialisation."""
+    if config["OCCUPANCY"] > 1 and config["OCCUPANCY"] * smem > limit:
+        return f"{config['OCCUPANCY']} programs per SM need {config['OCCUPANCY'] * smem} B of shared memory"
+    if config["num_warps"] < 4:
+        return "the persistent kernel's wgmma main loop works on whole warpgroups (4 warps)"
+    if arch == 9 and config.get("WARP_SPECIALIZE") and config.get("FLATTEN"):
+        # H200, Triton 3.6 (results/gemm_h200/session5/ws_probe.jsonl): with FLATTEN the loop is
+        # not split into warp groups (4 warps, no setmaxnreg): the kernel FLATTEN alone makes
+        return "WARP_SPECIALIZE with FLATTEN compiles to the FLATTEN kernel on sm_90 (no warp groups)"
+    return None
 
 
 def flaggems_variant(key: Key, dtype: str) -> str:
@@ -211,17 +229,7 @@ class MM(Kernel):
         else:
             variants = (flaggems_variant(key, dtype), "splitk") + (TMA_VARIANTS if tma_rows(key, dtype) else ())
         own = PERSISTENT_PARAMS if "persistent" in variants else {}
-        return {
-            "variant": variants,
-            "BLOCK_M": (16, 32, 64, 128, 256),
-            "BLOCK_N": (32, 64, 128, 256),
-            "BLOCK_K": (32, 64, 128, 256),
-            "GROUP_M": (1, 4, 8, 16),
-            "SPLIT_K": (1, 2, 4, 8, 16),
-            "num_warps": (2, 4, 8),
-            "num_stages": (2, 3, 4, 5),
-            **own,
-        }
+        return {"variant": variants, **TILE_SPACE, "SPLIT_K": (1, 2, 4, 8, 16), **LAUNCH_SPACE, **own}
 
     def canonical(self, key: Key, config: Config) -> Config:
         c = dict(config)
@@ -267,15 +275,8 @@ class MM(Kernel):
         limit = SMEM_BY_ARCH.get(arch, SMEM_DEFAULT) if device == "cuda" else SMEM_BY_ARCH[9]
         if smem > limit:
             return f"needs {smem} B of shared memory, the limit is {limit}"
-        if variant in TMA_VARIANTS:
-            if config["OCCUPANCY"] > 1 and config["OCCUPANCY"] * smem > limit:
-                return f"{config['OCCUPANCY']} programs per SM need {config['OCCUPANCY'] * smem} B of shared memory"
-            if warps < 4:
-                return "the persistent kernel's wgmma main loop works on whole warpgroups (4 warps)"
-            if arch == 9 and config.get("WARP_SPECIALIZE") and config.get("FLATTEN"):
-                # H200, Triton 3.6 (results/gemm_h200/session5/ws_probe.jsonl): with FLATTEN the loop is
-                # not split into warp groups (4 warps, no setmaxnreg): the kernel FLATTEN alone makes
-                return "WARP_SPECIALIZE with FLATTEN compiles to the FLATTEN kernel on sm_90 (no warp groups)"
+        if variant in TMA_VARIANTS and (why := persistent_reason(config, smem, limit, arch)):
+            return why
         if bm * bn > 256 * 32 * warps:
             return f"a {bm}x{bn} fp32 accumulator over {warps} warps needs > 256 registers per thread"
         if warps == 2 and bm * bn > 64 * 64:

@@ -164,6 +164,7 @@ def test_persistent_mm_refuses_what_tma_cannot_read():
 
 def test_warm_starts_include_splitk_at_decode_and_streamk_at_prefill():
     for key, variants in [((1, 3584, 18944, 1), {"persistent", "splitk", "streamk"}),
+                          ((32, 4608, 3584, 1), {"persistent", "splitk", "streamk"}),  # M=32: 32-row tiles
                           ((128, 3584, 3584, 1), {"persistent"}),
                           ((4096, 3584, 3584, 1), {"persistent", "streamk"}),
                           ((16, 151700, 3584, 1), {"splitk"})]:  # lm_head's rows: no TMA
