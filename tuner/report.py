@@ -70,13 +70,21 @@ def _key_lines(total: int | None) -> Iterator[tuple]:
         flush()
 
 
+# the persistent kernels' knobs, shown when on: OCCUPANCY as o2, the flags by their initials
+KNOB_MARKS = (("OCCUPANCY", "o"), ("WARP_SPECIALIZE", "ws"), ("FLATTEN", "fl"), ("EPILOGUE_SUBTILE", "es"))
+
+
 def short_config(cfg: dict | None) -> str:
-    """'splitk 16x64x128 g1 sk4 w4 s3' for an mm config; key=value pairs otherwise."""
+    """'splitk 16x64x128 g1 sk4 w4 s3' for an mm config (SPLIT_K where the op has it, the
+    persistent knobs that are on: 'persistent 128x128x64 g8 w4 s4 ws'); key=value pairs otherwise."""
     if cfg is None:
         return "-"
     if {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= set(cfg):
+        split = f" sk{cfg['SPLIT_K']}" if "SPLIT_K" in cfg else ""
+        knobs = "".join(f" {mark}{cfg[k] if k == 'OCCUPANCY' else ''}" for k, mark in KNOB_MARKS
+                        if cfg.get(k) and (k != "OCCUPANCY" or cfg[k] > 1))
         return (f"{cfg.get('variant', '')} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} "
-                f"g{cfg.get('GROUP_M', '-')} sk{cfg.get('SPLIT_K', 1)} w{cfg.get('num_warps')} s{cfg.get('num_stages')}")
+                f"g{cfg.get('GROUP_M', '-')}{split} w{cfg.get('num_warps')} s{cfg.get('num_stages')}{knobs}")
     return " ".join(f"{k}={v}" for k, v in cfg.items())
 
 

@@ -44,3 +44,16 @@ def test_tune_piped_prints_one_line_per_key_as_it_ends(tmp_path):
     assert all("3/3 measured, search best " in lines[i] and " µs, " in lines[i] for i in keys)
     assert keys[1] < next(i for i, line in enumerate(lines) if line.startswith("tuning results"))
     assert "━" not in r.stdout  # no bar drawn
+
+
+def test_short_config_shows_split_k_and_the_knobs_that_are_on():
+    from tuner.report import short_config
+
+    mm = dict(variant="splitk", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, SPLIT_K=4, num_warps=4, num_stages=3,
+              OCCUPANCY=1, WARP_SPECIALIZE=0, FLATTEN=0, EPILOGUE_SUBTILE=0)
+    assert short_config(mm) == "splitk 16x64x128 g1 sk4 w4 s3"
+    persistent = mm | dict(variant="persistent", SPLIT_K=1, OCCUPANCY=2, WARP_SPECIALIZE=1, EPILOGUE_SUBTILE=1)
+    assert short_config(persistent) == "persistent 16x64x128 g1 sk1 w4 s3 o2 ws es"
+    fp8 = {k: v for k, v in mm.items() if k != "SPLIT_K"} | {"variant": "persistent"}  # scaled_mm has no SPLIT_K
+    assert short_config(fp8) == "persistent 16x64x128 g1 w4 s3"
+    assert short_config({"x": 1}) == "x=1" and short_config(None) == "-"
