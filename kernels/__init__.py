@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "attention": "kernels.attention:Attention",
     "addmm": "kernels.addmm:AddMM",
     "bmm": "kernels.bmm:BMM",
+    "scaled_mm": "kernels.scaled_mm:ScaledMM",
 }
 
 

@@ -66,6 +66,7 @@ class Coverage:
     profile_keys: `tune --from-profile` gives this op's keys: M,N,K of its batch-1 rows (GEMM forms).
     no_profile_keys: why `tune --from-profile` cannot, where that needs saying (the refusal says it).
     injectors: the injectors (tuner.inject.registry) that put its tuned configs to use at serve time.
+    no_injector: why none does, where none does yet (its winners are measured, not served).
     """
 
     aten_ops: Mapping[str, str] = field(default_factory=dict)
@@ -74,10 +75,13 @@ class Coverage:
     profile_keys: bool = False
     no_profile_keys: str | None = None
     injectors: tuple[str, ...] = ()
+    no_injector: str | None = None
 
     def __post_init__(self) -> None:
         if self.profile_keys and self.no_profile_keys:
             raise ValueError("an op either gives keys from a profile or says why not, not both")
+        if bool(self.injectors) == bool(self.no_injector):
+            raise ValueError("an op names the injectors that serve its winners or says why none does, one of both")
 
 
 # A runner takes one input set and its output buffer, and writes the result into the buffer.
