@@ -18,6 +18,8 @@
 #   grid    issue 13's reference: --sampler grid on the same keys, 4 workers per GPU
 #   vbench, fsbench   only with vLLM staged (and FlagScale for fsbench, vllm_h200.sh fs), before runs:
 #           vllm_h200.sh bench native,tuned and fsbench with this run's gemm.db as the tuned routes
+#   fp8tests, fp8   issue 12 item 3: the fp8 GEMM's GPU tests (240 s at most), then scaled_mm tuned
+#           on vLLM's fp8 layers (qkv, o, gate_up, down) at 5 M, into gemm.db beside mm and addmm
 # and after them, in every call: the GEMM report and the workers report of what exists so far.
 # SKIP="probe runs grid" marks steps done before starting (e.g. a lease that only re-tunes); the
 # stream-K GPU tests (step streamk, 150 s at most) still run before the tunes that time stream-K.
@@ -35,6 +37,7 @@ ADDMM=(); for m in 1 8 32 64 512 4096; do ADDMM+=(--shape "$m,4608,3584"); done
 for s in 10240,1152,1152 10240,4304,1152 10240,1152,4304 1500,1024,1024 1500,4096,1024 1500,1024,4096 1500,3584,1024; do
   ADDMM+=(--shape "$s"); done
 WK=(); for s in $KEYS; do WK+=(--shape "$s"); done
+FP8=(); for nk in 4608,3584 3584,3584 37888,3584 3584,18944; do for m in 1 8 64 512 4096; do FP8+=(--shape "$m,$nk"); done; done
 NG=$(nvidia-smi -L 2>/dev/null | grep -c GPU); ALL=$(seq -s, 0 $(( NG > 0 ? NG - 1 : 0 )))  # 0 or 0,1
 OTHER=$(( NG > 1 ? 1 : 0 ))  # where the correctness tests run beside GPU 0's timings (the same GPU on one)
 
@@ -120,6 +123,14 @@ if [ -f $Q/addmm ] && [ -d /tmp/vsite/vllm ]; then
     touch "$Q/$step"
   done
 fi
+if [ -f $Q/addmm ] && [ $WAIT_FOR_CALL = 0 ] && [ ! -f $Q/fp8tests ]; then
+  stamp "pytest -m gpu fp8 GEMM (240 s at most)"
+  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider \
+      tests/gpu/test_scaled_mm_gpu.py) > "$R/fp8_tests.log" 2>&1
+  echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$R/fp8_tests.log" | tail -12; touch $Q/fp8tests
+fi
+[ -f $Q/fp8tests ] && [ $WAIT_FOR_CALL = 0 ] && { [ -f $Q/fp8 ] || tune fp8 tune_fp8.log --op scaled_mm "${FP8[@]}" \
+    --trials "${TRIALS:-40}" --timeout "${KEY_TIMEOUT:-12}" --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"; }
 if [ -f $Q/addmm ] && [ $WAIT_FOR_CALL = 0 ]; then
   mkdir -p "$R/dbs"
   RUNS_TODO=("w1 --gpus 0 --workers 1" "w4 --gpus 0 --workers 4"); [ "$NG" -gt 1 ] && RUNS_TODO+=("g2 --gpus 0,1 --workers 1")
@@ -136,7 +147,7 @@ stamp "reports"
 cd /tmp/tuner || exit 1
 if [ -f "$R/gemm.db" ]; then
   python3 cli.py db show --db "sqlite:///$R/gemm.db" --json > "$R/db_show.json" 2>/dev/null
-  python3 -m tuner.benchmarks.report_mm --copy-bw "$R/copy_bw.json" --ops mm,addmm "$R/gemm.db" > "$R/REPORT.md" 2>&1
+  python3 -m tuner.benchmarks.report_mm --copy-bw "$R/copy_bw.json" --ops mm,addmm,scaled_mm "$R/gemm.db" > "$R/REPORT.md" 2>&1
   tail -8 "$R/REPORT.md"
 fi
 RUNS=(); for n in w1 w4 g2; do [ -f "$R/dbs/$n.db" ] && RUNS+=("$n=$R/dbs/$n.db"); done
