@@ -81,9 +81,12 @@ def fail_stale(study: optuna.Study, sessions: Callable[[], Session]) -> None:
 
 def on_stale(sessions: Callable[[], Session]) -> Callable[[optuna.Study, FrozenTrial], None]:
     """The storage's callback for a trial failed as stale: its claim is given back and its config
-    queued again, so the study measures it later (as a Ctrl-C does for configs in flight)."""
+    queued again, so the study measures it later (as a Ctrl-C does for configs in flight); not
+    when the trial's outcome was written (History.tell_result: status last) before the kill."""
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get("status"):
+            return  # measured to the end, killed before the tell: its outcome is in its attributes
         q.release(sessions, study.study_name, [trial.number])
         if trial.params:
             study.enqueue_trial(dict(trial.params))

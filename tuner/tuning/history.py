@@ -56,7 +56,10 @@ def _load(study: optuna.Study) -> dict[str, Known]:
     out: dict[str, Known] = {}
     for t in filter(_is_record, study.get_trials(deepcopy=False)):
         text, status = t.user_attrs["canonical"], t.user_attrs.get("status")
-        if t.state == TrialState.COMPLETE and status not in (None, Status.OK):  # a penalised failure (GP)
+        if t.state == TrialState.FAIL and status == Status.OK and t.user_attrs.get("time_us") is not None:
+            # measured, then its process was killed before the tell (the trial failed as stale)
+            out[text] = Known(TrialState.COMPLETE, t.user_attrs["time_us"], dict(t.user_attrs), t.number)
+        elif t.state == TrialState.COMPLETE and status not in (None, Status.OK):  # a penalised failure (GP)
             out.setdefault(text, Known(TrialState.FAIL, None, dict(t.user_attrs), t.number))
         elif t.state == TrialState.COMPLETE or text not in out:
             out[text] = Known(t.state, t.value, dict(t.user_attrs), t.number)
@@ -147,18 +150,25 @@ class History:
         self.study.tell(trial, state=TrialState.PRUNED)
 
     def tell_result(self, trial: Trial, text: str, res: Result) -> None:
+        """The outcome goes into the trial's attributes, `status` last, then the state is told: a
+        process killed between the two leaves a trial whose outcome is whole in its attributes
+        (time_us included), which the next process keeps (`_load`, claims.on_stale) instead of
+        measuring the config again (CI saw that window: one config measured twice after a kill)."""
         for name in ("rel_error", "max_abs_error"):
             if getattr(res, name) is not None:
                 trial.set_user_attr(name, getattr(res, name))
-        trial.set_user_attr("status", res.status.value)
         if MEASURING_GPUS:  # which GPU timed it, when `--gpus` split the study over several
             trial.set_user_attr("gpu", MEASURING_GPUS)
+        if res.ok:
+            trial.set_user_attr("time_us", res.time_us)
+        else:
+            trial.set_user_attr("reason", res.reason or "")
+        trial.set_user_attr("status", res.status.value)
         if res.ok:
             self.study.tell(trial, res.time_us)
             self.known[text] = Known(TrialState.COMPLETE, res.time_us,
                                      {"rel_error": res.rel_error, "max_abs_error": res.max_abs_error})
             return
-        trial.set_user_attr("reason", res.reason or "")
         self.tell_bad(trial, TrialState.FAIL)
         self.known[text] = Known(TrialState.FAIL, None, {"reason": res.reason})
 

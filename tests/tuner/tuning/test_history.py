@@ -102,3 +102,67 @@ def test_a_worker_started_for_one_gpu_records_it_on_every_measured_trial(monkeyp
     h.tell_result(_ask(study, 2), canon_text({"x": 2}), Result(ok=True, time_us=4.0))
     h.tell_result(_ask(study, 3), canon_text({"x": 3}), Result(ok=False, status=Status.WRONG, reason="rel 9"))
     assert [t.user_attrs.get("gpu") for t in study.get_trials()] == [None, "1", "1"]
+
+
+class _Killed(BaseException):
+    """The process dying between the outcome's attributes and the tell."""
+
+
+def _killed_before_the_tell(study, h, x, res):
+    trial = _ask(study, x)
+    tell = study.tell
+
+    def die(*a, **k):
+        raise _Killed
+
+    study.tell = die
+    try:
+        h.tell_result(trial, canon_text({"x": x}), res)
+    except _Killed:
+        pass
+    finally:
+        study.tell = tell
+    study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)  # as fail_stale_trials does
+    return trial
+
+
+def test_a_kill_between_the_outcome_and_the_tell_keeps_the_measurement():
+    """The trial's outcome is whole in its attributes before the tell (status written last): a
+    process killed in between leaves a failed trial that the next process knows as measured, with
+    its time, so the config is not measured again (CI: one config measured twice after a kill)."""
+    study = optuna.create_study(direction="minimize")
+    h = History(study, penalise=False)
+    h.tell_result(_ask(study, 1), canon_text({"x": 1}), Result(ok=True, time_us=5.0))
+    _killed_before_the_tell(study, h, 2, Result(ok=True, time_us=3.0, rel_error=0.01))
+    _killed_before_the_tell(study, h, 3, Result(ok=False, status=Status.WRONG, reason="rel 9"))
+    again = History(study, penalise=False)
+    assert again.measured() == [(5.0, canon_text({"x": 1})), (3.0, canon_text({"x": 2}))]
+    assert again.best().us == 3.0 and again.best().rel_error == 0.01
+    assert again.get(canon_text({"x": 3})).state == TrialState.FAIL and again.trials_total() == 3
+
+
+def test_a_stale_trial_is_measured_again_only_when_its_outcome_was_not_written(tmp_path):
+    """claims.on_stale, on a real tuner database: a trial killed mid-measurement (no status) gives
+    back its claim and its config is queued again; one killed after writing its outcome keeps both."""
+    from db import claims as q
+    from db import open_database
+    from tuner.tuning.claims import on_stale
+
+    db = open_database(f"sqlite:///{tmp_path / 't.db'}")
+    try:
+        study = optuna.create_study(direction="minimize", study_name="s")
+        h = History(study, penalise=False)
+        mid = _ask(study, 1)
+        done = _killed_before_the_tell(study, h, 2, Result(ok=True, time_us=3.0))
+        for t in (mid, done):
+            q.claim(db.sessions, study_name="s", config=t.user_attrs["canonical"], trial_number=t.number, owner="me")
+        study._storage.set_trial_state_values(mid._trial_id, state=TrialState.FAIL)
+        frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+        for t in (mid, done):
+            on_stale(db.sessions)(study, frozen[t.number])
+        assert q.claimed(db.sessions, "s", [mid.number, done.number]) == {done.number}
+        waiting = [t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)
+                   if t.state == TrialState.WAITING]
+        assert waiting == [{"x": 1}]
+    finally:
+        db.dispose()
