@@ -185,11 +185,15 @@ def ops() -> None:
     """List the tunable ops, what each one is, and what each field of its key means.
 
     Example: tuner ops"""
-    from kernels import REGISTRY, get_kernel
+    from kernels import REGISTRY, coverage, get_kernel
 
     for name in REGISTRY:
         k = get_kernel(name)
         typer.echo(textwrap.fill(f"{name}: {k.description}", width=80, subsequent_indent="  "))
+        typer.echo(f"  dtypes {', '.join(k.dtypes)} (default {k.default_dtype('cuda')})")
+        why = coverage(name).no_injector
+        if why:
+            typer.echo(textwrap.fill(f"  not served: {why}", width=80, subsequent_indent="    "))
         typer.echo(f"  key {','.join(k.key_names)}")
         for field in k.key_names:
             typer.echo(textwrap.fill(k.key_help.get(field, ""), width=78, initial_indent=f"    {field:8s} ",

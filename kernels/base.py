@@ -151,6 +151,12 @@ class Kernel(ABC):
     def presets(self) -> Mapping[str, list[Key]]:
         return {}
 
+    def default_dtype(self, device: str) -> str:
+        """bf16 on the GPU (what vLLM serves MiniCPM-o in), fp16 on the CPU (the interpreter casts to
+        bf16 by truncation); an op without those (scaled_mm: fp8 only) takes its first dtype."""
+        usual = "bf16" if device == "cuda" else "fp16"
+        return usual if usual in self.dtypes else self.dtypes[0]
+
     # ---- search space -------------------------------------------------------------------
     @abstractmethod
     def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:

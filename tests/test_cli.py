@@ -79,6 +79,8 @@ def test_ops_explains_every_key_field_in_80_columns():
     # the presets `tune --shapes` takes, names never cut at a hyphen
     assert "--shapes minicpmo-llm (30 keys), vllm-tp1 (28 keys)" in res.output
     assert "minicpmo-llm (1 key)" in res.output and "vllm-\n" not in res.output
+    assert "  dtypes bf16, fp16, fp32 (default bf16)" in res.output  # mm's
+    assert "  dtypes fp8_w8a8 (default fp8_w8a8)\n  not served: no serve-time path" in res.output  # scaled_mm's
 
 
 def test_every_command_help_has_an_example():

@@ -88,20 +88,13 @@ def validate(req: TuneRequest) -> tuple[Kernel, list[Key], str, str]:
     device = resolve_device(req.device)
     if device not in kernel.devices:
         raise UserError(f"op {kernel.name} has no CPU implementation: it needs an NVIDIA GPU (--device cuda)")
-    dtype = req.dtype or default_dtype(kernel, device)
+    dtype = req.dtype or kernel.default_dtype(device)
     if dtype not in kernel.dtypes:
         raise UserError(f"unknown dtype {dtype!r} for op {kernel.name}; use one of {', '.join(kernel.dtypes)}")
     if device == "cpu" and dtype == "bf16":
         raise UserError("the Triton interpreter (CPU) computes bf16 wrongly; use --dtype fp16 or fp32 on CPU")
     check_fits(kernel, keys, device, dtype)
     return kernel, keys, device, dtype
-
-
-def default_dtype(kernel: Kernel, device: str) -> str:
-    """bf16 on the GPU (what vLLM serves MiniCPM-o in), fp16 on the CPU (the interpreter rounds bf16
-    by truncation); an op with other dtypes only (scaled_mm: fp8) takes its first."""
-    usual = "bf16" if device == "cuda" else "fp16"
-    return usual if usual in kernel.dtypes else kernel.dtypes[0]
 
 
 def check_fits(kernel: Kernel, keys: list[Key], device: str, dtype: str) -> None:
