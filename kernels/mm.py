@@ -158,10 +158,18 @@ def persistent_reason(config: Config, smem: int, limit: int, arch: int) -> str |
         return f"{config['OCCUPANCY']} programs per SM need {config['OCCUPANCY'] * smem} B of shared memory"
     if config["num_warps"] < 4:
         return "the persistent kernel's wgmma main loop works on whole warpgroups (4 warps)"
-    if arch == 9 and config.get("WARP_SPECIALIZE") and config.get("FLATTEN"):
-        # H200, Triton 3.6 (results/gemm_h200/session5/ws_probe.jsonl): with FLATTEN the loop is
-        # not split into warp groups (4 warps, no setmaxnreg): the kernel FLATTEN alone makes
-        return "WARP_SPECIALIZE with FLATTEN compiles to the FLATTEN kernel on sm_90 (no warp groups)"
+    if arch == 9 and config.get("WARP_SPECIALIZE"):
+        if config.get("FLATTEN"):
+            # H200, Triton 3.6 (results/gemm_h200/session5/ws_probe.jsonl): with FLATTEN the loop is
+            # not split into warp groups (4 warps, no setmaxnreg): the kernel FLATTEN alone makes
+            return "WARP_SPECIALIZE with FLATTEN compiles to the FLATTEN kernel on sm_90 (no warp groups)"
+        # Triton 3.6 compiling for sm_90 (results/aot_sm90): with 8 warps the cubin is the one without
+        # WARP_SPECIALIZE (80 of 80 pairs, bf16 and fp8); with the subtiled epilogue and 128- or
+        # 256-row tiles its warp-specialisation pass fails (49 of 49)
+        if config["num_warps"] == 8:
+            return "WARP_SPECIALIZE with 8 warps compiles to the same binary as without it on sm_90"
+        if config.get("EPILOGUE_SUBTILE") and config["BLOCK_M"] >= 128:
+            return "WARP_SPECIALIZE with EPILOGUE_SUBTILE at BLOCK_M >= 128 does not compile on sm_90 (Triton 3.6)"
     return None
 
 

@@ -84,6 +84,16 @@ def test_constraints_before_compiling():
     assert "FLATTEN" in MM.invalid_reason((4096, 3584, 3584, 1), ws, "bf16", "cuda")
     assert MM.invalid_reason((4096, 3584, 3584, 1), ws | {"FLATTEN": 0}, "bf16", "cuda") is None
     assert MM.invalid_reason((4096, 3584, 3584, 1), ws, "bf16", "cuda", arch=10) is None
+    # Triton 3.6 for sm_90 (results/aot_sm90): 8 warps make the binary without it, and the subtiled
+    # epilogue at 128-row tiles does not compile; 64-row tiles with it compile to warp groups
+    ws = ws | {"FLATTEN": 0}
+    assert "same binary" in MM.invalid_reason((4096, 3584, 3584, 1), ws | {"num_warps": 8}, "bf16", "cuda")
+    assert MM.invalid_reason((4096, 3584, 3584, 1), ws | {"num_warps": 8, "WARP_SPECIALIZE": 0}, "bf16", "cuda") is None
+    big = ws | {"BLOCK_M": 128, "EPILOGUE_SUBTILE": 1}
+    assert "does not compile" in MM.invalid_reason((4096, 3584, 3584, 1), big, "bf16", "cuda")
+    assert MM.invalid_reason((4096, 3584, 3584, 1), big | {"EPILOGUE_SUBTILE": 0}, "bf16", "cuda") is None
+    assert MM.invalid_reason((4096, 3584, 3584, 1), ws | {"EPILOGUE_SUBTILE": 1}, "bf16", "cuda") is None
+    assert MM.invalid_reason((4096, 3584, 3584, 1), big, "bf16", "cuda", arch=10) is None
     assert "variant" in MM.invalid_reason(key, cfg(variant="fg_tma"), "fp16", "cpu")
     pers = cfg(variant="persistent", BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_stages=4, num_warps=8,
                **PERSISTENT_PINNED)

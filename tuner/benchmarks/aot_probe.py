@@ -1,0 +1,110 @@
+"""Compile tuner's persistent TMA GEMMs for sm_90 on a machine without a GPU, as the GPU host's
+Triton would, and report what each config compiles to: whether it compiles at all, its shared
+memory (and whether it fits an SM's 227 KiB), wgmma, and whether WARP_SPECIALIZE split the loop into warp groups (setmaxnreg in the PTX).
+With --pairs, each WARP_SPECIALIZE=1 config's cubin is compared with its WARP_SPECIALIZE=0 twin's:
+identical binaries mean the search would measure one kernel twice.
+
+Triton compiles for an explicit target (GPUTarget("cuda", 90, 32)) with the ptxas its wheel ships:
+no driver is needed. Use the GPU host's Triton (3.6.0 for torch 2.11), e.g. in a venv beside the
+CPU torch: `python -m venv --system-site-packages /tmp/t36 && /tmp/t36/bin/pip install triton==3.6.0`.
+
+usage: python -m tuner.benchmarks.aot_probe --op mm|scaled_mm --shape M,N,K [--sample N] [--seed S]
+           [--warps 4|8] [--ws-only] [--pairs] [--jobs 2] > probe.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import random
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+# op -> (module, kernel, argument types, constexprs the op's configs do not set)
+KERNELS = {
+    "mm": ("kernels.persistent_mm", "persistent_mm_kernel",
+           {"A": "*bf16", "B": "*bf16", "C": "*bf16", "BIAS": "*bf16", "M": "i32", "N": "i32", "K": "i32",
+            "stride_am": "i32", "stride_b": "i32", "stride_cm": "i32", "NUM_PROGRAMS": "i32"},
+           {"B_NK": True, "IEEE": False}),
+    "scaled_mm": ("kernels.fp8_mm", "fp8_mm_kernel",
+                  {"A": "*fp8e4nv", "B": "*fp8e4nv", "C": "*bf16", "SCALE_A": "*fp32", "SCALE_B": "*fp32",
+                   "BIAS": "*bf16", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_bn": "i32",
+                   "stride_cm": "i32", "NUM_PROGRAMS": "i32"},
+                  {}),
+}
+DTYPES = {"mm": "bf16", "scaled_mm": "fp8_w8a8"}
+
+
+def compile_config(op: str, cfg: dict):
+    """Triton's compiled kernel of `cfg` (a persistent config of `op`) for sm_90; raises what Triton raises."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    module, name, types, fixed = KERNELS[op]
+    fn = getattr(importlib.import_module(module), name)
+    const = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": cfg["GROUP_M"],
+             "HAS_BIAS": False, "WARP_SPECIALIZE": bool(cfg["WARP_SPECIALIZE"]), "FLATTEN": bool(cfg["FLATTEN"]),
+             "EPILOGUE_SUBTILE": bool(cfg["EPILOGUE_SUBTILE"]), **fixed}
+    signature = {**types, **{k: "constexpr" for k in const}}
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=const), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+
+
+def probe(job: tuple[str, dict, bool]) -> dict:
+    op, cfg, pairs = job
+    row: dict = {"op": op, "config": cfg}
+    try:
+        k = compile_config(op, cfg)
+    except Exception as e:  # Triton's own failures (an MLIR pass, out of resources): the finding
+        return row | {"compiles": False, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"}
+    from kernels.mm import SMEM_BY_ARCH
+
+    ptx = k.asm["ptx"]
+    # shared memory is checked when the kernel is loaded, not compiled: judged here against sm_90's
+    row |= {"compiles": True, "shared": k.metadata.shared, "fits": k.metadata.shared <= SMEM_BY_ARCH[9],
+            "warps": k.metadata.num_warps,
+            "wgmma": "wgmma.mma_async" in ptx, "warp_groups": "setmaxnreg" in ptx}
+    if pairs and cfg["WARP_SPECIALIZE"]:
+        twin = compile_config(op, cfg | {"WARP_SPECIALIZE": 0})
+        row["same_binary_as_ws0"] = hashlib.sha256(k.asm["cubin"]).digest() == hashlib.sha256(twin.asm["cubin"]).digest()
+    return row
+
+
+def sample(op: str, key: tuple, n: int, seed: int, warps: int | None, ws_only: bool) -> list[dict]:
+    """n random persistent configs of the op's grid for `key` (every one when n is 0)."""
+    from kernels import get_kernel
+    from tuner.tuning.candidates import grid_configs
+
+    kernel = get_kernel(op)
+    full = (*key, 1) if op == "mm" and len(key) == 3 else key
+    configs = [c for c in grid_configs(kernel, full, DTYPES[op], "cuda") if c["variant"] == "persistent"
+               and (warps is None or c["num_warps"] == warps) and (not ws_only or c["WARP_SPECIALIZE"])]
+    return random.Random(seed).sample(configs, n) if 0 < n < len(configs) else configs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--op", choices=sorted(KERNELS), required=True)
+    ap.add_argument("--shape", required=True, help="M,N,K")
+    ap.add_argument("--sample", type=int, default=100, help="configs to compile (0: every one)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warps", type=int, choices=(4, 8))
+    ap.add_argument("--ws-only", action="store_true", help="only configs with WARP_SPECIALIZE=1")
+    ap.add_argument("--pairs", action="store_true", help="compare each WARP_SPECIALIZE=1 binary with its twin's")
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    key = tuple(int(x) for x in args.shape.split(","))
+    configs = sample(args.op, key, args.sample, args.seed, args.warps, args.ws_only)
+    import triton
+
+    print(f"# {len(configs)} configs of {args.op} {args.shape}, triton {triton.__version__}, sm_90", file=sys.stderr)
+    with ProcessPoolExecutor(args.jobs) as ex:
+        for row in ex.map(probe, [(args.op, c, args.pairs) for c in configs]):
+            print(json.dumps(row | {"key": list(key), "triton": triton.__version__}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
