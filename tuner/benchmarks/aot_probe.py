@@ -8,8 +8,9 @@ Triton compiles for an explicit target (GPUTarget("cuda", 90, 32)) with the ptxa
 no driver is needed. Use the GPU host's Triton (3.6.0 for torch 2.11), e.g. in a venv beside the
 CPU torch: `python -m venv --system-site-packages /tmp/t36 && /tmp/t36/bin/pip install triton==3.6.0`.
 
-usage: python -m tuner.benchmarks.aot_probe --op mm|scaled_mm --shape M,N,K [--sample N] [--seed S]
-           [--warps 4|8] [--ws-only] [--pairs] [--jobs 2] > probe.jsonl
+usage: python -m tuner.benchmarks.aot_probe --op mm|scaled_mm --shape M,N,K [--variant persistent|streamk]
+           [--sample N] [--seed S] [--warps 4|8] [--ws-only] [--pairs] [--jobs 2] > probe.jsonl
+       python -m tuner.benchmarks.aot_probe --op mm --starts --shape M,N,K [--shape ...]   (warm starts)
 """
 
 from __future__ import annotations
@@ -22,38 +23,46 @@ import random
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-# op -> (module, kernel, argument types, constexprs the op's configs do not set)
+KNOBS = ("WARP_SPECIALIZE", "FLATTEN", "EPILOGUE_SUBTILE")  # the persistent kernels' flags
+# (op, variant) -> (module, kernel, argument types, constexprs the op's configs do not set, flags it takes)
 KERNELS = {
-    "mm": ("kernels.persistent_mm", "persistent_mm_kernel",
-           {"A": "*bf16", "B": "*bf16", "C": "*bf16", "BIAS": "*bf16", "M": "i32", "N": "i32", "K": "i32",
-            "stride_am": "i32", "stride_b": "i32", "stride_cm": "i32", "NUM_PROGRAMS": "i32"},
-           {"B_NK": True, "IEEE": False}),
-    "scaled_mm": ("kernels.fp8_mm", "fp8_mm_kernel",
-                  {"A": "*fp8e4nv", "B": "*fp8e4nv", "C": "*bf16", "SCALE_A": "*fp32", "SCALE_B": "*fp32",
-                   "BIAS": "*bf16", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_bn": "i32",
-                   "stride_cm": "i32", "NUM_PROGRAMS": "i32"},
-                  {}),
+    ("mm", "persistent"): ("kernels.persistent_mm", "persistent_mm_kernel",
+                           {"A": "*bf16", "B": "*bf16", "C": "*bf16", "BIAS": "*bf16", "M": "i32", "N": "i32",
+                            "K": "i32", "stride_am": "i32", "stride_b": "i32", "stride_cm": "i32",
+                            "NUM_PROGRAMS": "i32"},
+                           {"B_NK": True, "IEEE": False}, KNOBS),
+    ("mm", "streamk"): ("kernels.streamk_mm", "streamk_mm_kernel",
+                        {"A": "*bf16", "B": "*bf16", "C": "*bf16", "BIAS": "*bf16", "WS": "*fp32", "FLAGS": "*i32",
+                         "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_b": "i32",
+                         "stride_cm": "i32", "NUM_PROGRAMS": "i32", "DP_TILES": "i32"},
+                        {"B_NK": True, "IEEE": False}, ()),
+    ("scaled_mm", "persistent"): ("kernels.fp8_mm", "fp8_mm_kernel",
+                                  {"A": "*fp8e4nv", "B": "*fp8e4nv", "C": "*bf16", "SCALE_A": "*fp32",
+                                   "SCALE_B": "*fp32", "BIAS": "*bf16", "M": "i32", "N": "i32", "K": "i32",
+                                   "stride_am": "i32", "stride_bn": "i32", "stride_cm": "i32", "NUM_PROGRAMS": "i32"},
+                                  {}, KNOBS),
 }
 DTYPES = {"mm": "bf16", "scaled_mm": "fp8_w8a8"}
 
 
 def compile_config(op: str, cfg: dict):
-    """Triton's compiled kernel of `cfg` (a persistent config of `op`) for sm_90; raises what Triton raises."""
+    """Triton's compiled kernel of `cfg` (a persistent or stream-K config of `op`) for sm_90; raises
+    what Triton raises."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    module, name, types, fixed = KERNELS[op]
+    module, name, types, fixed, knobs = KERNELS[op, cfg["variant"]]
     fn = getattr(importlib.import_module(module), name)
     const = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": cfg["GROUP_M"],
-             "HAS_BIAS": False, "WARP_SPECIALIZE": bool(cfg["WARP_SPECIALIZE"]), "FLATTEN": bool(cfg["FLATTEN"]),
-             "EPILOGUE_SUBTILE": bool(cfg["EPILOGUE_SUBTILE"]), **fixed}
+             "HAS_BIAS": False, **{k: bool(cfg.get(k, 0)) for k in knobs}, **fixed}
     signature = {**types, **{k: "constexpr" for k in const}}
     return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=const), target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
 
 
 def probe(job: tuple[str, dict, bool]) -> dict:
+    """One config compiled: the row the probe prints."""
     op, cfg, pairs = job
     row: dict = {"op": op, "config": cfg}
     try:
@@ -73,22 +82,39 @@ def probe(job: tuple[str, dict, bool]) -> dict:
     return row
 
 
-def sample(op: str, key: tuple, n: int, seed: int, warps: int | None, ws_only: bool) -> list[dict]:
-    """n random persistent configs of the op's grid for `key` (every one when n is 0)."""
+def _key(op: str, key: tuple) -> tuple:
+    return (*key, 1) if op == "mm" and len(key) == 3 else key
+
+
+def sample(op: str, key: tuple, n: int, seed: int, warps: int | None, ws_only: bool,
+           variant: str = "persistent") -> list[dict]:
+    """n random configs of one variant in the op's grid for `key` (every one when n is 0)."""
     from kernels import get_kernel
     from tuner.tuning.candidates import grid_configs
 
-    kernel = get_kernel(op)
-    full = (*key, 1) if op == "mm" and len(key) == 3 else key
-    configs = [c for c in grid_configs(kernel, full, DTYPES[op], "cuda") if c["variant"] == "persistent"
-               and (warps is None or c["num_warps"] == warps) and (not ws_only or c["WARP_SPECIALIZE"])]
+    configs = [c for c in grid_configs(get_kernel(op), _key(op, key), DTYPES[op], "cuda") if c["variant"] == variant
+               and (warps is None or c["num_warps"] == warps) and (not ws_only or c.get("WARP_SPECIALIZE"))]
     return random.Random(seed).sample(configs, n) if 0 < n < len(configs) else configs
+
+
+def warm_starts(op: str, keys: list[tuple]) -> list[dict]:
+    """The op's warm starts (starting_configs) of every key that this probe can compile, once each."""
+    from kernels import get_kernel
+
+    kernel, out = get_kernel(op), []
+    for key in keys:
+        for c in kernel.starting_configs(_key(op, key), DTYPES[op], "cuda"):
+            if (op, c["variant"]) in KERNELS and c not in out:
+                out.append(c)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--op", choices=sorted(KERNELS), required=True)
-    ap.add_argument("--shape", required=True, help="M,N,K")
+    ap.add_argument("--op", choices=sorted(DTYPES), required=True)
+    ap.add_argument("--shape", required=True, action="append", help="M,N,K (repeatable with --starts)")
+    ap.add_argument("--variant", default="persistent", choices=("persistent", "streamk"))
+    ap.add_argument("--starts", action="store_true", help="the warm starts of every --shape, not a sample")
     ap.add_argument("--sample", type=int, default=100, help="configs to compile (0: every one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warps", type=int, choices=(4, 8))
@@ -96,14 +122,20 @@ def main() -> None:
     ap.add_argument("--pairs", action="store_true", help="compare each WARP_SPECIALIZE=1 binary with its twin's")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
-    key = tuple(int(x) for x in args.shape.split(","))
-    configs = sample(args.op, key, args.sample, args.seed, args.warps, args.ws_only)
+    keys = [tuple(int(x) for x in text.split(",")) for text in args.shape]
+    if args.starts:
+        configs = warm_starts(args.op, keys)
+    elif len(keys) == 1:
+        configs = sample(args.op, keys[0], args.sample, args.seed, args.warps, args.ws_only, args.variant)
+    else:
+        ap.error("one --shape for a sample (several only with --starts)")
     import triton
 
-    print(f"# {len(configs)} configs of {args.op} {args.shape}, triton {triton.__version__}, sm_90", file=sys.stderr)
+    print(f"# {len(configs)} configs of {args.op} {' '.join(args.shape)}, triton {triton.__version__}, sm_90",
+          file=sys.stderr)
     with ProcessPoolExecutor(args.jobs) as ex:
         for row in ex.map(probe, [(args.op, c, args.pairs) for c in configs]):
-            print(json.dumps(row | {"key": list(key), "triton": triton.__version__}), flush=True)
+            print(json.dumps(row | {"shapes": args.shape, "triton": triton.__version__}), flush=True)
 
 
 if __name__ == "__main__":
