@@ -172,6 +172,12 @@ def persistent_reason(config: Config, smem: int, limit: int, arch: int) -> str |
             return "WARP_SPECIALIZE with EPILOGUE_SUBTILE at BLOCK_M >= 128 does not compile on sm_90 (Triton 3.6)"
         if config["BLOCK_M"] == 64 and config["BLOCK_N"] == 256:
             return "WARP_SPECIALIZE on a 64x256 tile does not compile on sm_90 (Triton 3.6)"
+    # an fp32 accumulator of 256 registers per thread spills (results/aot_sm90: 21 of 21 such 4-warp
+    # configs at 255 registers with 512-1160 B of stack, persistent, fp8 and stream-K); warp
+    # specialisation splits it over consumer warp groups (256x128, 4 warps: 168 registers, no stack)
+    warp_groups = arch == 9 and config.get("WARP_SPECIALIZE") and config["BLOCK_M"] >= 64
+    if config["BLOCK_M"] * config["BLOCK_N"] >= 256 * 32 * config["num_warps"] and not warp_groups:
+        return f"a {config['BLOCK_M']}x{config['BLOCK_N']} fp32 accumulator over {config['num_warps']} warps spills"
     return None
 
 

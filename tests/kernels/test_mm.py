@@ -95,6 +95,13 @@ def test_constraints_before_compiling():
     assert MM.invalid_reason((4096, 3584, 3584, 1), ws | {"EPILOGUE_SUBTILE": 1}, "bf16", "cuda") is None
     assert MM.invalid_reason((4096, 3584, 3584, 1), big, "bf16", "cuda", arch=10) is None
     assert "64x256" in MM.invalid_reason((4096, 3584, 3584, 1), ws | {"BLOCK_N": 256}, "bf16", "cuda")
+    # a 128x256 fp32 accumulator over 4 warps is 256 registers a thread: it spills (results/aot_sm90),
+    # unless warp specialisation splits it over warp groups; over 8 warps it fits
+    wide = ws | {"BLOCK_M": 128, "BLOCK_N": 256, "WARP_SPECIALIZE": 0}
+    for variant in ("persistent", "streamk"):
+        assert "spills" in MM.invalid_reason((4096, 3584, 3584, 1), wide | {"variant": variant}, "bf16", "cuda")
+    assert MM.invalid_reason((4096, 3584, 3584, 1), wide | {"WARP_SPECIALIZE": 1}, "bf16", "cuda") is None
+    assert MM.invalid_reason((4096, 3584, 3584, 1), wide | {"num_warps": 8}, "bf16", "cuda") is None
     assert MM.invalid_reason((4096, 3584, 3584, 1), big | {"BLOCK_N": 256, "EPILOGUE_SUBTILE": 0}, "bf16", "cuda") is None
     assert "variant" in MM.invalid_reason(key, cfg(variant="fg_tma"), "fp16", "cpu")
     pers = cfg(variant="persistent", BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_stages=4, num_warps=8,

@@ -45,8 +45,10 @@ def test_constraints():
     assert "FLATTEN" in OP.invalid_reason(key, _cfg(WARP_SPECIALIZE=1, FLATTEN=1), FP8, "cuda")
     assert OP.invalid_reason(key, _cfg(WARP_SPECIALIZE=1), FP8, "cuda") is None
     assert "same binary" in OP.invalid_reason(key, _cfg(WARP_SPECIALIZE=1, num_warps=8), FP8, "cuda")
-    assert "registers" in OP.invalid_reason((512, 4608, 3584), _cfg(BLOCK_M=256, BLOCK_N=256, BLOCK_K=32,
-                                                                    num_stages=2), FP8, "cuda")
+    assert "spills" in OP.invalid_reason((512, 4608, 3584), _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32,
+                                                                 num_stages=2), FP8, "cuda")
+    assert "registers" in OP.invalid_reason((512, 4608, 3584), _cfg(variant="fg_smm", BLOCK_M=256, BLOCK_N=256,
+                                                                    BLOCK_K=32, num_stages=2), FP8, "cuda")
     assert "does not serve" in OP.invalid_reason(key, _cfg(variant="fg_smm"), FP8, "cpu")
 
 

@@ -1,6 +1,6 @@
 """Compile tuner's persistent TMA GEMMs for sm_90 on a machine without a GPU, as the GPU host's
 Triton would, and report what each config compiles to: whether it compiles at all, its shared
-memory (and whether it fits an SM's 227 KiB), wgmma, and whether WARP_SPECIALIZE split the loop into warp groups (setmaxnreg in the PTX).
+memory (and whether it fits an SM's 227 KiB), registers and stack (spills), wgmma, and whether WARP_SPECIALIZE split the loop into warp groups (setmaxnreg in the PTX).
 With --pairs, each WARP_SPECIALIZE=1 config's cubin is compared with its WARP_SPECIALIZE=0 twin's:
 identical binaries mean the search would measure one kernel twice.
 
@@ -61,6 +61,28 @@ def compile_config(op: str, cfg: dict):
                           options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
 
 
+def resource_usage(cubin: bytes) -> dict:
+    """Registers per thread and stack bytes (spilled registers live there) of the kernel, from
+    `cuobjdump -res-usage` (shipped in Triton's wheel beside ptxas); {} when it cannot say."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        try:
+            out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return {}
+    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return {"registers": int(m.group(1)), "stack": int(m.group(2))} if m else {}
+
+
 def probe(job: tuple[str, dict, bool]) -> dict:
     """One config compiled: the row the probe prints."""
     op, cfg, pairs = job
@@ -76,7 +98,8 @@ def probe(job: tuple[str, dict, bool]) -> dict:
     row |= {"compiles": True, "shared": k.metadata.shared, "fits": k.metadata.shared <= SMEM_BY_ARCH[9],
             "warps": k.metadata.num_warps,
             "wgmma": "wgmma.mma_async" in ptx, "warp_groups": "setmaxnreg" in ptx}
-    if pairs and cfg["WARP_SPECIALIZE"]:
+    row |= resource_usage(k.asm["cubin"])
+    if pairs and cfg.get("WARP_SPECIALIZE"):
         twin = compile_config(op, cfg | {"WARP_SPECIALIZE": 0})
         row["same_binary_as_ws0"] = hashlib.sha256(k.asm["cubin"]).digest() == hashlib.sha256(twin.asm["cubin"]).digest()
     return row
