@@ -59,9 +59,16 @@ def test_more_tiles_than_measured_stay_native():
     assert not gr.more_tiles(30, 16, {})  # a config without BLOCK_M: only the factor-of-two reach
 
 
+def _fp8_rec(M):
+    """A scaled_mm winner (fp8, no injector yet): faster than cuBLAS, and never the router's."""
+    r = rec(M, variant="persistent", kernel="scaled_mm", dtype="fp8_w8a8")
+    del r["key"]["BT"]
+    return r
+
+
 def test_plan_skips_groups_with_no_win_and_other_layouts():
     recs = [rec(16, tuned=12, native=11), rec(16, N=3584, bt=0), rec(16, kernel="fused_moe"),
-            _bmm_rec(8, 4, 64, 32, 1) | {"time_us": 3.0}]
+            _bmm_rec(8, 4, 64, 32, 1) | {"time_us": 3.0}, _fp8_rec(16)]
     assert gr.plan_routes(recs, max_tokens=64) == {}
 
 
@@ -72,7 +79,8 @@ def test_conflicting_winners_raise():
 
 def test_route_counts_say_where_stored_keys_go():
     recs = [rec(1, tuned=12), rec(16), rec(64, variant="splitk"), rec(16, kernel="addmm", tuned=20),
-            rec(16, kernel="fused_moe"), rec(16, N=512, bt=0)]  # a K x N weight: never routed, not counted
+            rec(16, kernel="fused_moe"), rec(16, N=512, bt=0),  # a K x N weight: never routed, not counted
+            _fp8_rec(16)]
     assert gr.route_counts(recs) == {gr.NATIVE: 2, gr.FLAGGEMS: 1, gr.SPLITK: 1, gr.PERSISTENT: 0, gr.STREAMK: 0}
 
 
