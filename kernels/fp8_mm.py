@@ -7,7 +7,11 @@ scale_a, scale_b, out_dtype=torch.bfloat16)` (cuBLASLt) and vLLM's fp8 linear la
 (kernels/persistent_mm.py: resident programs over grouped tiles, device-side descriptors); fp8
 differs in three ways, all from Hopper's fp8 wgmma: the weight is read K-major only (wgmma takes
 fp8 B from shared memory K-major: the N x K weight tile, transposed in the dot, is exactly that),
-a K step of at least 32 elements, and the two scales applied once in fp32 before the cast. An
+a K step of at least 32 elements, and the two scales applied once in fp32 before the cast.
+Hopper's fp8 wgmma accumulates in reduced precision (DeepSeek-V3 reports ~14 bits kept, errors
+near 2% at K=4096): PRECISE_ACC=1 sums each K tile apart and adds it to the fp32 accumulator
+(Triton's max_num_imprecise_acc=BLOCK_K), as cuBLAS does without use_fast_accum; 0 is the fast
+path. The correctness check decides which a key may use. An
 optional bias over N (vLLM's fp8 q/k/v projections carry one) is added after the scales.
 
 Runs on the GPU and under TRITON_INTERPRET=1.
@@ -33,6 +37,7 @@ def fp8_mm_kernel(
     NUM_PROGRAMS,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_BIAS: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, FLATTEN: tl.constexpr, EPILOGUE_SUBTILE: tl.constexpr,
+    PRECISE_ACC: tl.constexpr,
 ):
     dtype = C.dtype.element_ty
     start_pid = tl.program_id(0)
@@ -58,7 +63,10 @@ def fp8_mm_kernel(
             offs_k = ki * BLOCK_K
             a = a_desc.load([offs_m, offs_k])
             b = b_desc.load([offs_n, offs_k])
-            acc = tl.dot(a, b.T, acc)
+            if PRECISE_ACC:  # each K tile's products summed apart, then added to acc in full fp32
+                acc = tl.dot(a, b.T, acc, max_num_imprecise_acc=BLOCK_K)
+            else:  # the wgmma accumulates the whole K in its own reduced precision (cuBLAS's fast accum)
+                acc = tl.dot(a, b.T, acc)
 
         tile_id_c += NUM_PROGRAMS
         pid_m, pid_n = _tile_coords(tile_id_c, num_pid_in_group, num_pid_m, GROUP_M)
@@ -109,7 +117,7 @@ def _launch_kwargs(config: dict, has_bias: bool) -> dict:
         BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
         GROUP_M=config.get("GROUP_M", 8), HAS_BIAS=has_bias,
         WARP_SPECIALIZE=bool(config.get("WARP_SPECIALIZE", 0)), FLATTEN=bool(config.get("FLATTEN", 0)),
-        EPILOGUE_SUBTILE=bool(config.get("EPILOGUE_SUBTILE", 0)),
+        EPILOGUE_SUBTILE=bool(config.get("EPILOGUE_SUBTILE", 0)), PRECISE_ACC=bool(config.get("PRECISE_ACC", 0)),
         num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 3),
     )
 

@@ -8,7 +8,8 @@ scale_b, out_dtype=torch.bfloat16)` and vLLM's `--quantization fp8` linear layer
 
 Variants (a search dimension):
 - persistent: kernels/fp8_mm.py, tuner's persistent TMA GEMM for fp8 (the bf16 persistent
-  kernel's loop and knobs: OCCUPANCY, WARP_SPECIALIZE, FLATTEN, EPILOGUE_SUBTILE); on keys whose
+  kernel's loop and knobs: OCCUPANCY, WARP_SPECIALIZE, FLATTEN, EPILOGUE_SUBTILE; and PRECISE_ACC,
+  fp32 sums per K tile instead of the wgmma's reduced-precision one over all of K); on keys whose
   rows TMA can read (K and N multiples of 16 bytes). The only variant on the CPU (interpreter).
 - fg_smm: FlagGems' `_pertensor_or_pertoken_smm_kernel` (flag_gems.fused.cutlass_scaled_mm,
   its Triton stand-in for vLLM's CUTLASS op), launched with an explicit config; GPU only. Its own
@@ -35,6 +36,9 @@ E4M3_MAX = 448.0
 FG_MODULE = "flag_gems.fused.cutlass_scaled_mm"
 VARIANTS = ("fg_smm", "persistent")
 MIN_BLOCK_K = 32  # Hopper's fp8 wgmma consumes K in steps of 32
+# the fp8 kernel's knobs: the persistent kernel's, and how the K sum is accumulated (kernels/fp8_mm.py)
+FP8_PARAMS = {**PERSISTENT_PARAMS, "PRECISE_ACC": (0, 1)}
+FP8_PINNED = {**PERSISTENT_PINNED, "PRECISE_ACC": 0}
 # the linear layers vLLM quantizes with --quantization fp8 (lm_head stays bf16); qkv carries a bias,
 # which the kernel takes and the key leaves out (one add per output element)
 FP8_LAYERS = ("qkv", "o", "gate_up", "down")
@@ -48,13 +52,16 @@ COVERAGE = Coverage(
 
 def fp8_starts(M: int) -> list[Config]:
     """The persistent fp8 kernel's warm start: Triton's tutorial 09 runs fp8 at 128x256x128 (a
-    128-byte K row per tile row, as 64 is for bf16), the 128x128 wgmma tile, and skinny decode tiles."""
+    128-byte K row per tile row, as 64 is for bf16), the 128x128 wgmma tile, and skinny decode tiles;
+    one of each kind with PRECISE_ACC, so a short search measures both accumulations."""
     if M >= 256:
         return [dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3, EPILOGUE_SUBTILE=1),
                 dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4),
+                dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4, PRECISE_ACC=1),
                 dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4, WARP_SPECIALIZE=1)]
     bm = 16 if M <= 16 else (32 if M <= 32 else 64)  # never over the padded M
     return [dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4),
+            dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4, PRECISE_ACC=1),
             dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=4)]
 
 
@@ -99,12 +106,12 @@ class ScaledMM(Kernel):
             variants: tuple = ("persistent",)
         else:
             variants = ("fg_smm", "persistent") if tma_rows(key) else ("fg_smm",)
-        return {"variant": variants, **TILE_SPACE, **LAUNCH_SPACE, **PERSISTENT_PARAMS}
+        return {"variant": variants, **TILE_SPACE, **LAUNCH_SPACE, **FP8_PARAMS}
 
     def canonical(self, key: Key, config: Config) -> Config:
         c = dict(config)
         if c["variant"] == "fg_smm":  # FlagGems' kernel walks tiles row-major, without the knobs
-            return c | PERSISTENT_PINNED | {"GROUP_M": 1}
+            return c | FP8_PINNED | {"GROUP_M": 1}
         if math.ceil(key[0] / c["BLOCK_M"]) == 1:
             c["GROUP_M"] = 1  # one row of tiles: grouping cannot change the order
         return c
@@ -133,6 +140,13 @@ class ScaledMM(Kernel):
             return f"needs {smem} B of shared memory, the limit is {limit}"
         if not fg and (why := persistent_reason(config, smem, limit, arch)):
             return why
+        # PRECISE_ACC keeps a second accumulator beside the wgmma's (results/aot_sm90/fp8_precise_acc:
+        # 128x128 over 4 warps 154 -> 254 registers, 128x256 over 8 warps 159 -> 255 and 56 B of stack)
+        warp_groups = arch == 9 and config.get("WARP_SPECIALIZE") and bm >= 64
+        if not fg and config.get("PRECISE_ACC") and not warp_groups and 2 * bm * bn >= 256 * 32 * warps:
+            return f"PRECISE_ACC doubles a {bm}x{bn} accumulator over {warps} warps: it spills"
+        if warps == 2 and bm * bn > 64 * 64:
+            return "2 warps for a tile over 64x64"
         if bm * bn > 256 * 32 * warps:
             return f"a {bm}x{bn} fp32 accumulator over {warps} warps needs > 256 registers per thread"
         return None
@@ -210,20 +224,27 @@ class ScaledMM(Kernel):
     def starting_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
         if device != "cuda" or "persistent" not in self.space(key, dtype, device)["variant"]:
             return []
-        return [self.canonical(key, {"variant": "persistent", **PERSISTENT_PINNED, **c}) for c in fp8_starts(key[0])]
+        return [self.canonical(key, {"variant": "persistent", **FP8_PINNED, **c}) for c in fp8_starts(key[0])]
 
     def untuned_configs(self, key: Key, dtype: str, device: str) -> list[Config]:
         """The tile FlagGems' autotuner chose for this key (the untuned baseline has just run it;
         triton's Autotuner leaves it in `best_config`)."""
-        if device != "cuda":
-            return []
+        if device != "cuda" or not fg_takes(key):
+            return []  # FlagGems' entry refused the key: best_config is another key's
         cfg = getattr(_fg_module()._pertensor_or_pertoken_smm_kernel, "best_config", None)
         if cfg is None:
             return []
         kw = cfg.kwargs
         return [self.canonical(key, {"variant": "fg_smm", "BLOCK_M": kw["TILE_M"], "BLOCK_N": kw["TILE_N"],
-                                     "BLOCK_K": kw["TILE_K"], "GROUP_M": 1, **PERSISTENT_PINNED,
+                                     "BLOCK_K": kw["TILE_K"], "GROUP_M": 1, **FP8_PINNED,
                                      "num_warps": cfg.num_warps, "num_stages": cfg.num_stages})]
+
+
+def fg_takes(key: Key) -> bool:
+    """Whether FlagGems' cutlass_scaled_mm runs the key: it asserts the output's and the weight's
+    row strides (in elements) to be multiples of 16."""
+    _, N, K = key
+    return N % 16 == 0 and K % 16 == 0
 
 
 def quantize(x):
@@ -260,7 +281,9 @@ def _fg_runner(config: Config) -> Runner:
         jit[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
             out, a, b, sa, sb, None, M, N, K, triton.next_power_of_2(M),
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-            ACC_DTYPE=tl.float32, TILE_M=bm, TILE_N=bn, TILE_K=bk, IS_PER_TOKEN_A=False, IS_PER_TOKEN_B=False,
+            # as FlagGems' launcher decides (at M=1 one scale is also one per token): the same kernel
+            ACC_DTYPE=tl.float32, TILE_M=bm, TILE_N=bn, TILE_K=bk, IS_PER_TOKEN_A=sa.numel() == M,
+            IS_PER_TOKEN_B=sb.numel() == N,
             num_warps=config["num_warps"], num_stages=config["num_stages"],
         )
         return out

@@ -26,12 +26,20 @@ def test_starts_stable_and_close_to_cublas(M, N, K):
     op = ScaledMM()
     (a, b, sa, sb), = _inputs(M, N, K).sets
     ref = op.reference((a, b, sa, sb))
-    cublas = torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+    # cuBLAS in both accumulations: PRECISE_ACC is judged against the precise one, the fast path
+    # against use_fast_accum (the wgmma's reduced precision grows with K: 18944 is the test)
+    cublas = {fast: torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16, use_fast_accum=fast)
+              for fast in (False, True)}
     rel = lambda x: ((x.float() - ref).norm() / ref.norm()).item()  # noqa: E731
+    print(f"cuBLAS rel error at K={K}: precise {rel(cublas[False]):.2e}, fast {rel(cublas[True]):.2e}")
     for cfg in op.starting_configs((M, N, K), FP8, "cuda"):
         one, two = fp8_mm(a, b, sa, sb, cfg), fp8_mm(a, b, sa, sb, cfg)
         assert torch.equal(one, two), cfg  # no atomics, a fixed tile order
-        assert rel(one) < 1e-2 and rel(one) <= 2 * rel(cublas) + 1e-3, (cfg, rel(one), rel(cublas))
+        like = cublas[not cfg["PRECISE_ACC"]]
+        print(cfg, f"rel {rel(one):.2e}")
+        assert rel(one) <= 2 * rel(like) + 1e-3, (cfg, rel(one), rel(like))
+        if cfg["PRECISE_ACC"]:
+            assert rel(one) < 1e-2
 
 
 @pytest.mark.parametrize("knobs", [dict(), dict(WARP_SPECIALIZE=1), dict(FLATTEN=1, EPILOGUE_SUBTILE=1)])
@@ -78,7 +86,10 @@ def test_tune_a_decode_key_end_to_end(tmp_path):
     (res,) = tune(TuneRequest(op="scaled_mm", shapes=["16,4608,3584"], trials=12, device="cuda", seed=0,
                               db_url=f"sqlite:///{tmp_path / 't.db'}"))
     o = res.outcome
-    assert res.stored and o.timing == "cuda-graph" and not o.setup.baseline_errors
+    # the fast-accumulating baselines may break the bf16 bound (reported, not fatal); cuBLAS may not
+    print("baseline errors:", o.setup.baseline_errors)
+    assert res.stored and o.timing == "cuda-graph" and "native" not in o.setup.baseline_errors
     assert {"native", "native_fast_accum", "untuned"} <= set(o.setup.baselines_us)
+    assert o.best_rel_error is not None and o.best_rel_error < 1e-2
     # FlagGems' pick and the persistent starts are measured first: never worse than untuned (+noise)
     assert o.best_us <= o.setup.baselines_us["untuned"] * 1.05

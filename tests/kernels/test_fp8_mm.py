@@ -31,6 +31,7 @@ def _exact(a, w, sa, sw, bias=None):
     (40, 96, 160, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, GROUP_M=2)),  # partial M, N and K tiles, 9 tiles
     (128, 64, 96, dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, GROUP_M=4, EPILOGUE_SUBTILE=1)),
     (48, 128, 64, dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, GROUP_M=2, OCCUPANCY=2, WARP_SPECIALIZE=1)),
+    (40, 96, 160, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, PRECISE_ACC=1)),  # the interpreter: one sum
 ])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_matches_the_exact_product_of_the_fp8_values(M, N, K, config, with_bias):

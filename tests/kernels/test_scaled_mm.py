@@ -13,8 +13,7 @@ import torch
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import get_kernel  # noqa: E402
-from kernels.mm import PERSISTENT_PINNED  # noqa: E402
-from kernels.scaled_mm import FP8, fp8_starts, quantize  # noqa: E402
+from kernels.scaled_mm import FP8, FP8_PINNED, fg_takes, fp8_starts, quantize  # noqa: E402
 from tests.conftest import needs_flag_gems, result, run_py  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +22,7 @@ OP = get_kernel("scaled_mm")
 
 def _cfg(**kw):
     return {"variant": "persistent", "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4,
-            "num_stages": 4, **PERSISTENT_PINNED} | kw
+            "num_stages": 4, **FP8_PINNED} | kw
 
 
 def test_variants_by_device_and_tma():
@@ -45,6 +44,13 @@ def test_constraints():
     assert "FLATTEN" in OP.invalid_reason(key, _cfg(WARP_SPECIALIZE=1, FLATTEN=1), FP8, "cuda")
     assert OP.invalid_reason(key, _cfg(WARP_SPECIALIZE=1), FP8, "cuda") is None
     assert "same binary" in OP.invalid_reason(key, _cfg(WARP_SPECIALIZE=1, num_warps=8), FP8, "cuda")
+    # PRECISE_ACC keeps a second accumulator: 128x256 over 8 warps spills with it, not without
+    wide = _cfg(BLOCK_M=128, BLOCK_N=256, num_warps=8, num_stages=3)
+    assert OP.invalid_reason((512, 4608, 3584), wide, FP8, "cuda") is None
+    assert "PRECISE_ACC" in OP.invalid_reason((512, 4608, 3584), wide | {"PRECISE_ACC": 1}, FP8, "cuda")
+    assert OP.invalid_reason((512, 4608, 3584), wide | {"BLOCK_N": 128, "PRECISE_ACC": 1}, FP8, "cuda") is None
+    assert "2 warps" in OP.invalid_reason((512, 4608, 3584), _cfg(variant="fg_smm", BLOCK_M=128, BLOCK_N=64,
+                                                                 num_warps=2), FP8, "cuda")
     assert "spills" in OP.invalid_reason((512, 4608, 3584), _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32,
                                                                  num_stages=2), FP8, "cuda")
     assert "registers" in OP.invalid_reason((512, 4608, 3584), _cfg(variant="fg_smm", BLOCK_M=256, BLOCK_N=256,
@@ -55,15 +61,17 @@ def test_constraints():
 def test_every_warm_start_is_valid_on_the_llm_keys():
     for key in OP.presets()["vllm-fp8-tp1"]:
         starts = OP.starting_configs(key, FP8, "cuda")
-        assert len(starts) == (3 if key[0] >= 256 else 2)
+        assert len(starts) == (4 if key[0] >= 256 else 3)
+        assert {c["PRECISE_ACC"] for c in starts} == {0, 1}  # both accumulations measured early
         assert all(OP.invalid_reason(key, c, FP8, "cuda") is None for c in starts), key
     assert fp8_starts(4096)[0]["BLOCK_K"] == 128  # fp8: 128 bytes of K per tile row
     assert OP.starting_configs((16, 64, 64), FP8, "cpu") == []
 
 
 def test_canonical_pins_what_a_variant_does_not_take():
-    fg = OP.canonical((64, 4608, 3584), _cfg(variant="fg_smm", GROUP_M=8, OCCUPANCY=2, WARP_SPECIALIZE=1))
-    assert fg["GROUP_M"] == 1 and all(fg[k] == v for k, v in PERSISTENT_PINNED.items())
+    fg = OP.canonical((64, 4608, 3584), _cfg(variant="fg_smm", GROUP_M=8, OCCUPANCY=2, WARP_SPECIALIZE=1,
+                                             PRECISE_ACC=1))
+    assert fg["GROUP_M"] == 1 and all(fg[k] == v for k, v in FP8_PINNED.items())
     assert OP.canonical((16, 4608, 3584), _cfg(GROUP_M=8))["GROUP_M"] == 1  # one row of tiles
     assert OP.canonical((512, 4608, 3584), _cfg(GROUP_M=8))["GROUP_M"] == 8
 
@@ -74,6 +82,13 @@ def test_presets_are_the_fp8_layers_of_each_tensor_parallel_rank():
     tp1, tp2 = p["vllm-fp8-tp1"], p["vllm-fp8-tp2"]
     assert len(tp1) == 28 and all(len(k) == 3 for k in tp1)  # qkv, o, gate_up, down at 7 M: lm_head stays bf16
     assert (1, 4608, 3584) in tp1 and (1, 3584, 18944) in tp1 and (1, 2304, 3584) in tp2 and (1, 3584, 9472) in tp2
+
+
+def test_flaggems_untuned_pick_only_where_its_entry_runs():
+    """FlagGems' cutlass_scaled_mm asserts 16-element row strides: elsewhere its autotuner never ran
+    the key, so its best_config is another key's and is no warm start."""
+    assert fg_takes((16, 4608, 3584)) and not fg_takes((16, 4600, 3584)) and not fg_takes((16, 4608, 3592))
+    assert OP.untuned_configs((16, 4600, 3584), FP8, "cuda") == []  # answered before FlagGems is imported
 
 
 def test_quantize_scales_to_e4m3s_range():

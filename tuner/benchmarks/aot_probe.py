@@ -40,7 +40,7 @@ KERNELS = {
                                   {"A": "*fp8e4nv", "B": "*fp8e4nv", "C": "*bf16", "SCALE_A": "*fp32",
                                    "SCALE_B": "*fp32", "BIAS": "*bf16", "M": "i32", "N": "i32", "K": "i32",
                                    "stride_am": "i32", "stride_bn": "i32", "stride_cm": "i32", "NUM_PROGRAMS": "i32"},
-                                  {}, KNOBS),
+                                  {}, (*KNOBS, "PRECISE_ACC")),
 }
 DTYPES = {"mm": "bf16", "scaled_mm": "fp8_w8a8"}
 
