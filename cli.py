@@ -41,8 +41,10 @@ def tune(
                                          "vllm-tp2 (one rank's GEMMs when vLLM serves the LLM with "
                                          "--tensor-parallel-size 2; mm: o, gate_up, down, lm_head; "
                                          "addmm: qkv). `tuner ops` lists each op's."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32. Default bf16 on a GPU, "
-                                        "fp16 on CPU (the Triton interpreter computes bf16 wrongly)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32 | fp8_w8a8, as the op takes "
+                                        "them (`tuner ops` lists each op's: fp8_w8a8 for the MoE ops and "
+                                        "scaled_mm). Default bf16 on a GPU (scaled_mm: fp8_w8a8), fp16 on CPU "
+                                        "(the Triton interpreter rounds bf16 by truncation)."),
     trials: int = typer.Option(50, "--trials", help="Configs measured per key over its whole study "
                                "(failures count; duplicates and configs pruned before compiling do not): "
                                "a rerun measures what is left; raise it to search further."),
