@@ -174,10 +174,16 @@ def persistent_reason(config: Config, smem: int, limit: int, arch: int) -> str |
             return "WARP_SPECIALIZE on a 64x256 tile does not compile on sm_90 (Triton 3.6)"
     # an fp32 accumulator of 256 registers per thread spills (results/aot_sm90: 21 of 21 such 4-warp
     # configs at 255 registers with 512-1160 B of stack, persistent, fp8 and stream-K); warp
-    # specialisation splits it over consumer warp groups (256x128, 4 warps: 168 registers, no stack)
-    warp_groups = arch == 9 and config.get("WARP_SPECIALIZE") and config["BLOCK_M"] >= 64
-    if config["BLOCK_M"] * config["BLOCK_N"] >= 256 * 32 * config["num_warps"] and not warp_groups:
-        return f"a {config['BLOCK_M']}x{config['BLOCK_N']} fp32 accumulator over {config['num_warps']} warps spills"
+    # specialisation splits it over consumer warp groups (256x128, 4 warps: 168 registers, no stack).
+    # fp8's PRECISE_ACC keeps a second one beside the wgmma's (aot_sm90/fp8_precise_acc: 128x128 over
+    # 4 warps 154 -> 254 registers, 128x256 over 8 warps 159 -> 255 and 56 B of stack)
+    bm, bn, warps = config["BLOCK_M"], config["BLOCK_N"], config["num_warps"]
+    warp_groups = arch == 9 and config.get("WARP_SPECIALIZE") and bm >= 64
+    copies = 2 if config.get("PRECISE_ACC") else 1
+    if copies * bm * bn >= 256 * 32 * warps and not warp_groups:
+        if copies > 1:
+            return f"PRECISE_ACC doubles a {bm}x{bn} accumulator over {warps} warps: it spills"
+        return f"a {bm}x{bn} fp32 accumulator over {warps} warps spills"
     return None
 
 

@@ -140,11 +140,6 @@ class ScaledMM(Kernel):
             return f"needs {smem} B of shared memory, the limit is {limit}"
         if not fg and (why := persistent_reason(config, smem, limit, arch)):
             return why
-        # PRECISE_ACC keeps a second accumulator beside the wgmma's (results/aot_sm90/fp8_precise_acc:
-        # 128x128 over 4 warps 154 -> 254 registers, 128x256 over 8 warps 159 -> 255 and 56 B of stack)
-        warp_groups = arch == 9 and config.get("WARP_SPECIALIZE") and bm >= 64
-        if not fg and config.get("PRECISE_ACC") and not warp_groups and 2 * bm * bn >= 256 * 32 * warps:
-            return f"PRECISE_ACC doubles a {bm}x{bn} accumulator over {warps} warps: it spills"
         if warps == 2 and bm * bn > 64 * 64:
             return "2 warps for a tile over 64x64"
         if bm * bn > 256 * 32 * warps:
