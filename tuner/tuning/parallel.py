@@ -40,7 +40,7 @@ class Child:
     results: list[flow.KeyResult] = field(default_factory=list)
     error: str = ""
     read_to: int = 0  # how far the parent has read its stdout for progress lines
-    partial: str = ""
+    partial: bytes = b""  # a line begun in the last read (bytes: a read may end inside "µ")
 
     @property
     def name(self) -> str:
@@ -140,8 +140,8 @@ def _progress(child: Child, on_line) -> None:
         if not chunk:
             break
         child.read_to += len(chunk)
-        *lines, child.partial = (child.partial + chunk.decode("utf-8", "replace")).split("\n")
-        for line in lines:
+        *lines, child.partial = (child.partial + chunk).split(b"\n")
+        for line in (raw.decode("utf-8", "replace") for raw in lines):
             if PROGRESS_LINE.match(line):
                 on_line(child, line)
 

@@ -204,3 +204,24 @@ def test_workers_report_each_key_as_it_ends(tmp_path):
         assert sum(shares) == 4, keyed
     first_table = next(i for i, line in enumerate(lines) if line.startswith("tuning results"))
     assert all(lines.index(line) < first_table for line in keyed)
+
+
+def test_progress_lines_survive_a_read_that_ends_inside_a_character(tmp_path):
+    """The parent reads a child's output as it grows: a read that ends between the two bytes of
+    "µ" must not turn it into replacement characters, and a line is passed on once, when whole."""
+    from tuner.tuning.parallel import Child, _progress
+
+    line = "[1/2] 16,32,32,1: 3/12 measured, search best 9.50 µs, 4 s"
+    data = (line + "\n{\"results\": []}\n").encode()
+    cut = data.index("µ".encode()) + 1  # inside the two bytes of µ
+    seen = []
+    with open(tmp_path / "out", "w+b") as out:
+        child = Child(index=0, gpu=None, out=out)
+        out.write(data[:cut])
+        out.flush()
+        _progress(child, lambda c, text: seen.append(text))
+        assert seen == []  # the line is not whole yet
+        out.write(data[cut:])
+        out.flush()
+        _progress(child, lambda c, text: seen.append(text))
+    assert seen == [line]
