@@ -17,7 +17,7 @@ import json
 import math
 
 from tuner.devices import ELEM_BYTES
-from tuner.report import best_records
+from tuner.report import best_records, short_config
 
 LAYERS = {(4608, 3584): "qkv", (3584, 3584): "o", (37888, 3584): "gate_up", (3584, 18944): "down",
           (151700, 3584): "lm_head", (151744, 3584): "lm_head (vLLM)", (512, 3584): "k/v", (1152, 1152): "vit qkv/o", (4304, 1152): "vit fc1",
@@ -45,11 +45,8 @@ def best_triton_us(r: dict) -> float:
 
 
 def config_text(c: dict) -> str:
-    tiles = "x".join(str(c.get(f"BLOCK_{d}", c.get(f"BLOCK_SIZE_{d}"))) for d in "MNK")
-    extra = {"splitk": f" sk{c.get('SPLIT_K')}",
-             "persistent": "".join(f" {n.lower()[:3]}" for n in ("WARP_SPECIALIZE", "FLATTEN", "EPILOGUE_SUBTILE")
-                                   if c.get(n)) + (f" occ{c['OCCUPANCY']}" if c.get("OCCUPANCY", 1) > 1 else "")}
-    return f"{c['variant']} {tiles} w{c['num_warps']} s{c['num_stages']}{extra.get(c['variant'], '')}"
+    """tuner.report's short form, for addmm's FlagGems tiles (BLOCK_SIZE_M...) too."""
+    return short_config({**c, **{f"BLOCK_{d}": c[f"BLOCK_SIZE_{d}"] for d in "MNK" if f"BLOCK_SIZE_{d}" in c}})
 
 
 def main() -> None:
