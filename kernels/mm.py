@@ -187,6 +187,21 @@ def persistent_reason(config: Config, smem: int, limit: int, arch: int) -> str |
     return None
 
 
+def reference_product(a, b):
+    """A @ B for the correctness check: fp32 without TF32 on the GPU (far below the bf16/fp16
+    tolerances), fp64 on the CPU (exact enough, and the interpreter's keys are small)."""
+    import torch
+
+    if a.is_cuda:
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            return a.float() @ b.float()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
+    return a.double() @ b.double()
+
+
 def flaggems_variant(key: Key, dtype: str) -> str:
     """Which Hopper kernel FlagGems 5.x runs for this key (hopper/ops/mm.py general_mm)."""
     return "fg_tma" if tma_rows(key, dtype) else "fg_general"
@@ -339,19 +354,7 @@ class MM(Kernel):
         return Inputs(sets=sets, outs=outs)
 
     def reference(self, args: tuple):
-        import torch
-
-        a, b = args
-        # fp64 on the CPU is exact enough but slow for big keys; fp32 (no TF32) on the GPU is
-        # far below the bf16/fp16 tolerances
-        if a.is_cuda:
-            prev = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = False
-            try:
-                return a.float() @ b.float()
-            finally:
-                torch.backends.cuda.matmul.allow_tf32 = prev
-        return a.double() @ b.double()
+        return reference_product(*args)
 
     def runner(self, key: Key, config: Config, dtype: str, device: str) -> Runner:
         variant = config["variant"]

@@ -29,7 +29,7 @@ from typing import Mapping
 from kernels.base import (Config, Coverage, Inputs, Kernel, KernelInputError, Key, Runner, jit_source_hash,
                           next_pow2, precompile_by_running)
 from kernels.mm import (LAUNCH_SPACE, PERSISTENT_PARAMS, PERSISTENT_PINNED, SMEM_BY_ARCH, SMEM_DEFAULT, TILE_SPACE, VLLM_M,
-                        persistent_reason, vllm_shard_keys)
+                        persistent_reason, reference_product, vllm_shard_keys)
 
 FP8 = "fp8_w8a8"  # vLLM's name (fused_moe's too): e4m3 weights and activations, per-tensor scales
 E4M3_MAX = 448.0
@@ -174,17 +174,9 @@ class ScaledMM(Kernel):
         return Inputs(sets=sets, outs=outs)
 
     def reference(self, args: tuple):
-        import torch
-
         a, b, sa, sb = args
-        if a.is_cuda:  # fp32 without TF32: exact products of fp8 values, far below bf16's tolerance
-            prev = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = False
-            try:
-                return (a.float() @ b.float()) * (sa * sb)
-            finally:
-                torch.backends.cuda.matmul.allow_tf32 = prev
-        return (a.double() @ b.double()) * (sa.double() * sb.double())
+        out = reference_product(a, b)  # fp8 products are exact in fp32
+        return out * (sa.to(out.dtype) * sb.to(out.dtype))
 
     def runner(self, key: Key, config: Config, dtype: str, device: str) -> Runner:
         variant = config["variant"]
