@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.persistent_mm import TMA_ALIGN, Unsupported, _scratch, _tile_coords, num_programs, sm_count_of
+from kernels.persistent_mm import Unsupported, _scratch, _tile_coords, num_programs, sm_count_of, tma_misaligned
 
 FP8 = torch.float8_e4m3fn
 OUT_DTYPES = (torch.bfloat16, torch.float16)
@@ -105,11 +105,8 @@ def unsupported(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b
         return "needs a bf16 or fp16 output with contiguous rows"
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != b.shape[1] or bias.stride(0) != 1):
         return "needs a contiguous 1-D bias of N"
-    outs = [out] if out is not None else []
-    if any(t.data_ptr() % TMA_ALIGN for t in (a, b, *outs)) or a.stride(0) % TMA_ALIGN or b.stride(1) % TMA_ALIGN \
-            or any(o.stride(0) * o.element_size() % TMA_ALIGN for o in outs):
-        return f"needs {TMA_ALIGN}-byte aligned base addresses and row strides (TMA)"
-    return None
+    outs = [out] if out is not None else []  # fp8 rows: one byte an element
+    return tma_misaligned([a, b, *outs], [a.stride(0), b.stride(1), *(o.stride(0) * o.element_size() for o in outs)])
 
 
 def _launch_kwargs(config: dict, has_bias: bool) -> dict:

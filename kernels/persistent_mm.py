@@ -123,8 +123,13 @@ def tma_reason(a: torch.Tensor, b: torch.Tensor, tensors: list[torch.Tensor], st
     off a 16-byte boundary; None when it can."""
     if a.dtype != b.dtype or a.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return "needs A and B of one dtype: fp16, bf16 or fp32"
-    eb = a.element_size()
-    if any(t.data_ptr() % TMA_ALIGN for t in tensors) or any((s * eb) % TMA_ALIGN for s in strides):
+    return tma_misaligned(tensors, [s * a.element_size() for s in strides])
+
+
+def tma_misaligned(tensors: list[torch.Tensor], byte_strides: list[int]) -> str | None:
+    """Why TMA cannot read these tensors: a base address or a row stride (bytes) off a 16-byte
+    boundary; None when it can."""
+    if any(t.data_ptr() % TMA_ALIGN for t in tensors) or any(s % TMA_ALIGN for s in byte_strides):
         return f"needs {TMA_ALIGN}-byte aligned base addresses and row strides (TMA)"
     return None
 
