@@ -7,7 +7,7 @@ Kernel classes:
   triton/flaggems   a Triton kernel whose name is one of FlagGems' JIT functions (the caller passes
                     the names found in the installed flag_gems; see `flaggems_kernel_names`) or one
                     its code generator wrote (`*_jit_function`);
-  triton/tuner      tuner's own Triton kernels (kernels.triton_mm ...);
+  triton/tuner      tuner's own Triton kernels (every @triton.jit function in the kernels package);
   triton/other      any other Triton kernel (vLLM's own: sampling, slot mapping, MoE ...);
   cublas, attention (FlashAttention / cuDNN SDPA), cutlass, nccl, torch (ATen's CUDA kernels), other.
 A Triton kernel's name is a bare identifier; CUDA C++ kernels are demangled signatures
@@ -33,11 +33,11 @@ _VENDOR = (("cublas", re.compile(r"^(nvjet|sm\d+_xmma|ampere_|hopper_|gemm|gemv|
            ("nccl", re.compile(r"nccl", re.I)))
 # Triton and recent cuBLAS launch through the driver API (cuLaunchKernelEx): its events are "cuda_driver"
 LAUNCH_CATS = ("cuda_runtime", "cuda_driver")
-TUNER_KERNELS = frozenset({"mm_splitk_kernel", "splitk_reduce_kernel"})  # kernels/triton_mm.py
 FLAGGEMS_GENERATED_SUFFIX = "_jit_function"  # FlagGems' pointwise code generator: _gather_flaggems_jit_function
 
 
-def classify(name: str, flaggems: frozenset[str] = frozenset(), tuner: frozenset[str] = TUNER_KERNELS) -> str:
+def classify(name: str, flaggems: frozenset[str] = frozenset(), tuner: frozenset[str] | None = None) -> str:
+    tuner = tuner_kernel_names() if tuner is None else tuner
     if _IDENT.match(name):
         if name.startswith("triton_"):
             return "triton/inductor"
@@ -279,9 +279,21 @@ def flaggems_kernel_names() -> frozenset[str]:
     modules (the Hopper mm's `mm_kernel_general_host_tma`) under names outside `flag_gems.`, so
     walking the imported modules missed them (H200, flag_gems 5.0.2). Kernels its code generator
     writes at run time (`_<op>_jit_function`) are told by name (`classify`). No flag_gems: empty."""
+    return _jit_names("flag_gems")
+
+
+@functools.cache
+def tuner_kernel_names() -> frozenset[str]:
+    """The name of every @triton.jit function in tuner's kernels package: a hand-kept list named two
+    kernels and the H200 profile of session 7 filed tuner's persistent_mm_kernel (17% of the
+    engine's kernel time) under triton/other."""
+    return _jit_names("kernels")
+
+
+def _jit_names(package: str) -> frozenset[str]:
     import importlib.util
 
-    spec = importlib.util.find_spec("flag_gems")
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return frozenset()
     names = set()
