@@ -6,6 +6,7 @@ records what it was started with and runs vLLM's real plugin loader (no GPU to s
 import json
 import os
 import signal
+import site
 import subprocess
 import sys
 import time
@@ -74,12 +75,15 @@ def test_flagscales_loader_and_runner_take_the_config(tmp_path, monkeypatch):
     assert written and not any("k-123" in text for text in written)  # the key stays in the environment
 
 
-def _bin(tmp_path: Path) -> Path:
-    """A folder whose `python` is this interpreter and whose `vllm` records its arguments and
-    environment, prints them, runs vLLM's real plugin loader, and sleeps if asked to."""
+def _bin(tmp_path: Path, with_vllm: bool = True) -> Path:
+    """A folder whose `python` is this interpreter and whose `vllm` (unless with_vllm is false)
+    records its arguments and environment, prints them, runs vLLM's real plugin loader, and sleeps
+    if asked to."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "python").symlink_to(os.path.realpath(sys.executable))
+    if not with_vllm:
+        return bindir
     (bindir / "vllm").write_text("""#!/bin/sh
 exec python -c '
 import json, os, sys, time
@@ -99,7 +103,10 @@ def _serve(tmp_path, bindir, *extra, env=None, **popen):
     model.mkdir(exist_ok=True)
     cmd = [str(bindir / "python"), str(REPO / "cli.py"), "serve", str(model), "--engine", "flagscale",
            "--runtime-dir", str(tmp_path / "rt"), "--exclude", "mul", "--port", "8124", *extra]
-    full = {**os.environ, **CPU, "RECORD": str(tmp_path / "record.json"), "TUNER_API_KEY": "k-9", **(env or {})}
+    # the symlinked interpreter is the base one in a virtual environment: its packages by PYTHONPATH
+    path = os.pathsep.join([*site.getsitepackages(), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    full = {**os.environ, **CPU, "RECORD": str(tmp_path / "record.json"), "TUNER_API_KEY": "k-9",
+            "PYTHONPATH": path, **(env or {})}
     return subprocess.Popen(cmd, cwd=tmp_path, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen)
 
@@ -119,6 +126,22 @@ def test_serve_starts_flagscale_whose_vllm_runs_tuners_plugin(tmp_path):
     assert env["TUNER_RUNTIME_DIR"] == str(rt) and env["USE_FLAGGEMS"] == "false"
     assert env["VLLM_API_KEY"] == "k-9" and env["FLAGGEMS_DB_URL"] == f"sqlite:///{rt / 'flaggems_cache.db'}"
     assert read_state(rt)["exclude_ops"] == ["mul"]
+
+
+def test_a_vllm_without_its_command_is_run_through_a_shim(tmp_path):
+    """As on the H200 host, where vLLM was unpacked on PYTHONPATH with no `vllm` script: FlagScale's
+    `subprocess.Popen(["vllm", "serve", ...])` died with FileNotFoundError (results/serve/
+    flagscale_h200). tuner now writes a `vllm` for this interpreter, from vLLM's console-script entry
+    point, first on PATH, and FlagScale's `vllm serve` reaches vLLM's own CLI."""
+    proc = _serve(tmp_path, _bin(tmp_path, with_vllm=False), "--", "--max-model-len", "4096")
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 1, out[-4000:]  # no model to serve here: the job ends by itself
+    shim = (tmp_path / "rt").resolve() / "flagscale" / "bin" / "vllm"
+    assert os.access(shim, os.X_OK) and "vllm.entrypoints.cli.main" in shim.read_text()
+    assert "No such file or directory: 'vllm'" not in out, out[-4000:]
+    # vLLM's CLI ran: on a CPU host without its server packages it stops at an import, in a
+    # traceback through its main module; with them, it loads the plugins (tuner's line) first
+    assert "vllm/entrypoints/cli/main.py" in out or "tuner plugin: vLLM front-end process" in out, out[-4000:]
 
 
 def test_ctrl_c_stops_the_job_and_only_it(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ API_KEY_ENV = vllm.API_KEY_ENV  # read by the vLLM FlagScale starts, which inher
 # an exported PATH / PYTHONPATH would undo the folders its script adds
 LAUNCH_ONLY = (API_KEY_ENV, "PATH", "PYTHONPATH")
 CONFIG_DIR = "flagscale"  # under the runtime folder
+SHIM_DIR = "bin"  # under CONFIG_DIR: the `vllm` FlagScale runs when this interpreter's folder has none
 batch_tokens = vllm.batch_tokens  # FlagScale runs vLLM: tuner's --max-tokens is its batched-token bound
 
 
@@ -42,6 +44,8 @@ def command(model: str, port: int, args: list[str], host: str = "127.0.0.1") -> 
         raise UserError(f"the flagscale engine is not installed (missing {', '.join(missing)}): {INSTALL_HINT}")
     if importlib.util.find_spec("vllm") is None:
         raise UserError(f"FlagScale serves through vLLM, which is not installed: {vllm.INSTALL_HINT}")
+    if _needs_shim():
+        _vllm_entry_point()  # refused now when there is nothing to run as `vllm`
     engine_args = flagscale_config.engine_args(model, host, port, args)  # refuses what FlagScale cannot pass
     flagscale_config.check_vllm_accepts(model, args)
     where = [] if "host" in {a.split("=", 1)[0][2:] for a in args} else ["--host", host]
@@ -60,21 +64,57 @@ def config_writer(folder: Path, model: str, port: int, args: list[str], host: st
 def write(config: flagscale_config.ServeConfig, env: dict[str, str]) -> list[str]:
     """Write the config with tuner's environment in its `experiment.envs` (not the API key: FlagScale
     writes envs into a script and a command line; vLLM gets the key from the inherited environment),
-    and return the command that starts FlagScale with it."""
+    the `vllm` shim where one is needed, and return the command that starts FlagScale with it."""
     config.write({k: v for k, v in env.items() if k not in LAUNCH_ONLY})
+    if _needs_shim():
+        _write_shim(config.root / SHIM_DIR)
     return [sys.executable, "-m", "flag_scale.flagscale.cli", "serve", "tuner", str(config.path)]
 
 
 def env(folder: Path) -> dict[str, str]:
     """FlagScale's script runs `python` and `vllm` by name from its own package folder: this
     interpreter's folder comes first on PATH and tuner's on PYTHONPATH (vLLM finds the plugin's entry
-    point there; FlagScale appends its folders to a PYTHONPATH it inherits). USE_FLAGGEMS=false keeps
-    a FlagScale-patched vLLM from enabling FlagGems itself."""
+    point there; FlagScale appends its folders to a PYTHONPATH it inherits). Where that folder has no
+    `vllm` (vLLM installed with --target or unpacked on PYTHONPATH, as on the H200 host: FlagScale
+    failed with "No such file or directory: 'vllm'"), the shim `write` puts in front runs this
+    interpreter's vLLM. USE_FLAGGEMS=false keeps a FlagScale-patched vLLM from enabling FlagGems."""
+    first = [str(folder.expanduser().resolve() / CONFIG_DIR / SHIM_DIR)] if _needs_shim() else []
     bindir = str(Path(sys.executable).parent)
     repo = str(Path(__file__).resolve().parents[3])
     return {"USE_FLAGGEMS": "false",
-            "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "")]).rstrip(os.pathsep),
+            "PATH": os.pathsep.join([*first, bindir, os.environ.get("PATH", "")]).rstrip(os.pathsep),
             "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+def _needs_shim() -> bool:
+    return not os.access(Path(sys.executable).parent / "vllm", os.X_OK)
+
+
+def _vllm_entry_point() -> tuple[str, str]:
+    """(module, function) of the installed vLLM's `vllm` console script (vllm.entrypoints.cli.main,
+    main in 0.26 and 0.33), read from its metadata, as pip would write the script."""
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group="console_scripts", name="vllm"))
+    if not found:
+        raise UserError(f"FlagScale runs `vllm serve` by name, and there is no `vllm` command next to "
+                        f"{sys.executable} nor vLLM metadata to write one from: install vLLM with pip "
+                        "into this environment")
+    module, _, func = found[0].value.partition(":")
+    return module, func
+
+
+def _write_shim(folder: Path) -> None:
+    """`vllm` as pip's console script would be, for this interpreter (which finds vLLM on its
+    PYTHONPATH)."""
+    module, func = _vllm_entry_point()
+    code = f"import sys; from {module} import {func}; sys.argv[0] = 'vllm'; sys.exit({func}())"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "vllm.tmp"
+    tmp.write_text("#!/bin/sh\n# written by `tuner serve --engine flagscale`: FlagScale runs `vllm serve` by name\n"
+                   f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} \"$@\"\n")
+    tmp.chmod(0o755)
+    tmp.replace(folder / "vllm")
 
 
 def launch(command: list[str], env: dict[str, str]) -> int:
