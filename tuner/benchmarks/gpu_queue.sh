@@ -67,7 +67,7 @@ gpu1_tests() {  # one pytest process per group: the mm tests set TRITON_INTERPRE
 
 if [ ! -f $Q/setup ]; then
   stamp "setup"
-  if [ -d .whl ]; then
+  if [ -d .whl ] && [ -f .snap/tuner.tar ]; then  # (a .whl kept from an earlier call without .snap: keep what is installed)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     rm -rf /tmp/tuner && mkdir -p /tmp/tuner && tar -xf .snap/tuner.tar -C /tmp/tuner || exit 1
     (cd /tmp/tuner && python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site .) || exit 1
@@ -131,7 +131,7 @@ if [ -f $Q/addmm ] && [ $WAIT_FOR_CALL = 0 ] && [ ! -f $Q/fp8tests ]; then
 fi
 [ -f $Q/fp8tests ] && [ $WAIT_FOR_CALL = 0 ] && { [ -f $Q/fp8 ] || tune fp8 tune_fp8.log --op scaled_mm "${FP8[@]}" \
     --trials "${TRIALS:-40}" --timeout "${KEY_TIMEOUT:-12}" --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"; }
-if [ -f $Q/addmm ] && [ $WAIT_FOR_CALL = 0 ]; then
+if [ -f $Q/addmm ] && [ $WAIT_FOR_CALL = 0 ] && [ ! -f $Q/runs ]; then  # SKIP=runs: none of w1, w4, g2
   mkdir -p "$R/dbs"
   RUNS_TODO=("w1 --gpus 0 --workers 1" "w4 --gpus 0 --workers 4"); [ "$NG" -gt 1 ] && RUNS_TODO+=("g2 --gpus 0,1 --workers 1")
   for run in "${RUNS_TODO[@]}"; do

@@ -5,8 +5,8 @@
 # Results land in /tmp/mres and come back as $OUT/moe_res.tar.gz (plus REPORT.md and the bench
 # JSON on their own).
 # Before it (back to back, one warm machine): vLLM staged as in vllm_h200.sh's header, plus its
-# fused-MoE CUDA ops: MOE=1 ../shared/scripts/vllm-offline.sh DIR here, DIR/moe copied to .vllm/moe,
-# then run(carry=[".vllm/moe", ".vllm/stage.sh"], command="bash .vllm/stage.sh moe && LIMIT=540 bash
+# fused-MoE CUDA ops (MOE=1 ../shared/scripts/vllm-offline.sh .vllm writes .vllm/moe, 39 MiB),
+# then run(carry=[".vllm/moe"], command="bash tuner/benchmarks/vllm_stage.sh moe && LIMIT=540 bash
 # tuner/benchmarks/moe_vllm_h200.sh").
 # Steps:
 #   tests       pytest -m gpu: vLLM's kernel runner, its baselines, vLLM's MoE injection

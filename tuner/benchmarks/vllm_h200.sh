@@ -3,7 +3,7 @@
 # untuned and with FlagGems + tuner's routes, through `tuner bench` (each mode its own engine process,
 # the environment `tuner serve` gives it), plus one profiled request per mode through vLLM's profiler.
 # Steps (one device call each, back to back while the machine stays warm; vLLM staged before, see
-# ../shared/scripts/vllm-offline.sh and .vllm/stage2.sh):
+# ../shared/scripts/vllm-offline.sh and tuner/benchmarks/vllm_stage.sh):
 #   bash tuner/benchmarks/vllm_h200.sh setup        wheels, the project installed (its plugin entry point)
 #                                                   from .snap/tuner.tar, a snapshot made here with
 #   git archive HEAD -- . ':!tuner/benchmarks/results' > .snap/tuner.tar && tar -rf .snap/tuner.tar \
@@ -15,15 +15,11 @@
 #   bash tuner/benchmarks/vllm_h200.sh serve        checkpoint (once), `tuner serve --engine vllm --use-tuned`
 #                                                   in the background, one /v1/chat/completions request
 #   bash tuner/benchmarks/vllm_h200.sh fs           FlagScale 0.8.0 and its config-loading packages from .fs
-#                                                   (wheels made by `fs-wheels` below; carried as .fs)
+#                                                   (wheels as ".fs here" below says; carried as .fs)
 #   bash tuner/benchmarks/vllm_h200.sh fsbench      issue 15: checkpoint (once), `tuner bench --engine
 #                                                   vllm,flagscale --modes tuned` (each engine served, the same
 #                                                   requests), the plugin's and FlagScale's lines in the logs
-# Staging with the tracked tree at ~21 MiB (64 MiB per call, tree included), four calls back to back:
-#   carry [.vllm/a1, .vllm/stage2.sh]                      bash .vllm/stage2.sh a1
-#   carry [.vllm/a2, .vllm/stage2.sh, .whl, .snap]         bash .vllm/stage2.sh a2 && bash tuner/benchmarks/vllm_h200.sh setup
-#   carry [.vllm/b, .vllm/c2, .vllm/stage.sh, .vllm/stage2.sh]   bash .vllm/stage2.sh b && bash .vllm/stage2.sh c2
-#   carry [.vllm/c1, .vllm/stage2.sh, .fs]                 bash .vllm/stage2.sh c1 && bash tuner/benchmarks/vllm_h200.sh fs
+# Staging: four calls back to back, as tuner/benchmarks/vllm_stage.sh's header says (split here first).
 # .fs here: pip download --no-deps (manylinux wheels, Python 3.12) flag-scale==0.8.0 hydra-core==1.3.2
 # omegaconf==2.3.0 pytz tzdata, and `pip wheel --no-deps antlr4-python3-runtime==4.9.3` (an sdist only).
 # The tuned mode reads $BENCH_DB (default results/vllm/tune_keys/vllm_keys.db (this GPU model, tune_vllm_keys.sh). The
@@ -63,6 +59,7 @@ PY
   tar -czf "$OUT/logs_fsbench.tar.gz" -C /tmp/fsbench --exclude='*.pt.trace.json*' . ;;
 setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  [ -f .snap/tuner.tar ] || { echo "no .snap/tuner.tar: carry .snap (see this header)"; exit 1; }
   rm -rf /tmp/tuner && mkdir -p /tmp/tuner && tar -xf .snap/tuner.tar -C /tmp/tuner || exit 1
   (cd /tmp/tuner && python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site . ) || exit 1
   { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv

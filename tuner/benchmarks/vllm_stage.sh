@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# vLLM 0.26 onto the GPU host in parts that fit one device call each: the carry plus the tracked
+# tree (~22 MiB in session 7) must stay under 64 MiB, and ../shared/scripts/vllm-offline.sh's part a
+# (59 MiB) and c (49 MiB) no longer do. Here (once, after `MOE=1 vllm-offline.sh .vllm`):
+#   bash tuner/benchmarks/vllm_stage.sh split     .vllm/a -> a1, a2 (byte halves of vllm.tar.xz),
+#                                                 .vllm/c -> c1, c2 (its wheels, <= 23 MiB in c1)
+# On the host, back to back while the machine stays warm (session 7: four calls, ~85 s held):
+#   carry [.vllm/a1]                        bash tuner/benchmarks/vllm_stage.sh a1
+#   carry [.vllm/a2, .whl, .snap]           bash tuner/benchmarks/vllm_stage.sh a2 && bash tuner/benchmarks/vllm_h200.sh setup
+#   carry [.vllm/b, .vllm/c2]               bash tuner/benchmarks/vllm_stage.sh b c2
+#   carry [.vllm/c1, .fs]                   bash tuner/benchmarks/vllm_stage.sh c1 && bash tuner/benchmarks/vllm_h200.sh fs
+#   (issue 16) carry [.vllm/moe]            bash tuner/benchmarks/vllm_stage.sh moe
+# a1 is parked in /tmp/parts until a2 joins it; everything lands in /tmp/vsite (PYTHONPATH).
+set -euo pipefail
+P=${VLLM_PARTS:-.vllm}
+[ $# -gt 0 ] || { echo "usage: vllm_stage.sh split | a1|a2|b|c1|c2|moe ..." >&2; exit 2; }
+unpack() { python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall('/tmp/vsite')" "$1"; }
+for part in "$@"; do
+  mkdir -p /tmp/vsite /tmp/parts
+  case "$part" in
+    split)
+      [ -f "$P/a/vllm.tar.xz" ] && [ -d "$P/c" ] || { echo "no $P/a/vllm.tar.xz or $P/c: run vllm-offline.sh $P first" >&2; exit 1; }
+      rm -rf "$P"/a1 "$P"/a2 "$P"/c1 "$P"/c2 && mkdir -p "$P"/a1 "$P"/a2 "$P"/c1 "$P"/c2
+      half=$(( ($(stat -c %s "$P/a/vllm.tar.xz") + 1) / 2 ))
+      split -b "$half" -d "$P/a/vllm.tar.xz" "$P/a1/vllm.tar.xz.part" && mv "$P/a1/vllm.tar.xz.part01" "$P/a2/"
+      size=0  # the largest wheels first into c1 while they fit 23 MiB, the rest into c2
+      for w in $(ls -S "$P"/c/*.whl); do
+        s=$(stat -c %s "$w")
+        if [ $(( size + s )) -le $(( 23 * 1024 * 1024 )) ]; then cp "$w" "$P/c1/"; size=$(( size + s )); else cp "$w" "$P/c2/"; fi
+      done
+      du -sh "$P"/a1 "$P"/a2 "$P"/b "$P"/c1 "$P"/c2 ;;
+    a1) cp "$P"/a1/vllm.tar.xz.part* /tmp/parts/ ;;
+    a2) cp "$P"/a2/vllm.tar.xz.part* /tmp/parts/
+        [ -f /tmp/parts/vllm.tar.xz.part00 ] || { echo "a1 is not here: stage a1 first, on this warm machine" >&2; exit 1; }
+        cat /tmp/parts/vllm.tar.xz.part* > /tmp/parts/vllm.tar.xz && unpack /tmp/parts/vllm.tar.xz
+        rm -f /tmp/parts/vllm.tar.xz* ;;
+    b) unpack "$P/b/fa3.tar.xz" ;;
+    moe) unpack "$P/moe/moe.tar.xz" ;;
+    c1|c2) python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/vsite "$P/$part"/*.whl ;;
+    *) echo "usage: vllm_stage.sh split | a1|a2|b|c1|c2|moe ..." >&2; exit 2 ;;
+  esac
+  [ "$part" = split ] || echo "staged $part: $(du -sh /tmp/vsite | cut -f1) in /tmp/vsite"
+done
