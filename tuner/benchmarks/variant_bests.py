@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -24,15 +25,20 @@ from tuner.tuning.measurer import Status
 
 
 def variant_bests(url: str, ops: list[str]) -> list[dict]:
-    """One row per study of `ops`: {"study", "op", "key", "best_us", "variants": {name: (ratio, n)}}."""
+    """One row per study of `ops`: {"study", "op", "key", "label", "best_us", "variants": {name:
+    (ratio, n)}}. A label is op, key and dtype, plus the study's source hash where two studies of
+    one database share those (an old and a new kernel source)."""
+    from tuner.store import optuna_storage
+
+    storage = optuna_storage(url)
     rows = []
-    for s in optuna.get_all_study_summaries(url, include_best_trial=False):
-        op, key = s.study_name.split("|")[:2]
-        if op not in ops:
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        parts = s.study_name.split("|")
+        if len(parts) < 3 or parts[0] not in ops:  # not a study tuner named (op|key|dtype|...)
             continue
         best: dict[str, float] = {}
         count: dict[str, int] = defaultdict(int)
-        study = optuna.load_study(study_name=s.study_name, storage=url)
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             a = t.user_attrs
             if a.get("duplicate") or a.get("status") != Status.OK or a.get("canonical") is None:
@@ -42,9 +48,15 @@ def variant_bests(url: str, ops: list[str]) -> list[dict]:
             best[variant] = min(best.get(variant, float("inf")), t.value)
         if best:
             top = min(best.values())
-            rows.append({"study": s.study_name, "op": op, "key": key, "best_us": top,
-                         "variants": {v: (best[v] / top, count[v]) for v in sorted(best)}})
-    return sorted(rows, key=lambda r: (ops.index(r["op"]), _dims(r["key"])))
+            rows.append({"study": s.study_name, "op": parts[0], "key": parts[1], "label": f"{parts[1]} {parts[2]}",
+                         "best_us": top, "variants": {v: (best[v] / top, count[v]) for v in sorted(best)}})
+    seen = defaultdict(int)
+    for r in rows:
+        seen[(r["op"], r["label"])] += 1
+    for r in rows:
+        if seen[(r["op"], r["label"])] > 1:
+            r["label"] += " " + next((p for p in r["study"].split("|") if p.startswith("src=")), r["study"])
+    return sorted(rows, key=lambda r: (ops.index(r["op"]), _dims(r["key"]), r["label"]))
 
 
 def _dims(key: str) -> tuple:
@@ -58,12 +70,12 @@ def markdown(rows: list[dict]) -> str:
     out = ["| op | key | best µs | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
     for r in rows:
         cells = [f"{r['variants'][v][0]:.2f} ({r['variants'][v][1]})" if v in r["variants"] else "-" for v in names]
-        out.append(f"| {r['op']} | {r['key']} | {r['best_us']:.1f} | " + " | ".join(cells) + " |")
+        out.append(f"| {r['op']} | {r['label']} | {r['best_us']:.1f} | " + " | ".join(cells) + " |")
     out.append("\nEach cell: the variant's best time / the key's best time (configs of it measured).")
     for v in names:
         ratios = [r["variants"][v][0] for r in rows if v in r["variants"]]
         wins = sum(1 for x in ratios if x == 1.0)
-        out.append(f"- {v}: best of {wins} of {len(ratios)} keys; median {statistics.median(ratios):.2f}, "
+        out.append(f"- {v}: best of {wins} of {len(ratios)} studies; median {statistics.median(ratios):.2f}, "
                    f"worst {max(ratios):.2f}")
     return "\n".join(out)
 
@@ -74,6 +86,8 @@ def main() -> None:
     ap.add_argument("--ops", default="mm,addmm", help="comma-separated ops (default mm,addmm)")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if "://" not in args.db and not Path(args.db).is_file():
+        raise SystemExit(f"variant_bests: no database file {args.db}")
     url = args.db if "://" in args.db else f"sqlite:///{args.db}"
     print(markdown(variant_bests(url, args.ops.split(","))))
 

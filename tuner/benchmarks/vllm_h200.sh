@@ -58,8 +58,8 @@ PY
   cp /tmp/fsbench/bench.png "$OUT/fsbench.png" 2>/dev/null
   tar -czf "$OUT/logs_fsbench.tar.gz" -C /tmp/fsbench --exclude='*.pt.trace.json*' . ;;
 setup)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   [ -f .snap/tuner.tar ] || { echo "no .snap/tuner.tar: carry .snap (see this header)"; exit 1; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   rm -rf /tmp/tuner && mkdir -p /tmp/tuner && tar -xf .snap/tuner.tar -C /tmp/tuner || exit 1
   (cd /tmp/tuner && python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site . ) || exit 1
   { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv

@@ -21,14 +21,17 @@ for part in "$@"; do
     split)
       [ -f "$P/a/vllm.tar.xz" ] && [ -d "$P/c" ] || { echo "no $P/a/vllm.tar.xz or $P/c: run vllm-offline.sh $P first" >&2; exit 1; }
       rm -rf "$P"/a1 "$P"/a2 "$P"/c1 "$P"/c2 && mkdir -p "$P"/a1 "$P"/a2 "$P"/c1 "$P"/c2
+      mapfile -t wheels < <(ls -S "$P"/c/*.whl 2>/dev/null)
+      [ ${#wheels[@]} -gt 0 ] && [ -s "$P/a/vllm.tar.xz" ] || { echo "no wheels in $P/c or an empty $P/a: run vllm-offline.sh $P again" >&2; exit 1; }
       half=$(( ($(stat -c %s "$P/a/vllm.tar.xz") + 1) / 2 ))
-      split -b "$half" -d "$P/a/vllm.tar.xz" "$P/a1/vllm.tar.xz.part" && mv "$P/a1/vllm.tar.xz.part01" "$P/a2/"
+      split -b "$half" -d "$P/a/vllm.tar.xz" "$P/a1/vllm.tar.xz.part"
+      mv "$P/a1/vllm.tar.xz.part01" "$P/a2/"
       size=0  # the largest wheels first into c1 while they fit 23 MiB, the rest into c2
-      for w in $(ls -S "$P"/c/*.whl); do
+      for w in "${wheels[@]}"; do
         s=$(stat -c %s "$w")
         if [ $(( size + s )) -le $(( 23 * 1024 * 1024 )) ]; then cp "$w" "$P/c1/"; size=$(( size + s )); else cp "$w" "$P/c2/"; fi
       done
-      du -sh "$P"/a1 "$P"/a2 "$P"/b "$P"/c1 "$P"/c2 ;;
+      du -sh "$P"/a1 "$P"/a2 "$P"/c1 "$P"/c2 ;;
     a1) cp "$P"/a1/vllm.tar.xz.part* /tmp/parts/ ;;
     a2) cp "$P"/a2/vllm.tar.xz.part* /tmp/parts/
         [ -f /tmp/parts/vllm.tar.xz.part00 ] || { echo "a1 is not here: stage a1 first, on this warm machine" >&2; exit 1; }

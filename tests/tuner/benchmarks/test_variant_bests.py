@@ -30,12 +30,18 @@ def test_each_variants_best_over_the_keys_best(tmp_path):
         study.add_trial(t)
     other = optuna.create_study(study_name="bmm|B=2,M=8,N=64,K=32|bf16|fp|src=a", storage=url)
     other.add_trial(_trial(1.0, "fg", 16))
+    optuna.create_study(study_name="not-tuners", storage=url).add_trial(_trial(1.0, "fg", 16))
     (row,) = variant_bests(url, ["mm", "addmm"])
     assert row["key"] == "M=8,N=64,K=32,BT=1" and row["best_us"] == 8.0
     assert row["variants"] == {"persistent": (1.25, 2), "splitk": (1.0, 1)}
     text = markdown([row])
-    assert "| mm | M=8,N=64,K=32,BT=1 | 8.0 | 1.25 (2) | 1.00 (1) |" in text
-    assert "- splitk: best of 1 of 1 keys" in text and "streamk" not in text
+    assert "| mm | M=8,N=64,K=32,BT=1 bf16 | 8.0 | 1.25 (2) | 1.00 (1) |" in text
+    assert "- splitk: best of 1 of 1 studies" in text and "streamk" not in text
+    # the same key under a changed kernel source: both rows, told apart by their hash
+    new = optuna.create_study(study_name="mm|M=8,N=64,K=32,BT=1|bf16|fp|src=b", storage=url)
+    new.add_trial(_trial(9.0, "splitk", 16))
+    assert [r["label"] for r in variant_bests(url, ["mm"])] == ["M=8,N=64,K=32,BT=1 bf16 src=a",
+                                                               "M=8,N=64,K=32,BT=1 bf16 src=b"]
 
 
 def test_a_real_cpu_tune(tmp_path):
@@ -48,7 +54,10 @@ def test_a_real_cpu_tune(tmp_path):
     (row,) = variant_bests(f"sqlite:///{db}", ["mm"])
     from kernels import get_kernel
 
-    ratios = [r for r, _ in row["variants"].values()]
-    assert min(ratios) == 1.0 and all(r >= 1.0 for r in ratios)
+    # against the study the tune wrote, read without this module: its smallest measured time, and
+    # only variants of the op's space on this device
+    study = optuna.load_study(study_name=row["study"], storage=f"sqlite:///{db}")
+    assert row["best_us"] == min(t.value for t in study.trials if t.value is not None and not
+                                 t.user_attrs.get("duplicate") and t.user_attrs.get("status") == "ok")
     assert set(row["variants"]) <= set(get_kernel("mm").space((16, 32, 32), "bf16", "cpu")["variant"])
-    assert sum(n for _, n in row["variants"].values()) <= 6
+    assert 1 <= sum(n for _, n in row["variants"].values()) <= 6

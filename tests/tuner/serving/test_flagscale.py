@@ -133,7 +133,9 @@ def test_a_vllm_without_its_command_is_run_through_a_shim(tmp_path):
     `subprocess.Popen(["vllm", "serve", ...])` died with FileNotFoundError (results/serve/
     flagscale_h200). tuner now writes a `vllm` for this interpreter, from vLLM's console-script entry
     point, first on PATH, and FlagScale's `vllm serve` reaches vLLM's own CLI."""
-    proc = _serve(tmp_path, _bin(tmp_path, with_vllm=False), "--", "--max-model-len", "4096")
+    # no other `vllm` on PATH: FlagScale finds the shim or nothing (the CI's pip puts one in ~/.pyenv)
+    proc = _serve(tmp_path, _bin(tmp_path, with_vllm=False), "--", "--max-model-len", "4096",
+                  env={"PATH": "/usr/bin:/bin"})
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 1, out[-4000:]  # no model to serve here: the job ends by itself
     shim = (tmp_path / "rt").resolve() / "flagscale" / "bin" / "vllm"

@@ -73,7 +73,7 @@ def write(config: flagscale_config.ServeConfig, env: dict[str, str]) -> list[str
 
 def env(folder: Path) -> dict[str, str]:
     """FlagScale's script runs `python` and `vllm` by name from its own package folder: this
-    interpreter's folder comes first on PATH and tuner's on PYTHONPATH (vLLM finds the plugin's entry
+    interpreter's folder comes first on PATH (after the shim's, below) and tuner's on PYTHONPATH (vLLM finds the plugin's entry
     point there; FlagScale appends its folders to a PYTHONPATH it inherits). Where that folder has no
     `vllm` (vLLM installed with --target or unpacked on PYTHONPATH, as on the H200 host: FlagScale
     failed with "No such file or directory: 'vllm'"), the shim `write` puts in front runs this
@@ -92,23 +92,25 @@ def _needs_shim() -> bool:
 
 def _vllm_entry_point() -> tuple[str, str]:
     """(module, function) of the installed vLLM's `vllm` console script (vllm.entrypoints.cli.main,
-    main in 0.26 and 0.33), read from its metadata, as pip would write the script."""
+    main in 0.26 and 0.33), read from its distribution's metadata, as pip writes the script."""
     from importlib.metadata import entry_points
 
-    found = list(entry_points(group="console_scripts", name="vllm"))
+    found = [ep for ep in entry_points(group="console_scripts", name="vllm")
+             if ep.dist is None or (ep.dist.name or "").lower() == "vllm"]
     if not found:
         raise UserError(f"FlagScale runs `vllm serve` by name, and there is no `vllm` command next to "
                         f"{sys.executable} nor vLLM metadata to write one from: install vLLM with pip "
                         "into this environment")
-    module, _, func = found[0].value.partition(":")
-    return module, func
+    return found[0].module, found[0].attr
 
 
 def _write_shim(folder: Path) -> None:
-    """`vllm` as pip's console script would be, for this interpreter (which finds vLLM on its
-    PYTHONPATH)."""
+    """`vllm` for this interpreter, which finds vLLM on its PYTHONPATH. As in pip's script, the
+    current folder is not importable: FlagScale starts `vllm` from inside its own package, whose
+    top-level `tests`, `tools`, `run` would otherwise shadow modules of those names."""
     module, func = _vllm_entry_point()
-    code = f"import sys; from {module} import {func}; sys.argv[0] = 'vllm'; sys.exit({func}())"
+    code = (f"import sys; del sys.path[0]; from {module} import {func}; sys.argv[0] = 'vllm'; "
+            f"sys.exit({func}())")
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "vllm.tmp"
     tmp.write_text("#!/bin/sh\n# written by `tuner serve --engine flagscale`: FlagScale runs `vllm serve` by name\n"
