@@ -384,6 +384,10 @@ def serve(
                                             help="With --use-tuned: also leave to PyTorch every FlagGems "
                                             "op (addmm, bmm) whose tuned kernel is slower than native on "
                                             "every stored key."),
+    route_within: float = typer.Option(1.0, "--route-within", help="With --use-tuned: run a GEMM key's "
+                                       "tuned Triton kernel where it was timed at most this factor of "
+                                       "cuBLAS's time (1.0: only where faster; 1.02 keeps near-ties in "
+                                       "Triton, for the engine's Triton share, at up to 2% a key)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Launch an engine with FlagGems enabled (minus the ops the consistency check rejected) and,
@@ -400,7 +404,7 @@ def serve(
     req = flow.ServeRequest(model=model, engine=engine, use_tuned=use_tuned, engine_args=list(ctx.args),
                             db_url=db, allow_foreign=allow_foreign, max_tokens=max_tokens,
                             runtime_dir=runtime_dir, port=port, host=host, api_key=api_key, dry_run=dry_run,
-                            native_when_faster=native_when_faster,
+                            native_when_faster=native_when_faster, route_within=route_within,
                             exclude=[o for o in exclude.split(",") if o] if exclude is not None else None)
     try:
         prepared = flow.prepare(req)
@@ -446,6 +450,8 @@ def bench(
     served: bool = typer.Option(False, "--served", help="Serve vLLM as `tuner serve` does and send the "
                                 "requests over its OpenAI API (as flagscale always is)."),
     port: int = typer.Option(8000, "--port", help="Port of served engines on 127.0.0.1 (one at a time)."),
+    route_within: float = typer.Option(1.0, "--route-within", help="The tuned mode's `tuner serve "
+                                       "--route-within` (1.0: tuned GEMM kernels only where faster than cuBLAS)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -470,7 +476,8 @@ def bench(
                             max_tokens=max_tokens, profile=profile, profile_concurrency=profile_concurrency,
                             out_dir=out_dir, db_url=db,
                             exclude=[o for o in exclude.split(",") if o] if exclude is not None else None,
-                            allow_foreign=allow_foreign, timeout_s=timeout, served=served, port=port)
+                            allow_foreign=allow_foreign, timeout_s=timeout, served=served, port=port,
+                            route_within=route_within)
     try:
         report = flow.bench(req, on_mode=lambda m: typer.echo(f"bench: {m} ...", err=True))
     except UserError as e:

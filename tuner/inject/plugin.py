@@ -36,6 +36,7 @@ def write_runtime_dir(
     allow_foreign: bool = False,
     device_name: str | None = None,
     running: Mapping[str, Any] | None = None,
+    route_within: float = 1.0,
 ) -> Path:
     """Prepare TUNER_RUNTIME_DIR: state.json plus vLLM MoE files, swapped in atomically.
 
@@ -61,6 +62,7 @@ def write_runtime_dir(
             "enable_flaggems": enable_flaggems,
             "flaggems_ops": flaggems_ops,
             "max_tokens": max_tokens,
+            "route_within": route_within,
             "allow_foreign": allow_foreign,
             "moe_folder": MOE_FOLDER,
             "moe_files": [p.name for p in moe_files],
@@ -105,7 +107,8 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
     ctx = registry.Context(folder=folder, exclude=state["exclude_ops"], max_tokens=state["max_tokens"],
                            allow_foreign=state["allow_foreign"], enable_flaggems=state["enable_flaggems"],
                            moe_dir=folder / state["moe_folder"], log=logger,
-                           flaggems_ops=state.get("flaggems_ops", "all"))
+                           flaggems_ops=state.get("flaggems_ops", "all"),
+                           route_within=float(state.get("route_within", 1.0)))
     # fg_* mm records get the full check (FlagGems version, kernel hash) in seed_mm_cache;
     # the rest is re-checked here because each engine process may sit on another GPU.
     others = [r for r in records if not str((r.get("config") or {}).get("variant", "")).startswith("fg_")]
@@ -125,7 +128,8 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
     counts["exclude_ops"] = list(ctx.exclude)
     from tuner.inject.gemm_router import route_counts
 
-    counts["routes"] = route_counts(records)
+    counts["routes"] = route_counts(records, ctx.route_within)
+    counts["route_within"] = ctx.route_within
     counts["flaggems_ops"] = ctx.flaggems_ops if ctx.enable_flaggems else "none"
     return counts
 
@@ -234,6 +238,9 @@ def _routes_text(counts: Mapping[str, Any]) -> str:
         text += "; GEMM keys: FlagGems %d, split-K %d, persistent %d, stream-K %d, native %d" % (
             routes.get("flaggems", 0), routes.get("splitk", 0), routes.get("persistent", 0), routes.get("streamk", 0),
             routes.get("native", 0))
+        within = counts.get("route_within", 1.0)
+        if within != 1.0:
+            text += " (routed where within %gx of cuBLAS's time)" % within
     if counts.get("flaggems_ops") == "routed":
         text += "; FlagGems registers no aten op (only routed GEMM keys reach its kernels)"
     return text

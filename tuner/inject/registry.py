@@ -50,6 +50,8 @@ class Context:
     # "all": FlagGems registers every op but the excluded and claimed ones; "routed": it registers no
     # aten op and only the GEMM router's routes reach its kernels (tuned serving in a compiling engine)
     flaggems_ops: str = "all"
+    # a GEMM key runs its tuned kernel where that was timed faster than cuBLAS times this (1.0: faster)
+    route_within: float = 1.0
 
 
 Apply = Callable[[list[dict[str, Any]], Context], int]

@@ -53,6 +53,7 @@ class BenchRequest:
     extra_env: dict[str, str] = field(default_factory=dict)
     served: bool = False  # vLLM as a server too (flagscale always is; with it in the list, every engine is)
     port: int = 8000  # served engines listen here on 127.0.0.1, one at a time
+    route_within: float = 1.0  # the tuned mode's `tuner serve --route-within`
 
     @property
     def engines(self) -> tuple[str, ...]:
@@ -88,6 +89,9 @@ def validate(req: BenchRequest) -> None:
         raise UserError("--concurrency takes positive numbers")
     if req.prompt_tokens + req.output_tokens > 4096:
         raise UserError("--prompt-tokens + --output-tokens must fit the engine's 4096-token context")
+    from tuner.serving.flow import check_route_within
+
+    check_route_within(req.route_within, "tuned" in req.modes, fix="add tuned to --modes")
     if req.is_served:
         if req.profile:
             raise UserError("--profile needs the in-process engine (vLLM's profiler hooks); served engines "
@@ -119,7 +123,8 @@ def mode_env(req: BenchRequest, mode: str, folder: Path) -> dict[str, str]:
     prepared = prepare(ServeRequest(model=req.model, engine="vllm", use_tuned=mode == "tuned",
                                     db_url=req.db_url, allow_foreign=req.allow_foreign,
                                     max_tokens=req.max_tokens, runtime_dir=str(folder / "runtime"),
-                                    exclude=req.exclude, dry_run=True))
+                                    exclude=req.exclude, dry_run=True,
+                                    route_within=req.route_within if mode == "tuned" else 1.0))
     env.update(prepared.env)
     return env
 

@@ -63,7 +63,7 @@ def launch_spec(req: "BenchRequest", engine: str, mode: str, folder: Path) -> tu
                                  engine_args=server_args(req), db_url=req.db_url,
                                  allow_foreign=req.allow_foreign, max_tokens=req.max_tokens,
                                  runtime_dir=str(runtime), port=req.port, host=HOST, exclude=req.exclude,
-                                 dry_run=True))
+                                 dry_run=True, route_within=req.route_within if mode == "tuned" else 1.0))
         return p.command, {**base, **p.env}
     module = engines.engine(engine)
     _, args = engines.batch_tokens(module, req.max_tokens, server_args(req))

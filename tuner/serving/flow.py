@@ -34,6 +34,7 @@ class ServeRequest:
     exclude: list[str] | None = None  # None: the stored consistency check decides
     dry_run: bool = False
     native_when_faster: bool = True  # with use_tuned: leave_native() ops go to PyTorch too
+    route_within: float = 1.0  # with use_tuned: a GEMM key's tuned kernel where <= this x cuBLAS's time
 
 
 @dataclass
@@ -96,6 +97,19 @@ def one_per_key(records: list[dict], running: dict | None = None) -> list[dict]:
         if ident(r) not in best or rank(r) > rank(best[ident(r)]):
             best[ident(r)] = r
     return [r for r in records if best[ident(r)] is r]
+
+
+ROUTE_WITHIN = (0.5, 1.5)  # --route-within's range: beyond it a "tuned" route is no longer a fair name
+
+
+def check_route_within(within: float, use_tuned: bool, fix: str = "add --use-tuned") -> None:
+    lo, hi = ROUTE_WITHIN
+    if not lo <= within <= hi:
+        raise UserError(f"--route-within takes a factor from {lo} to {hi}: 1.0 runs a tuned GEMM kernel only "
+                        "where it was timed faster than cuBLAS, 1.02 also where at most 2% slower (more "
+                        "of the engine's time in Triton), 0.98 only where faster by 2%")
+    if within != 1.0 and not use_tuned:
+        raise UserError(f"--route-within applies to tuned routes: {fix}")
 
 
 def leave_native(records: list[dict]) -> list[str]:
@@ -161,6 +175,7 @@ def prepare(req: ServeRequest) -> Prepared:
 
     if req.max_tokens is not None and req.max_tokens <= 0:
         raise UserError("--max-tokens must be a positive number")
+    check_route_within(req.route_within, req.use_tuned)
     engine = engines.engine(req.engine)
     max_tokens, engine_args = engines.batch_tokens(engine, req.max_tokens, req.engine_args)
     key_env = getattr(engine, "API_KEY_ENV", None)
@@ -177,6 +192,7 @@ def prepare(req: ServeRequest) -> Prepared:
     exclude = [*exclude, *left_native]
     try:
         write_runtime_dir(folder, records, exclude, max_tokens=max_tokens, allow_foreign=req.allow_foreign,
+                          route_within=req.route_within,
                           flaggems_ops=flaggems_ops(req))
     except ForeignResultError as e:
         raise UserError(str(e)) from None

@@ -27,6 +27,24 @@ def test_record_target_needs_a_measured_win_over_native():
     assert gr.record_target(rec(512, kernel="addmm", variant="streamk")) == gr.STREAMK
 
 
+def test_route_within_keeps_near_ties_in_triton_or_asks_a_margin():
+    """--route-within: the H200's prefill gate_up at M=4096, persistent 1618.1 us vs cuBLAS 1610.3
+    (results/gemm_h200/session7): native by default, routed within 1.01, not within 1.004."""
+    gate_up = rec(4096, variant="persistent", tuned=1618.1, native=1610.3, bm=128)
+    assert gr.record_target(gate_up) == gr.NATIVE
+    assert gr.record_target(gate_up, 1.01) == gr.PERSISTENT
+    assert gr.record_target(gate_up, 1.004) == gr.NATIVE
+    assert gr.eager_worthwhile(gate_up, 1.01)  # a slower kernel pays eagerly only by hiding its launch
+    assert not gr.eager_worthwhile(rec(64, variant="persistent", tuned=101.0, native=100.0), 1.02)
+    win = rec(16, tuned=10.0, native=10.1)
+    assert gr.record_target(win) == gr.FLAGGEMS and gr.record_target(win, 0.98) == gr.NATIVE  # 1% < 2%
+    assert gr.route_counts([gate_up, win], 1.01) == {gr.NATIVE: 0, gr.FLAGGEMS: 1, gr.SPLITK: 0,
+                                                     gr.PERSISTENT: 1, gr.STREAMK: 0}
+    assert gr.plan_routes([gate_up], max_tokens=4096) == {}
+    (lo, hi, route), = gr.plan_routes([gate_up], max_tokens=4096, within=1.01)[("mm", 37888, 3584, "bf16")]
+    assert (lo, hi, route.target, route.tuned_m) == (2048, 4096, gr.PERSISTENT, 4096)
+
+
 def test_plan_routes_near_winning_ms_only():
     # the H200's decode picture for gate_up (its configs' BLOCK_M): M=1 loses, M=16 and M=64 win
     recs = [rec(1, tuned=75.0, native=71.7, bm=32), rec(16, tuned=68.1, native=74.1, bm=16),

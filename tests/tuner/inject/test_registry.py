@@ -48,7 +48,7 @@ def test_apply_state_without_flaggems_counts_every_injector(tmp_path, monkeypatc
         ("fused_moe", 0), ("mm_flaggems", 0), ("addmm_flaggems", 0), ("bmm_flaggems", 0),
         ("attention_flaggems", 0), ("gemm_routes", 0), ("config_memo", False), ("exclude_ops", ["softmax"]),
         ("routes", {"native": 0, "flaggems": 0, "splitk": 0, "persistent": 0, "streamk": 0}),
-            ("flaggems_ops", "none")]
+        ("route_within", 1.0), ("flaggems_ops", "none")]
     assert os.environ["VLLM_TUNED_CONFIG_FOLDER"] == str(tmp_path / "rt" / plugin.MOE_FOLDER)
 
 
@@ -68,6 +68,30 @@ def test_log_line_says_where_gemm_keys_go_and_what_flaggems_registers():
     assert line.endswith("; GEMM keys: FlagGems 4, split-K 0, persistent 0, stream-K 0, native 8; "
                          "FlagGems registers no aten op (only routed GEMM keys reach its kernels)")
     assert line.startswith("tuner plugin: 16 tuned configs active (")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # a hand-made record: foreign by design
+def test_route_within_travels_from_the_state_to_the_engine(tmp_path):
+    """What `tuner serve --route-within 1.01` writes, the engine process reads: the H200's prefill
+    gate_up key (1.005x cuBLAS) counts as routed to the persistent kernel."""
+    gate_up = {"kernel": "mm", "key": {"M": 4096, "N": 37888, "K": 3584, "BT": 1}, "dtype": "bf16",
+               "config": {"variant": "persistent", "BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64},
+               "time_us": 1618.1, "native_us": 1610.3}
+    for within, routed in ((1.0, 0), (1.01, 1)):
+        rt = tmp_path / f"rt{within}"
+        write_runtime_dir(rt, [gate_up], [], enable_flaggems=False, running={}, allow_foreign=True,
+                          route_within=within)
+        assert plugin.read_state(rt)["route_within"] == within
+        counts = apply_state(rt)
+        assert counts["route_within"] == within and counts["routes"]["persistent"] == routed
+
+
+def test_log_line_says_when_routes_take_near_ties():
+    counts = {"fused_moe": 0, "mm_flaggems": 0, "addmm_flaggems": 0, "bmm_flaggems": 0, "attention_flaggems": 0,
+              "gemm_routes": 1, "exclude_ops": [], "routes": {"native": 0, "persistent": 1}, "route_within": 1.02}
+    assert active_line(counts).endswith("; GEMM keys: FlagGems 0, split-K 0, persistent 1, stream-K 0, native 0 "
+                                        "(routed where within 1.02x of cuBLAS's time)")
+    assert "within" not in active_line({**counts, "route_within": 1.0})
 
 
 def test_flaggems_unused_names_every_overload_of_an_excluded_op():

@@ -7,6 +7,7 @@ from rich.console import Console
 
 from db import bench_queries, open_database, queries
 from tuner.errors import UserError
+from tuner.inject.plugin import read_state
 from tuner.serving import bench as flow
 from tuner.serving.bench_report import agreement_lines, bench_chart, bench_table
 
@@ -103,11 +104,22 @@ def test_rows_are_stored_and_read_back(tmp_path):
     ({"prompt_tokens": 4000}, "4096-token context"),
     ({"warm_repeats": 0}, "--warm-repeats must be a positive number"),
     ({"profile_concurrency": 0}, "--profile-concurrency must be a positive number"),
+    ({"route_within": 3.0}, "--route-within takes a factor from 0.5 to 1.5"),
+    ({"modes": ("native", "untuned"), "route_within": 1.02}, "applies to tuned routes: add tuned to --modes"),
 ])
 def test_bad_requests_are_refused(tmp_path, change, words):
     req = flow.BenchRequest(model=str(tmp_path), **change)
     with pytest.raises(UserError, match=words):
         flow.validate(req)
+
+
+def test_route_within_applies_to_the_tuned_mode_only(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    open_database(url).dispose()
+    req = flow.BenchRequest(model=str(tmp_path), route_within=1.02, db_url=url, allow_foreign=True)
+    for mode, want in (("tuned", 1.02), ("untuned", 1.0)):
+        env = flow.mode_env(req, mode, tmp_path / mode)
+        assert read_state(env["TUNER_RUNTIME_DIR"])["route_within"] == want
 
 
 def test_engine_process_arguments_are_its_own_parsers(tmp_path):

@@ -14,6 +14,7 @@ from db import open_database, queries
 from tests.conftest import needs_vllm, result, run_py
 from tests.tuner.inject.conftest import H100, env_of
 from tuner.errors import UserError
+from tuner.inject.plugin import read_state
 from tuner.serving.flow import ServeRequest, leave_native, prepare
 
 REPO = Path(__file__).resolve().parents[3]
@@ -115,11 +116,21 @@ def test_cli_dry_run_says_what_is_left_native(tmp_path):
     (["m", "--max-tokens", "0", "--dry-run"], "--max-tokens must be a positive number"),
     (["m", "--engine", "tgi", "--dry-run"], "unknown engine 'tgi'"),
     (["/no/such/folder", "--engine", "transformers", "--dry-run"], "does not exist"),
+    (["m", "--use-tuned", "--route-within", "2", "--dry-run"], "--route-within takes a factor from 0.5 to 1.5"),
+    (["m", "--route-within", "1.02", "--dry-run"], "--route-within applies to tuned routes: add --use-tuned"),
 ])
 def test_cli_bad_input_is_one_sentence_exit_2(tmp_path, args, words):
     r = _cli(*args, "--runtime-dir", str(tmp_path / "rt"), "--db", str(tmp_path / "none.db"))
     assert r.returncode == 2 and words in r.stderr, r.stderr
     assert not (tmp_path / "rt").exists()
+
+
+def test_cli_route_within_reaches_the_runtime_state(tmp_path):
+    url = _db_with(tmp_path, ADDMM_SLOW)
+    r = _cli("Qwen/x", "--use-tuned", "--allow-foreign", "--db", url, "--runtime-dir", str(tmp_path / "rt"),
+             "--route-within", "1.02", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert read_state(tmp_path / "rt")["route_within"] == 1.02
 
 
 def _db_with_checks(tmp_path) -> str:
@@ -187,9 +198,14 @@ def test_engine_modules_command_and_environment(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PATH", "/usr/bin")
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
-    fs = engines.engine("flagscale").env(tmp_path)
-    assert fs == {"USE_FLAGGEMS": "false", "PATH": f"{Path(sys.executable).parent}:/usr/bin",
-                  "PYTHONPATH": f"{REPO}:/elsewhere"}
+    flagscale = engines.engine("flagscale")
+    bindir = Path(sys.executable).parent
+    for needs_shim, first in ((False, []), (True, [tmp_path.resolve() / "flagscale" / "bin"])):
+        # with no `vllm` beside this interpreter, the shim tuner writes comes first (test_flagscale)
+        monkeypatch.setattr(flagscale, "_needs_shim", lambda v=needs_shim: v)
+        assert flagscale.env(tmp_path) == {
+            "USE_FLAGGEMS": "false", "PATH": ":".join(map(str, [*first, bindir, "/usr/bin"])),
+            "PYTHONPATH": f"{REPO}:/elsewhere"}
 
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     env = engines.engine("transformers").env(tmp_path)
