@@ -16,8 +16,9 @@
 #   runs    issues 13/17: TPE, same seed and trials, on 3 decode keys: w1 (1 worker, GPU 0),
 #           w4 (4 workers sharing GPU 0), g2 (1 worker on each of GPUs 0 and 1; two GPUs only)
 #   grid    issue 13's reference: --sampler grid on the same keys, 4 workers per GPU
-#   vbench, fsbench   only with vLLM staged (and FlagScale for fsbench, vllm_h200.sh fs), before runs:
-#           vllm_h200.sh bench native,tuned and fsbench with this run's gemm.db as the tuned routes
+#   vbench, vbenchw, fsbench   only with vLLM staged (and FlagScale for fsbench, vllm_h200.sh fs), before
+#           runs: vllm_h200.sh bench native,tuned, the same with --route-within $VBENCH_WITHIN (1.02: near-ties
+#           to Triton, for the Triton share), and fsbench, with this run's gemm.db as the tuned routes
 #   fp8tests, fp8   issue 12 item 3: the fp8 GEMM's GPU tests (240 s at most), then scaled_mm tuned
 #           on vLLM's fp8 layers (qkv, o, gate_up, down) at 5 M, into gemm.db beside mm and addmm
 # and after them, in every call: the GEMM report and the workers report of what exists so far.
@@ -112,14 +113,17 @@ fi
 # (two engines with the checkpoint take most of one), tuned = the routes of the GEMM set just tuned
 WAIT_FOR_CALL=0
 if [ -f $Q/addmm ] && [ -d /tmp/vsite/vllm ]; then
-  for step in vbench fsbench; do
+  for step in vbench vbenchw fsbench; do
     [ -f $Q/$step ] && continue
     [ $step = fsbench ] && [ ! -d /tmp/site/flag_scale ] && continue  # FlagScale not staged (vllm_h200.sh fs)
     if [ "$(left)" -lt "${BENCH_S:-500}" ]; then echo "$step needs a call of its own: it runs first in the next one"
       WAIT_FOR_CALL=1; break; fi
     stamp "$step"
-    if [ $step = vbench ]; then BENCH_DB=$R/gemm.db bash tuner/benchmarks/vllm_h200.sh bench native,tuned
-    else BENCH_DB=$R/gemm.db bash tuner/benchmarks/vllm_h200.sh fsbench; fi
+    case $step in
+      vbench) BENCH_DB=$R/gemm.db bash tuner/benchmarks/vllm_h200.sh bench native,tuned ;;
+      vbenchw) BENCH_DB=$R/gemm.db ROUTE_WITHIN=${VBENCH_WITHIN:-1.02} bash tuner/benchmarks/vllm_h200.sh bench native,tuned ;;
+      fsbench) BENCH_DB=$R/gemm.db bash tuner/benchmarks/vllm_h200.sh fsbench ;;
+    esac
     touch "$Q/$step"
   done
 fi
