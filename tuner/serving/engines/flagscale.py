@@ -109,8 +109,8 @@ def _write_shim(folder: Path) -> None:
     current folder is not importable: FlagScale starts `vllm` from inside its own package, whose
     top-level `tests`, `tools`, `run` would otherwise shadow modules of those names."""
     module, func = _vllm_entry_point()
-    code = (f"import sys; del sys.path[0]; from {module} import {func}; sys.argv[0] = 'vllm'; "
-            f"sys.exit({func}())")
+    code = (f"import sys; sys.path[:1] == [''] and sys.path.pop(0); "
+            f"from {module} import {func}; sys.argv[0] = 'vllm'; sys.exit({func}())")
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "vllm.tmp"
     tmp.write_text("#!/bin/sh\n# written by `tuner serve --engine flagscale`: FlagScale runs `vllm serve` by name\n"
