@@ -11,6 +11,8 @@
 #   probe   GPU 0: copy bandwidth and host cost alone, then stream-K tests (150 s: its programs spin
 #           on flags) and ws_probe while the other GPU tests (persistent, split-K bias, bmm router,
 #           addmm, parallel, mm, inject) run on GPU 1 (on GPU 0 when there is one GPU)
+#   descprobe   issue 12: tuner's persistent kernel with device- vs host-built TMA descriptors on the
+#           small addmm keys, cuBLAS beside (tuner/benchmarks/desc_probe.py, ~1 min)
 #   mm      issue 12: the 24 LLM mm keys, tuned by every GPU (--gpus 0,1 on two, 0 on one)
 #   addmm   issue 12: the 13 addmm keys (q/k/v with bias, SigLIP, Whisper), likewise
 #   runs    issues 13/17: TPE, same seed and trials, on 3 decode keys: w1 (1 worker, GPU 0),
@@ -104,6 +106,11 @@ if [ ! -f $Q/streamk ] && [ ! -f $Q/mm ]; then  # in probe too; on its own when 
   (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -k streamk \
       tests/gpu/test_persistent_mm_gpu.py) > "$R/streamk_tests.log" 2>&1
   echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$R/streamk_tests.log" | tail -12; touch $Q/streamk
+fi
+if [ ! -f $Q/descprobe ]; then  # issue 12: device- vs host-built TMA descriptors on the small addmm keys
+  stamp "descriptor probe (120 s at most)"
+  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m tuner.benchmarks.desc_probe) > "$R/desc_probe.jsonl" 2>&1
+  echo "desc_probe exit $?"; cut -c1-300 "$R/desc_probe.jsonl"; touch $Q/descprobe
 fi
 [ -f $Q/mm ] || tune mm tune_mm.log --op mm "${MM[@]}" --trials "${TRIALS:-40}" --timeout "${KEY_TIMEOUT:-12}" \
     --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"
