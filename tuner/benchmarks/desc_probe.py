@@ -8,8 +8,9 @@ a 128-byte tensor map written to global scratch, then a proxy fence, before the 
 fixed cost per launch that a 8-25 us GEMM may feel. The kernel below is the same tile loop, tile
 order and bias epilogue with descriptors built on the host (triton.tools.tensor_descriptor, as
 FlagGems' Hopper mm and Triton's tutorial 09 do) and passed as arguments. Both, and cuBLAS, are
-timed as the search times (CUDA-graph replays, triton.testing.do_bench_cudagraph) on the same
-inputs, with one config per key (the key's persistent winner of session 7). An experiment, not a
+timed as the search times them (tuner.tuning.measure.time_runner: CUDA-graph replays over input
+sets rotated through 3x the L2), with one config per key (the key's persistent winner of
+session 7), so the ratios compare with session 7's. An experiment, not a
 variant: the host kernel is not in the search; if it wins by microseconds, the persistent kernel
 gets host descriptors (a new kernel source: its stored timings would be re-tuned).
 
@@ -105,32 +106,39 @@ def host_desc_mm(a: torch.Tensor, w: torch.Tensor, config: dict, out: torch.Tens
 
 
 def probe(shape: tuple[int, int, int], has_bias: bool, config: dict) -> dict:
-    from triton.testing import do_bench_cudagraph
+    import math
 
+    from kernels.base import Inputs
     from kernels.persistent_mm import persistent_mm
+    from tuner.tuning.measure import L2_ROTATE_FACTOR, MAX_SETS, time_runner
 
     M, N, K = shape
     g = torch.Generator(device="cuda").manual_seed(0)
-    a = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
-    w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g)
-    bias = torch.randn(N, device="cuda", dtype=torch.bfloat16, generator=g) if has_bias else None
-    outs = {name: torch.empty(M, N, device="cuda", dtype=torch.bfloat16) for name in ("device", "host", "cublas")}
+    per_set = 2 * (M * K + N * K + M * N + N)  # bf16 bytes of a, w, out, bias
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    n = max(1, min(MAX_SETS, math.ceil(L2_ROTATE_FACTOR * l2 / per_set)))  # as the search rotates
+
+    def new(*size):
+        return torch.randn(*size, device="cuda", dtype=torch.bfloat16, generator=g)
+
+    sets = [(new(M, K), new(N, K), new(N) if has_bias else None) for _ in range(n)]
     runs = {
-        "device": lambda: persistent_mm(a, w.t(), config, out=outs["device"], bias=bias),
-        "host": lambda: host_desc_mm(a, w, config, outs["host"], bias),
-        "cublas": (lambda: torch.addmm(bias, a, w.t(), out=outs["cublas"])) if has_bias
-        else (lambda: torch.mm(a, w.t(), out=outs["cublas"])),
+        "device": lambda args, out: persistent_mm(args[0], args[1].t(), config, out=out, bias=args[2]),
+        "host": lambda args, out: host_desc_mm(args[0], args[1], config, out, args[2]),
+        "cublas": lambda args, out: (torch.addmm(args[2], args[0], args[1].t(), out=out) if has_bias
+                                     else torch.mm(args[0], args[1].t(), out=out)),
     }
-    row: dict = {"key": list(shape), "bias": has_bias, "config": config}
-    for fn in runs.values():
-        fn()  # compiled before any capture
-    torch.cuda.synchronize()
+    row: dict = {"key": list(shape), "bias": has_bias, "config": config, "input_sets": n}
+    outs = {}
+    for name, run in runs.items():
+        inputs = Inputs(sets=sets, outs=[torch.empty(M, N, device="cuda", dtype=torch.bfloat16) for _ in sets])
+        us, method = time_runner(run, inputs, "cuda")  # the search's timing: graph replays over the sets
+        row[f"{name}_us"], row["timing"] = round(us, 2), method
+        outs[name] = inputs.outs[0]
     # the two Triton kernels run one tile loop in one order: the same bits
     row["host_equals_device"] = bool(torch.equal(outs["host"], outs["device"]))
     row["rel_error_vs_cublas"] = float((outs["device"].float() - outs["cublas"].float()).norm()
                                        / outs["cublas"].float().norm())
-    for name, fn in runs.items():
-        row[f"{name}_us"] = round(1000 * do_bench_cudagraph(fn, rep=100, return_mode="median"), 2)
     row["host_over_device"] = round(row["host_us"] / row["device_us"], 3)
     row["device_over_cublas"] = round(row["device_us"] / row["cublas_us"], 3)
     return row

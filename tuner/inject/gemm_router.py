@@ -19,7 +19,7 @@ of two of it (a decode win at M=64 says nothing about a 4096-token prefill chunk
 more BLOCK_M tiles than the tuned M did (the measured grid: on the H200 at 64 concurrent requests,
 lm_head at M = 19..30 with the M=16 config, BLOCK_M 16, took 340-390 µs per call against cuBLAS'
 ~255 µs). Everything else stays native: the router never sends a key to a kernel that was not
-measured faster on it.
+measured faster on it (or, with `--route-within R` above 1, at most R times cuBLAS's time).
 
 Per place: a route applies inside CUDA-graph captures (FlagGems' host cost is paid once, at
 capture) and, on the eager path, only where its GPU win covers the extra host cost (EAGER_HOST_US)

@@ -240,7 +240,7 @@ def _routes_text(counts: Mapping[str, Any]) -> str:
             routes.get("native", 0))
         within = counts.get("route_within", 1.0)
         if within != 1.0:
-            text += " (routed where within %gx of cuBLAS's time)" % within
+            text += " (routed where under %gx cuBLAS's time)" % within
     if counts.get("flaggems_ops") == "routed":
         text += "; FlagGems registers no aten op (only routed GEMM keys reach its kernels)"
     return text

@@ -2,7 +2,8 @@
 
 native   the engine as it is (tuner's plugin installed but TUNER_RUNTIME_DIR unset: it does nothing);
 untuned  exactly what `tuner serve MODEL` starts: FlagGems minus the stored exclude list, no configs;
-tuned    exactly what `tuner serve MODEL --use-tuned` starts: the runtime folder with every route.
+tuned    exactly what `tuner serve MODEL --use-tuned [--route-within R]` starts: the runtime folder
+         with every route.
 Each mode runs in its own process (`python -m tuner.serving.bench_engine`), one after another on
 the same GPU, with the environment `tuner serve` would give the engine; its log is kept and read
 for autotunes and Triton JIT compilations.
@@ -143,7 +144,8 @@ def run_mode(req: BenchRequest, mode: str, engine: str = "vllm") -> dict[str, An
     """Run one mode of one engine; its result JSON plus what its log says; a failure is recorded."""
     folder = Path(req.out_dir) / label(req, engine, mode).replace("/", "-")
     folder.mkdir(parents=True, exist_ok=True)
-    tag = {"engine_name": engine, "label": label(req, engine, mode), "api": "http" if req.is_served else "llm"}
+    tag = {"engine_name": engine, "label": label(req, engine, mode), "api": "http" if req.is_served else "llm",
+           "route_within": req.route_within if mode == "tuned" else None}
     if req.is_served:
         from tuner.serving.bench_served import run_served
 
@@ -185,6 +187,8 @@ def summarise(results: list[dict], reference_engine: str | None = None) -> dict[
     for r in results:
         if "error" not in r:
             tag = {"label": _label(r), "engine": r.get("engine_name", "vllm"), "api": r.get("api", "llm")}
+            if r.get("route_within") is not None:  # stored with the row (its metrics): a 1.02 run is not a 1.0 one
+                tag["route_within"] = r["route_within"]
             rows += [{**row, **tag} for row in bench_stats.summarise_mode(r, r["events"])]
     rows = bench_stats.with_ratios(rows)
     if len({row["engine"] for row in rows}) > 1:

@@ -112,14 +112,15 @@ def check_route_within(within: float, use_tuned: bool, fix: str = "add --use-tun
         raise UserError(f"--route-within applies to tuned routes: {fix}")
 
 
-def leave_native(records: list[dict]) -> list[str]:
+def leave_native(records: list[dict], within: float = 1.0) -> list[str]:
     """FlagGems ops whose every stored tuned key is still slower than native PyTorch (cuBLAS):
     serving them through FlagGems would only cost time. On the H100 FlagGems' addmm is 0.41-0.78x
     cuBLAS on all 17 MiniCPM-o keys even tuned (results/ops); leaving it native made the LLM's
     decode 0.93-0.96x native instead of 0.99-1.02x (results/e2e/run5_addmm_native). An op with no
     timed record, or with one key where the tuned kernel wins, stays with FlagGems. Only ops whose
     tuned kernel is one FlagGems op count (Coverage.flaggems_op: addmm, bmm; not mm, whose winners
-    include the project's split-K GEMM)."""
+    include the project's split-K GEMM). With `--route-within` a key counts as won where the router
+    would route it (tuned under `within` x native), so the two never disagree."""
     from kernels import coverage
 
     by_op: dict[str, list[bool]] = {}
@@ -129,7 +130,8 @@ def leave_native(records: list[dict]) -> list[str]:
         if op is None:
             continue
         native, tuned = r.get("native_us"), r.get("time_us")
-        by_op.setdefault(op, []).append(bool(native and tuned and tuned > native))
+        by_op.setdefault(op, []).append(bool(native and tuned and tuned >= native * within)
+                                        if within != 1.0 else bool(native and tuned and tuned > native))
     return sorted(op for op, slower in by_op.items() if all(slower))
 
 
@@ -188,7 +190,8 @@ def prepare(req: ServeRequest) -> Prepared:
               if hasattr(engine, "config_writer") else None)
     records = select_records(req.db_url, req.allow_foreign) if req.use_tuned else []
     exclude = req.exclude if req.exclude is not None else stored_exclude_list(req.db_url)
-    left_native = [op for op in leave_native(records) if op not in exclude] if req.native_when_faster else []
+    left_native = ([op for op in leave_native(records, req.route_within) if op not in exclude]
+                   if req.native_when_faster else [])
     exclude = [*exclude, *left_native]
     try:
         write_runtime_dir(folder, records, exclude, max_tokens=max_tokens, allow_foreign=req.allow_foreign,

@@ -10,13 +10,14 @@ import torch
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
 
 
+# (the interpreter runs tl.range's flatten as a plain loop: the FLATTEN case checks the plumbing)
 @pytest.mark.parametrize("has_bias, knobs", [(False, {}), (True, {"EPILOGUE_SUBTILE": 1}), (True, {"FLATTEN": 1})])
 def test_host_descriptors_compute_what_the_persistent_kernel_does(has_bias, knobs):
     from kernels.persistent_mm import persistent_mm
     from tuner.benchmarks.desc_probe import host_desc_mm
 
     g = torch.Generator().manual_seed(0)
-    M, N, K = 40, 72, 48  # partial tiles in M and N; three programs walk the 6 tiles
+    M, N, K = 40, 72, 48  # partial tiles in M and N; three programs walk the 9 tiles
     a = torch.randn(M, K, generator=g, dtype=torch.float16)
     w = torch.randn(N, K, generator=g, dtype=torch.float16)
     bias = torch.randn(N, generator=g, dtype=torch.float16) if has_bias else None

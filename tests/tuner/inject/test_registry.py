@@ -90,7 +90,7 @@ def test_log_line_says_when_routes_take_near_ties():
     counts = {"fused_moe": 0, "mm_flaggems": 0, "addmm_flaggems": 0, "bmm_flaggems": 0, "attention_flaggems": 0,
               "gemm_routes": 1, "exclude_ops": [], "routes": {"native": 0, "persistent": 1}, "route_within": 1.02}
     assert active_line(counts).endswith("; GEMM keys: FlagGems 0, split-K 0, persistent 1, stream-K 0, native 0 "
-                                        "(routed where within 1.02x of cuBLAS's time)")
+                                        "(routed where under 1.02x cuBLAS's time)")
     assert "within" not in active_line({**counts, "route_within": 1.0})
 
 

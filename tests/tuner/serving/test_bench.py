@@ -50,6 +50,10 @@ def test_summarise_ratios_agreement_and_errors():
     assert small == {"positions": 7 + 15 + 31, "top1_agreement": pytest.approx(51 / 53), "max_abs_dlogprob": 1.0}
     assert tuned1["agreement_small_m_top1_agreement"] == pytest.approx(51 / 53)
     assert rep["engine"]["tuned"]["capture_sizes"] == [1, 2, 4, 8]
+    assert "route_within" not in tuned1  # run_mode tags a tuned result with its --route-within
+    within = flow.summarise([_mode("native", 208.0, 5611.0, 59.0),
+                             {**_mode("tuned", 210.0, 5600.0, 61.0), "route_within": 1.02}])
+    assert {r["mode"]: r.get("route_within") for r in within["runs"]} == {"native": None, "tuned": 1.02}
 
 
 def test_table_fits_80_columns_without_cutting(tmp_path):

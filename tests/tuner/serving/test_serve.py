@@ -32,6 +32,11 @@ def test_leave_native_needs_every_key_slower():
     assert leave_native(recs) == ["addmm"]
     assert leave_native([rec("addmm", 1, 14.3, None)]) == []  # never timed against native: no claim
     assert leave_native([]) == []
+    # with --route-within: what the router routes is what keeps an op with FlagGems
+    near = [rec("addmm", 64, 10.1, 10.0)]  # 1% slower
+    assert leave_native(near) == ["addmm"] and leave_native(near, 1.02) == []
+    small_win = [rec("addmm", 64, 9.9, 10.0)]  # 1% faster: no route when a 2% margin is asked
+    assert leave_native(small_win) == [] and leave_native(small_win, 0.98) == ["addmm"]
 
 
 def _db_with(tmp_path, *recs) -> str:
