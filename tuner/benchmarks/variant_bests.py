@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from tuner.benchmarks.workers_bench import measured, studies
 from tuner.tuning.measurer import Status
 
 
@@ -28,27 +29,23 @@ def variant_bests(url: str, ops: list[str]) -> list[dict]:
     """One row per study of `ops`: {"study", "op", "key", "label", "best_us", "variants": {name:
     (ratio, n)}}. A label is op, key and dtype, plus the study's source hash where two studies of
     one database share those (an old and a new kernel source)."""
-    from tuner.store import optuna_storage
-
-    storage = optuna_storage(url)
     rows = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        parts = s.study_name.split("|")
+    for name, trials in studies(url).items():
+        parts = name.split("|")
         if len(parts) < 3 or parts[0] not in ops:  # not a study tuner named (op|key|dtype|...)
             continue
         best: dict[str, float] = {}
         count: dict[str, int] = defaultdict(int)
-        study = optuna.load_study(study_name=s.study_name, storage=storage)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for t in measured(trials):
             a = t.user_attrs
-            if a.get("duplicate") or a.get("status") != Status.OK or a.get("canonical") is None:
+            if t.state != TrialState.COMPLETE or a.get("status") != Status.OK or a.get("canonical") is None:
                 continue
             variant = json.loads(a["canonical"]).get("variant", "-")
             count[variant] += 1
             best[variant] = min(best.get(variant, float("inf")), t.value)
         if best:
             top = min(best.values())
-            rows.append({"study": s.study_name, "op": parts[0], "key": parts[1], "label": f"{parts[1]} {parts[2]}",
+            rows.append({"study": name, "op": parts[0], "key": parts[1], "label": f"{parts[1]} {parts[2]}",
                          "best_us": top, "variants": {v: (best[v] / top, count[v]) for v in sorted(best)}})
     seen = defaultdict(int)
     for r in rows:
