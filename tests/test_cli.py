@@ -130,18 +130,24 @@ def test_ctrl_c_prints_one_line_and_leaves_nothing_running(tmp_path):
 
     import optuna
 
+    from tuner.store import optuna_storage
+
     repo = Path(__file__).resolve().parents[1]
     db = tmp_path / "c.db"
     proc = subprocess.Popen([sys.executable, str(repo / "cli.py"), "tune", "--op", "mm", "--shape", "16,256,512",
                              "--trials", "200", "--device", "cpu", "--db", str(db)], cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline, url, summary = time.monotonic() + 180, f"sqlite:///{db}", None
+    deadline, url, summary, storage = time.monotonic() + 180, f"sqlite:///{db}", None, None
     while time.monotonic() < deadline:  # wait until a config has been measured
         time.sleep(1)
-        summaries = optuna.get_all_study_summaries(url) if db.exists() else []
+        if storage is None and db.exists():
+            # this poller is one more process opening the fresh file: a plain RDBStorage here
+            # raced the tune's schema setup (duplicate alembic_version row, CI of 8410493)
+            storage = optuna_storage(url)
+        summaries = optuna.get_all_study_summaries(storage) if storage is not None else []
         if summaries:
             summary = summaries[0]
-            done = optuna.load_study(study_name=summary.study_name, storage=url).get_trials(
+            done = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(
                 deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if done:
                 break
@@ -170,20 +176,22 @@ def test_ctrl_c_stops_every_worker(tmp_path):
 
     from db import open_database
     from db.models import Claim
+    from tuner.store import optuna_storage
 
     repo = Path(__file__).resolve().parents[1]
     db = tmp_path / "w.db"
     proc = subprocess.Popen([sys.executable, str(repo / "cli.py"), "tune", "--op", "mm", "--shape", "16,256,512",
                              "--trials", "200", "--device", "cpu", "--workers", "2", "--db", str(db)], cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    url, trials, deadline = f"sqlite:///{db}", [], time.monotonic() + 300
+    url, trials, deadline, storage = f"sqlite:///{db}", [], time.monotonic() + 300, None
     while time.monotonic() < deadline and len([t for t in trials if t.state == TrialState.COMPLETE]) < 2:
         time.sleep(1)
-        try:
-            (summary,) = optuna.get_all_study_summaries(url)
-            trials = optuna.load_study(study_name=summary.study_name, storage=url).get_trials(deepcopy=False)
-        except Exception:  # not created yet
-            continue
+        if storage is None and db.exists():
+            storage = optuna_storage(url)  # race-safe: the tune processes may be creating the schema
+        summaries = optuna.get_all_study_summaries(storage) if storage is not None else []
+        if len(summaries) == 1:
+            summary = summaries[0]
+            trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
     os.kill(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
