@@ -106,39 +106,20 @@ def host_desc_mm(a: torch.Tensor, w: torch.Tensor, config: dict, out: torch.Tens
 
 
 def probe(shape: tuple[int, int, int], has_bias: bool, config: dict) -> dict:
-    import math
-
-    from kernels.base import Inputs
     from kernels.persistent_mm import persistent_mm
-    from tuner.tuning.measure import L2_ROTATE_FACTOR, MAX_SETS, time_runner
+    from tuner.benchmarks.side_by_side import cublas, rel_error, rotated_sets, time_side_by_side
 
     M, N, K = shape
-    g = torch.Generator(device="cuda").manual_seed(0)
-    per_set = 2 * (M * K + N * K + M * N + N)  # bf16 bytes of a, w, out, bias
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    n = max(1, min(MAX_SETS, math.ceil(L2_ROTATE_FACTOR * l2 / per_set)))  # as the search rotates
-
-    def new(*size):
-        return torch.randn(*size, device="cuda", dtype=torch.bfloat16, generator=g)
-
-    sets = [(new(M, K), new(N, K), new(N) if has_bias else None) for _ in range(n)]
     runs = {
         "device": lambda args, out: persistent_mm(args[0], args[1].t(), config, out=out, bias=args[2]),
         "host": lambda args, out: host_desc_mm(args[0], args[1], config, out, args[2]),
-        "cublas": lambda args, out: (torch.addmm(args[2], args[0], args[1].t(), out=out) if has_bias
-                                     else torch.mm(args[0], args[1].t(), out=out)),
+        "cublas": cublas(has_bias),
     }
-    row: dict = {"key": list(shape), "bias": has_bias, "config": config, "input_sets": n}
-    outs = {}
-    for name, run in runs.items():
-        inputs = Inputs(sets=sets, outs=[torch.empty(M, N, device="cuda", dtype=torch.bfloat16) for _ in sets])
-        us, method = time_runner(run, inputs, "cuda")  # the search's timing: graph replays over the sets
-        row[f"{name}_us"], row["timing"] = round(us, 2), method
-        outs[name] = inputs.outs[0]
+    timed, outs = time_side_by_side(runs, rotated_sets(M, N, K, has_bias), M, N)
+    row: dict = {"key": list(shape), "bias": has_bias, "config": config, **timed}
     # the two Triton kernels run one tile loop in one order: the same bits
     row["host_equals_device"] = bool(torch.equal(outs["host"], outs["device"]))
-    row["rel_error_vs_cublas"] = float((outs["device"].float() - outs["cublas"].float()).norm()
-                                       / outs["cublas"].float().norm())
+    row["rel_error_vs_cublas"] = rel_error(outs["device"], outs["cublas"])
     row["host_over_device"] = round(row["host_us"] / row["device_us"], 3)
     row["device_over_cublas"] = round(row["device_us"] / row["cublas_us"], 3)
     return row
