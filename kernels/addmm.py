@@ -15,7 +15,8 @@ that leave a partial wave (qkv at M=512: the persistent kernel took 1.68x cuBLAS
 `splitk` (kernels/triton_mm.py), for the decode keys whose few
 output tiles leave most SMs idle (the q/k/v projections at M <= 64: FlagGems' addmm was 1.47-1.73x
 cuBLAS's time there even tuned). Their tile sizes are the same BLOCK_SIZE_* dimensions, plus mm's
-GROUP_M, persistent knobs and SPLIT_K. In a search every variant runs only on an NVIDIA GPU: on
+GROUP_M, persistent knobs, SPLIT_K and FUSED_REDUCE (split-K's partials summed in the same launch,
+kernels/splitk_fused.py). In a search every variant runs only on an NVIDIA GPU: on
 the CPU every config is invalid and the runner refuses.
 """
 
@@ -82,7 +83,8 @@ class AddMM(WithOwnGemms):
     key_help = {"M": "rows of A: tokens in the batch", "N": "output features (the bias has N)",
                 "K": "input features (the inner dimension)",
                 "BT": "1: B is an N x K weight transposed (nn.Linear with bias); 0: B stored K x N"}
-    source_modules = ("flag_gems.ops.addmm", "kernels.persistent_mm", "kernels.streamk_mm", "kernels.triton_mm")
+    source_modules = ("flag_gems.ops.addmm", "kernels.persistent_mm", "kernels.streamk_mm", "kernels.triton_mm",
+                      "kernels.splitk_fused")
     fg_op, fg_kernel, variant = "addmm", "addmm_kernel", VARIANT
     config_keys, config_space = CONFIG_KEYS, SPACE
     fg_max_tile = (FG_MAX_BLOCK_M, FG_MAX_BLOCK_N, FG_MAX_BLOCK_K)

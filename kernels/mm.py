@@ -6,7 +6,9 @@ as nn.Linear stores it and as vLLM / FlagGems meet it when serving (BT=0: B stor
 Variants (a search dimension):
 - fg_tma: FlagGems 5.x `mm_kernel_general_host_tma` (its path for fp16/bf16 with N, K % 8 == 0)
 - fg_general: FlagGems `mm_kernel_general` (its path for every other shape)
-- splitk: kernels/triton_mm.py (runs under TRITON_INTERPRET=1 too)
+- splitk: kernels/triton_mm.py (runs under TRITON_INTERPRET=1 too); its own parameter
+  FUSED_REDUCE: 0 sums the splits' partials in a second kernel, 1 in the same launch
+  (kernels/splitk_fused.py: the same result bit for bit, one launch fewer)
 - persistent: kernels/persistent_mm.py, tuner's persistent TMA GEMM (GPU search only: it runs
   under the interpreter, but interpreter timings say nothing about TMA; its own parameters are
   OCCUPANCY, WARP_SPECIALIZE, FLATTEN and EPILOGUE_SUBTILE, pinned for the other variants)
@@ -31,6 +33,7 @@ from tuner.devices import ELEM_BYTES, TORCH_NAMES
 SMEM_BY_ARCH = {9: 232448, 8: 166912}
 SMEM_DEFAULT = 101376
 MAX_WORKSPACE_BYTES = 512 << 20
+FUSED_COUNT_SLOTS = 1 << 16  # output tiles a fused split-K call may have (256 KiB of int32 counts per device)
 FG_GROUP_M = 8  # FlagGems' general_mm always passes GROUP_M=8: its cache cannot hold another
 # the tile and launch dimensions of every GEMM space of tuner's kernels (mm, scaled_mm)
 TILE_SPACE = {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (32, 64, 128, 256), "BLOCK_K": (32, 64, 128, 256),
@@ -39,6 +42,10 @@ LAUNCH_SPACE = {"num_warps": (2, 4, 8), "num_stages": (2, 3, 4, 5)}
 # the persistent kernel's own parameters, and the value they are pinned to for the other variants
 PERSISTENT_PARAMS = {"OCCUPANCY": (1, 2), "WARP_SPECIALIZE": (0, 1), "FLATTEN": (0, 1), "EPILOGUE_SUBTILE": (0, 1)}
 PERSISTENT_PINNED = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 0, "EPILOGUE_SUBTILE": 0}
+# split-K's parameters, and their value for the other variants (and FUSED_REDUCE's at SPLIT_K=1,
+# where there is nothing to reduce)
+SPLIT_PARAMS = {"SPLIT_K": (1, 2, 4, 8, 16), "FUSED_REDUCE": (0, 1)}
+SPLIT_PINNED = {"SPLIT_K": 1, "FUSED_REDUCE": 0}
 
 # MiniCPM-o 2.6 LLM GEMMs (N, K) from shared/facts/minicpmo-2.6.md, with vLLM's fused qkv/gate_up
 MINICPMO_LLM_NK = {
@@ -68,9 +75,20 @@ def vllm_shard_keys(tp: int, layers: tuple[str, ...], ms: tuple[int, ...] = VLLM
     return keys
 OWN_MODULES = {"splitk": "kernels.triton_mm", "persistent": "kernels.persistent_mm",
                "streamk": "kernels.streamk_mm"}  # tuner's kernels by variant
+FUSED_SPLITK_MODULE = "kernels.splitk_fused"  # split-K with FUSED_REDUCE=1
 TMA_VARIANTS = ("persistent", "streamk")  # tuner's kernels that read through TMA descriptors
 # the own parameters each variant takes; the others are pinned (PERSISTENT_PINNED) in its configs
 KNOBS = {"persistent": tuple(PERSISTENT_PARAMS), "streamk": ("OCCUPANCY",)}
+
+
+def own_module(config: Mapping) -> str | None:
+    """The module of tuner's kernel that `config` runs (its KERNEL_FUNCTIONS are the identity of
+    the config's timings), or None for FlagGems' kernels. A split-K config stored before
+    FUSED_REDUCE existed runs the two-kernel split-K, as it did when it was timed."""
+    variant = config.get("variant")
+    if variant == "splitk" and config.get("FUSED_REDUCE") and config.get("SPLIT_K", 1) > 1:
+        return FUSED_SPLITK_MODULE
+    return OWN_MODULES.get(variant)
 
 
 def flag_gems_mm_module():
@@ -112,13 +130,15 @@ def persistent_starts(M: int) -> list[Config]:
 def splitk_starts(M: int) -> list[Config]:
     """Split-K tiles that won decode keys on the H200 (results/gemm_h200/gemm.db: o and down at
     M = 1..32 took BLOCK_M 16-32, BLOCK_N 32-64, BLOCK_K 64-128, SPLIT_K 4-8): the split-K
-    variant's warm start where few output tiles leave SMs idle (M <= 64); none above."""
+    variant's warm start where few output tiles leave SMs idle (M <= 64); none above. Each with
+    the reduction in a second kernel and in the same launch (FUSED_REDUCE), side by side."""
     if M > 64:
         return []
     bm = 16 if M <= 16 else 32
-    return [dict(variant="splitk", BLOCK_M=bm, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, SPLIT_K=8, num_warps=4, num_stages=3),
-            dict(variant="splitk", BLOCK_M=bm, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, SPLIT_K=8, num_warps=8, num_stages=3),
-            dict(variant="splitk", BLOCK_M=bm, BLOCK_N=32, BLOCK_K=128, GROUP_M=1, SPLIT_K=4, num_warps=2, num_stages=3)]
+    tiles = [dict(variant="splitk", BLOCK_M=bm, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, SPLIT_K=8, num_warps=4, num_stages=3),
+             dict(variant="splitk", BLOCK_M=bm, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, SPLIT_K=8, num_warps=8, num_stages=3),
+             dict(variant="splitk", BLOCK_M=bm, BLOCK_N=32, BLOCK_K=128, GROUP_M=1, SPLIT_K=4, num_warps=2, num_stages=3)]
+    return [c | {"FUSED_REDUCE": fused} for c in tiles for fused in (0, 1)]
 
 
 def streamk_starts(M: int) -> list[Config]:
@@ -147,8 +167,8 @@ def mm_starts(space: Mapping[str, tuple], M: int) -> list[Config]:
     starts = [{"variant": "persistent", **c} for c in persistent_starts(M)] if "persistent" in variants else []
     starts += streamk_starts(M) if "streamk" in variants else []
     starts += splitk_starts(M) if "splitk" in variants else []
-    pinned = {k: v for k, v in {**PERSISTENT_PINNED, "SPLIT_K": 1}.items() if k in space}
-    return [pinned | c for c in starts]
+    pinned = {k: v for k, v in {**PERSISTENT_PINNED, **SPLIT_PINNED}.items() if k in space}
+    return [pinned | {k: v for k, v in c.items() if k in space or k not in SPLIT_PINNED} for c in starts]
 
 
 def persistent_reason(config: Config, smem: int, limit: int, arch: int) -> str | None:
@@ -222,7 +242,8 @@ class MM(Kernel):
                 "K": "input features (the inner dimension)",
                 "BT": "1: B is an N x K weight transposed, as nn.Linear and vLLM use it (--shape M,N,K or "
                       "M,N,K,nk); 0: B stored K x N (--shape M,N,K,kn)"}
-    source_modules = ("kernels.triton_mm", "kernels.persistent_mm", "kernels.streamk_mm", "flag_gems.runtime.backend._nvidia.hopper.ops.mm")
+    source_modules = ("kernels.triton_mm", "kernels.splitk_fused", "kernels.persistent_mm", "kernels.streamk_mm",
+                      "flag_gems.runtime.backend._nvidia.hopper.ops.mm")
 
     # ---- keys -------------------------------------------------------------------------
     def parse_key(self, text: str) -> Key:
@@ -266,19 +287,18 @@ class MM(Kernel):
         else:
             variants = (flaggems_variant(key, dtype), "splitk") + (TMA_VARIANTS if tma_rows(key, dtype) else ())
         own = PERSISTENT_PARAMS if "persistent" in variants else {}
-        return {"variant": variants, **TILE_SPACE, "SPLIT_K": (1, 2, 4, 8, 16), **LAUNCH_SPACE, **own}
+        return {"variant": variants, **TILE_SPACE, **SPLIT_PARAMS, **LAUNCH_SPACE, **own}
 
     def canonical(self, key: Key, config: Config) -> Config:
         c = dict(config)
         M = key[0]
         takes = KNOBS.get(c["variant"], ())  # the keys a space without persistent lacks stay absent
         c.update({k: v for k, v in PERSISTENT_PINNED.items() if k in c and k not in takes})
+        if c["variant"] != "splitk" or c.get("SPLIT_K") == 1:
+            c.update({k: v for k, v in SPLIT_PINNED.items() if k in c or k == "SPLIT_K"})
         if c["variant"].startswith("fg_"):
-            c["SPLIT_K"] = 1
             c["GROUP_M"] = FG_GROUP_M
             return c
-        if c["variant"] in TMA_VARIANTS:
-            c["SPLIT_K"] = 1
         if math.ceil(M / c["BLOCK_M"]) == 1:
             c["GROUP_M"] = 1  # one row of tiles: grouping cannot change the order
         return c
@@ -303,6 +323,8 @@ class MM(Kernel):
             return f"SPLIT_K={sk} leaves less than one BLOCK_K of K per split"
         if sk * M * N * 4 > MAX_WORKSPACE_BYTES and sk > 1:
             return f"SPLIT_K={sk} needs a {sk * M * N * 4 >> 20} MiB workspace"
+        if own_module(config) == FUSED_SPLITK_MODULE and math.ceil(M / bm) * math.ceil(N / bn) > FUSED_COUNT_SLOTS:
+            return f"the fused reduction counts {FUSED_COUNT_SLOTS} output tiles at most"
         eb = ELEM_BYTES[dtype]
         smem = (bm * bk + bk * bn) * eb * stages
         if variant == "fg_tma":
@@ -329,7 +351,7 @@ class MM(Kernel):
 
         variant = (config or {}).get("variant")
         if variant in OWN_MODULES:
-            return jit_source_hash(OWN_MODULES[variant])
+            return jit_source_hash(own_module(config))
         if variant in ("fg_tma", "fg_general"):
             fg = flag_gems_mm_module()
             fn = fg.mm_kernel_general_host_tma if variant == "fg_tma" else fg.mm_kernel_general
@@ -384,7 +406,11 @@ class MM(Kernel):
         before the worker times it. Only meaningful on the GPU."""
         if device != "cuda":
             return
-        if config["variant"] == "splitk":
+        if own_module(config) == FUSED_SPLITK_MODULE:
+            from kernels.splitk_fused import fused_splitk_warmup
+
+            fused_splitk_warmup(key, dtype, config)
+        elif config["variant"] == "splitk":
             from kernels.triton_mm import splitk_warmup
 
             splitk_warmup(key, dtype, config)

@@ -4,7 +4,7 @@ the split-K GEMM (kernels/triton_mm.py).
 
 Such an op's space names its tiles after FlagGems' kernel (BLOCK_SIZE_M..., TILE_M...); an own
 variant reuses those three dimensions plus its own (`own_space`: GROUP_M, the persistent knobs,
-SPLIT_K) and is judged, canonicalised and warm-started as mm's variant of the same name on the
+SPLIT_K and FUSED_REDUCE) and is judged, canonicalised and warm-started as mm's variant of the same name on the
 key's (M, N, K): one set of constraints for every op that runs the kernel. A knob a variant does
 not take is pinned in its configs (OCCUPANCY for split-K, SPLIT_K for persistent, all of them for
 FlagGems' kernel), so configs that run the same program compare equal.
@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from kernels.base import Config, Key, Runner, jit_source_hash
 from kernels.flaggems_ops import LibTunerKernel
-from kernels.mm import MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, TMA_VARIANTS, mm_starts, tma_rows
+from kernels.mm import (MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, SPLIT_PARAMS, SPLIT_PINNED, TMA_VARIANTS,
+                        mm_starts, tma_rows)
+from kernels.mm import own_module as module_running
 
 PERSISTENT, STREAMK, SPLITK = "persistent", "streamk", "splitk"
-SPLIT_K = (1, 2, 4, 8, 16)
 
 
 class WithOwnGemms(LibTunerKernel):
@@ -39,18 +40,18 @@ class WithOwnGemms(LibTunerKernel):
     # ---- names ------------------------------------------------------------------------
     def mm_config(self, config: Config) -> Config:
         """An own variant's config as mm's config of the kernel it runs (BLOCK_M..., knobs not in
-        own_space pinned; SPLIT_K 1 but for split-K)."""
+        own_space pinned; SPLIT_K 1 and FUSED_REDUCE 0 but for split-K)."""
         tiles = self.config_keys[:3]
         keys = ("variant", "GROUP_M", "num_warps", "num_stages", *self.own_space)
         c = {**PERSISTENT_PINNED, **{k: config[k] for k in keys if k in config}}  # older records lack knobs
-        split_k = c.get("SPLIT_K", 1) if c.get("variant") == SPLITK else 1
-        return c | {f"BLOCK_{d}": config[t] for d, t in zip("MNK", tiles)} | {"SPLIT_K": split_k}
+        split = {"SPLIT_K": c.get("SPLIT_K", 1)} if c.get("variant") == SPLITK else dict(SPLIT_PINNED)
+        return c | {f"BLOCK_{d}": config[t] for d, t in zip("MNK", tiles)} | split
 
     def _mm_key(self, key: Key) -> Key:
         return (*self.mnk(key), 1)
 
     def _pinned(self) -> dict:
-        return {k: 8 if k == "GROUP_M" else {**PERSISTENT_PINNED, "SPLIT_K": 1}[k] for k in self.own_space}
+        return {k: 8 if k == "GROUP_M" else {**PERSISTENT_PINNED, **SPLIT_PINNED}[k] for k in self.own_space}
 
     def _own_for(self, key: Key, dtype: str, device: str) -> tuple[str, ...]:
         """The own variants that serve this key in a search on `device`."""
@@ -65,7 +66,7 @@ class WithOwnGemms(LibTunerKernel):
             return super().space(key, dtype, device)
         knobs = {k: v for k, v in self.own_space.items() if (k not in PERSISTENT_PARAMS or PERSISTENT in own
                                                              or (k == "OCCUPANCY" and STREAMK in own))
-                 and (k != "SPLIT_K" or SPLITK in own)}
+                 and (k not in SPLIT_PARAMS or SPLITK in own)}
         return {"variant": (self.variant, *own), **self.config_space, **knobs}
 
     def canonical(self, key: Key, config: Config) -> Config:
@@ -74,7 +75,7 @@ class WithOwnGemms(LibTunerKernel):
             return base | {k: v for k, v in self._pinned().items() if k in config}
         mm = MM().canonical(self._mm_key(key), self.mm_config(config))  # GROUP_M=1 where one row of tiles
         # a persistent record stored before a knob existed gets its pinned value, as mm_config reads it
-        own = [k for k in self.own_space if k in config or (config["variant"] == PERSISTENT and k != "SPLIT_K")]
+        own = [k for k in self.own_space if k in config or (config["variant"] == PERSISTENT and k not in SPLIT_PARAMS)]
         return {k: config[k] for k in ("variant", *self.config_keys)} | {k: mm[k] for k in own}
 
     def invalid_reason(self, key: Key, config: Config, dtype: str, device: str, arch: int = 9) -> str | None:
@@ -104,13 +105,15 @@ class WithOwnGemms(LibTunerKernel):
     def source_hash(self, config: Config | None = None) -> str:
         variant = (config or {}).get("variant")
         if variant in self.own_variants:
-            module = self.own_module if variant == PERSISTENT else OWN_MODULES[variant]  # bmm: its batched kernel
+            # bmm: its batched kernel; split-K's knobs have mm's names in every op's space
+            module = self.own_module if variant == PERSISTENT else module_running(config)
             return jit_source_hash(module)
         return super().source_hash(config)
 
 
 def own_space(*, group: bool, subtile: bool, split_k: bool = False) -> dict[str, tuple]:
     """The own knobs an op's kernels take: GROUP_M where FlagGems' space has none, the persistent
-    knobs (the batched kernel has no subtiled epilogue), SPLIT_K where split-K is a variant."""
+    knobs (the batched kernel has no subtiled epilogue), SPLIT_K and FUSED_REDUCE where split-K is
+    a variant."""
     knobs = {k: v for k, v in PERSISTENT_PARAMS.items() if subtile or k != "EPILOGUE_SUBTILE"}
-    return ({"GROUP_M": (1, 4, 8, 16)} if group else {}) | knobs | ({"SPLIT_K": SPLIT_K} if split_k else {})
+    return ({"GROUP_M": (1, 4, 8, 16)} if group else {}) | knobs | (dict(SPLIT_PARAMS) if split_k else {})

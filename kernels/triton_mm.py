@@ -105,10 +105,10 @@ def _launch_kwargs(M: int, N: int, K: int, is_fp32: bool, config: dict, has_bias
     )
 
 
-def splitk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
-              bias: torch.Tensor | None = None) -> torch.Tensor:
-    """C = A @ B (+ bias[N] broadcast over the rows) with `config` (BLOCK_M/N/K, GROUP_M, SPLIT_K,
-    num_warps, num_stages)."""
+def operands(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None,
+             bias: torch.Tensor | None) -> tuple:
+    """(M, N, K, C, the fp32 workspace of the splits' partials (C itself at SPLIT_K=1), the bias
+    argument and its stride) for a split-K launch; ValueError for shapes that do not fit."""
     M, K = a.shape
     K2, N = b.shape
     if K != K2:
@@ -119,6 +119,20 @@ def splitk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor 
     split_k = config.get("SPLIT_K", 1)
     ws = torch.empty((split_k, M, N), dtype=torch.float32, device=a.device) if split_k > 1 else c
     bias_arg, stride_bias = (bias, bias.stride(0)) if bias is not None else (c, 0)
+    return M, N, K, c, ws, bias_arg, stride_bias
+
+
+def splitk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
+              bias: torch.Tensor | None = None) -> torch.Tensor:
+    """C = A @ B (+ bias[N] broadcast over the rows) with `config` (BLOCK_M/N/K, GROUP_M, SPLIT_K,
+    num_warps, num_stages; FUSED_REDUCE=1: the partials summed in the same launch, by
+    kernels/splitk_fused.py)."""
+    if config.get("FUSED_REDUCE") and config.get("SPLIT_K", 1) > 1:
+        from kernels.splitk_fused import fused_splitk_mm
+
+        return fused_splitk_mm(a, b, config, out=out, bias=bias)
+    M, N, K, c, ws, bias_arg, stride_bias = operands(a, b, config, out, bias)
+    split_k = config.get("SPLIT_K", 1)
     grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]), split_k)
     mm_splitk_kernel[grid](
         a, b, c, ws, bias_arg, M, N, K,

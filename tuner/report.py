@@ -70,13 +70,15 @@ def _key_lines(total: int | None) -> Iterator[tuple]:
         flush()
 
 
-# the persistent kernels' knobs, shown when on: OCCUPANCY as o2, the flags by their initials
-KNOB_MARKS = (("OCCUPANCY", "o"), ("WARP_SPECIALIZE", "ws"), ("FLATTEN", "fl"), ("EPILOGUE_SUBTILE", "es"))
+# the own kernels' knobs, shown when on: OCCUPANCY as o2, the flags by their initials
+KNOB_MARKS = (("OCCUPANCY", "o"), ("WARP_SPECIALIZE", "ws"), ("FLATTEN", "fl"), ("EPILOGUE_SUBTILE", "es"),
+              ("FUSED_REDUCE", "fr"))
 
 
 def short_config(cfg: dict | None) -> str:
     """'splitk 16x64x128 g1 sk4 w4 s3' for an mm config (SPLIT_K where the op has it, the
-    persistent knobs that are on: 'persistent 128x128x64 g8 w4 s4 ws'); key=value pairs otherwise."""
+    own kernels' knobs that are on: 'persistent 128x128x64 g8 w4 s4 ws', 'splitk ... sk4 w4 s3 fr');
+    key=value pairs otherwise."""
     if cfg is None:
         return "-"
     if {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= set(cfg):

@@ -1,7 +1,8 @@
 """On a Hopper GPU (`pytest -m gpu`): tuner's persistent TMA GEMM on the MiniCPM-o LLM shapes,
 bit-for-bit stable across runs, within tolerance of cuBLAS, inside a CUDA graph, and behind
 the router's aten::mm / aten::addmm override; the split-K GEMM's bias epilogue (addmm's
-splitk variant) and the stream-K GEMM (kernels/streamk_mm.py) likewise."""
+splitk variant), its reduction in the same launch (kernels/splitk_fused.py) and the stream-K GEMM
+(kernels/streamk_mm.py) likewise."""
 
 import pytest
 import torch
@@ -128,6 +129,32 @@ def test_splitk_with_bias_stable_close_to_cublas_and_graph_safe(M, split_k):
     a, w, bias = _inputs(M, 4608, 3584, bias=True)
     cfg = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, SPLIT_K=split_k, num_warps=4, num_stages=4)
     _stable_close_and_graph_safe(splitk_mm, a, w, bias, cfg)
+
+
+@pytest.mark.parametrize("M", [1, 16, 64])
+@pytest.mark.parametrize("N,K,split_k", [(4608, 3584, 4), (3584, 3584, 8), (3584, 18944, 4)])
+def test_fused_splitk_is_the_two_kernel_result_and_graph_safe(M, N, K, split_k):
+    """Split-K with the reduction in the same launch (the last split of a tile sums the partials)
+    on the decode keys (qkv with its bias, o, down): the two-kernel split-K's bits, also over 50
+    graph replays (a partial read before it is visible would show as a differing replay), and
+    the tile counts back at zero."""
+    from kernels.splitk_fused import counts_for
+    from kernels.triton_mm import splitk_mm
+
+    a, w, bias = _inputs(M, N, K, bias=N == 4608)
+    two = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, SPLIT_K=split_k, num_warps=4, num_stages=4)
+    fused = two | {"FUSED_REDUCE": 1}
+    _stable_close_and_graph_safe(splitk_mm, a, w, bias, fused)
+    expect = splitk_mm(a, w.t(), two, bias=bias)
+    out = torch.empty_like(expect)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        splitk_mm(a, w.t(), fused, out=out, bias=bias)
+    for _ in range(50):
+        out.fill_(float("nan"))
+        g.replay()
+        assert torch.equal(out, expect)
+    assert int(counts_for(a.device).sum()) == 0
 
 
 @pytest.mark.parametrize("M,N,K", [(512, 4608, 3584), (512, 3584, 3584), (1500, 1024, 4096), (4096, 3584, 18944)])

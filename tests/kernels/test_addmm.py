@@ -113,21 +113,26 @@ def test_splitk_variant_names_constraints_and_identity():
     assert ADDMM.canonical((4096, 4608, 3584, 1), pers)["SPLIT_K"] == 1 and mm_config(pers)["SPLIT_K"] == 1
     assert ADDMM.canonical(key, cfg(SPLIT_K=8))["SPLIT_K"] == 1
     assert ADDMM.source_hash(splitk_cfg()) == MM.source_hash({"variant": SPLITK}) != MM.source_hash({"variant": PERSISTENT})
+    # the reduction in the same launch: the knob passes to mm's config, pinned off for the others
+    assert mm_config(splitk_cfg(FUSED_REDUCE=1))["FUSED_REDUCE"] == 1 and mm_config(pers | {"FUSED_REDUCE": 1})["FUSED_REDUCE"] == 0
+    assert ADDMM.canonical(key, splitk_cfg(SPLIT_K=1, FUSED_REDUCE=1))["FUSED_REDUCE"] == 0
     # a record stored before split-K was a variant (no SPLIT_K key) keeps its meaning
     old = {k: v for k, v in pers.items() if k != "SPLIT_K"}
     assert mm_config(old)["SPLIT_K"] == 1 and "SPLIT_K" not in ADDMM.canonical((4096, 4608, 3584, 1), old)
 
 
 @pytest.mark.parametrize("split_k", [1, 3, 4])
+@pytest.mark.parametrize("fused", [0, 1])
 @pytest.mark.parametrize("dtype, tol", [("fp32", 1e-5), ("fp16", 5e-3)])  # the interpreter's bf16 is wrong
-def test_splitk_variant_runs_with_the_bias_added_once(split_k, dtype, tol):
-    """Under the interpreter: the bias lands once whether the GEMM or the reduce kernel writes the
-    output (every split adding it would be off by (SPLIT_K - 1) x bias)."""
+def test_splitk_variant_runs_with_the_bias_added_once(split_k, fused, dtype, tol):
+    """Under the interpreter: the bias lands once whether the GEMM, the reduce kernel or the last
+    split of a tile (FUSED_REDUCE) writes the output (every split adding it would be off by
+    (SPLIT_K - 1) x bias)."""
     key = (5, 40, 96, 1)
     inputs = ADDMM.make_inputs(key, dtype, "cpu", 1, seed=3)
     bias = inputs.sets[0][0]
     bias.add_(10.0)  # large against A @ B, so a bias added twice or never cannot pass
-    out = ADDMM.own_runner(mm_config(splitk_cfg(SPLIT_K=split_k)))(inputs.sets[0], inputs.outs[0])
+    out = ADDMM.own_runner(mm_config(splitk_cfg(SPLIT_K=split_k, FUSED_REDUCE=fused)))(inputs.sets[0], inputs.outs[0])
     ref = ADDMM.reference(inputs.sets[0])
     assert out is inputs.outs[0]
     assert ((out.double() - ref).norm() / ref.norm()).item() < tol
@@ -148,7 +153,8 @@ def test_grid_is_nonempty_valid_and_canonical():
         assert space == {"variant": (VARIANT, PERSISTENT, STREAMK, SPLITK), **SPACE, **OWN_SPACE}
     # rows TMA cannot read (4100 bf16 = 8200 B): split-K without the persistent knobs
     assert ADDMM.space((16, 4100, 3584, 1), "bf16", "cuda") == {
-        "variant": (VARIANT, SPLITK), **SPACE, "GROUP_M": OWN_SPACE["GROUP_M"], "SPLIT_K": OWN_SPACE["SPLIT_K"]}
+        "variant": (VARIANT, SPLITK), **SPACE, "GROUP_M": OWN_SPACE["GROUP_M"], "SPLIT_K": OWN_SPACE["SPLIT_K"],
+        "FUSED_REDUCE": (0, 1)}
     assert ADDMM.space((16, 4100, 3584, 1), "bf16", "cpu") == {"variant": (VARIANT,), **SPACE}
     for key in [(1, 512, 3584, 1), (1500, 4096, 1024, 1)]:
         valid = grid_configs(ADDMM, key, "bf16", "cuda")

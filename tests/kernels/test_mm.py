@@ -193,3 +193,6 @@ def test_warm_starts_include_splitk_at_decode_and_streamk_at_prefill():
         for c in starts:
             assert MM.invalid_reason(key, c, "bf16", "cuda") is None and MM.canonical(key, c) == c
             assert set(c) <= set(space), c
+        # each split-K start with its reduction in a second kernel and in the same launch
+        split = [c for c in starts if c["variant"] == "splitk"]
+        assert len(split) % 2 == 0 and {c["FUSED_REDUCE"] for c in split} == ({0, 1} if split else set())

@@ -52,6 +52,7 @@ def test_short_config_shows_split_k_and_the_knobs_that_are_on():
     mm = dict(variant="splitk", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, SPLIT_K=4, num_warps=4, num_stages=3,
               OCCUPANCY=1, WARP_SPECIALIZE=0, FLATTEN=0, EPILOGUE_SUBTILE=0)
     assert short_config(mm) == "splitk 16x64x128 g1 sk4 w4 s3"
+    assert short_config(mm | {"FUSED_REDUCE": 1}) == "splitk 16x64x128 g1 sk4 w4 s3 fr"
     persistent = mm | dict(variant="persistent", SPLIT_K=1, OCCUPANCY=2, WARP_SPECIALIZE=1, EPILOGUE_SUBTILE=1)
     assert short_config(persistent) == "persistent 16x64x128 g1 sk1 w4 s3 o2 ws es"
     fp8 = {k: v for k, v in mm.items() if k != "SPLIT_K"} | {"variant": "persistent"}  # scaled_mm has no SPLIT_K

@@ -13,6 +13,8 @@
 #           addmm, parallel, mm, inject) run on GPU 1 (on GPU 0 when there is one GPU)
 #   descprobe   issue 12: tuner's persistent kernel with device- vs host-built TMA descriptors on the
 #           small addmm keys, cuBLAS beside (tuner/benchmarks/desc_probe.py, ~1 min)
+#   fusedprobe  issue 12: split-K with its reduction in the same launch vs the two-kernel split-K vs
+#           cuBLAS on the decode keys, weight-read bandwidth beside (tuner/benchmarks/fused_probe.py)
 #   mm      issue 12: the 24 LLM mm keys, tuned by every GPU (--gpus 0,1 on two, 0 on one)
 #   addmm   issue 12: the 13 addmm keys (q/k/v with bias, SigLIP, Whisper), likewise
 #   runs    issues 13/17: TPE, same seed and trials, on 3 decode keys: w1 (1 worker, GPU 0),
@@ -111,6 +113,11 @@ if [ ! -f $Q/descprobe ] && [ "$(left)" -gt 300 ]; then  # issue 12: device- vs 
   stamp "descriptor probe (120 s at most)"
   (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m tuner.benchmarks.desc_probe) > "$R/desc_probe.jsonl" 2>&1
   echo "desc_probe exit $?"; cut -c1-300 "$R/desc_probe.jsonl"; touch $Q/descprobe
+fi
+if [ ! -f $Q/fusedprobe ] && [ "$(left)" -gt 240 ]; then  # issue 12: split-K's second launch at decode
+  stamp "fused split-K probe (120 s at most)"
+  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m tuner.benchmarks.fused_probe) > "$R/fused_probe.jsonl" 2>&1
+  echo "fused_probe exit $?"; cut -c1-300 "$R/fused_probe.jsonl"; touch $Q/fusedprobe
 fi
 [ -f $Q/mm ] || tune mm tune_mm.log --op mm "${MM[@]}" --trials "${TRIALS:-40}" --timeout "${KEY_TIMEOUT:-12}" \
     --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"

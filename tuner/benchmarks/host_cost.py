@@ -1,6 +1,7 @@
-"""Host time per GEMM call on the eager path: cuBLAS (aten::mm), FlagGems' mm, tuner's split-K and
-persistent kernels, on a tiny key where the GPU is idle and the CPU sets the pace. The router takes
-a route outside CUDA graphs only where the GPU gain pays the extra host time. Prints one JSON line.
+"""Host time per GEMM call on the eager path: cuBLAS (aten::mm), FlagGems' mm, tuner's split-K
+(also split in two, with and without its reduction fused), persistent and stream-K kernels, on a
+tiny key where the GPU is idle and the CPU sets the pace. The router takes a route outside CUDA
+graphs only where the GPU gain pays the extra host time. Prints one JSON line.
 """
 
 import json
@@ -38,6 +39,10 @@ def main() -> None:
         "cublas_us": per_call_us(lambda: torch.mm(a, w.t())),
         "flaggems_us": per_call_us(lambda: fg.mm(a, w.t())),
         "splitk_us": per_call_us(lambda: splitk_mm(a, w.t(), split)),
+        # split in two: the GEMM and its reduce kernel, or one launch with the reduction fused
+        "splitk_sk2_us": per_call_us(lambda: splitk_mm(a, w.t(), split | {"BLOCK_K": 32, "SPLIT_K": 2})),
+        "splitk_fused_sk2_us": per_call_us(
+            lambda: splitk_mm(a, w.t(), split | {"BLOCK_K": 32, "SPLIT_K": 2, "FUSED_REDUCE": 1})),
         "persistent_us": per_call_us(lambda: persistent_mm(a, w.t(), pers)),
         "streamk_us": per_call_us(lambda: streamk_mm(a, w.t(), pers)),
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -312,19 +312,22 @@ def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_
         router.uninstall()
 
 
-def test_splitk_addmm_routes_run_tuner_kernel_with_the_bias():
+@pytest.mark.parametrize("fused", [0, 1])
+def test_splitk_addmm_routes_run_tuner_kernel_with_the_bias(fused):
     """An addmm record won by split-K (decode q/k/v) routes addmm and addmm.out to the split-K
-    kernel (real, under the interpreter) with the bias added once; beta != 1 goes native."""
+    kernel (real, under the interpreter; FUSED_REDUCE: its reduction in the same launch) with the
+    bias added once; beta != 1 goes native."""
     import torch
 
     from kernels.triton_mm import splitk_mm
 
     addmm_rec = rec(4, N=48, K=64, dtype="fp16", kernel="addmm")
     addmm_rec["config"] = {"variant": "splitk", "BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 16,
-                           "num_warps": 4, "num_stages": 2, "GROUP_M": 1, "SPLIT_K": 4}
+                           "num_warps": 4, "num_stages": 2, "GROUP_M": 1, "SPLIT_K": 4, "FUSED_REDUCE": fused}
     plan = gr.plan_routes([addmm_rec], max_tokens=16)
     route = plan[("addmm", 48, 64, "fp16")][0][2]
     assert route.target == gr.SPLITK and route.config["SPLIT_K"] == 4 and route.config["BLOCK_K"] == 16
+    assert route.config["FUSED_REDUCE"] == fused
     a, w, bias = torch.randn(4, 64).half(), torch.randn(48, 64).half(), (torch.randn(48) + 8).half()
     ref = a.double() @ w.double().t() + bias.double()
     router = gr.install_router(plan, gr.Targets(splitk_mm=splitk_mm), dispatch_key="CPU", capturing=lambda: True)
@@ -419,6 +422,11 @@ def test_records_of_edited_own_kernels_are_refused():
     split = rec(16, variant="splitk") | {"kernel_source_hash": mm.source_hash({"variant": "splitk"})}
     addmm_split = rec(16, kernel="addmm", variant="splitk") | {"kernel_source_hash": split["kernel_source_hash"]}
     gr.check_own_kernels([good, split, addmm_split, rec(16, variant="fg_tma")], allow_foreign=False)
+    # split-K with its reduction in the same launch runs another kernel: the two-kernel hash is not its
+    fused = split | {"config": split["config"] | {"FUSED_REDUCE": 1}}
+    with pytest.raises(ForeignResultError, match="kernel_source_hash"):
+        gr.check_own_kernels([fused], allow_foreign=False)
+    gr.check_own_kernels([fused | {"kernel_source_hash": mm.source_hash(fused["config"])}], allow_foreign=False)
     stale = good | {"kernel_source_hash": "0" * 64}
     with pytest.raises(ForeignResultError, match="kernel_source_hash"):
         gr.check_own_kernels([stale], allow_foreign=False)
