@@ -15,6 +15,10 @@
 #           small addmm keys, cuBLAS beside (tuner/benchmarks/desc_probe.py, ~1 min)
 #   fusedprobe  issue 12: split-K with its reduction in the same launch vs the two-kernel split-K vs
 #           cuBLAS on the decode keys, weight-read bandwidth beside (tuner/benchmarks/fused_probe.py)
+#   decode  issue 12, only when mm is skipped (SKIP=mm: its gemm.db put at /tmp/res/gemm.db): o and
+#           down (mm) and qkv (addmm) at M = 1, 8, 32 tuned again into it, the search now trying
+#           split-K's FUSED_REDUCE (~4 min); the copy bandwidth measured first if the run has none.
+#           The engine benches wait for it (SKIP="decode_mm decode_addmm" benches the gemm.db as it is)
 #   mm      issue 12: the 24 LLM mm keys, tuned by every GPU (--gpus 0,1 on two, 0 on one)
 #   addmm   issue 12: the 13 addmm keys (q/k/v with bias, SigLIP, Whisper), likewise
 #   runs    issues 13/17: TPE, same seed and trials, on 3 decode keys: w1 (1 worker, GPU 0),
@@ -42,6 +46,8 @@ ADDMM=(); for m in 1 8 32 64 512 4096; do ADDMM+=(--shape "$m,4608,3584"); done
 for s in 10240,1152,1152 10240,4304,1152 10240,1152,4304 1500,1024,1024 1500,4096,1024 1500,1024,4096 1500,3584,1024; do
   ADDMM+=(--shape "$s"); done
 WK=(); for s in $KEYS; do WK+=(--shape "$s"); done
+DEC_MM=(); for nk in 3584,3584 3584,18944; do for m in 1 8 32; do DEC_MM+=(--shape "$m,$nk"); done; done
+DEC_ADDMM=(); for m in 1 8 32; do DEC_ADDMM+=(--shape "$m,4608,3584"); done
 FP8=(); for nk in 4608,3584 3584,3584 37888,3584 3584,18944; do for m in 1 8 64 512 4096; do FP8+=(--shape "$m,$nk"); done; done
 NG=$(nvidia-smi -L 2>/dev/null | grep -c GPU); ALL=$(seq -s, 0 $(( NG > 0 ? NG - 1 : 0 )))  # 0 or 0,1
 OTHER=$(( NG > 1 ? 1 : 0 ))  # where the correctness tests run beside GPU 0's timings (the same GPU on one)
@@ -119,14 +125,22 @@ if [ ! -f $Q/fusedprobe ] && [ "$(left)" -gt 240 ]; then  # issue 12: split-K's 
   (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m tuner.benchmarks.fused_probe) > "$R/fused_probe.jsonl" 2>&1
   echo "fused_probe exit $?"; cut -c1-300 "$R/fused_probe.jsonl"; touch $Q/fusedprobe
 fi
-[ -f $Q/mm ] || tune mm tune_mm.log --op mm "${MM[@]}" --trials "${TRIALS:-40}" --timeout "${KEY_TIMEOUT:-12}" \
-    --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"
+if [ -f $Q/mm ] && [ ! -f $Q/decode_addmm ]; then  # the decode keys again, split-K's reduction fused or not
+  [ -s "$R/copy_bw.json" ] || (cd /tmp/tuner && timeout 60 python3 -m tuner.benchmarks.copy_bw > "$R/copy_bw.json")
+  [ -f $Q/decode_mm ] || tune decode_mm tune_decode.log --op mm "${DEC_MM[@]}" --trials "${TRIALS:-40}" \
+      --timeout "${KEY_TIMEOUT:-12}" --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"
+  [ -f $Q/decode_mm ] && tune decode_addmm tune_decode.log --op addmm "${DEC_ADDMM[@]}" --trials "${TRIALS:-40}" \
+      --timeout "${KEY_TIMEOUT:-12}" --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"
+fi
+# a whole mm tune covers the decode keys (marked done with it)
+[ -f $Q/mm ] || { tune mm tune_mm.log --op mm "${MM[@]}" --trials "${TRIALS:-40}" --timeout "${KEY_TIMEOUT:-12}" \
+    --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db" && touch $Q/decode_mm $Q/decode_addmm; }
 [ -f $Q/mm ] && { [ -f $Q/addmm ] || tune addmm tune_addmm.log --op addmm "${ADDMM[@]}" --trials "${TRIALS:-40}" \
     --timeout "${KEY_TIMEOUT:-12}" --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"; }
 # with vLLM staged (vllm_h200.sh's header): the engine benches, each at the start of a call of its own
 # (two engines with the checkpoint take most of one), tuned = the routes of the GEMM set just tuned
 WAIT_FOR_CALL=0
-if [ -f $Q/addmm ] && [ -d /tmp/vsite/vllm ]; then
+if [ -f $Q/addmm ] && [ -f $Q/decode_addmm ] && [ -d /tmp/vsite/vllm ]; then
   for step in vbench vbenchw fsbench; do
     [ -f $Q/$step ] && continue
     [ $step = fsbench ] && [ ! -d /tmp/site/flag_scale ] && continue  # FlagScale not staged (vllm_h200.sh fs)
