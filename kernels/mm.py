@@ -296,6 +296,10 @@ class MM(Kernel):
         c.update({k: v for k, v in PERSISTENT_PINNED.items() if k in c and k not in takes})
         if c["variant"] != "splitk" or c.get("SPLIT_K") == 1:
             c.update({k: v for k, v in SPLIT_PINNED.items() if k in c or k == "SPLIT_K"})
+        elif "FUSED_REDUCE" in c and c["FUSED_REDUCE"] is None:
+            # a split-K winner stored before the knob, projected onto today's space (warm starts):
+            # it ran the two-kernel reduction
+            c["FUSED_REDUCE"] = 0
         if c["variant"].startswith("fg_"):
             c["GROUP_M"] = FG_GROUP_M
             return c

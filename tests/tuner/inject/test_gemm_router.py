@@ -313,13 +313,21 @@ def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_
 
 
 @pytest.mark.parametrize("fused", [0, 1])
-def test_splitk_addmm_routes_run_tuner_kernel_with_the_bias(fused):
+def test_splitk_addmm_routes_run_tuner_kernel_with_the_bias(fused, monkeypatch):
     """An addmm record won by split-K (decode q/k/v) routes addmm and addmm.out to the split-K
-    kernel (real, under the interpreter; FUSED_REDUCE: its reduction in the same launch) with the
-    bias added once; beta != 1 goes native."""
+    kernel (real, under the interpreter; FUSED_REDUCE: its reduction in the same launch, the
+    reduce kernel never launched) with the bias added once; beta != 1 goes native."""
     import torch
 
+    import kernels.triton_mm as two_kernel
     from kernels.triton_mm import splitk_mm
+
+    if fused:
+        class NoReduce:
+            def __getitem__(self, grid):
+                raise AssertionError("the fused route launched the reduce kernel")
+
+        monkeypatch.setattr(two_kernel, "splitk_reduce_kernel", NoReduce())
 
     addmm_rec = rec(4, N=48, K=64, dtype="fp16", kernel="addmm")
     addmm_rec["config"] = {"variant": "splitk", "BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 16,
