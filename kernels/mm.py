@@ -292,14 +292,13 @@ class MM(Kernel):
     def canonical(self, key: Key, config: Config) -> Config:
         c = dict(config)
         M = key[0]
+        # a knob the config lacked (a record stored before the knob existed, projected onto today's
+        # space as a warm start: None) ran at its pinned value; None would leave it outside the space
+        c.update({k: v for k, v in {**PERSISTENT_PINNED, **SPLIT_PINNED}.items() if k in c and c[k] is None})
         takes = KNOBS.get(c["variant"], ())  # the keys a space without persistent lacks stay absent
         c.update({k: v for k, v in PERSISTENT_PINNED.items() if k in c and k not in takes})
         if c["variant"] != "splitk" or c.get("SPLIT_K") == 1:
             c.update({k: v for k, v in SPLIT_PINNED.items() if k in c or k == "SPLIT_K"})
-        elif "FUSED_REDUCE" in c and c["FUSED_REDUCE"] is None:
-            # a split-K winner stored before the knob, projected onto today's space (warm starts):
-            # it ran the two-kernel reduction
-            c["FUSED_REDUCE"] = 0
         if c["variant"].startswith("fg_"):
             c["GROUP_M"] = FG_GROUP_M
             return c

@@ -196,3 +196,28 @@ def test_warm_starts_include_splitk_at_decode_and_streamk_at_prefill():
         # each split-K start with its reduction in a second kernel and in the same launch
         split = [c for c in starts if c["variant"] == "splitk"]
         assert len(split) % 2 == 0 and {c["FUSED_REDUCE"] for c in split} == ({0, 1} if split else set())
+
+
+@pytest.mark.parametrize("op,config,key", [
+    ("mm", dict(variant="persistent", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, SPLIT_K=1, num_warps=8,
+                num_stages=4), (4096, 3584, 3584, 1)),
+    ("addmm", dict(variant="persistent", BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=64, GROUP_M=8, num_warps=8,
+                   num_stages=4), (4096, 4608, 3584, 1)),
+    ("mm", dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, SPLIT_K=1, num_warps=8,
+                num_stages=4), (512, 3584, 3584, 1)),
+])
+def test_a_winner_stored_before_the_knobs_still_warm_starts(op, config, key):
+    """A persistent or stream-K record without the knobs added since (OCCUPANCY, WARP_SPECIALIZE,
+    FLATTEN, EPILOGUE_SUBTILE, FUSED_REDUCE), projected onto today's space, runs them at their pinned
+    values; before, they came out None and the warm start was dropped as outside the space."""
+    import optuna
+
+    from tuner.tuning.candidates import Candidates
+
+    study = optuna.create_study()
+    cands = Candidates(study, get_kernel(op), key, "bf16", "cuda", 9)
+    projected = cands.project(config)
+    assert None not in projected.values() and projected["OCCUPANCY"] == 1 and projected["FLATTEN"] == 0
+    cands.enqueue_warm([config])
+    (queued,) = study.get_trials(deepcopy=False)
+    assert queued.system_attrs["fixed_params"]["variant"] == config["variant"]
