@@ -31,7 +31,8 @@
 #           on vLLM's fp8 layers (qkv, o, gate_up, down) at 5 M, into gemm.db beside mm and addmm
 # and after them, in every call: the GEMM report and the workers report of what exists so far.
 # SKIP="probe runs grid" marks steps done before starting (e.g. a lease that only re-tunes); the
-# stream-K GPU tests (step streamk, 150 s at most) still run before the tunes that time stream-K.
+# stream-K and fused split-K GPU tests (step streamk, 150 s at most) still run before the tunes that
+# time them, unless SKIP names streamk.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s); END=$(( T0 + ${LIMIT:-560} ))
@@ -109,10 +110,11 @@ if [ ! -f $Q/probe ]; then
   touch $Q/probe $Q/streamk
 fi
 
-if [ ! -f $Q/streamk ] && [ ! -f $Q/mm ]; then  # in probe too; on its own when probe is skipped
-  stamp "pytest -m gpu stream-K (spinning programs: 150 s at most)"
-  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -k streamk \
-      tests/gpu/test_persistent_mm_gpu.py) > "$R/streamk_tests.log" 2>&1
+if [ ! -f $Q/streamk ]; then  # in probe too; on its own when probe is skipped (SKIP=streamk: not at all)
+  # with the fused split-K's tests: both hand partials between programs through flags / counts
+  stamp "pytest -m gpu stream-K and fused split-K (spinning programs: 150 s at most)"
+  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider \
+      -k "streamk or fused" tests/gpu/test_persistent_mm_gpu.py) > "$R/streamk_tests.log" 2>&1
   echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$R/streamk_tests.log" | tail -12; touch $Q/streamk
 fi
 if [ ! -f $Q/descprobe ] && [ "$(left)" -gt 300 ]; then  # issue 12: device- vs host-built TMA descriptors
