@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from kernels.base import Config, Coverage, Inputs, KernelInputError, Key, Runner, torch_dtype
 from kernels.flaggems_ops import libtuner, op_module  # noqa: F401 (libtuner: re-exported)
 from kernels.mm import MM, vllm_shard_keys
-from kernels.own_variants import PERSISTENT, SPLITK, STREAMK, WithOwnGemms, own_space
+from kernels.own_variants import OWN_SPACE_MODULES, PERSISTENT, SPLITK, STREAMK, WithOwnGemms, own_space
 from tuner.devices import ELEM_BYTES
 
 VARIANT = "fg_addmm"
@@ -84,7 +84,7 @@ class AddMM(WithOwnGemms):
                 "K": "input features (the inner dimension)",
                 "BT": "1: B is an N x K weight transposed (nn.Linear with bias); 0: B stored K x N"}
     source_modules = ("flag_gems.ops.addmm", "kernels.persistent_mm", "kernels.streamk_mm", "kernels.triton_mm",
-                      "kernels.splitk_fused")
+                      "kernels.splitk_fused", *OWN_SPACE_MODULES)
     fg_op, fg_kernel, variant = "addmm", "addmm_kernel", VARIANT
     config_keys, config_space = CONFIG_KEYS, SPACE
     fg_max_tile = (FG_MAX_BLOCK_M, FG_MAX_BLOCK_N, FG_MAX_BLOCK_K)

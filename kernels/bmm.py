@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from kernels.base import Config, Coverage, Inputs, KernelInputError, Key, Runner, torch_dtype
 from kernels.flaggems_ops import op_module
 from kernels.mm import MM
-from kernels.own_variants import WithOwnGemms, own_space
+from kernels.own_variants import OWN_SPACE_MODULES, WithOwnGemms, own_space
 from tuner.devices import ELEM_BYTES
 
 VARIANT = "fg_bmm"
@@ -92,7 +92,7 @@ class BMM(WithOwnGemms):
                 "K": "the inner dimension",
                 "LAYOUT": "0 (bmm): contiguous A[b] M x K and B[b] K x N; 1 (linear): F.linear on a "
                           "sequence-first input, one N x K weight for every b (--shape BATCH,M,N,K,linear)"}
-    source_modules = ("flag_gems.ops.bmm", "kernels.persistent_bmm")
+    source_modules = ("flag_gems.ops.bmm", "kernels.persistent_bmm", *OWN_SPACE_MODULES)
     fg_op, fg_kernel, variant = "bmm", "bmm_kernel", VARIANT
     config_keys, config_space, fg_max_tile = CONFIG_KEYS, SPACE, FG_MAX_TILE
     no_cpu = NO_CPU

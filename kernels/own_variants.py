@@ -15,13 +15,16 @@ space); their runners work under TRITON_INTERPRET=1, which the CPU tests use.
 
 from __future__ import annotations
 
-from kernels.base import Config, Key, Runner, jit_source_hash
+from kernels.base import Config, Kernel, Key, Runner, jit_source_hash
 from kernels.flaggems_ops import LibTunerKernel
 from kernels.mm import (MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, SPLIT_PARAMS, SPLIT_PINNED, TMA_VARIANTS,
                         mm_starts, tma_rows)
 from kernels.mm import own_module as module_running
 
 PERSISTENT, STREAMK, SPLITK = "persistent", "streamk", "splitk"
+# where an own variant's space, constraints and warm starts are written: part of every such op's
+# study identity (source_modules), so a search after an edit there starts afresh
+OWN_SPACE_MODULES = ("kernels.own_variants", "kernels.mm")
 
 
 class WithOwnGemms(LibTunerKernel):
@@ -103,7 +106,12 @@ class WithOwnGemms(LibTunerKernel):
         return self.own_runner(self.mm_config(config))
 
     def source_hash(self, config: Config | None = None) -> str:
-        variant = (config or {}).get("variant")
+        if config is None:
+            # a study's identity (search.study_name_for): every module of the op, as mm's is. Hashing
+            # FlagGems' function alone resumed session 7's addmm studies after FUSED_REDUCE joined
+            # the space (session 9, H200: 0 new trials at qkv M=8 and 32; the knob never tried)
+            return Kernel.source_hash(self)
+        variant = config.get("variant")
         if variant in self.own_variants:
             # bmm: its batched kernel; split-K's knobs have mm's names in every op's space
             module = self.own_module if variant == PERSISTENT else module_running(config)

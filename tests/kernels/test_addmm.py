@@ -190,7 +190,7 @@ def test_reference_is_addmm_with_a_broadcast_bias():
 @needs_flag_gems
 def test_space_holds_flaggems_list_and_its_libtuner(tmp_path):
     """FlagGems' own addmm list (what its LibTuner picks from untuned) is inside the space and
-    accepted by the constraints for every preset key; the kernel source hash is stable."""
+    accepted by the constraints for every preset key; the kernel and study hashes are stable."""
     fg_env = {"GEMS_VENDOR": "nvidia", "ARCH": "sm_90", "HOME": str(tmp_path),
               "FLAGGEMS_DB_URL": f"sqlite:///{tmp_path / 'flaggems.db'}"}
     out = run_py("""
@@ -217,12 +217,15 @@ def test_space_holds_flaggems_list_and_its_libtuner(tmp_path):
     for c in r["configs"]:
         assert c["variant"] == VARIANT and all(c[n] in SPACE[n] for n in CONFIG_KEYS), c
     assert r["reasons"] == ["None"] and r["canonical"] and r["src_has_kernel"]
-    assert len(r["hash"]) == 64 and r["hash"] == r["hash_none"]
+    # a record's hash: FlagGems' function; a study's (no config): every module of the op
+    assert len(r["hash"]) == 64 and len(r["hash_none"]) == 16 and not r["hash"].startswith(r["hash_none"])
     again = result(run_py("""
+        import json
         from kernels import get_kernel
-        print("RESULT", '"' + get_kernel("addmm").source_hash({"variant": "fg_addmm"}) + '"')
+        k = get_kernel("addmm")
+        print("RESULT", json.dumps([k.source_hash({"variant": "fg_addmm"}), k.source_hash()]))
     """, fg_env))
-    assert again == r["hash"]
+    assert again == [r["hash"], r["hash_none"]]
 
 
 def test_warm_starts_measure_every_own_variant_early():
