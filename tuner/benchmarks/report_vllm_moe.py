@@ -82,11 +82,19 @@ def main() -> None:
         sh, un, fg = d["vs_shipped"], d["vs_default_unshipped"], d["vs_flaggems_default"]
         print(f"\n{dtype}, {d['keys']} keys. vLLM ships a config for (E, N, K, top_k): "
               f"{', '.join(map(str, d['shipped_shapes'])) or 'none of them'}.")
-        print(f"- vs vLLM shipped: geomean {sh['geomean']:.3f}x, min {_x(sh['min'])} over {sh['n']} keys "
-              f"(target >= {TARGETS['vllm_shipped']}x)")
-        print(f"- vs vLLM default where nothing is shipped: geomean {un['geomean']:.3f}x, min {_x(un['min'])} "
-              f"over {un['n']} keys (target >= {TARGETS['vllm_default']}x)")
-        print(f"- vs FlagGems default: geomean {fg['geomean']:.3f}x over {fg['n']} keys")
+        print(summary_line("vLLM shipped", sh, TARGETS["vllm_shipped"], "vLLM ships none of these shapes"))
+        print(summary_line("vLLM default where nothing is shipped", un, TARGETS["vllm_default"],
+                       "vLLM ships every one of these shapes"))
+        print(summary_line("FlagGems default", fg, None, "no FlagGems default timed"))
+
+
+def summary_line(what: str, s: Mapping[str, Any], target: float | None, none: str) -> str:
+    """One summary line; with no key to compare, why not (a geomean of nothing is no number)."""
+    if not s["n"]:
+        return f"- vs {what}: no key ({none})"
+    line = f"- vs {what}: geomean {s['geomean']:.3f}x"
+    line += f", min {_x(s['min'])}" if "min" in s else ""
+    return line + f" over {s['n']} keys" + (f" (target >= {target}x)" if target else "")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 import math
 
-from tuner.benchmarks.report_vllm_moe import speedups, summary
+from tuner.benchmarks.report_vllm_moe import speedups, summary, summary_line
 
 
 def _rec(E, N, M, tuned, dtype="bf16", **base):
@@ -31,3 +31,12 @@ def test_shipped_keys_count_against_shipped_the_others_against_the_default():
     fp8 = d["fp8_w8a8"]
     assert fp8["vs_shipped"]["n"] == 0 and math.isnan(fp8["vs_shipped"]["geomean"]) and fp8["shipped_shapes"] == []
     assert fp8["vs_default_unshipped"]["geomean"] == 2.0
+
+
+def test_a_baseline_with_no_key_says_why_instead_of_nan():
+    """Session 9's report printed 'geomean nanx' for bf16's unshipped keys: vLLM ships all four."""
+    fp8 = summary([_rec(128, 384, 1, 5.0, dtype="fp8_w8a8", vllm_default=10.0)])["fp8_w8a8"]
+    line = summary_line("vLLM shipped", fp8["vs_shipped"], 1.05, "vLLM ships none of these shapes")
+    assert line == "- vs vLLM shipped: no key (vLLM ships none of these shapes)"
+    line = summary_line("vLLM default", fp8["vs_default_unshipped"], 1.2, "-")
+    assert line == "- vs vLLM default: geomean 2.000x, min 2.00x over 1 keys (target >= 1.2x)"
