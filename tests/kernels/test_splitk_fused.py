@@ -12,6 +12,7 @@ from kernels import get_kernel  # noqa: E402
 from kernels.mm import FUSED_COUNT_SLOTS, FUSED_SPLITK_MODULE, own_module  # noqa: E402
 from kernels.splitk_fused import counts_for, fused_splitk_mm  # noqa: E402
 from kernels.triton_mm import splitk_mm  # noqa: E402
+from tests.kernels.launch_spy import count_launches  # noqa: E402
 
 CFG = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=2)
 
@@ -23,19 +24,8 @@ def launches(monkeypatch):
     import kernels.splitk_fused as fused_mod
     import kernels.triton_mm as two_mod
 
-    counts = {"fused": 0, "reduce": 0}
-
-    class Spy:
-        def __init__(self, kernel, name):
-            self.kernel, self.name = kernel, name
-
-        def __getitem__(self, grid):
-            counts[self.name] += 1
-            return self.kernel[grid]
-
-    monkeypatch.setattr(fused_mod, "mm_splitk_fused_kernel", Spy(fused_mod.mm_splitk_fused_kernel, "fused"))
-    monkeypatch.setattr(two_mod, "splitk_reduce_kernel", Spy(two_mod.splitk_reduce_kernel, "reduce"))
-    return counts
+    return count_launches(monkeypatch, {"fused": (fused_mod, "mm_splitk_fused_kernel"),
+                                        "reduce": (two_mod, "splitk_reduce_kernel")})
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
