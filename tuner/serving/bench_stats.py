@@ -96,6 +96,9 @@ def summarise_mode(result: Mapping[str, Any], events: Mapping[str, Any]) -> list
             "mode": result["mode"], "concurrency": c,
             "output_tok_s": statistics.median(warm_tps),
             "output_tok_s_cold": cold[0]["output_tok_s"] if cold else None,
+            # each warm repeat: the spread says how far one mode's runs decide a few-% gap (H200,
+            # session 9: FlagScale's 64-request repeats 5110 and 5395 tok/s, vLLM's 5447 and 5673)
+            "output_tok_s_warm": warm_tps if warm is not cold else [],
             "ttft_ms_p50": percentile(ttft, 50), "ttft_ms_p99": percentile(ttft, 99),
             "tpot_ms_p50": percentile(tpot, 50), "tpot_ms_p99": percentile(tpot, 99),
             "start_s": result.get("start_s"),

@@ -104,6 +104,9 @@ def test_summarise_mode_takes_warm_median_and_keeps_cold_apart():
     many = next(r for r in rows if r["concurrency"] == 64)
     assert many["output_tok_s"] == 4200.0 and many["output_tok_s_cold"] == 4000.0
     assert many["ttft_ms_p50"] is None
+    assert one["output_tok_s_warm"] == [140.0, 150.0, 120.0] and many["output_tok_s_warm"] == [4100.0, 4300.0]
+    only_cold = bs.summarise_mode({"mode": "native", "batches": [_batch(1, "cold", 90.0)]}, {})
+    assert only_cold[0]["output_tok_s"] == 90.0 and only_cold[0]["output_tok_s_warm"] == []
 
 
 def test_agreement_counts_positions_and_the_worst_logprob_gap():
