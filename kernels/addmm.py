@@ -31,7 +31,7 @@ from kernels.own_variants import OWN_SPACE_MODULES, PERSISTENT, SPLITK, STREAMK,
 from tuner.devices import ELEM_BYTES
 
 VARIANT = "fg_addmm"
-OWN_SPACE = own_space(group=True, subtile=True, split_k=True)
+OWN_SPACE = own_space(group=True, subtile=True, split_k=True, host_desc=True)
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "num_warps", "num_stages")
 SPACE: dict[str, tuple] = {
     "BLOCK_SIZE_M": (16, 32, 64, 128, 256),
@@ -83,8 +83,8 @@ class AddMM(WithOwnGemms):
     key_help = {"M": "rows of A: tokens in the batch", "N": "output features (the bias has N)",
                 "K": "input features (the inner dimension)",
                 "BT": "1: B is an N x K weight transposed (nn.Linear with bias); 0: B stored K x N"}
-    source_modules = ("flag_gems.ops.addmm", "kernels.persistent_mm", "kernels.streamk_mm", "kernels.triton_mm",
-                      "kernels.splitk_fused", *OWN_SPACE_MODULES)
+    source_modules = ("flag_gems.ops.addmm", "kernels.persistent_mm", "kernels.persistent_host_mm", "kernels.streamk_mm",
+                      "kernels.triton_mm", "kernels.splitk_fused", *OWN_SPACE_MODULES)
     fg_op, fg_kernel, variant = "addmm", "addmm_kernel", VARIANT
     config_keys, config_space = CONFIG_KEYS, SPACE
     fg_max_tile = (FG_MAX_BLOCK_M, FG_MAX_BLOCK_N, FG_MAX_BLOCK_K)

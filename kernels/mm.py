@@ -40,8 +40,12 @@ TILE_SPACE = {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (32, 64, 128, 256), 
               "GROUP_M": (1, 4, 8, 16)}
 LAUNCH_SPACE = {"num_warps": (2, 4, 8), "num_stages": (2, 3, 4, 5)}
 # the persistent kernel's own parameters, and the value they are pinned to for the other variants
-PERSISTENT_PARAMS = {"OCCUPANCY": (1, 2), "WARP_SPECIALIZE": (0, 1), "FLATTEN": (0, 1), "EPILOGUE_SUBTILE": (0, 1)}
-PERSISTENT_PINNED = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 0, "EPILOGUE_SUBTILE": 0}
+PERSISTENT_PARAMS = {"OCCUPANCY": (1, 2), "WARP_SPECIALIZE": (0, 1), "FLATTEN": (0, 1), "EPILOGUE_SUBTILE": (0, 1),
+                     "HOST_DESC": (0, 1)}
+PERSISTENT_PINNED = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 0, "EPILOGUE_SUBTILE": 0, "HOST_DESC": 0}
+# HOST_DESC: descriptors built on the host (kernels/persistent_host_mm.py); only the bf16/fp16/fp32
+# 2-D kernel has that form (not the batched or the fp8 kernel)
+HOST_DESC_KNOB = "HOST_DESC"
 # split-K's parameters, and their value for the other variants (and FUSED_REDUCE's at SPLIT_K=1,
 # where there is nothing to reduce)
 SPLIT_PARAMS = {"SPLIT_K": (1, 2, 4, 8, 16), "FUSED_REDUCE": (0, 1)}
@@ -76,6 +80,7 @@ def vllm_shard_keys(tp: int, layers: tuple[str, ...], ms: tuple[int, ...] = VLLM
 OWN_MODULES = {"splitk": "kernels.triton_mm", "persistent": "kernels.persistent_mm",
                "streamk": "kernels.streamk_mm"}  # tuner's kernels by variant
 FUSED_SPLITK_MODULE = "kernels.splitk_fused"  # split-K with FUSED_REDUCE=1
+PERSISTENT_HOST_MODULE = "kernels.persistent_host_mm"  # persistent with HOST_DESC=1
 TMA_VARIANTS = ("persistent", "streamk")  # tuner's kernels that read through TMA descriptors
 # the own parameters each variant takes; the others are pinned (PERSISTENT_PINNED) in its configs
 KNOBS = {"persistent": tuple(PERSISTENT_PARAMS), "streamk": ("OCCUPANCY",)}
@@ -88,6 +93,8 @@ def own_module(config: Mapping) -> str | None:
     variant = config.get("variant")
     if variant == "splitk" and config.get("FUSED_REDUCE") and config.get("SPLIT_K", 1) > 1:
         return FUSED_SPLITK_MODULE
+    if variant == "persistent" and config.get(HOST_DESC_KNOB):
+        return PERSISTENT_HOST_MODULE
     return OWN_MODULES.get(variant)
 
 
@@ -164,7 +171,10 @@ def mm_starts(space: Mapping[str, tuple], M: int) -> list[Config]:
     """Warm starts of every own variant that `space` (mm's, or an op's own variants) holds, in
     mm's names with the knobs the space has pinned: persistent, stream-K, split-K."""
     variants = space["variant"]
-    starts = [{"variant": "persistent", **c} for c in persistent_starts(M)] if "persistent" in variants else []
+    # each persistent start on device- and host-built descriptors (H200: host 0.82-0.99x the time)
+    host = [{HOST_DESC_KNOB: 0}, {HOST_DESC_KNOB: 1}] if HOST_DESC_KNOB in space else [{}]
+    starts = [{"variant": "persistent", **c, **h} for c in persistent_starts(M) for h in host] \
+        if "persistent" in variants else []
     starts += streamk_starts(M) if "streamk" in variants else []
     starts += splitk_starts(M) if "splitk" in variants else []
     pinned = {k: v for k, v in {**PERSISTENT_PINNED, **SPLIT_PINNED}.items() if k in space}
@@ -242,8 +252,8 @@ class MM(Kernel):
                 "K": "input features (the inner dimension)",
                 "BT": "1: B is an N x K weight transposed, as nn.Linear and vLLM use it (--shape M,N,K or "
                       "M,N,K,nk); 0: B stored K x N (--shape M,N,K,kn)"}
-    source_modules = ("kernels.triton_mm", "kernels.splitk_fused", "kernels.persistent_mm", "kernels.streamk_mm",
-                      "flag_gems.runtime.backend._nvidia.hopper.ops.mm")
+    source_modules = ("kernels.triton_mm", "kernels.splitk_fused", "kernels.persistent_mm", "kernels.persistent_host_mm",
+                      "kernels.streamk_mm", "flag_gems.runtime.backend._nvidia.hopper.ops.mm")
 
     # ---- keys -------------------------------------------------------------------------
     def parse_key(self, text: str) -> Key:
@@ -417,12 +427,12 @@ class MM(Kernel):
             from kernels.triton_mm import splitk_warmup
 
             splitk_warmup(key, dtype, config)
-        elif config["variant"] == "persistent":
+        elif own_module(config) == OWN_MODULES["persistent"]:
             from kernels.persistent_mm import persistent_warmup
 
             persistent_warmup(key, dtype, config)
         else:
-            # FlagGems' kernels and stream-K take descriptors / pointers whose specialisation
+            # FlagGems' kernels, stream-K and the host-descriptor persistent kernel take descriptors / pointers whose specialisation
             # needs real tensors: compile them by running once on the real shapes
             import torch
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from kernels.base import Config, Kernel, Key, Runner, jit_source_hash
 from kernels.flaggems_ops import LibTunerKernel
-from kernels.mm import (MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, SPLIT_PARAMS, SPLIT_PINNED, TMA_VARIANTS,
+from kernels.mm import (HOST_DESC_KNOB, MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, SPLIT_PARAMS, SPLIT_PINNED, TMA_VARIANTS,
                         mm_starts, tma_rows)
 from kernels.mm import own_module as module_running
 
@@ -113,15 +113,17 @@ class WithOwnGemms(LibTunerKernel):
             return Kernel.source_hash(self)
         variant = config.get("variant")
         if variant in self.own_variants:
-            # bmm: its batched kernel; split-K's knobs have mm's names in every op's space
-            module = self.own_module if variant == PERSISTENT else module_running(config)
-            return jit_source_hash(module)
+            if variant == PERSISTENT and self.own_module != OWN_MODULES[PERSISTENT]:
+                return jit_source_hash(self.own_module)  # bmm: its batched kernel
+            # split-K's and the persistent kernel's knobs have mm's names in every op's space
+            return jit_source_hash(module_running(config))
         return super().source_hash(config)
 
 
-def own_space(*, group: bool, subtile: bool, split_k: bool = False) -> dict[str, tuple]:
+def own_space(*, group: bool, subtile: bool, split_k: bool = False, host_desc: bool = False) -> dict[str, tuple]:
     """The own knobs an op's kernels take: GROUP_M where FlagGems' space has none, the persistent
-    knobs (the batched kernel has no subtiled epilogue), SPLIT_K and FUSED_REDUCE where split-K is
-    a variant."""
-    knobs = {k: v for k, v in PERSISTENT_PARAMS.items() if subtile or k != "EPILOGUE_SUBTILE"}
+    knobs (the batched kernel has no subtiled epilogue and no host-descriptor form), SPLIT_K and
+    FUSED_REDUCE where split-K is a variant."""
+    knobs = {k: v for k, v in PERSISTENT_PARAMS.items()
+             if (subtile or k != "EPILOGUE_SUBTILE") and (host_desc or k != HOST_DESC_KNOB)}
     return ({"GROUP_M": (1, 4, 8, 16)} if group else {}) | knobs | (dict(SPLIT_PARAMS) if split_k else {})

@@ -72,7 +72,7 @@ def _key_lines(total: int | None) -> Iterator[tuple]:
 
 # the own kernels' knobs, shown when on: OCCUPANCY as o2, the flags by their initials
 KNOB_MARKS = (("OCCUPANCY", "o"), ("WARP_SPECIALIZE", "ws"), ("FLATTEN", "fl"), ("EPILOGUE_SUBTILE", "es"),
-              ("FUSED_REDUCE", "fr"))
+              ("FUSED_REDUCE", "fr"), ("HOST_DESC", "hd"))
 
 
 def short_config(cfg: dict | None) -> str:

@@ -57,6 +57,32 @@ def test_replays_in_a_cuda_graph(knobs):
     assert torch.equal(out, expect)
 
 
+WS4 = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4, WARP_SPECIALIZE=1)
+
+
+@pytest.mark.parametrize("M,N,K,config", [(1, 3584, 18944, SMALL), (64, 4608, 3584, SMALL | dict(BLOCK_M=64)),
+                                          (512, 3584, 3584, BIG), (1500, 1024, 1024, WS4)])
+def test_host_desc_is_the_device_descriptor_result_and_graph_safe(M, N, K, config):
+    """HOST_DESC=1 (kernels/persistent_host_mm.py): the same tile loop, so the same bits as the
+    device-descriptor kernel; captured in a graph and replayed on new inputs written into the
+    captured tensors (the descriptors hold the addresses, as pointers would)."""
+    from kernels.persistent_mm import persistent_mm
+
+    a, w, bias = _inputs(M, N, K, bias=N == 4608)
+    host = config | {"HOST_DESC": 1}
+    assert torch.equal(persistent_mm(a, w.t(), host, bias=bias), persistent_mm(a, w.t(), config, bias=bias))
+    out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        persistent_mm(a, w.t(), host, out=out, bias=bias)
+    for seed in (1, 2):
+        new_a, _, _ = _inputs(M, N, K, seed=seed)
+        a.copy_(new_a)
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, persistent_mm(a, w.t(), config, bias=bias))
+
+
 def test_router_serves_mm_and_addmm_with_the_persistent_kernel():
     from tuner.inject import gemm_router as gr
 

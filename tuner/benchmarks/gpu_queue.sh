@@ -111,10 +111,11 @@ if [ ! -f $Q/probe ]; then
 fi
 
 if [ ! -f $Q/streamk ]; then  # in probe too; on its own when probe is skipped (SKIP=streamk: not at all)
-  # with the fused split-K's tests: both hand partials between programs through flags / counts
+  # with the fused split-K's tests (both hand partials between programs through flags / counts) and
+  # the host-descriptor persistent kernel's (new since session 9's lease)
   stamp "pytest -m gpu stream-K and fused split-K (spinning programs: 150 s at most)"
   (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider \
-      -k "streamk or fused" tests/gpu/test_persistent_mm_gpu.py) > "$R/streamk_tests.log" 2>&1
+      -k "streamk or fused or host_desc" tests/gpu/test_persistent_mm_gpu.py) > "$R/streamk_tests.log" 2>&1
   echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$R/streamk_tests.log" | tail -12; touch $Q/streamk
 fi
 if [ ! -f $Q/descprobe ] && [ "$(left)" -gt 300 ]; then  # issue 12: device- vs host-built TMA descriptors

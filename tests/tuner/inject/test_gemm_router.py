@@ -274,14 +274,21 @@ def test_plan_uses_the_same_nearest_m_as_the_other_injectors():
             assert (hit is not None and hit.tuned_m == t) if reach else hit is None, (tuned, m)
 
 
-def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_tensors():
+@pytest.mark.parametrize("host_desc", [0, 1])
+def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_tensors(host_desc, monkeypatch):
     """tuner's persistent TMA GEMM (real, under the Triton interpreter) behind mm, mm.out and
-    addmm.out; addmm records name their tiles BLOCK_SIZE_*, the route carries mm's names."""
+    addmm.out; addmm records name their tiles BLOCK_SIZE_*, the route carries mm's names, and
+    HOST_DESC with them (the kernel that ran is counted: both give the same bits)."""
     import torch
 
+    import kernels.persistent_host_mm as host_mod
+    import kernels.persistent_mm as device_mod
     from kernels.persistent_mm import Unsupported, persistent_mm  # under the interpreter (tests/conftest.py)
+    from tests.kernels.launch_spy import count_launches
 
-    knobs = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 1, "EPILOGUE_SUBTILE": 0}
+    launches = count_launches(monkeypatch, {"host": (host_mod, "persistent_host_mm_kernel"),
+                                            "device": (device_mod, "persistent_mm_kernel")})
+    knobs = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 1, "EPILOGUE_SUBTILE": 0, "HOST_DESC": host_desc}
     mm_rec = rec(16, N=64, K=32, dtype="fp16", variant="persistent")
     mm_rec["config"] |= knobs | {"BLOCK_K": 32, "GROUP_M": 1}
     addmm_rec = rec(16, N=48, K=32, dtype="fp16", kernel="addmm")
@@ -303,6 +310,7 @@ def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_
         torch.addmm(bias, a, w48.t(), out=out48)
         assert ((out48.double() - ref48).abs().max()) < 1e-2
         assert router.hits[gr.PERSISTENT] == 3 and router.hits[gr.NATIVE] == 0
+        assert launches == ({"host": 3, "device": 0} if host_desc else {"host": 0, "device": 3})
         torch.addmm(bias, a, w48.t(), beta=2)  # beta != 1: not the bias epilogue, native
         # a slice whose rows start off a 16-byte boundary: TMA cannot read it, native serves it
         wide = torch.randn(16, 33).half()
