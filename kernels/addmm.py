@@ -83,8 +83,8 @@ class AddMM(WithOwnGemms):
     key_help = {"M": "rows of A: tokens in the batch", "N": "output features (the bias has N)",
                 "K": "input features (the inner dimension)",
                 "BT": "1: B is an N x K weight transposed (nn.Linear with bias); 0: B stored K x N"}
-    source_modules = ("flag_gems.ops.addmm", "kernels.persistent_mm", "kernels.persistent_host_mm", "kernels.streamk_mm",
-                      "kernels.triton_mm", "kernels.splitk_fused", *OWN_SPACE_MODULES)
+    source_modules = ("flag_gems.ops.addmm", "kernels.persistent_mm", "kernels.persistent_host_mm",
+                      "kernels.streamk_mm", "kernels.triton_mm", "kernels.splitk_fused", *OWN_SPACE_MODULES)
     fg_op, fg_kernel, variant = "addmm", "addmm_kernel", VARIANT
     config_keys, config_space = CONFIG_KEYS, SPACE
     fg_max_tile = (FG_MAX_BLOCK_M, FG_MAX_BLOCK_N, FG_MAX_BLOCK_K)

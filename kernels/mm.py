@@ -252,8 +252,9 @@ class MM(Kernel):
                 "K": "input features (the inner dimension)",
                 "BT": "1: B is an N x K weight transposed, as nn.Linear and vLLM use it (--shape M,N,K or "
                       "M,N,K,nk); 0: B stored K x N (--shape M,N,K,kn)"}
-    source_modules = ("kernels.triton_mm", "kernels.splitk_fused", "kernels.persistent_mm", "kernels.persistent_host_mm",
-                      "kernels.streamk_mm", "flag_gems.runtime.backend._nvidia.hopper.ops.mm")
+    source_modules = ("kernels.triton_mm", "kernels.splitk_fused", "kernels.persistent_mm",
+                      "kernels.persistent_host_mm", "kernels.streamk_mm",
+                      "flag_gems.runtime.backend._nvidia.hopper.ops.mm")
 
     # ---- keys -------------------------------------------------------------------------
     def parse_key(self, text: str) -> Key:
@@ -432,8 +433,9 @@ class MM(Kernel):
 
             persistent_warmup(key, dtype, config)
         else:
-            # FlagGems' kernels, stream-K and the host-descriptor persistent kernel take descriptors / pointers whose specialisation
-            # needs real tensors: compile them by running once on the real shapes
+            # FlagGems' kernels, stream-K and the host-descriptor persistent kernel take descriptors
+            # / pointers whose specialisation needs real tensors: compile them by running once on
+            # the real shapes
             import torch
 
             inputs = self.make_inputs(key, dtype, device, 1, seed=0)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from kernels.base import Config, Kernel, Key, Runner, jit_source_hash
 from kernels.flaggems_ops import LibTunerKernel
-from kernels.mm import (HOST_DESC_KNOB, MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, SPLIT_PARAMS, SPLIT_PINNED, TMA_VARIANTS,
-                        mm_starts, tma_rows)
+from kernels.mm import (HOST_DESC_KNOB, MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, SPLIT_PARAMS,
+                        SPLIT_PINNED, TMA_VARIANTS, mm_starts, tma_rows)
 from kernels.mm import own_module as module_running
 
 PERSISTENT, STREAMK, SPLITK = "persistent", "streamk", "splitk"

@@ -185,8 +185,9 @@ def _launch_kwargs(config: dict, b_nk: bool, has_bias: bool, ieee: bool) -> dict
 def persistent_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
                   bias: torch.Tensor | None = None) -> torch.Tensor:
     """C = A @ B (+ bias) with `config` (BLOCK_M/N/K, GROUP_M, OCCUPANCY, WARP_SPECIALIZE,
-    FLATTEN, EPILOGUE_SUBTILE, num_warps, num_stages; HOST_DESC=1: kernels/persistent_host_mm.py). Raises Unsupported for tensors TMA cannot
-    take as they are (`unsupported` says why; the router serves those natively)."""
+    FLATTEN, EPILOGUE_SUBTILE, num_warps, num_stages; HOST_DESC=1 runs kernels/persistent_host_mm.py).
+    Raises Unsupported for tensors TMA cannot take as they are (`unsupported` says why; the router
+    serves those natively)."""
     if config.get("HOST_DESC"):  # the same tile loop on descriptors built on the host
         from kernels.persistent_host_mm import persistent_host_mm
 

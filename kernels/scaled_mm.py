@@ -28,8 +28,8 @@ from typing import Mapping
 
 from kernels.base import (Config, Coverage, Inputs, Kernel, KernelInputError, Key, Runner, jit_source_hash,
                           next_pow2, precompile_by_running)
-from kernels.mm import (HOST_DESC_KNOB, LAUNCH_SPACE, PERSISTENT_PARAMS, PERSISTENT_PINNED, SMEM_BY_ARCH, SMEM_DEFAULT, TILE_SPACE, VLLM_M,
-                        persistent_reason, reference_product, vllm_shard_keys)
+from kernels.mm import (HOST_DESC_KNOB, LAUNCH_SPACE, PERSISTENT_PARAMS, PERSISTENT_PINNED, SMEM_BY_ARCH, SMEM_DEFAULT,
+                        TILE_SPACE, VLLM_M, persistent_reason, reference_product, vllm_shard_keys)
 
 FP8 = "fp8_w8a8"  # vLLM's name (fused_moe's too): e4m3 weights and activations, per-tensor scales
 E4M3_MAX = 448.0

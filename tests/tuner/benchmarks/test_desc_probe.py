@@ -13,7 +13,8 @@ def test_every_case_is_a_valid_config_on_both_descriptor_forms():
         for host in (0, 1):
             if has_bias:
                 c = {"variant": "persistent", "BLOCK_SIZE_M": config["BLOCK_M"], "BLOCK_SIZE_N": config["BLOCK_N"],
-                     "BLOCK_SIZE_K": config["BLOCK_K"], **{k: v for k, v in config.items() if not k.startswith("BLOCK")}}
+                     "BLOCK_SIZE_K": config["BLOCK_K"],
+                     **{k: v for k, v in config.items() if not k.startswith("BLOCK")}}
             else:
                 c = {"variant": "persistent", **config}
             c = kernel.canonical(key, PERSISTENT_PINNED | c | {"HOST_DESC": host})
