@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.mm import PERSISTENT_HOST_MODULE, own_module
+
 TMA_ALIGN = 16  # bytes: TMA needs base addresses and every stride but the last a multiple of 16
 
 
@@ -188,7 +190,7 @@ def persistent_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Ten
     FLATTEN, EPILOGUE_SUBTILE, num_warps, num_stages; HOST_DESC=1 runs kernels/persistent_host_mm.py).
     Raises Unsupported for tensors TMA cannot take as they are (`unsupported` says why; the router
     serves those natively)."""
-    if config.get("HOST_DESC"):  # the same tile loop on descriptors built on the host
+    if own_module(config | {"variant": "persistent"}) == PERSISTENT_HOST_MODULE:  # the records' hash's predicate
         from kernels.persistent_host_mm import persistent_host_mm
 
         return persistent_host_mm(a, b, config, out=out, bias=bias)

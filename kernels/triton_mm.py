@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.mm import FUSED_SPLITK_MODULE, own_module
+
 
 @triton.jit
 def mm_splitk_kernel(
@@ -127,7 +129,7 @@ def splitk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor 
     """C = A @ B (+ bias[N] broadcast over the rows) with `config` (BLOCK_M/N/K, GROUP_M, SPLIT_K,
     num_warps, num_stages; FUSED_REDUCE=1: the partials summed in the same launch, by
     kernels/splitk_fused.py)."""
-    if config.get("FUSED_REDUCE") and config.get("SPLIT_K", 1) > 1:
+    if own_module(config | {"variant": "splitk"}) == FUSED_SPLITK_MODULE:  # the predicate of the records' hash
         from kernels.splitk_fused import fused_splitk_mm
 
         return fused_splitk_mm(a, b, config, out=out, bias=bias)
