@@ -201,6 +201,7 @@ class Router:
     libs: list = field(default_factory=list)
     hits: dict = field(default_factory=lambda: dict.fromkeys(TARGETS, 0))
     eager_native: int = 0  # calls of a routed key sent native because they ran outside a capture
+    refused: int = 0  # calls tuner's own kernel refused as they were (TMA alignment, ...): native served them
     warming: bool = False  # warm-up: take every route, so its kernels compile before serving
     capturing: Callable[[], bool] = lambda: False  # torch.cuda.is_current_stream_capturing
 
@@ -264,9 +265,12 @@ def _serve(router: Router, t: Targets, route: tuple[str, Callable] | None):
     target, call = route
     try:
         res = call()
-    except t.unsupported:
+    except t.unsupported as e:
         if target not in OWN:
             raise
+        if not router.refused:  # said once; the exit line counts them all
+            logger.warning("tuner router: %s; native serves it and every call refused after it", e)
+        router.refused += 1
         return None
     router.hits[target] += 1
     return res
@@ -542,7 +546,7 @@ def install_routes_for_serving(records: list[dict[str, Any]], ctx: Context) -> i
         finally:
             _installed.warming = False
         _installed.hits.update(dict.fromkeys(TARGETS, 0))  # count serving calls only
-        _installed.eager_native = 0
+        _installed.eager_native = _installed.refused = 0
         import atexit
 
         atexit.register(lambda: ctx.log.info("%s", hits_line(_installed)))
@@ -554,6 +558,7 @@ def hits_line(router: Router) -> str:
     reported as routed is what served (calls captured into a CUDA graph count once, at capture)."""
     h = router.hits
     return ("tuner router: GEMM calls dispatched since start: FlagGems %d, split-K %d, persistent %d, "
-            "stream-K %d, native %d (of which routed keys kept native on the eager path: %d)") % (
-        h[FLAGGEMS], h[SPLITK], h[PERSISTENT], h[STREAMK], h[NATIVE], router.eager_native)
+            "stream-K %d, native %d (of which routed keys kept native on the eager path: %d, refused by "
+            "tuner's kernel: %d)") % (
+        h[FLAGGEMS], h[SPLITK], h[PERSISTENT], h[STREAMK], h[NATIVE], router.eager_native, router.refused)
 

@@ -20,7 +20,8 @@ JIT_LINE = re.compile(r"Triton kernel JIT compilation during inference: *([A-Za-
 # older lines lack the persistent and stream-K counts (before those kernels) and the eager count
 ROUTER_LINE = re.compile(r"tuner router: GEMM calls dispatched since start: FlagGems (\d+), split-K (\d+), "
                          r"(?:persistent (\d+), )?(?:stream-K (\d+), )?native (\d+)"
-                         r"(?: \(of which routed keys kept native on the eager path: (\d+)\))?")
+                         r"(?: \(of which routed keys kept native on the eager path: (\d+)"
+                         r"(?:, refused by tuner's kernel: (\d+))?\))?")
 # vLLM's fused-MoE config lookup (get_moe_configs in model_executor/layers/fused_moe/fused_moe.py): the
 # file it read (info_once: once per file and process, first rank only), or that none was found (the
 # paths it tried, comma-joined) and the kernel's default config serves. The same text in the installed
@@ -67,7 +68,8 @@ def log_events(lines: Iterable[str]) -> dict[str, Any]:
         r = ROUTER_LINE.search(line)
         if r:  # one line per engine process that installed the router (workers under TP): summed
             router = router or {"flaggems": 0, "splitk": 0, "native": 0}
-            for k, v in zip(("flaggems", "splitk", "persistent", "streamk", "native", "eager_native"), r.groups()):
+            for k, v in zip(("flaggems", "splitk", "persistent", "streamk", "native", "eager_native", "refused"),
+                            r.groups()):
                 if v is not None:
                     router[k] = router.get(k, 0) + int(v)
         m = MOE_CONFIG_LINE.search(line)

@@ -211,10 +211,16 @@ def test_eager_calls_go_native_unless_the_win_pays_flaggems_host_cost():
 
 
 def test_hits_line_reports_what_ran():
-    r = gr.Router(hits={gr.NATIVE: 7, gr.FLAGGEMS: 2, gr.SPLITK: 0, gr.PERSISTENT: 5, gr.STREAMK: 4}, eager_native=3)
+    r = gr.Router(hits={gr.NATIVE: 7, gr.FLAGGEMS: 2, gr.SPLITK: 0, gr.PERSISTENT: 5, gr.STREAMK: 4}, eager_native=3,
+                  refused=1)
     assert gr.hits_line(r) == ("tuner router: GEMM calls dispatched since start: FlagGems 2, split-K 0, persistent 5, "
-                               "stream-K 4, native 7 (of which routed keys kept native on the eager path: 3)")
+                               "stream-K 4, native 7 (of which routed keys kept native on the eager path: 3, refused "
+                               "by tuner's kernel: 1)")
     assert bench_stats.log_events([gr.hits_line(r)])["router_calls"] == {
+        "flaggems": 2, "splitk": 0, "persistent": 5, "streamk": 4, "native": 7, "eager_native": 3, "refused": 1}
+    before = ("tuner router: GEMM calls dispatched since start: FlagGems 2, split-K 0, persistent 5, stream-K 4, "
+              "native 7 (of which routed keys kept native on the eager path: 3)")  # logs before the refused count
+    assert bench_stats.log_events([before])["router_calls"] == {
         "flaggems": 2, "splitk": 0, "persistent": 5, "streamk": 4, "native": 7, "eager_native": 3}
     older = ("tuner router: GEMM calls dispatched since start: FlagGems 2, split-K 0, persistent 5, native 7 "
              "(of which routed keys kept native on the eager path: 3)")  # logs before stream-K still read
@@ -275,7 +281,8 @@ def test_plan_uses_the_same_nearest_m_as_the_other_injectors():
 
 
 @pytest.mark.parametrize("host_desc", [0, 1])
-def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_tensors(host_desc, monkeypatch):
+def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_tensors(host_desc, monkeypatch,
+                                                                                        caplog):
     """tuner's persistent TMA GEMM (real, under the Triton interpreter) behind mm, mm.out and
     addmm.out; addmm records name their tiles BLOCK_SIZE_*, the route carries mm's names, and
     HOST_DESC with them (the kernel that ran is counted: both give the same bits)."""
@@ -312,10 +319,14 @@ def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_
         assert router.hits[gr.PERSISTENT] == 3 and router.hits[gr.NATIVE] == 0
         assert launches == ({"host": 3, "device": 0} if host_desc else {"host": 0, "device": 3})
         torch.addmm(bias, a, w48.t(), beta=2)  # beta != 1: not the bias epilogue, native
-        # a slice whose rows start off a 16-byte boundary: TMA cannot read it, native serves it
+        # a slice whose rows start off a 16-byte boundary: TMA cannot read it, native serves it, said once
         wide = torch.randn(16, 33).half()
-        torch.mm(wide[:, 1:], w.t())
-        assert router.hits[gr.PERSISTENT] == 3 and router.hits[gr.NATIVE] == 2
+        with caplog.at_level("WARNING", logger=gr.__name__):
+            torch.mm(wide[:, 1:], w.t())
+            torch.mm(wide[:, 1:], w.t())
+        assert router.hits[gr.PERSISTENT] == 3 and router.hits[gr.NATIVE] == 3 and router.refused == 2
+        said = [r.getMessage() for r in caplog.records if "native serves it" in r.getMessage()]
+        assert len(said) == 1 and "aligned" in said[0], said
     finally:
         router.uninstall()
 
