@@ -82,3 +82,25 @@ def test_each_persistent_warm_start_runs_on_both_descriptors(op, key):
     assert on == off
     for c in starts:
         assert kernel.invalid_reason(key, c, "bf16", "cuda") is None and kernel.canonical(key, c) == c
+
+
+@pytest.mark.parametrize("op,config", [
+    ("mm", dict(variant="persistent", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=4, SPLIT_K=1, num_warps=4,
+                num_stages=5, OCCUPANCY=1, WARP_SPECIALIZE=0, FLATTEN=1, EPILOGUE_SUBTILE=0)),
+    ("addmm", dict(variant="persistent", BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=64, GROUP_M=4,
+                   num_warps=4, num_stages=5, OCCUPANCY=1, WARP_SPECIALIZE=0, FLATTEN=1, EPILOGUE_SUBTILE=0)),
+])
+def test_a_persistent_winner_stored_before_the_knob_still_warm_starts(op, config):
+    """Session 7's persistent winners lack HOST_DESC; projected onto today's space (a warm start)
+    they are the device-descriptor config, not one the space refuses."""
+    import optuna
+
+    from tuner.tuning.candidates import Candidates
+
+    kernel, key = get_kernel(op), (4096, 3584, 3584, 1) if op == "mm" else (1500, 1024, 1024, 1)
+    study = optuna.create_study()
+    cands = Candidates(study, kernel, key, "bf16", "cuda", 9)
+    assert cands.project(config)["HOST_DESC"] == 0
+    cands.enqueue_warm([config])
+    (queued,) = study.get_trials(deepcopy=False)
+    assert queued.system_attrs["fixed_params"]["HOST_DESC"] == 0
