@@ -135,7 +135,9 @@ if [ -f $Q/mm ] && [ ! -f $Q/decode_addmm ]; then  # the decode keys again, spli
   [ -f $Q/decode_mm ] && tune decode_addmm tune_decode.log --op addmm "${DEC_ADDMM[@]}" --trials "${TRIALS:-40}" \
       --timeout "${KEY_TIMEOUT:-12}" --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"
 fi
-# a whole mm tune covers the decode keys (marked done with it)
+# a whole mm tune covers the decode keys (marked done with it); the report needs this run's copy
+# bandwidth (the probe step measures it; SKIP=probe does not)
+[ -f $Q/mm ] || [ -s "$R/copy_bw.json" ] || (cd /tmp/tuner && timeout 60 python3 -m tuner.benchmarks.copy_bw > "$R/copy_bw.json")
 [ -f $Q/mm ] || { tune mm tune_mm.log --op mm "${MM[@]}" --trials "${TRIALS:-40}" --timeout "${KEY_TIMEOUT:-12}" \
     --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db" && touch $Q/decode_mm $Q/decode_addmm; }
 [ -f $Q/mm ] && { [ -f $Q/addmm ] || tune addmm tune_addmm.log --op addmm "${ADDMM[@]}" --trials "${TRIALS:-40}" \
