@@ -202,6 +202,11 @@ def persistent_reason(config: Config, smem: int, limit: int, arch: int) -> str |
             return "WARP_SPECIALIZE with EPILOGUE_SUBTILE at BLOCK_M >= 128 does not compile on sm_90 (Triton 3.6)"
         if config["BLOCK_M"] == 64 and config["BLOCK_N"] == 256:
             return "WARP_SPECIALIZE on a 64x256 tile does not compile on sm_90 (Triton 3.6)"
+        # results/aot_sm90/host_desc_ws.jsonl: 0 of 12 tiles of 128 or 256 rows compile on host-built
+        # descriptors ('tt.descriptor_store' block and tensor types must match: the pass splits C's
+        # tile per consumer warp group and cannot re-type a descriptor argument); 8 of 8 at 64 rows
+        if config.get("HOST_DESC") and config["BLOCK_M"] >= 128:
+            return "WARP_SPECIALIZE on host-built descriptors at BLOCK_M >= 128 does not compile on sm_90 (Triton 3.6)"
     # an fp32 accumulator of 256 registers per thread spills (results/aot_sm90: 21 of 21 such 4-warp
     # configs at 255 registers with 512-1160 B of stack, persistent, fp8 and stream-K); warp
     # specialisation splits it over consumer warp groups (256x128, 4 warps: 168 registers, no stack).

@@ -88,7 +88,8 @@ def persistent_host_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torc
     M, K = a.shape
     N = b.shape[1]
     c = out if out is not None else torch.empty((M, N), dtype=a.dtype, device=a.device)
-    reason = unsupported(a, b, c, bias)
+    # TensorDescriptor asserts every dimension positive; the device-descriptor kernel runs empty ones
+    reason = unsupported(a, b, c, bias) or ("needs non-empty operands" if 0 in (M, N, K) else None)
     if reason:
         raise Unsupported(f"persistent_host_mm {tuple(a.shape)} @ {tuple(b.shape)}: {reason}")
     b_nk, _ = b_layout(b)

@@ -57,7 +57,8 @@ def test_replays_in_a_cuda_graph(knobs):
     assert torch.equal(out, expect)
 
 
-WS4 = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4, WARP_SPECIALIZE=1)
+# warp-specialised on host descriptors: 64-row tiles only (results/aot_sm90/host_desc_ws.jsonl)
+WS4 = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4, WARP_SPECIALIZE=1)
 
 
 @pytest.mark.parametrize("M,N,K,config", [(1, 3584, 18944, SMALL), (64, 4608, 3584, SMALL | dict(BLOCK_M=64)),

@@ -47,10 +47,24 @@ def test_equals_the_device_descriptor_kernel_bit_for_bit(dtype, M, N, K, bt, kno
     assert ((host.double() - ref).norm() / ref.norm()).item() < (1e-3 if dtype == torch.float16 else 1e-5)
 
 
-def test_refuses_what_tma_cannot_read():
+def test_refuses_what_tma_cannot_read_and_empty_operands():
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "HOST_DESC": 1}
     with pytest.raises(Unsupported, match="persistent_host_mm"):
-        persistent_mm(torch.randn(8, 63, dtype=torch.float16)[:, 1:], torch.randn(62, 32, dtype=torch.float16),
-                      {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "HOST_DESC": 1})
+        persistent_mm(torch.randn(8, 63, dtype=torch.float16)[:, 1:], torch.randn(62, 32, dtype=torch.float16), cfg)
+    with pytest.raises(Unsupported, match="non-empty"):  # not TensorDescriptor's AssertionError
+        persistent_mm(torch.randn(0, 64, dtype=torch.float16), torch.randn(64, 32, dtype=torch.float16), cfg)
+
+
+def test_warp_specialised_host_descriptors_only_on_64_row_tiles():
+    """Triton 3.6 for sm_90 (results/aot_sm90/host_desc_ws.jsonl): 128- and 256-row tiles fail its
+    warp-specialisation pass on host descriptors, not on device ones; 64-row tiles compile."""
+    mm, key = get_kernel("mm"), (1500, 1024, 1024, 1)
+    ws = dict(variant="persistent", BLOCK_N=128, BLOCK_K=64, GROUP_M=8, SPLIT_K=1, num_warps=4, num_stages=4,
+              OCCUPANCY=1, WARP_SPECIALIZE=1, FLATTEN=0, EPILOGUE_SUBTILE=0)
+    assert "host-built" in mm.invalid_reason(key, ws | dict(BLOCK_M=128, HOST_DESC=1), "bf16", "cuda")
+    assert mm.invalid_reason(key, ws | dict(BLOCK_M=128, HOST_DESC=0), "bf16", "cuda") is None
+    assert mm.invalid_reason(key, ws | dict(BLOCK_M=64, HOST_DESC=1), "bf16", "cuda") is None
+    assert mm.invalid_reason(key, ws | dict(BLOCK_M=128, HOST_DESC=1, WARP_SPECIALIZE=0), "bf16", "cuda") is None
 
 
 def test_the_knob_is_an_identity_of_its_own_in_mm_and_addmm_and_pinned_elsewhere():
