@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import textwrap
 from pathlib import Path
@@ -533,6 +534,18 @@ def checkpoint(
         _fail(e)
     typer.echo(str(path))
 
+
+def _one_line_summaries(*apps: typer.Typer) -> None:
+    """A command list shows each command's first docstring paragraph, and in Typer's Rich markup
+    mode with the docstring's line breaks, which cut the 80-column list mid-sentence: join them."""
+    for group in apps:
+        for command in group.registered_commands:
+            if command.short_help is None and command.callback is not None and command.callback.__doc__:
+                first = inspect.cleandoc(command.callback.__doc__).split("\n\n")[0]
+                command.short_help = " ".join(first.split())
+
+
+_one_line_summaries(app, db_app)
 
 if __name__ == "__main__":
     app()

@@ -95,6 +95,20 @@ def test_every_command_help_has_an_example():
         assert "Example" in runner.invoke(app, [*path, "--help"]).output, " ".join(path)
 
 
+def test_command_lists_wrap_whole_sentences_in_80_columns():
+    """Typer's Rich mode kept each docstring's line breaks in the command list: at 80 columns
+    'measure each safely in a' / 'worker process, check it' / 'against ...' (rows cut short)."""
+    for args in ([], ["db"]):
+        res = runner.invoke(app, [*args, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+        assert res.exit_code == 0 and max(len(line) for line in res.output.splitlines()) <= 80
+        rows = [line for line in res.output.splitlines() if line.startswith("│ ")]
+        assert rows and all(not line.rstrip(" │").endswith(("check it", "the same command again", "(nothing is"))
+                            for line in rows)
+    res = runner.invoke(app, ["--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert "worker process, check it against the native result" in " ".join(
+        line.strip("│ ") for line in res.output.splitlines())
+
+
 @pytest.mark.parametrize("args, words", [
     (["--shape", "100000000,100000000,100000000"], "GiB for one set of inputs"),
     (["--shape", "1,64,64", "--patience", "0"], "--patience must be a positive number"),
