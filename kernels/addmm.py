@@ -31,7 +31,8 @@ from kernels.own_variants import OWN_SPACE_MODULES, PERSISTENT, SPLITK, STREAMK,
 from tuner.devices import ELEM_BYTES
 
 VARIANT = "fg_addmm"
-OWN_SPACE = own_space(group=True, subtile=True, split_k=True, host_desc=True)
+OWN_VARIANTS = (PERSISTENT, STREAMK, SPLITK)
+OWN_SPACE = own_space(group=True, variants=OWN_VARIANTS)
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "num_warps", "num_stages")
 SPACE: dict[str, tuple] = {
     "BLOCK_SIZE_M": (16, 32, 64, 128, 256),
@@ -89,7 +90,7 @@ class AddMM(WithOwnGemms):
     config_keys, config_space = CONFIG_KEYS, SPACE
     fg_max_tile = (FG_MAX_BLOCK_M, FG_MAX_BLOCK_N, FG_MAX_BLOCK_K)
     no_cpu = NO_CPU
-    own_variants = (PERSISTENT, STREAMK, SPLITK)
+    own_variants = OWN_VARIANTS
     own_space = OWN_SPACE
 
     def own_runner(self, mm_cfg: Config) -> Runner:

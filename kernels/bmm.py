@@ -27,8 +27,8 @@ from collections.abc import Mapping
 
 from kernels.base import Config, Coverage, Inputs, KernelInputError, Key, Runner, torch_dtype
 from kernels.flaggems_ops import op_module
-from kernels.mm import MM
-from kernels.own_variants import OWN_SPACE_MODULES, WithOwnGemms, own_space
+from kernels.mm import HOST_DESC_KNOB, MM
+from kernels.own_variants import OWN_SPACE_MODULES, PERSISTENT, WithOwnGemms, own_space
 from tuner.devices import ELEM_BYTES
 
 VARIANT = "fg_bmm"
@@ -96,7 +96,9 @@ class BMM(WithOwnGemms):
     fg_op, fg_kernel, variant = "bmm", "bmm_kernel", VARIANT
     config_keys, config_space, fg_max_tile = CONFIG_KEYS, SPACE, FG_MAX_TILE
     no_cpu = NO_CPU
-    own_space = own_space(group=False, subtile=False)  # GROUP_M is a dimension of FlagGems' bmm already
+    # GROUP_M is a dimension of FlagGems' bmm already; the batched kernel has no subtiled epilogue
+    # and no host-descriptor form
+    own_space = own_space(group=False, variants=(PERSISTENT,), lacks=("EPILOGUE_SUBTILE", HOST_DESC_KNOB))
     own_module = "kernels.persistent_bmm"
 
     def own_runner(self, mm_cfg: Config) -> Runner:

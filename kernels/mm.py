@@ -39,13 +39,17 @@ FG_GROUP_M = 8  # FlagGems' general_mm always passes GROUP_M=8: its cache cannot
 TILE_SPACE = {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (32, 64, 128, 256), "BLOCK_K": (32, 64, 128, 256),
               "GROUP_M": (1, 4, 8, 16)}
 LAUNCH_SPACE = {"num_warps": (2, 4, 8), "num_stages": (2, 3, 4, 5)}
-# the persistent kernel's own parameters, and the value they are pinned to for the other variants
-PERSISTENT_PARAMS = {"OCCUPANCY": (1, 2), "WARP_SPECIALIZE": (0, 1), "FLATTEN": (0, 1), "EPILOGUE_SUBTILE": (0, 1),
-                     "HOST_DESC": (0, 1)}
-PERSISTENT_PINNED = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 0, "EPILOGUE_SUBTILE": 0, "HOST_DESC": 0}
-# HOST_DESC: descriptors built on the host (kernels/persistent_host_mm.py); only the bf16/fp16/fp32
-# 2-D kernel has that form (not the batched or the fp8 kernel)
+# HOST_DESC: descriptors built on the host (kernels/persistent_host_mm.py; stream-K's kernel takes
+# either); only the bf16/fp16/fp32 2-D kernels have that form (not the batched or the fp8 kernel)
 HOST_DESC_KNOB = "HOST_DESC"
+# SK_TAIL_ONLY: stream-K splits only the partial wave's tiles (kernels/streamk_mm.py dp_tiles)
+SK_TAIL_KNOB = "SK_TAIL_ONLY"
+# the persistent kernels' own parameters (persistent and stream-K: KNOBS says which takes which),
+# and the value they are pinned to for the other variants
+PERSISTENT_PARAMS = {"OCCUPANCY": (1, 2), "WARP_SPECIALIZE": (0, 1), "FLATTEN": (0, 1), "EPILOGUE_SUBTILE": (0, 1),
+                     HOST_DESC_KNOB: (0, 1), SK_TAIL_KNOB: (0, 1)}
+PERSISTENT_PINNED = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 0, "EPILOGUE_SUBTILE": 0, HOST_DESC_KNOB: 0,
+                     SK_TAIL_KNOB: 0}
 # split-K's parameters, and their value for the other variants (and FUSED_REDUCE's at SPLIT_K=1,
 # where there is nothing to reduce)
 SPLIT_PARAMS = {"SPLIT_K": (1, 2, 4, 8, 16), "FUSED_REDUCE": (0, 1)}
@@ -83,7 +87,8 @@ FUSED_SPLITK_MODULE = "kernels.splitk_fused"  # split-K with FUSED_REDUCE=1
 PERSISTENT_HOST_MODULE = "kernels.persistent_host_mm"  # persistent with HOST_DESC=1
 TMA_VARIANTS = ("persistent", "streamk")  # tuner's kernels that read through TMA descriptors
 # the own parameters each variant takes; the others are pinned (PERSISTENT_PINNED) in its configs
-KNOBS = {"persistent": tuple(PERSISTENT_PARAMS), "streamk": ("OCCUPANCY",)}
+KNOBS = {"persistent": tuple(k for k in PERSISTENT_PARAMS if k != SK_TAIL_KNOB),
+         "streamk": ("OCCUPANCY", HOST_DESC_KNOB, SK_TAIL_KNOB), "splitk": tuple(SPLIT_PARAMS)}
 
 
 def own_module(config: Mapping) -> str | None:
@@ -152,8 +157,9 @@ def streamk_starts(M: int) -> list[Config]:
     """The stream-K variant's warm start. Prefill M whose tiles leave a partial wave (M=512,
     M=1500 on the H200): Hopper's 128-row wgmma tiles. Decode M (<= 64): skinny tiles, where
     stream-K is a split-K in one kernel (the partials added by the finisher, no reduce kernel:
-    split-K's second launch is ~2 us of a 10-13 us decode GEMM in a CUDA graph). Measured on the
-    H200 only with the first, serialised stream-K (results/gemm_h200/session5), which lost every key."""
+    split-K's second launch is ~2 us of a 10-13 us decode GEMM in a CUDA graph). On the H200
+    (results/gemm_h200/session7, kernels as before session 10's halves) it won lm_head at M=4096
+    and lost the partial-wave keys it was written for (qkv M=512: 1.04x the persistent kernel)."""
     if M < 256:
         if M > 64:
             return []
@@ -162,7 +168,11 @@ def streamk_starts(M: int) -> list[Config]:
                      num_stages=4),
                 dict(variant="streamk", BLOCK_M=bm, BLOCK_N=32, BLOCK_K=128, GROUP_M=1, OCCUPANCY=2, num_warps=4,
                      num_stages=4)]
+    # and the first with only the partial wave's tiles split (SK_TAIL_ONLY): with no data-parallel
+    # tiles stream-K took 1.9-2.0x its share of the persistent kernel's time (H200, session 9)
     return [dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
+            dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4,
+                 SK_TAIL_ONLY=1),
             dict(variant="streamk", BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
             dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)]
 
@@ -348,8 +358,8 @@ class MM(Kernel):
         smem = (bm * bk + bk * bn) * eb * stages
         if variant == "fg_tma":
             smem += bm * bn * eb  # the TMA store stages the C tile in shared memory
-        if variant in TMA_VARIANTS:  # the TMA store's C tile (halved by the subtiled epilogue)
-            smem += bm * bn * eb // (2 if config.get("EPILOGUE_SUBTILE") else 1)
+        if variant in TMA_VARIANTS:  # the TMA store's C tile (halved by the subtiled epilogue; stream-K's always)
+            smem += bm * bn * eb // (2 if config.get("EPILOGUE_SUBTILE") or variant == "streamk" else 1)
         limit = SMEM_BY_ARCH.get(arch, SMEM_DEFAULT) if device == "cuda" else SMEM_BY_ARCH[9]
         if smem > limit:
             return f"needs {smem} B of shared memory, the limit is {limit}"

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from kernels.base import Config, Kernel, Key, Runner, jit_source_hash
 from kernels.flaggems_ops import LibTunerKernel
-from kernels.mm import (HOST_DESC_KNOB, MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, SPLIT_PARAMS,
-                        SPLIT_PINNED, TMA_VARIANTS, mm_starts, tma_rows)
+from kernels.mm import (KNOBS, MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, SPLIT_PARAMS, SPLIT_PINNED,
+                        TILE_SPACE, TMA_VARIANTS, mm_starts, tma_rows)
 from kernels.mm import own_module as module_running
 
 PERSISTENT, STREAMK, SPLITK = "persistent", "streamk", "splitk"
@@ -67,9 +67,7 @@ class WithOwnGemms(LibTunerKernel):
         own = self._own_for(key, dtype, device)
         if not own:
             return super().space(key, dtype, device)
-        knobs = {k: v for k, v in self.own_space.items() if (k not in PERSISTENT_PARAMS or PERSISTENT in own
-                                                             or (k == "OCCUPANCY" and STREAMK in own))
-                 and (k not in SPLIT_PARAMS or SPLITK in own)}
+        knobs = {k: v for k, v in self.own_space.items() if k == "GROUP_M" or any(k in KNOBS[v] for v in own)}
         return {"variant": (self.variant, *own), **self.config_space, **knobs}
 
     def canonical(self, key: Key, config: Config) -> Config:
@@ -77,8 +75,10 @@ class WithOwnGemms(LibTunerKernel):
             base = super().canonical(key, config)
             return base | {k: v for k, v in self._pinned().items() if k in config}
         mm = MM().canonical(self._mm_key(key), self.mm_config(config))  # GROUP_M=1 where one row of tiles
-        # a persistent record stored before a knob existed gets its pinned value, as mm_config reads it
-        own = [k for k in self.own_space if k in config or (config["variant"] == PERSISTENT and k not in SPLIT_PARAMS)]
+        # a persistent or stream-K record stored before a knob existed gets its pinned value, as
+        # mm_config reads it
+        tma = config["variant"] in TMA_VARIANTS
+        own = [k for k in self.own_space if k in config or (tma and k not in SPLIT_PARAMS)]
         return {k: config[k] for k in ("variant", *self.config_keys)} | {k: mm[k] for k in own}
 
     def invalid_reason(self, key: Key, config: Config, dtype: str, device: str, arch: int = 9) -> str | None:
@@ -120,10 +120,11 @@ class WithOwnGemms(LibTunerKernel):
         return super().source_hash(config)
 
 
-def own_space(*, group: bool, subtile: bool, split_k: bool = False, host_desc: bool = False) -> dict[str, tuple]:
-    """The own knobs an op's kernels take: GROUP_M where FlagGems' space has none, the persistent
-    knobs (the batched kernel has no subtiled epilogue and no host-descriptor form), SPLIT_K and
-    FUSED_REDUCE where split-K is a variant."""
-    knobs = {k: v for k, v in PERSISTENT_PARAMS.items()
-             if (subtile or k != "EPILOGUE_SUBTILE") and (host_desc or k != HOST_DESC_KNOB)}
-    return ({"GROUP_M": (1, 4, 8, 16)} if group else {}) | knobs | (dict(SPLIT_PARAMS) if split_k else {})
+def own_space(*, group: bool, variants: tuple[str, ...], lacks: tuple[str, ...] = ()) -> dict[str, tuple]:
+    """The own knobs an op's kernels take: GROUP_M where FlagGems' space has none, and the knobs
+    of each own variant (mm's KNOBS: the persistent kernels', split-K's SPLIT_K and FUSED_REDUCE)
+    but those the op's kernels lack (the batched persistent kernel: no subtiled epilogue, no
+    host-descriptor form)."""
+    takes = {k for v in variants for k in KNOBS.get(v, ())} - set(lacks)
+    knobs = {k: v for k, v in {**PERSISTENT_PARAMS, **SPLIT_PARAMS}.items() if k in takes}
+    return ({"GROUP_M": TILE_SPACE["GROUP_M"]} if group else {}) | knobs

@@ -28,17 +28,19 @@ from typing import Mapping
 
 from kernels.base import (Config, Coverage, Inputs, Kernel, KernelInputError, Key, Runner, jit_source_hash,
                           next_pow2, precompile_by_running)
-from kernels.mm import (HOST_DESC_KNOB, LAUNCH_SPACE, PERSISTENT_PARAMS, PERSISTENT_PINNED, SMEM_BY_ARCH, SMEM_DEFAULT,
-                        TILE_SPACE, VLLM_M, persistent_reason, reference_product, vllm_shard_keys)
+from kernels.mm import (HOST_DESC_KNOB, KNOBS, LAUNCH_SPACE, PERSISTENT_PARAMS, PERSISTENT_PINNED, SMEM_BY_ARCH,
+                        SMEM_DEFAULT, TILE_SPACE, VLLM_M, persistent_reason, reference_product, vllm_shard_keys)
 
 FP8 = "fp8_w8a8"  # vLLM's name (fused_moe's too): e4m3 weights and activations, per-tensor scales
 E4M3_MAX = 448.0
 FG_MODULE = "flag_gems.fused.cutlass_scaled_mm"
 VARIANTS = ("fg_smm", "persistent")
 MIN_BLOCK_K = 32  # Hopper's fp8 wgmma consumes K in steps of 32
-# the fp8 kernel's knobs: the persistent kernel's, and how the K sum is accumulated (kernels/fp8_mm.py)
-FP8_PARAMS = {**{k: v for k, v in PERSISTENT_PARAMS.items() if k != HOST_DESC_KNOB}, "PRECISE_ACC": (0, 1)}
-FP8_PINNED = {**{k: v for k, v in PERSISTENT_PINNED.items() if k != HOST_DESC_KNOB}, "PRECISE_ACC": 0}
+# the fp8 kernel's knobs: the persistent kernel's (it has no host-descriptor form), and how the K
+# sum is accumulated (kernels/fp8_mm.py)
+FP8_TAKES = tuple(k for k in KNOBS["persistent"] if k != HOST_DESC_KNOB)
+FP8_PARAMS = {**{k: v for k, v in PERSISTENT_PARAMS.items() if k in FP8_TAKES}, "PRECISE_ACC": (0, 1)}
+FP8_PINNED = {**{k: v for k, v in PERSISTENT_PINNED.items() if k in FP8_TAKES}, "PRECISE_ACC": 0}
 # the linear layers vLLM quantizes with --quantization fp8 (lm_head stays bf16); qkv carries a bias,
 # which the kernel takes and the key leaves out (one add per output element)
 FP8_LAYERS = ("qkv", "o", "gate_up", "down")

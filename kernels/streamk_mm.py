@@ -24,6 +24,18 @@ TRITON_INTERPRET=1 programs run in index order and the flags are already up when
 
 The flags live in one zeroed buffer per device reused by every call (self-cleaning), so two
 calls must not run at once on two streams of one device (vLLM runs its GEMMs on one stream).
+
+Session 10 (compiled for sm_90 by Triton 3.6 on the CPU host, results/aot_sm90/streamk_halves.jsonl):
+the partials are written, read and added in two column halves, as the C tile is stored. A whole
+fp32 partial loaded beside the accumulator doubled the registers of the persistent kernel's tile
+(128x128 over 8 warps 90 -> 178 a thread; 128x256 over 8 and 128x128 over 4 at 255 with 72-88 B of
+stack: spills); in halves 128, 206 and 185, none spills. Two knobs beside OCCUPANCY: HOST_DESC
+(descriptors built on the host and passed by value, as kernels/persistent_host_mm.py: 1.7-2.1 us a
+launch on the H200) and SK_TAIL_ONLY (1: every whole wave runs data-parallel and only the tiles of
+the partial wave are split; 0: the last whole wave is split with them, Osama et al.'s default).
+Why the second: on the H200 stream-K with no data-parallel tiles took 1.9-2.0x its iterations'
+share of the persistent kernel's time (qkv M=512: 42.8 us at 128x256 against 41.5 for the
+persistent kernel's one tile per program, results/gemm_h200/session9 gemm.db), unexplained.
 """
 
 from __future__ import annotations
@@ -66,15 +78,35 @@ def _with_bias(BIAS, acc, offs_n, N, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constex
 
 
 @triton.jit
+def _halves(acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The left and right column halves of a tile (register moves, no copy)."""
+    return tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _half_slots(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Offsets of one half's elements in a partial's slot (built where used: kept live across the
+    kernel they took a register per element)."""
+    return tl.arange(0, BLOCK_M)[:, None] * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)[None, :]
+
+
+@triton.jit
+def _store_halves(c_desc, h0, h1, offs_m, offs_n, BLOCK_N: tl.constexpr):
+    dtype = c_desc.dtype
+    c_desc.store([offs_m, offs_n], h0.to(dtype))
+    c_desc.store([offs_m, offs_n + BLOCK_N // 2], h1.to(dtype))
+
+
+@triton.jit
 def streamk_mm_kernel(
     A, B, C, BIAS, WS, FLAGS,
     M, N, K,
     stride_am, stride_b, stride_cm,
     NUM_PROGRAMS, DP_TILES,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    B_NK: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
+    B_NK: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, HOST_DESC: tl.constexpr,
 ):
-    dtype = C.dtype.element_ty
+    """A, B, C: pointers, or with HOST_DESC the host's descriptors (C's block is half a tile wide)."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -82,12 +114,20 @@ def streamk_mm_kernel(
     num_tiles = num_pid_m * num_pid_n
     num_pid_in_group = GROUP_M * num_pid_n
 
-    a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
-    if B_NK:
-        b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[stride_b, 1], block_shape=[BLOCK_N, BLOCK_K])
+    if HOST_DESC:
+        a_desc = A
+        b_desc = B
+        c_desc = C
     else:
-        b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_b, 1], block_shape=[BLOCK_K, BLOCK_N])
-    c_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1], block_shape=[BLOCK_M, BLOCK_N])
+        a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
+        if B_NK:
+            b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[stride_b, 1],
+                                               block_shape=[BLOCK_N, BLOCK_K])
+        else:
+            b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_b, 1],
+                                               block_shape=[BLOCK_K, BLOCK_N])
+        c_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1],
+                                           block_shape=[BLOCK_M, BLOCK_N // 2])
 
     # the last waves' K iterations, shared evenly: program p takes [first + p*per + min(p, extra), ...)
     first = DP_TILES * k_tiles
@@ -96,9 +136,7 @@ def streamk_mm_kernel(
     extra = sk_iters % NUM_PROGRAMS
     start = first + pid * per + tl.minimum(pid, extra)
     end = start + per + (pid < extra).to(tl.int32)
-    rm = tl.arange(0, BLOCK_M)
-    rn = tl.arange(0, BLOCK_N)
-    slot = rm[:, None] * BLOCK_N + rn[None, :]
+    half_elems = BLOCK_M * (BLOCK_N // 2)
 
     # First, before any other work, the piece that ends mid-tile (the end of this program's range):
     # its fp32 partial for the tile's finisher, a later program. Done last, as the first version of
@@ -112,7 +150,10 @@ def streamk_mm_kernel(
         pid_m, pid_n = _tile_coords(tile_id, num_pid_in_group, num_pid_m, GROUP_M)
         acc = _mac(a_desc, b_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, stop - tile_id * k_tiles,
                    end - tile_id * k_tiles, BLOCK_M, BLOCK_N, BLOCK_K, B_NK, IEEE)
-        tl.store(WS + pid.to(tl.int64) * BLOCK_M * BLOCK_N + slot, acc)
+        h0, h1 = _halves(acc, BLOCK_M, BLOCK_N)
+        slot = WS + pid.to(tl.int64) * 2 * half_elems
+        tl.store(slot + _half_slots(BLOCK_M, BLOCK_N), h0)
+        tl.store(slot + half_elems + _half_slots(BLOCK_M, BLOCK_N), h1)
         tl.atomic_xchg(FLAGS + pid, 1, sem="release")
 
     # whole waves but the last: one tile per program, as the persistent kernel
@@ -121,7 +162,8 @@ def streamk_mm_kernel(
         acc = _mac(a_desc, b_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, 0, k_tiles,
                    BLOCK_M, BLOCK_N, BLOCK_K, B_NK, IEEE)
         acc = _with_bias(BIAS, acc, pid_n * BLOCK_N, N, BLOCK_N, HAS_BIAS)
-        c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(dtype))
+        h0, h1 = _halves(acc, BLOCK_M, BLOCK_N)
+        _store_halves(c_desc, h0, h1, pid_m * BLOCK_M, pid_n * BLOCK_N, BLOCK_N)
 
     # then the pieces of [start, stop), each ending at its tile's end: this program finishes those
     # tiles, adding the partials of the programs before it that worked on them, nearest first (a
@@ -133,31 +175,36 @@ def streamk_mm_kernel(
         pid_m, pid_n = _tile_coords(tile_id, num_pid_in_group, num_pid_m, GROUP_M)
         acc = _mac(a_desc, b_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, k_begin, k_tiles,
                    BLOCK_M, BLOCK_N, BLOCK_K, B_NK, IEEE)
+        acc = _with_bias(BIAS, acc, pid_n * BLOCK_N, N, BLOCK_N, HAS_BIAS)
+        h0, h1 = _halves(acc, BLOCK_M, BLOCK_N)
         covered = it
         p = pid - 1
         while covered > tile_id * k_tiles:
             while tl.atomic_add(FLAGS + p, 0, sem="acquire") == 0:
                 pass
             # .cg: read from L2, where the release made the partial visible (not a stale L1 line)
-            acc += tl.load(WS + p.to(tl.int64) * BLOCK_M * BLOCK_N + slot, cache_modifier=".cg")
+            slot = WS + p.to(tl.int64) * 2 * half_elems
+            h0 += tl.load(slot + _half_slots(BLOCK_M, BLOCK_N), cache_modifier=".cg")
+            h1 += tl.load(slot + half_elems + _half_slots(BLOCK_M, BLOCK_N), cache_modifier=".cg")
             tl.atomic_xchg(FLAGS + p, 0, sem="relaxed")
             covered = first + p * per + tl.minimum(p, extra)
             p -= 1
-        acc = _with_bias(BIAS, acc, pid_n * BLOCK_N, N, BLOCK_N, HAS_BIAS)
-        c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(dtype))
+        _store_halves(c_desc, h0, h1, pid_m * BLOCK_M, pid_n * BLOCK_N, BLOCK_N)
         it += k_tiles - k_begin
 
 
-KERNEL_FUNCTIONS = (streamk_mm_kernel, _mac, _with_bias, _tile_coords)  # the timings' identity (jit_source_hash)
+# the timings' identity (jit_source_hash)
+KERNEL_FUNCTIONS = (streamk_mm_kernel, _mac, _with_bias, _halves, _half_slots, _store_halves, _tile_coords)
 
 
-def dp_tiles(tiles: int, programs: int) -> int:
-    """Tiles run data-parallel: every whole wave but the last; all of them when the waves are
-    whole (stream-K would only add the partials' traffic), none when there is less than one."""
+def dp_tiles(tiles: int, programs: int, tail_only: bool = False) -> int:
+    """Tiles run data-parallel: every whole wave but the last (with `tail_only`, every whole
+    wave); all of them when the waves are whole (stream-K would only add the partials' traffic),
+    none when there is less than one."""
     waves, rest = divmod(tiles, programs)
     if rest == 0:
         return tiles
-    return max(0, waves - 1) * programs
+    return (waves if tail_only else max(0, waves - 1)) * programs
 
 
 def programs_for(M: int, N: int, config: dict, sm_count: int) -> int:
@@ -176,28 +223,43 @@ def _launch_kwargs(config: dict, b_nk: bool, has_bias: bool, ieee: bool) -> dict
     return dict(
         BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
         GROUP_M=config.get("GROUP_M", 8), B_NK=b_nk, HAS_BIAS=has_bias, IEEE=ieee,
+        HOST_DESC=bool(config.get("HOST_DESC", 0)),
         num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 3),
     )
 
 
+def _host_descriptors(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, b_nk: bool, config: dict) -> tuple:
+    """A's, B's (the N x K weight's when B_NK, as the kernel's own) and C's descriptors, C's block
+    half a tile wide as the kernel stores it."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+    b_desc = TensorDescriptor.from_tensor(b.t(), [bn, bk]) if b_nk else TensorDescriptor.from_tensor(b, [bk, bn])
+    return TensorDescriptor.from_tensor(a, [bm, bk]), b_desc, TensorDescriptor.from_tensor(c, [bm, bn // 2])
+
+
 def streamk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
                bias: torch.Tensor | None = None) -> torch.Tensor:
-    """C = A @ B (+ bias) with `config` (BLOCK_M/N/K, GROUP_M, OCCUPANCY, num_warps, num_stages).
-    Raises Unsupported for tensors TMA cannot take as they are (as persistent_mm)."""
+    """C = A @ B (+ bias) with `config` (BLOCK_M/N/K, GROUP_M, OCCUPANCY, HOST_DESC, SK_TAIL_ONLY,
+    num_warps, num_stages). Raises Unsupported for tensors TMA cannot take as they are (as
+    persistent_mm)."""
     M, K = a.shape
     N = b.shape[1]
     c = out if out is not None else torch.empty((M, N), dtype=a.dtype, device=a.device)
     reason = unsupported(a, b, c, bias)
+    if not reason and config.get("HOST_DESC") and 0 in (M, N, K):
+        reason = "needs non-empty operands"  # TensorDescriptor asserts every dimension positive
     if reason:
         raise Unsupported(f"streamk_mm {tuple(a.shape)} @ {tuple(b.shape)}: {reason}")
     b_nk, stride_b = b_layout(b)
     programs = programs_for(M, N, config, sm_count_of(a.device))
     tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
     ws = torch.empty((programs, config["BLOCK_M"] * config["BLOCK_N"]), dtype=torch.float32, device=a.device)
+    operands = _host_descriptors(a, b, c, b_nk, config) if config.get("HOST_DESC") else (a, b, c)
     triton.set_allocator(_scratch)
     streamk_mm_kernel[(programs,)](
-        a, b, c, bias if bias is not None else c, ws, _flags(a.device, programs), M, N, K,
-        a.stride(0), stride_b, c.stride(0), programs, dp_tiles(tiles, programs),
+        *operands, bias if bias is not None else c, ws, _flags(a.device, programs), M, N, K,
+        a.stride(0), stride_b, c.stride(0), programs, dp_tiles(tiles, programs, bool(config.get("SK_TAIL_ONLY", 0))),
         **_launch_kwargs(config, b_nk, bias is not None, a.dtype == torch.float32),
     )
     return c

@@ -188,19 +188,25 @@ def test_fused_splitk_is_the_two_kernel_result_and_graph_safe(M, N, K, split_k):
 
 @pytest.mark.parametrize("M,N,K", [(512, 4608, 3584), (512, 3584, 3584), (1500, 1024, 4096), (4096, 3584, 18944)])
 @pytest.mark.parametrize("occupancy", [1, 2])
-def test_streamk_stable_close_to_cublas_and_graph_safe(M, N, K, occupancy):
+@pytest.mark.parametrize("knobs", [{}, {"HOST_DESC": 1, "SK_TAIL_ONLY": 1}])
+def test_streamk_stable_close_to_cublas_and_graph_safe(M, N, K, occupancy, knobs):
     """Stream-K at the partial-wave keys (qkv and o at M=512, Whisper's fc2 at M=1500) and a big
-    one (the finisher adds the partials in a fixed order); the flags are back at zero after."""
+    one (the finisher adds the partials in a fixed order); the flags are back at zero after. With
+    the host's descriptors the same bits as with the kernel's own (SK_TAIL_ONLY moves tiles to
+    whole-tile programs: another sum order, compared with cuBLAS)."""
     from kernels.persistent_mm import sm_count_of
     from kernels.streamk_mm import _flags, programs_for, streamk_mm
 
     a, w, bias = _inputs(M, N, K, bias=N == 4608)
-    # OCCUPANCY 2 with 2 stages: 2 x 96 KiB of shared memory, both programs of an SM resident
+    # OCCUPANCY 2 with 2 stages: 2 x 80 KiB of shared memory, both programs of an SM resident
     # (the search refuses configs that do not fit; waits rely on lower indices being dispatched first)
     cfg = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, OCCUPANCY=occupancy, num_warps=8,
-               num_stages=2 if occupancy == 2 else 4)
+               num_stages=2 if occupancy == 2 else 4, **knobs)
     _stable_close_and_graph_safe(streamk_mm, a, w, bias, cfg)
     assert int(_flags(a.device, programs_for(M, N, cfg, sm_count_of(a.device))).sum()) == 0
+    if knobs.get("HOST_DESC"):
+        own = {k: v for k, v in cfg.items() if k != "HOST_DESC"}
+        assert torch.equal(streamk_mm(a, w.t(), cfg, bias=bias), streamk_mm(a, w.t(), own, bias=bias))
 
 
 @pytest.mark.parametrize("M,N,K", [(512, 3584, 3584), (512, 4608, 3584), (4096, 3584, 18944)])

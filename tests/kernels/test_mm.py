@@ -61,13 +61,14 @@ def test_canonical_drops_what_cannot_matter():
     assert MM.canonical(key, cfg(GROUP_M=8))["GROUP_M"] == 1  # one row of tiles
     fg = MM.canonical(key, cfg(variant="fg_tma", SPLIT_K=4, GROUP_M=1))
     assert fg["SPLIT_K"] == 1 and fg["GROUP_M"] == 8  # what FlagGems' cache can hold
-    own = dict(OCCUPANCY=2, WARP_SPECIALIZE=1, FLATTEN=1, EPILOGUE_SUBTILE=1)
+    own = dict(OCCUPANCY=2, WARP_SPECIALIZE=1, FLATTEN=1, EPILOGUE_SUBTILE=1, HOST_DESC=1, SK_TAIL_ONLY=1)
     split = MM.canonical(key, cfg(**own))
-    assert all(split[k] == PERSISTENT_PINNED[k] for k in own)  # the persistent kernel's knobs
+    assert all(split[k] == PERSISTENT_PINNED[k] for k in own)  # the persistent kernels' knobs
     pers = MM.canonical((512, 4608, 3584, 1), cfg(variant="persistent", SPLIT_K=4, GROUP_M=4, **own))
-    assert pers["SPLIT_K"] == 1 and pers["GROUP_M"] == 4 and all(pers[k] == v for k, v in own.items())
+    assert pers["SPLIT_K"] == 1 and pers["GROUP_M"] == 4 and pers["SK_TAIL_ONLY"] == 0  # stream-K's
+    assert all(pers[k] == v for k, v in own.items() if k != "SK_TAIL_ONLY")
     sk = MM.canonical((512, 4608, 3584, 1), cfg(variant="streamk", SPLIT_K=4, GROUP_M=4, **own))
-    assert sk["SPLIT_K"] == 1 and sk["OCCUPANCY"] == 2  # stream-K takes OCCUPANCY only
+    assert sk["SPLIT_K"] == 1 and (sk["OCCUPANCY"], sk["HOST_DESC"], sk["SK_TAIL_ONLY"]) == (2, 1, 1)
     assert (sk["WARP_SPECIALIZE"], sk["FLATTEN"], sk["EPILOGUE_SUBTILE"]) == (0, 0, 0)
 
 
@@ -111,6 +112,9 @@ def test_constraints_before_compiling():
     # ... half of it with the subtiled epilogue fits
     assert MM.invalid_reason((4096, 4608, 3584, 1), pers | {"EPILOGUE_SUBTILE": 1}, "bf16", "cuda") is None
     assert "variant" in MM.invalid_reason((4096, 151700, 3584, 1), pers, "bf16", "cuda")
+    # stream-K stores C in two halves: the 128x256 tile fits with 4 stages (aot_sm90/streamk_halves:
+    # 180248 B at 3 stages, as the estimate's 180224 and the barriers)
+    assert MM.invalid_reason((512, 4608, 3584, 1), pers | {"variant": "streamk"}, "bf16", "cuda") is None
     sk = pers | {"variant": "streamk", "BLOCK_N": 128}
     assert MM.invalid_reason((512, 4608, 3584, 1), sk, "bf16", "cuda") is None
     assert "programs per SM" in MM.invalid_reason((512, 4608, 3584, 1), sk | {"OCCUPANCY": 2}, "bf16", "cuda")

@@ -81,8 +81,10 @@ def test_the_knob_is_an_identity_of_its_own_in_mm_and_addmm_and_pinned_elsewhere
     assert "HOST_DESC" not in get_kernel("bmm").space((28, 512, 64, 128, 0), "bf16", "cuda")
     assert "HOST_DESC" not in get_kernel("scaled_mm").space((512, 3584, 3584), "fp8", "cuda")
     assert mm.canonical(key, pers | {"HOST_DESC": 1})["HOST_DESC"] == 1
+    # stream-K's one kernel takes the host's descriptors or builds its own (session 10): one identity
     streamk = mm.canonical(key, pers | {"variant": "streamk", "HOST_DESC": 1})
-    assert streamk["HOST_DESC"] == 0  # stream-K builds its own descriptors: the knob does nothing there
+    assert streamk["HOST_DESC"] == 1 and mm.source_hash(streamk) == mm.source_hash(streamk | {"HOST_DESC": 0})
+    assert mm.canonical(key, pers | {"variant": "splitk", "HOST_DESC": 1})["HOST_DESC"] == 0
     assert mm.canonical(key, pers) == pers  # a record without the knob keeps its identity
 
 

@@ -19,6 +19,9 @@ def test_dp_tiles_leaves_one_to_two_waves_to_stream_k():
     assert dp_tiles(264, 132) == 264  # whole waves: no partials to pay for
     assert dp_tiles(300, 132) == 132  # 2 waves + 36: the last 168 tiles stream-K
     assert dp_tiles(5, 132) == 0
+    # SK_TAIL_ONLY: every whole wave data-parallel, the partial wave's tiles alone split
+    assert dp_tiles(144, 132, tail_only=True) == 132 and dp_tiles(300, 132, tail_only=True) == 264
+    assert dp_tiles(264, 132, tail_only=True) == 264 and dp_tiles(5, 132, tail_only=True) == 0
     assert programs_for(512, 4608, {"OCCUPANCY": 2}, 132) == 264 and programs_for(1, 1, {}, 132) == 132
 
 
@@ -51,3 +54,34 @@ def test_streamk_mm_refuses_what_tma_cannot_read():
     a = torch.randn(8, 64, dtype=torch.float16)
     with pytest.raises(Unsupported, match="streamk_mm"):
         streamk_mm(a[:, 1:], torch.randn(63, 32, dtype=torch.float16), {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32})
+
+
+@pytest.mark.parametrize("M,N,K,bt", [(16, 32, 512, True), (33, 96, 160, False), (64, 64, 64, True), (16, 64, 160, True)])
+def test_host_descriptors_and_tail_only_give_the_same_bits(M, N, K, bt):
+    """HOST_DESC (descriptors built here, C's block half a tile wide) runs the same instructions on
+    the same data as the kernel's own descriptors: equal bit for bit. SK_TAIL_ONLY moves tiles from
+    stream-K to whole-tile programs: 64x64 (16 tiles over 3 programs) then has 15 data-parallel
+    tiles, not 12, and still matches torch; its flags are back at zero."""
+    g = torch.Generator().manual_seed(M + N * K)
+    a = torch.randn(M, K, generator=g).half()
+    b = (torch.randn(N, K, generator=g).t() if bt else torch.randn(K, N, generator=g)).half()
+    bias = torch.randn(N, generator=g).half()
+    config = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, OCCUPANCY=1, num_warps=4, num_stages=2)
+    ref = a.double() @ b.double() + bias.double()
+    for tail in (0, 1):
+        device = streamk_mm(a, b, config | {"SK_TAIL_ONLY": tail}, bias=bias)
+        host = torch.full((M, N), float("nan"), dtype=torch.float16)
+        assert streamk_mm(a, b, config | {"SK_TAIL_ONLY": tail, "HOST_DESC": 1}, out=host, bias=bias) is host
+        assert torch.equal(host, device)
+        assert ((host.double() - ref).norm() / ref.norm()).item() < 1e-3
+        assert int(_flags(a.device, 3).sum()) == 0
+
+
+def test_host_descriptors_refuse_empty_operands():
+    """TensorDescriptor asserts every dimension positive: Unsupported (the router serves it
+    natively), not an AssertionError; the kernel's own descriptors run it."""
+    a, b = torch.randn(0, 64, dtype=torch.float16), torch.randn(64, 32, dtype=torch.float16)
+    config = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}
+    with pytest.raises(Unsupported, match="non-empty"):
+        streamk_mm(a, b, config | {"HOST_DESC": 1})
+    assert streamk_mm(a, b, config).shape == (0, 32)

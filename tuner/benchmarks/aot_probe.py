@@ -11,6 +11,7 @@ CPU torch: `python -m venv --system-site-packages /tmp/t36 && /tmp/t36/bin/pip i
 usage: python -m tuner.benchmarks.aot_probe --op mm|scaled_mm --shape M,N,K [--variant persistent|streamk]
            [--sample N] [--seed S] [--warps 4|8] [--ws-only] [--pairs] [--jobs 2] > probe.jsonl
        python -m tuner.benchmarks.aot_probe --op mm --starts --shape M,N,K [--shape ...]   (warm starts)
+       python -m tuner.benchmarks.aot_probe --op mm --shape M,N,K --configs cfgs.jsonl [--host-too]
 """
 
 from __future__ import annotations
@@ -24,18 +25,31 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 
 KNOBS = ("WARP_SPECIALIZE", "FLATTEN", "EPILOGUE_SUBTILE")  # the persistent kernels' flags
-# (op, variant) -> (module, kernel, argument types, constexprs the op's configs do not set, flags it takes)
+# (op, variant[, "host"]) -> (module, kernel, argument types, constexprs the op's configs do not set, flags it
+# takes); "host": the config's HOST_DESC=1 form, its descriptors' blocks filled in from the config
 KERNELS = {
     ("mm", "persistent"): ("kernels.persistent_mm", "persistent_mm_kernel",
                            {"A": "*bf16", "B": "*bf16", "C": "*bf16", "BIAS": "*bf16", "M": "i32", "N": "i32",
                             "K": "i32", "stride_am": "i32", "stride_b": "i32", "stride_cm": "i32",
                             "NUM_PROGRAMS": "i32"},
                            {"B_NK": True, "IEEE": False}, KNOBS),
+    ("mm", "persistent", "host"): ("kernels.persistent_host_mm", "persistent_host_mm_kernel",
+                                   {"a_desc": "tensordesc<bf16[{bm}, {bk}]>", "b_desc": "tensordesc<bf16[{bn}, {bk}]>",
+                                    "c_desc": "tensordesc<bf16[{bm}, {cn}]>", "BIAS": "*bf16", "M": "i32",
+                                    "N": "i32", "K": "i32", "NUM_PROGRAMS": "i32"},
+                                   {"B_NK": True, "IEEE": False}, KNOBS),
     ("mm", "streamk"): ("kernels.streamk_mm", "streamk_mm_kernel",
                         {"A": "*bf16", "B": "*bf16", "C": "*bf16", "BIAS": "*bf16", "WS": "*fp32", "FLAGS": "*i32",
                          "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_b": "i32",
                          "stride_cm": "i32", "NUM_PROGRAMS": "i32", "DP_TILES": "i32"},
-                        {"B_NK": True, "IEEE": False}, ()),
+                        {"B_NK": True, "IEEE": False}, ("HOST_DESC",)),
+    # the same kernel on the host's descriptors (its C block half a tile wide, as it stores C)
+    ("mm", "streamk", "host"): ("kernels.streamk_mm", "streamk_mm_kernel",
+                                {"A": "tensordesc<bf16[{bm}, {bk}]>", "B": "tensordesc<bf16[{bn}, {bk}]>",
+                                 "C": "tensordesc<bf16[{bm}, {half}]>", "BIAS": "*bf16", "WS": "*fp32",
+                                 "FLAGS": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32",
+                                 "stride_b": "i32", "stride_cm": "i32", "NUM_PROGRAMS": "i32", "DP_TILES": "i32"},
+                                {"B_NK": True, "IEEE": False}, ("HOST_DESC",)),
     ("scaled_mm", "persistent"): ("kernels.fp8_mm", "fp8_mm_kernel",
                                   {"A": "*fp8e4nv", "B": "*fp8e4nv", "C": "*bf16", "SCALE_A": "*fp32",
                                    "SCALE_B": "*fp32", "BIAS": "*bf16", "M": "i32", "N": "i32", "K": "i32",
@@ -52,7 +66,12 @@ def compile_config(op: str, cfg: dict):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    module, name, types, fixed, knobs = KERNELS[op, cfg["variant"]]
+    # HOST_DESC=1: the kernel's arguments are descriptors of the config's blocks (B = Wᵀ's N x K)
+    entry = (op, cfg["variant"], "host") if cfg.get("HOST_DESC") else (op, cfg["variant"])
+    module, name, types, fixed, knobs = KERNELS[entry]
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    types = {k: v.format(bm=bm, bn=bn, bk=bk, half=bn // 2, cn=bn // 2 if cfg.get("EPILOGUE_SUBTILE") else bn)
+             for k, v in types.items()}
     fn = getattr(importlib.import_module(module), name)
     const = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": cfg["GROUP_M"],
              "HAS_BIAS": False, **{k: bool(cfg.get(k, 0)) for k in knobs}, **fixed}
@@ -143,15 +162,24 @@ def main() -> None:
     ap.add_argument("--warps", type=int, choices=(4, 8))
     ap.add_argument("--ws-only", action="store_true", help="only configs with WARP_SPECIALIZE=1")
     ap.add_argument("--pairs", action="store_true", help="compare each WARP_SPECIALIZE=1 binary with its twin's")
+    ap.add_argument("--configs", help="a file of configs, one JSON object a line (e.g. an earlier probe's sample, "
+                                       "to compile the same configs after a kernel edit)")
+    ap.add_argument("--host-too", action="store_true",
+                    help="each config also with HOST_DESC=1 (the host's descriptors)")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     keys = [tuple(int(x) for x in text.split(",")) for text in args.shape]
-    if args.starts:
+    if args.configs:
+        with open(args.configs) as f:
+            configs = [json.loads(line) for line in f if line.strip()]
+    elif args.starts:
         configs = warm_starts(args.op, keys)
     elif len(keys) == 1:
         configs = sample(args.op, keys[0], args.sample, args.seed, args.warps, args.ws_only, args.variant)
     else:
         ap.error("one --shape for a sample (several only with --starts)")
+    if args.host_too:
+        configs += [c | {"HOST_DESC": 1} for c in configs]
     import triton
 
     print(f"# {len(configs)} configs of {args.op} {' '.join(args.shape)}, triton {triton.__version__}, sm_90",
