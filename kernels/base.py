@@ -162,6 +162,13 @@ class Kernel(ABC):
     def space(self, key: Key, dtype: str, device: str) -> dict[str, tuple]:
         """Every parameter with its choices; 'variant' picks the kernel implementation."""
 
+    def grid_spaces(self, key: Key, dtype: str, device: str) -> list[dict[str, tuple]]:
+        """The space as parts whose products hold, canonicalised, every canonical config of the
+        whole product: an op whose variants ignore each other's knobs cuts it by variant, those
+        knobs held at one value, so that enumerating every config (the grid sampler, a stuck
+        search) does not walk combinations that canonicalise to the same config."""
+        return [self.space(key, dtype, device)]
+
     def canonical(self, key: Key, config: Config) -> Config:
         """Normalise parameters that cannot matter for this key, so equal programs compare equal."""
         return dict(config)

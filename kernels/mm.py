@@ -191,6 +191,17 @@ def mm_starts(space: Mapping[str, tuple], M: int) -> list[Config]:
     return [pinned | {k: v for k, v in c.items() if k in space or k not in SPLIT_PINNED} for c in starts]
 
 
+def held_knobs(space: Mapping[str, tuple], variant: str, fg_group_m: int | None = None) -> dict[str, tuple]:
+    """`space` with only `variant`, the own knobs that variant does not take (KNOBS) held at their
+    pinned value, and GROUP_M at `fg_group_m` for a FlagGems variant (fg_*) when given."""
+    takes = KNOBS.get(variant, ())
+    part = dict(space, variant=(variant,))
+    part |= {k: (v,) for k, v in {**PERSISTENT_PINNED, **SPLIT_PINNED}.items() if k in part and k not in takes}
+    if variant.startswith("fg_") and fg_group_m is not None and "GROUP_M" in part:
+        part["GROUP_M"] = (fg_group_m,)
+    return part
+
+
 def persistent_reason(config: Config, smem: int, limit: int, arch: int) -> str | None:
     """Why a persistent TMA kernel's config (bf16 or fp8) cannot run, its shared memory per
     program `smem` already within `limit`: resident programs, warpgroups, warp specialisation."""
@@ -314,6 +325,12 @@ class MM(Kernel):
             variants = (flaggems_variant(key, dtype), "splitk") + (TMA_VARIANTS if tma_rows(key, dtype) else ())
         own = PERSISTENT_PARAMS if "persistent" in variants else {}
         return {"variant": variants, **TILE_SPACE, **SPLIT_PARAMS, **LAUNCH_SPACE, **own}
+
+    def grid_spaces(self, key: Key, dtype: str, device: str) -> list[dict[str, tuple]]:
+        """One part per variant, the knobs it does not take (KNOBS) at their pinned value and
+        FlagGems' GROUP_M at the one its cache holds: canonical pins them anyway."""
+        space = self.space(key, dtype, device)
+        return [held_knobs(space, v, FG_GROUP_M) for v in space["variant"]]
 
     def canonical(self, key: Key, config: Config) -> Config:
         c = dict(config)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from kernels.base import Config, Kernel, Key, Runner, jit_source_hash
 from kernels.flaggems_ops import LibTunerKernel
 from kernels.mm import (KNOBS, MM, OWN_MODULES, PERSISTENT_PARAMS, PERSISTENT_PINNED, SPLIT_PARAMS, SPLIT_PINNED,
-                        TILE_SPACE, TMA_VARIANTS, mm_starts, tma_rows)
+                        TILE_SPACE, TMA_VARIANTS, held_knobs, mm_starts, tma_rows)
 from kernels.mm import own_module as module_running
 
 PERSISTENT, STREAMK, SPLITK = "persistent", "streamk", "splitk"
@@ -69,6 +69,13 @@ class WithOwnGemms(LibTunerKernel):
             return super().space(key, dtype, device)
         knobs = {k: v for k, v in self.own_space.items() if k == "GROUP_M" or any(k in KNOBS[v] for v in own)}
         return {"variant": (self.variant, *own), **self.config_space, **knobs}
+
+    def grid_spaces(self, key: Key, dtype: str, device: str) -> list[dict[str, tuple]]:
+        """One part per variant: FlagGems' kernel with every own knob at its pinned value, each own
+        variant with the knobs it does not take held (mm's rule)."""
+        space = self.space(key, dtype, device)
+        fg = dict(space, variant=(self.variant,)) | {k: (v,) for k, v in self._pinned().items() if k in space}
+        return [fg, *(held_knobs(space, v) for v in space["variant"] if v != self.variant)]
 
     def canonical(self, key: Key, config: Config) -> Config:
         if config["variant"] not in self.own_variants:

@@ -21,16 +21,17 @@ def canon_text(config: Config) -> str:
 
 
 def grid_configs(kernel: Kernel, key: Key, dtype: str, device: str, arch: int = 9) -> list[Config]:
-    """Every valid config of the space, canonicalised and without duplicates."""
-    space = kernel.space(key, dtype, device)
-    names = list(space)
+    """Every valid config of the space, canonicalised and without duplicates (enumerated over the
+    kernel's grid_spaces: mm's whole product at M=512 is 9.8M combinations, 219 s on one core)."""
     seen: dict[str, Config] = {}
-    for values in itertools.product(*(space[n] for n in names)):
-        cfg = kernel.canonical(key, dict(zip(names, values)))
-        text = canon_text(cfg)
-        if text in seen or kernel.invalid_reason(key, cfg, dtype, device, arch=arch):
-            continue
-        seen[text] = cfg
+    for space in kernel.grid_spaces(key, dtype, device):
+        names = list(space)
+        for values in itertools.product(*(space[n] for n in names)):
+            cfg = kernel.canonical(key, dict(zip(names, values)))
+            text = canon_text(cfg)
+            if text in seen or kernel.invalid_reason(key, cfg, dtype, device, arch=arch):
+                continue
+            seen[text] = cfg
     return list(seen.values())
 
 
