@@ -13,6 +13,9 @@
 #           addmm, parallel, mm, inject) run on GPU 1 (on GPU 0 when there is one GPU)
 #   descprobe   issue 12: tuner's persistent kernel with device- vs host-built TMA descriptors on the
 #           small addmm keys, cuBLAS beside (tuner/benchmarks/desc_probe.py, ~1 min)
+#   skprobe issue 12: stream-K (each SK_TAIL_ONLY, each descriptor form) vs the persistent kernel vs
+#           cuBLAS on the partial-wave keys, each against its iterations' share of the persistent
+#           time (tuner/benchmarks/streamk_probe.py, ~2 min)
 #   fusedprobe  issue 12: split-K with its reduction in the same launch vs the two-kernel split-K vs
 #           cuBLAS on the decode keys, weight-read bandwidth beside (tuner/benchmarks/fused_probe.py)
 #   decode  issue 12, only when mm is skipped (SKIP=mm: its gemm.db put at /tmp/res/gemm.db): o and
@@ -122,6 +125,11 @@ if [ ! -f $Q/descprobe ] && [ "$(left)" -gt 300 ]; then  # issue 12: device- vs 
   stamp "descriptor probe (120 s at most)"
   (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m tuner.benchmarks.desc_probe) > "$R/desc_probe.jsonl" 2>&1
   echo "desc_probe exit $?"; cut -c1-300 "$R/desc_probe.jsonl"; touch $Q/descprobe
+fi
+if [ ! -f $Q/skprobe ] && [ "$(left)" -gt 300 ]; then  # issue 12: where stream-K loses the partial waves
+  stamp "stream-K probe (150 s at most)"
+  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m tuner.benchmarks.streamk_probe) > "$R/streamk_probe.jsonl" 2>&1
+  echo "streamk_probe exit $?"; cut -c1-300 "$R/streamk_probe.jsonl"; touch $Q/skprobe
 fi
 if [ ! -f $Q/fusedprobe ] && [ "$(left)" -gt 240 ]; then  # issue 12: split-K's second launch at decode
   stamp "fused split-K probe (120 s at most)"
