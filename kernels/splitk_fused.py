@@ -27,7 +27,7 @@ import triton.language as tl
 
 from kernels.mm import FUSED_COUNT_SLOTS as COUNT_SLOTS
 from kernels.persistent_mm import Unsupported, _tile_coords
-from kernels.triton_mm import _launch_kwargs, mm_splitk_kernel, operands
+from kernels.triton_mm import _launch_kwargs, mm_splitk_kernel, operands, warmup_call
 
 
 @triton.jit
@@ -97,12 +97,9 @@ def fused_splitk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.T
 
 def fused_splitk_warmup(key: tuple, dtype: str, config: dict) -> None:
     """Compile `config` for key (M, N, K, BT) without launching (as triton_mm.splitk_warmup)."""
-    M, N, K, bt = key
-    dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    stride_bk, stride_bn = (1, K) if bt else (N, 1)
-    split_k = config.get("SPLIT_K", 1)
+    M, N, K, _ = key
+    dt, split_k, strides = warmup_call(key, dtype, config)
     mm_splitk_fused_kernel.warmup(
-        dt, dt, dt, torch.float32 if split_k > 1 else dt, dt, torch.int32, M, N, K,
-        K, 1, stride_bk, stride_bn, N, 1, 0,
+        dt, dt, dt, torch.float32 if split_k > 1 else dt, dt, torch.int32, M, N, K, *strides, 0,
         grid=(1, split_k), **_launch_kwargs(M, N, K, dt == torch.float32, config),
     )

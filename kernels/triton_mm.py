@@ -149,16 +149,22 @@ def splitk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor 
     return c
 
 
-def splitk_warmup(key: tuple, dtype: str, config: dict) -> None:
-    """Compile `config` for key (M, N, K, BT) without launching: Triton specialises on dtypes,
-    integer values and pointer alignment, which Triton's warmup takes as plain values."""
+def warmup_call(key: tuple, dtype: str, config: dict) -> tuple:
+    """(torch dtype, SPLIT_K, the strides a call of key passes: A's, B's (BT=1: an N x K weight's
+    .t()), C's) for a split-K kernel's warmup: Triton specialises on dtypes, integer values and
+    pointer alignment, which its warmup takes as plain values."""
     M, N, K, bt = key
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     stride_bk, stride_bn = (1, K) if bt else (N, 1)
-    split_k = config.get("SPLIT_K", 1)
+    return dt, config.get("SPLIT_K", 1), (K, 1, stride_bk, stride_bn, N, 1)
+
+
+def splitk_warmup(key: tuple, dtype: str, config: dict) -> None:
+    """Compile `config` for key (M, N, K, BT) without launching."""
+    M, N, K, _ = key
+    dt, split_k, strides = warmup_call(key, dtype, config)
     mm_splitk_kernel.warmup(
-        dt, dt, dt, torch.float32 if split_k > 1 else dt, dt, M, N, K,
-        K, 1, stride_bk, stride_bn, N, 1, 0,
+        dt, dt, dt, torch.float32 if split_k > 1 else dt, dt, M, N, K, *strides, 0,
         grid=(1, split_k), **_launch_kwargs(M, N, K, dt == torch.float32, config),
     )
     if split_k > 1:
