@@ -15,7 +15,7 @@
 #           small addmm keys, cuBLAS beside (tuner/benchmarks/desc_probe.py, ~1 min)
 #   skprobe issue 12: stream-K (each SK_TAIL_ONLY, each descriptor form) vs the persistent kernel vs
 #           cuBLAS on the partial-wave keys, each against its iterations' share of the persistent
-#           time (tuner/benchmarks/streamk_probe.py, ~2 min)
+#           time (tuner/benchmarks/streamk_probe.py, ~2 min), then host_cost.py if the run has none
 #   fusedprobe  issue 12: split-K with its reduction in the same launch vs the two-kernel split-K vs
 #           cuBLAS on the decode keys, weight-read bandwidth beside (tuner/benchmarks/fused_probe.py)
 #   decode  issue 12, only when mm is skipped (SKIP=mm: its gemm.db put at /tmp/res/gemm.db): o and
@@ -129,7 +129,10 @@ fi
 if [ ! -f $Q/skprobe ] && [ "$(left)" -gt 300 ]; then  # issue 12: where stream-K loses the partial waves
   stamp "stream-K probe (150 s at most)"
   (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m tuner.benchmarks.streamk_probe) > "$R/streamk_probe.jsonl" 2>&1
-  echo "streamk_probe exit $?"; cut -c1-300 "$R/streamk_probe.jsonl"; touch $Q/skprobe
+  echo "streamk_probe exit $?"; cut -c1-300 "$R/streamk_probe.jsonl"
+  # the eager host time of every own kernel again, the host-descriptor forms new since session 5's
+  [ -s "$R/host_cost.json" ] || (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 60 python3 -m tuner.benchmarks.host_cost \
+      > "$R/host_cost.json" 2>&1); cat "$R/host_cost.json"; touch $Q/skprobe
 fi
 if [ ! -f $Q/fusedprobe ] && [ "$(left)" -gt 240 ]; then  # issue 12: split-K's second launch at decode
   stamp "fused split-K probe (120 s at most)"

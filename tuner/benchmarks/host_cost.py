@@ -47,6 +47,7 @@ def main() -> None:
         # descriptors built here (three TensorDescriptors, no scratch) instead of in every program
         "persistent_host_desc_us": per_call_us(lambda: persistent_mm(a, w.t(), pers | {"HOST_DESC": 1})),
         "streamk_us": per_call_us(lambda: streamk_mm(a, w.t(), pers)),
+        "streamk_host_desc_us": per_call_us(lambda: streamk_mm(a, w.t(), pers | {"HOST_DESC": 1})),
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
     }
     print(json.dumps(out))
