@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tuner.errors import UserError
 from tuner.inject import _atomic, registry
 from tuner.inject.foreign import check_records, running_environment
 from tuner.inject.vllm_moe import FLAGGEMS_OP, FLAGGEMS_SUBFOLDER, export_moe_configs
@@ -23,6 +24,17 @@ MOE_FOLDER = "vllm_moe_configs"
 FLAGGEMS_DB = "flaggems_cache.db"  # seeded rows live here, not in the user's ~/.flaggems cache
 STATE_FORMAT = 1
 _applied: dict[str, Any] | None = None  # vLLM may call general plugins more than once
+
+
+def refuse_foreign_folder(folder: Path) -> None:
+    """A runtime folder is replaced as a whole: refuse a path that holds anything but one tuner
+    wrote (its state.json) or an empty folder. `serve --runtime-dir ~/project` once swapped the
+    project out and deleted it."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--runtime-dir {folder} is a file; give a new or empty folder (tuner replaces it whole)")
+    if folder.is_dir() and not (folder / STATE_FILE).is_file() and any(folder.iterdir()):
+        raise UserError(f"--runtime-dir {folder} holds files tuner did not write (no {STATE_FILE}); give a new "
+                        f"or empty folder (tuner replaces it whole)")
 
 
 def write_runtime_dir(
@@ -49,6 +61,7 @@ def write_runtime_dir(
     run = dict(running) if running is not None else running_environment(("gpu_name", "triton"))
     check_records(records, run, allow_foreign=allow_foreign)
     folder = Path(folder)
+    refuse_foreign_folder(folder)
     staging = _atomic.staging_dir(folder)
     try:
         # checked just above; vLLM's kernel's records to vLLM's folder, FlagGems' to its subfolder

@@ -7,6 +7,7 @@ from tests.conftest import needs_flag_gems, needs_vllm, result, run_py
 from tests.tuner.inject.conftest import env_of, moe_record
 from tuner.inject import ForeignResultError
 from kernels.vllm_fused_moe import ms_to_tune
+from tuner.errors import UserError
 from tuner.inject.plugin import FLAGGEMS_DB, MOE_FOLDER, apply_state, runtime_env, write_runtime_dir
 from tuner.inject.vllm_moe import FLAGGEMS_SUBFOLDER
 
@@ -68,6 +69,24 @@ def test_write_runtime_dir_replaces_atomically(tmp_path):
         write_runtime_dir(folder, [mm_record(1, gpu="NVIDIA A100-SXM4-80GB")], [], running=run)
     assert json.loads((folder / "state.json").read_text()) == state
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rt"]
+
+
+def test_write_runtime_dir_refuses_a_folder_tuner_did_not_write(tmp_path):
+    """`serve --runtime-dir ~/project` swapped the project out and deleted it (exit 0, with
+    --dry-run too): a file, or a non-empty folder without state.json, is refused untouched."""
+    run = {"gpu_name": "NVIDIA H100 80GB HBM3", "triton": env_of()["triton"]}
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("mine")
+    afile = tmp_path / "afile"
+    afile.write_text("mine too")
+    for path in (project, afile):
+        with pytest.raises(UserError, match="tuner did not write|is a file"):
+            write_runtime_dir(path, [moe_record(1)], [], running=run)
+    assert (project / "notes.txt").read_text() == "mine" and afile.read_text() == "mine too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "project"]  # no staging folder left
+    (tmp_path / "empty").mkdir()
+    assert (write_runtime_dir(tmp_path / "empty", [], [], running=run) / "state.json").is_file()
 
 
 def test_engine_process_refuses_results_from_another_gpu(tmp_path):
