@@ -113,11 +113,12 @@ class BMM(WithOwnGemms):
         layout = LAYOUTS["bmm"]
         if len(parts) == 5:
             name = parts.pop().lower()
-            if name not in LAYOUTS:
+            by_number = {str(v): v for v in LAYOUTS.values()}  # LAYOUT as the tables print it
+            if name not in LAYOUTS and name not in by_number:
                 raise KernelInputError(
-                    f"shape {text!r}: the 5th field is the layout, 'bmm' (contiguous, default) or 'linear' "
-                    "(F.linear on a sequence-first input)")
-            layout = LAYOUTS[name]
+                    f"shape {text!r}: the 5th field is the layout, 'bmm' or {LAYOUTS['bmm']} (contiguous, "
+                    f"default) or 'linear' or {LAYOUTS['linear']} (F.linear on a sequence-first input)")
+            layout = LAYOUTS[name] if name in LAYOUTS else by_number[name]
         if len(parts) != 4:
             raise KernelInputError(f"shape {text!r} for op bmm must be BATCH,M,N,K (optionally ,bmm|linear)")
         try:

@@ -287,10 +287,13 @@ class MM(Kernel):
         parts = [p.strip() for p in text.split(",") if p.strip()]
         bt = 1
         if len(parts) == 4:
-            layout = parts.pop().lower()
+            # BT as the tables print it (1 / 0) or by name: a key copied from `db show` parses
+            layout = {"1": "nk", "0": "kn"}.get(parts[-1], parts[-1].lower())
+            parts.pop()
             if layout not in ("nk", "kn"):
                 raise KernelInputError(
-                    f"shape {text!r}: the 4th field is the weight layout, 'nk' (nn.Linear, default) or 'kn'"
+                    f"shape {text!r}: the 4th field is the weight layout, 'nk' or 1 (nn.Linear, default) "
+                    "or 'kn' or 0"
                 )
             bt = int(layout == "nk")
         if len(parts) != 3:

@@ -29,8 +29,9 @@ def test_parse_key():
     assert BMM.parse_key("8,64,128,1024") == (8, 64, 128, 1024, 0)
     assert BMM.parse_key("1024, 10, 3584, 3584, LINEAR") == (1024, 10, 3584, 3584, 1)
     assert BMM.parse_key("8,64,128,1024,bmm") == (8, 64, 128, 1024, 0)
+    assert BMM.parse_key("1024,10,3584,3584,1") == (1024, 10, 3584, 3584, 1)  # as the tables print it
     for bad, msg in [("8,64,128", "BATCH,M,N,K"), ("a,b,c,d", "integers"), ("0,1,2,3", "positive"),
-                     ("1,2,3,4,kn", "layout"), ("1,2,3,4,5,6", "BATCH,M,N,K")]:
+                     ("1,2,3,4,kn", "layout"), ("1,2,3,4,2", "layout"), ("1,2,3,4,5,6", "BATCH,M,N,K")]:
         with pytest.raises(KernelInputError, match=msg):
             BMM.parse_key(bad)
 

@@ -21,12 +21,14 @@ def test_unknown_op():
 
 
 @pytest.mark.parametrize("text,key", [("1,4608,3584", (1, 4608, 3584, 1)), ("16, 64, 32, kn", (16, 64, 32, 0)),
-                                      ("2,8,8,nk", (2, 8, 8, 1))])
+                                      ("2,8,8,nk", (2, 8, 8, 1)),
+                                      # BT as `tune` and `db show` print it: a key pasted back parses
+                                      ("16,64,64,1", (16, 64, 64, 1)), ("16,64,64,0", (16, 64, 64, 0))])
 def test_parse_key(text, key):
     assert MM.parse_key(text) == key
 
 
-@pytest.mark.parametrize("text", ["1,2", "a,b,c", "0,4,4", "1,2,3,xx", "1,2,3,4,5"])
+@pytest.mark.parametrize("text", ["1,2", "a,b,c", "0,4,4", "1,2,3,xx", "1,2,3,2", "1,2,3,4,5"])
 def test_parse_key_rejects(text):
     with pytest.raises(KernelInputError):
         MM.parse_key(text)
