@@ -67,7 +67,7 @@ def tune(
                                        "0,1,2,3: --workers processes on each."),
     from_profile: Optional[str] = typer.Option(None, "--from-profile", help="Add the hot keys of a stored profile "
                                                "run (its id, or latest), hottest first: mm or addmm."),
-    top: Optional[int] = typer.Option(None, "--top", help="With --from-profile: at most this many keys."),
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="With --from-profile: at most this many keys."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -83,6 +83,8 @@ def tune(
     from tuner.tuning import flow, parallel
     from tuner.report import tune_progress, tune_table
 
+    if top is not None and from_profile is None:
+        _fail(UserError("--top limits the keys of --from-profile: give --from-profile PROFILE_ID too"))
     if from_profile is not None:
         from tuner.profiling.hot_keys import keys_from_profile
 
@@ -109,10 +111,10 @@ def tune(
                     "queued again); run the same command to continue", err=True, fg="yellow")
         raise typer.Exit(130)
     except Exception as e:
-        from db import DatabaseUnusable
+        from db import DatabaseUnusable, unusable_from
 
-        if isinstance(e, DatabaseUnusable):
-            _fail(e)
+        if isinstance(e, DatabaseUnusable) or unusable_from(e):
+            _fail(unusable_from(e) or e)
         raise
     if as_json:
         typer.echo(json.dumps([flow.result_as_dict(r) for r in results], indent=2))
@@ -179,7 +181,10 @@ def report(
         _fail(e)
     if data.empty:
         _fail(UserError("nothing stored yet: run `tuner tune`, `tuner profile` or `tuner bench` first"))
-    path = page.write(data, Path(out))
+    try:
+        path = page.write(data, Path(out))
+    except OSError as e:  # --out names a file, or a folder that cannot be made
+        _fail(UserError(f"cannot write the report into {out}: {e.strerror or e}"))
     typer.echo(f"report: {path} ({len(list(path.parent.glob('*.png')))} charts)")
 
 
@@ -249,9 +254,10 @@ def profile(
     prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help="Text prefill length S (default 512)."),
     decode_batches: Optional[str] = typer.Option(None, "--decode-batches", help="Decode batch sizes, e.g. 1,8,32."),
     decode_steps: Optional[int] = typer.Option(None, "--decode-steps", help="Decode steps per batch (default 16)."),
-    top: int = typer.Option(15, "--top", help="Rows to print per table."),
-    trace: Optional[str] = typer.Option(None, "--trace", help="Chrome/Perfetto trace path (.json or .json.gz); "
-                                        "the FlagGems run writes <name>.flaggems.json beside it."),
+    top: int = typer.Option(15, "--top", min=1, help="Rows to print per table."),
+    trace: Optional[str] = typer.Option(None, "--trace", help="Chrome/Perfetto trace path (.json or .json.gz; "
+                                        "default ./tuner-trace.json, replaced each run); the FlagGems run "
+                                        "writes <name>.flaggems.json beside it."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the consistency check."),
     no_flaggems: bool = typer.Option(False, "--no-flaggems", help="Profile natively only."),
     overhead: bool = typer.Option(False, "--overhead", help="Also measure the profiler's own overhead."),
@@ -326,7 +332,7 @@ def check(
     decode_steps: Optional[int] = typer.Option(None, "--decode-steps", help="Decode steps per batch (default 16)."),
     e2e_steps: int = typer.Option(8, "--e2e-steps", help="Decode steps of the end-to-end logits comparison (0 = off)."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for one op's answer before calling it a crash."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", help="Op subprocesses at a time (default 4 on a GPU)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="Op subprocesses at a time (default 4 on a GPU)."),
     candidate: Optional[str] = typer.Option(None, "--candidate", help="module:function checked instead of FlagGems "
                                             "(for testing the harness)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
@@ -363,7 +369,7 @@ def serve(
     engine: str = typer.Option("vllm", "--engine", help="vllm | flagscale | transformers (transformers' own "
                                "OpenAI-compatible server). flagscale writes a FlagScale serve config and runs "
                                "vLLM through `flagscale serve`."),
-    port: int = typer.Option(8000, "--port", help="Port the engine listens on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port the engine listens on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the engine listens on: this machine only "
                              "by default; 0.0.0.0 serves the network (give --api-key then)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNER_API_KEY", help="Key clients must "
@@ -450,7 +456,8 @@ def bench(
                                   "(served engines: seconds until the server answers, and per request)."),
     served: bool = typer.Option(False, "--served", help="Serve vLLM as `tuner serve` does and send the "
                                 "requests over its OpenAI API (as flagscale always is)."),
-    port: int = typer.Option(8000, "--port", help="Port of served engines on 127.0.0.1 (one at a time)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535,
+                             help="Port of served engines on 127.0.0.1 (one at a time)."),
     route_within: float = typer.Option(1.0, "--route-within", help="The tuned mode's `tuner serve "
                                        "--route-within` (1.0: tuned GEMM kernels only where faster than cuBLAS)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),

@@ -98,6 +98,16 @@ def _check_sqlite_file(url: str, create: bool) -> None:
             raise DatabaseUnusable(f"cannot create the database folder {path.parent}: {e.strerror}") from None
 
 
+def unusable_from(e: BaseException) -> DatabaseUnusable | None:
+    """A database error its user can fix (a read-only file, a full disk, a locked database) as one
+    sentence; None for any other (a bug keeps its traceback)."""
+    if isinstance(e, OperationalError):
+        msg = str(getattr(e, "orig", e))
+        if any(s in msg.lower() for s in ("readonly", "read-only", "disk is full", "database is locked")):
+            return DatabaseUnusable(f"the database refused a write: {msg}")
+    return None
+
+
 def open_database(url: str | None = None, *, create: bool = True) -> Database:
     """Open (and with create=True, create or migrate) tuner's database at `url`.
 

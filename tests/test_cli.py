@@ -217,3 +217,18 @@ def test_ctrl_c_stops_every_worker(tmp_path):
     with d.session() as s:
         assert {c.trial_number for c in s.query(Claim)} == measured
     d.dispose()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["serve", "/nonexistent", "--port", "99999"], "'--port': Input should be less than or equal to 65535"),
+    (["serve", "/nonexistent", "--port", "0"], "'--port': Input should be greater than or equal to 1"),
+    (["bench", "/nonexistent", "--port", "70000"], "'--port': Input should be less than or equal to 65535"),
+    (["check", "--jobs", "0"], "'--jobs': Input should be greater than or equal to 1"),
+    (["profile", "--top", "0"], "'--top': Input should be greater than or equal to 1"),
+    (["tune", "--op", "mm", "--shape", "1,64,64", "--top", "3"], "give --from-profile PROFILE_ID too"),
+])
+def test_numbers_out_of_range_are_refused_before_anything_runs(args, words):
+    """An impossible port, no op subprocesses, no rows, --top without the profile it limits: each
+    was accepted (exit 0, or a failure later on)."""
+    res = runner.invoke(app, args, terminal_width=200)
+    assert res.exit_code == 2 and words in " ".join(res.output.split()), res.output

@@ -130,3 +130,26 @@ def test_processes_starting_at_once_on_a_fresh_database_all_open_it(tmp_path):
     db = open_database(path)
     assert current_revision(db.engine) == head_revision()
     db.dispose()
+
+
+def test_a_write_the_database_refuses_is_one_sentence(tmp_path):
+    """A read-only SQLite file made `tuner tune` end in sqlalchemy's OperationalError traceback;
+    unusable_from turns such a refusal into the CLI's one sentence and leaves other errors alone."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from db import unusable_from
+
+    path = tmp_path / "ro.db"
+    con = sqlite3.connect(path)
+    con.execute("create table t (x int)")
+    con.commit()
+    con.close()
+    engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    with pytest.raises(OperationalError) as refused:
+        with engine.begin() as c:
+            c.execute(text("insert into t values (1)"))
+    engine.dispose()
+    assert "readonly" in str(unusable_from(refused.value)) and isinstance(unusable_from(refused.value),
+                                                                         DatabaseUnusable)
+    assert unusable_from(ValueError("a bug")) is None

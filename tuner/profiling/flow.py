@@ -39,7 +39,7 @@ class WorkloadRequest:
 @dataclass
 class ProfileRequest(WorkloadRequest):
     top: int = 15
-    trace: str | None = None  # default: ./tuner-trace-<run>.json
+    trace: str | None = None  # default: ./tuner-trace.json
     check: bool = True
     flaggems: bool = True
     overhead: bool = False

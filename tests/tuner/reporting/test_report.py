@@ -67,6 +67,17 @@ def test_cli_refuses_a_missing_or_empty_database(tmp_path):
     assert sqlite3.connect(empty).execute("select count(*) from tuner_best_configs").fetchone() == (0,)
 
 
+def test_cli_refuses_an_out_it_cannot_write(db, tmp_path):
+    """--out naming a file (or a folder under one) was a FileExistsError traceback, exit 1."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    for out in (afile, afile / "sub"):
+        r = subprocess.run([sys.executable, str(REPO / "cli.py"), "report", "--db", db, "--out", str(out)],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "cannot write the report into" in r.stderr and "Traceback" not in r.stderr
+    assert afile.read_text() == "mine"
+
+
 def test_a_two_engine_bench_shows_its_engines(db, tmp_path):
     """`tuner bench --engine vllm,flagscale` stored on top of the recorded database (its rows from the
     bench's own summary of mode results, tests/tuner/serving/test_bench_served.py): the report's table
