@@ -66,7 +66,16 @@ def key_text(key_values: dict[str, int]) -> str:
 
 def upsert_best(session: Session, *, environment_id: int, kernel: str, key_values: dict[str, int],
                 dtype: str, **fields: Any) -> BestConfig:
-    """Insert or replace the best config of (environment, kernel, key, dtype); returns the stored row.
+    """Insert or replace the best config of (environment, kernel, key, dtype); returns the stored row
+    (rules: _upsert)."""
+    return _upsert(session, environment_id=environment_id, kernel=kernel, key_values=key_values, dtype=dtype,
+                   **fields)[0]
+
+
+def _upsert(session: Session, *, environment_id: int, kernel: str, key_values: dict[str, int],
+            dtype: str, **fields: Any) -> tuple[BestConfig, bool]:
+    """Insert or replace the best config of (environment, kernel, key, dtype): (the stored row,
+    whether these fields are in it now).
 
     A row is replaced only by a faster one (several processes tuning one key each store their best,
     and the last to finish no longer wins regardless), except that
@@ -93,16 +102,16 @@ def upsert_best(session: Session, *, environment_id: int, kernel: str, key_value
         row = BestConfig(environment_id=environment_id, kernel=kernel, key=key, key_values=key_values, dtype=dtype)
         session.add(row)
     elif not _replaces(fields, row):
-        return row  # a slower winner of another run: the stored one stays
+        return row, False  # a slower winner of another run: the stored one stays
     for name, value in fields.items():
         setattr(row, name, value)
     row.updated_at = utcnow()
     session.flush()
-    return row
+    return row, True
 
 
 def _replaces(new: dict[str, Any], row: BestConfig) -> bool:
-    """Whether `new` (upsert_best's fields) replaces the stored `row` (rules: upsert_best)."""
+    """Whether `new` (upsert_best's fields) replaces the stored `row` (rules: _upsert)."""
     if new.get("kernel_source_hash") != row.kernel_source_hash:
         return True
     confirmed = new.get("confirmed", True)
@@ -113,9 +122,10 @@ def _replaces(new: dict[str, Any], row: BestConfig) -> bool:
     return new.get("time_us") is None or row.time_us is None or new["time_us"] < row.time_us
 
 
-def store_best(sessions: Callable[[], Session], **kwargs: Any) -> None:
-    """upsert_best in its own transaction, once more after a concurrent first insert of the key."""
-    in_transaction(sessions, lambda s: upsert_best(s, **kwargs))
+def store_best(sessions: Callable[[], Session], **kwargs: Any) -> bool:
+    """upsert_best in its own transaction, once more after a concurrent first insert of the key;
+    whether these fields are the stored best now (False: the stored row was preferred)."""
+    return in_transaction(sessions, lambda s: _upsert(s, **kwargs)[1])
 
 
 def in_transaction(sessions: Callable[[], Session], work: Callable[[Session], T]) -> T:

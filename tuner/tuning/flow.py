@@ -186,12 +186,12 @@ def tune(req: TuneRequest, on_key: Callable[[Key, int, int], None] | None = None
                 compile_pool=pool, warm_start=warm, seed=req.seed, arch=arch, on_event=on_event,
                 claims=StudyClaims(db.session, name), heartbeat=heartbeat, on_best=on_best,
             )
-            stored = False
+            stored = False  # True when this run's best is the stored one (a faster stored row stays)
             if outcome.best_config is not None:
                 o = outcome
                 best = Best(o.best_us, o.best_config, o.best_rel_error, o.best_max_abs_error)
-                store(best, o.setup.baselines_us, o.trials_total, o.timing or o.setup.timing, confirmed=o.confirmed)
-                stored = True
+                stored = store(best, o.setup.baselines_us, o.trials_total, o.timing or o.setup.timing,
+                               confirmed=o.confirmed)
             results.append(KeyResult(key, outcome, stored))
     except KeyboardInterrupt:
         status, reason = "interrupted", "interrupted by the user"
@@ -243,11 +243,12 @@ def _beat(db, run_id: int) -> None:
 
 
 def _store(db, kernel: Kernel, key: Key, dtype: str, best: Best, baselines_us: dict[str, float], trials_used: int,
-           timing: str, *, env_id: int, run_id: int, study_name: str, confirmed: bool) -> None:
+           timing: str, *, env_id: int, run_id: int, study_name: str, confirmed: bool) -> bool:
     """A key's best: provisional (confirmed=False, a search timing, stored as the search improves)
-    or after the side-by-side pass; queries.store_best keeps whichever the rules prefer."""
+    or after the side-by-side pass; queries.store_best keeps whichever the rules prefer and says
+    whether it kept this one."""
     native, untuned = baselines_us.get("native"), baselines_us.get("untuned")
-    queries.store_best(
+    return queries.store_best(
         db.session, environment_id=env_id, kernel=kernel.name, key_values=kernel.key_dict(key), dtype=dtype,
         run_id=run_id, kernel_source_hash=kernel.source_hash(best.config), config=best.config, time_us=best.us,
         untuned_us=untuned, native_us=native, baselines_us=dict(baselines_us),
