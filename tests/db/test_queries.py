@@ -13,6 +13,18 @@ def _best(s, env, run, time_us, config, confirmed=True):
     )
 
 
+def _store_args(db) -> dict:
+    """store_best's fields for one mm key of a new environment and run in `db`, but config and time."""
+    with db.session() as s:
+        env = queries.get_or_create_environment(s, "fp1", ENV)
+        run = queries.start_run(s, env, kernel="mm", sampler="tpe", device="cpu", compile_workers=0)
+        s.commit()
+        env_id, run_id = env.id, run.id
+    return dict(environment_id=env_id, kernel="mm", key_values={"M": 1, "N": 64, "K": 64, "BT": 1}, dtype="fp16",
+                run_id=run_id, kernel_source_hash="h", native_us=20.0, max_abs_error=0.01, rel_error=1e-4,
+                trials_used=3, timing="interpreter-wall", study_name="s")
+
+
 def test_upsert_replaces_the_best_of_a_key(tmp_path):
     db = open_database(str(tmp_path / "t.db"))
     with db.session() as s:
@@ -81,15 +93,7 @@ def test_store_best_survives_a_concurrent_first_insert(pg_url):
     from sqlalchemy import event
 
     db = open_database(pg_url)
-    with db.session() as s:
-        env = queries.get_or_create_environment(s, "fp1", ENV)
-        run = queries.start_run(s, env, kernel="mm", sampler="tpe", device="cpu", compile_workers=0)
-        s.commit()
-        env_id, run_id = env.id, run.id
-    args = dict(environment_id=env_id, kernel="mm", key_values={"M": 1, "N": 64, "K": 64, "BT": 1}, dtype="fp16",
-                run_id=run_id, kernel_source_hash="h", untuned_us=None, native_us=20.0, speedup_vs_untuned=None,
-                speedup_vs_native=None, max_abs_error=0.01, rel_error=1e-4, trials_used=3,
-                timing="interpreter-wall", study_name="s")
+    args = _store_args(db) | dict(untuned_us=None, speedup_vs_untuned=None, speedup_vs_native=None)
     fired = []
 
     def other_process_inserts_first(session, flush_context, instances):
@@ -112,14 +116,7 @@ def test_store_best_says_whether_it_kept_the_new_best(tmp_path):
     """`tune --json` printed "stored": true for a rerun whose slower best the database kept out
     (the stored row stayed): store_best answers whether its fields are the stored row now."""
     db = open_database(str(tmp_path / "t.db"))
-    with db.session() as s:
-        env = queries.get_or_create_environment(s, "fp1", ENV)
-        run = queries.start_run(s, env, kernel="mm", sampler="tpe", device="cpu", compile_workers=0)
-        s.commit()
-        env_id, run_id = env.id, run.id
-    args = dict(environment_id=env_id, kernel="mm", key_values={"M": 1, "N": 64, "K": 64, "BT": 1}, dtype="fp16",
-                run_id=run_id, kernel_source_hash="h", native_us=20.0, max_abs_error=0.01, rel_error=1e-4,
-                trials_used=3, timing="interpreter-wall", study_name="s", confirmed=True)
+    args = _store_args(db) | {"confirmed": True}
     assert queries.store_best(db.session, **args, config={"BLOCK_M": 16}, time_us=8.0) is True  # first insert
     assert queries.store_best(db.session, **args, config={"BLOCK_M": 32}, time_us=9.0) is False  # slower: kept out
     assert queries.store_best(db.session, **args, config={"BLOCK_M": 32}, time_us=7.0) is True
