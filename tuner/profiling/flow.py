@@ -108,6 +108,11 @@ def validate(req: ProfileRequest) -> tuple[list[str], str, torch.dtype, object]:
         model_dims(req.scale)
     except WorkloadError as e:
         raise UserError(str(e)) from None
+    if req.candidate is not None:
+        from tuner.profiling.check_worker import candidate_reason
+
+        if (why := candidate_reason(req.candidate)) is not None:
+            raise UserError(why)
     device = resolve_device(req.device, interpreter=False)
     dtype_name = req.dtype or ("bf16" if device == "cuda" else "fp32")
     if dtype_name not in DTYPE_ALIASES:
