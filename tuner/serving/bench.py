@@ -108,6 +108,14 @@ def validate(req: BenchRequest) -> None:
 
             module = engines.engine(name)
             module.command(req.model, req.port, [], host=HOST)
+    # what the machine and the folder lack, after the arguments: each mode's engine found it only
+    # after starting ("engine process ended with 1 ... Device string must not be empty")
+    if not (Path(req.model) / "config.json").is_file():
+        raise UserError(f"{req.model} has no config.json: not a model folder (write one with `tuner checkpoint`)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"{', '.join(names)} serve on an NVIDIA GPU, and none is visible on this machine")
 
 
 def mode_env(req: BenchRequest, mode: str, folder: Path) -> dict[str, str]:

@@ -3,6 +3,7 @@ the 80-column table, the chart, and the database rows (real SQLite, migrated).""
 import io
 
 import pytest
+import torch
 from rich.console import Console
 
 from db import bench_queries, open_database, queries
@@ -115,6 +116,18 @@ def test_bad_requests_are_refused(tmp_path, change, words):
     req = flow.BenchRequest(model=str(tmp_path), **change)
     with pytest.raises(UserError, match=words):
         flow.validate(req)
+
+
+def test_a_folder_without_config_or_a_machine_without_gpu_is_refused_before_any_mode(tmp_path):
+    """Each mode's engine process found these only after starting (on the CPU host: "native:
+    FAILED: engine process ended with 1", vLLM's "Device string must not be empty")."""
+    with pytest.raises(UserError, match="has no config.json: not a model folder"):
+        flow.validate(flow.BenchRequest(model=str(tmp_path)))
+    (tmp_path / "config.json").write_text("{}")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(UserError, match="vllm serve on an NVIDIA GPU, and none is visible"):
+        flow.validate(flow.BenchRequest(model=str(tmp_path)))
 
 
 def test_route_within_applies_to_the_tuned_mode_only(tmp_path):
