@@ -153,6 +153,8 @@ def db_show(
     Example: tuner db show --op mm --gpu "NVIDIA H200" """
     from tuner.report import best_records, best_table
 
+    if op is not None and op not in REGISTRY:  # it printed "no stored results", as for a known op
+        _fail(UserError(f"unknown op {op!r}; ops: {', '.join(REGISTRY)} (`tuner ops` explains each)"))
     try:
         recs = best_records(db, op, gpu)
     except UserError as e:
@@ -417,6 +419,9 @@ def serve(
         prepared = flow.prepare(req)
     except UserError as e:
         _fail(e)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        typer.secho(f"warning: the engine listens on {host} without an API key: anyone who reaches this "
+                    "machine can use it (give --api-key or $TUNER_API_KEY)", err=True, fg="yellow")
     typer.echo(f"runtime folder {prepared.runtime_dir}: {prepared.records} tuned configs, "
                f"FlagGems excluded ops: {', '.join(prepared.exclude) or 'none'}"
                + (f" ({', '.join(prepared.left_native)}: tuned still slower than native)" if prepared.left_native

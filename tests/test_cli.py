@@ -232,3 +232,17 @@ def test_numbers_out_of_range_are_refused_before_anything_runs(args, words):
     was accepted (exit 0, or a failure later on)."""
     res = runner.invoke(app, args, terminal_width=200)
     assert res.exit_code == 2 and words in " ".join(res.output.split()), res.output
+
+
+def test_db_show_refuses_an_unknown_op(tmp_path):
+    res = runner.invoke(app, ["db", "show", "--op", "nosuch", "--db", str(tmp_path / "none.db")])
+    assert res.exit_code == 2 and "unknown op 'nosuch'; ops: mm," in res.output
+
+
+def test_serve_on_the_network_without_a_key_warns(tmp_path, monkeypatch):
+    monkeypatch.delenv("TUNER_API_KEY", raising=False)
+    args = ["serve", "Qwen/x", "--dry-run", "--runtime-dir", str(tmp_path / "rt"), "--db", str(tmp_path / "n.db")]
+    open_ = runner.invoke(app, [*args, "--host", "0.0.0.0"], terminal_width=200)
+    assert open_.exit_code == 0 and "warning: the engine listens on 0.0.0.0 without an API key" in open_.output
+    local = runner.invoke(app, args, terminal_width=200)
+    assert local.exit_code == 0 and "warning" not in local.output
