@@ -17,7 +17,9 @@ from tuner.benchmarks.aot_probe import probe
 base = dict(variant="persistent", BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3,
             OCCUPANCY=1, WARP_SPECIALIZE=0, FLATTEN=0, EPILOGUE_SUBTILE=0)
 rows = [probe(("mm", base, True)), probe(("scaled_mm", base | {"WARP_SPECIALIZE": 1}, True)),
-        probe(("mm", base | {"BLOCK_N": 512, "num_stages": 8}, False)), probe(("mm", base | {"BLOCK_N": 96}, False))]
+        probe(("mm", base | {"BLOCK_N": 512, "num_stages": 8}, False)), probe(("mm", base | {"BLOCK_N": 96}, False)),
+        probe(("mm", base | {"HOST_DESC": 1}, False)),
+        probe(("mm", base | {"variant": "streamk", "HOST_DESC": 1}, False))]
 print("RESULT " + json.dumps(rows))
 """
 
@@ -27,7 +29,8 @@ def test_probe_compiles_for_sm90_without_a_gpu():
     p = subprocess.run([sys.executable, "-W", "ignore", "-c", CODE], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    plain, ws, too_big, rejected = json.loads(next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    plain, ws, too_big, rejected, host, streamk_host = json.loads(
+        next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))[7:])
     assert plain["compiles"] and plain["wgmma"] and plain["warps"] == 4 and plain["shared"] > 0
     assert "same_binary_as_ws0" not in plain  # only WARP_SPECIALIZE configs are paired
     assert ws["compiles"] and isinstance(ws["same_binary_as_ws0"], bool)
@@ -35,3 +38,6 @@ def test_probe_compiles_for_sm90_without_a_gpu():
     # 8 stages of 64x64 + 64x512 bf16 tiles compile, but need more shared memory than an SM has
     assert too_big["compiles"] and too_big["fits"] is False and too_big["shared"] > 232448
     assert rejected["compiles"] is False and "power of 2" in rejected["error"]  # tl.arange over 96
+    # HOST_DESC=1: the kernels on the host's descriptors (persistent_host_mm; stream-K's own kernel
+    # with descriptor arguments), their block shapes filled in from the config
+    assert host["compiles"] and host["wgmma"] and streamk_host["compiles"] and streamk_host["wgmma"]
