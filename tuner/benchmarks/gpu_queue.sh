@@ -50,6 +50,10 @@ ADDMM=(); for m in 1 8 32 64 512 4096; do ADDMM+=(--shape "$m,4608,3584"); done
 for s in 10240,1152,1152 10240,4304,1152 10240,1152,4304 1500,1024,1024 1500,4096,1024 1500,1024,4096 1500,3584,1024; do
   ADDMM+=(--shape "$s"); done
 WK=(); for s in $KEYS; do WK+=(--shape "$s"); done
+# a lease that re-tunes only some keys into an earlier run's database (e.g. the partial-wave keys after a
+# kernel change): MM_KEYS / ADDMM_KEYS replace the sets above, SEED_DB (an .xz in the snapshot) is the start
+[ -n "${MM_KEYS:-}" ] && { MM=(); for s in $MM_KEYS; do MM+=(--shape "$s"); done; }
+[ -n "${ADDMM_KEYS:-}" ] && { ADDMM=(); for s in $ADDMM_KEYS; do ADDMM+=(--shape "$s"); done; }
 DEC_MM=(); for nk in 3584,3584 3584,18944; do for m in 1 8 32; do DEC_MM+=(--shape "$m,$nk"); done; done
 DEC_ADDMM=(); for m in 1 8 32; do DEC_ADDMM+=(--shape "$m,4608,3584"); done
 FP8=(); for nk in 4608,3584 3584,3584 37888,3584 3584,18944; do for m in 1 8 64 512 4096; do FP8+=(--shape "$m,$nk"); done; done
@@ -96,6 +100,7 @@ if [ ! -f $Q/setup ]; then
   cat "$R/env.txt"; touch $Q/setup
 fi
 
+[ -n "${SEED_DB:-}" ] && [ ! -f "$R/gemm.db" ] && { xz -dc "/tmp/tuner/$SEED_DB" > "$R/gemm.db" || exit 1; }  # (after setup: it unpacks the snapshot)
 if [ ! -f $Q/probe ]; then
   cd /tmp/tuner || exit 1
   export CUDA_VISIBLE_DEVICES=0
