@@ -116,6 +116,7 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
     stage by stage; return each counted injector's count, config_memo and exclude_ops."""
     folder = Path(folder)
     state = read_state(folder)
+    vllm_kernels_first()
     records = state["records"]
     ctx = registry.Context(folder=folder, exclude=state["exclude_ops"], max_tokens=state["max_tokens"],
                            allow_foreign=state["allow_foreign"], enable_flaggems=state["enable_flaggems"],
@@ -145,6 +146,25 @@ def apply_state(folder: str | Path) -> dict[str, Any]:
     counts["route_within"] = ctx.route_within
     counts["flaggems_ops"] = ctx.flaggems_ops if ctx.enable_flaggems else "none"
     return counts
+
+
+def vllm_kernels_first() -> None:
+    """In a vLLM process, register vLLM's custom ops before anything imports flag_gems.
+
+    flag_gems 5.0.2 imports `vllm._moe_C` to learn whether vLLM's MoE ops exist and, when that fails,
+    defines `_moe_C::topk_softmax` (and moe_sum, moe_align_block_size, grouped_topk) with schemas of
+    its own. vLLM 0.26 names the library `_moe_C_stable_libtorch`: FlagGems' 4-argument topk_softmax
+    went in first, vLLM's (6 arguments) failed to register over it, and a MoE model's engine died at
+    its first topk_softmax call (H200, random-weight Qwen3-MoE served with tuner's configs). vLLM's
+    own kernel import, first, makes FlagGems find the ops and define nothing."""
+    if "vllm" not in sys.modules:  # transformers' server: no vLLM ops to protect
+        return
+    try:
+        from vllm.platforms import current_platform
+
+        current_platform.import_kernels()
+    except Exception as e:  # a platform without the kernels: FlagGems' own definitions are then all there is
+        logger.warning("tuner plugin: vLLM's kernels did not import before FlagGems (%s)", e)
 
 
 def _enable_flaggems(records: list[dict[str, Any]], ctx: registry.Context) -> None:

@@ -215,3 +215,34 @@ def test_vllm_front_end_process_applies_nothing(tmp_path, fg_env):
     assert result(out) == {"flag_gems": False, "cuda_initialised": False, "start_method": "spawn"}
     lines = [line for line in out.splitlines() if "tuner plugin:" in line]
     assert len(lines) == 1 and "vLLM front-end process" in lines[0], out[-2000:]
+
+
+@pytest.mark.gpu
+@needs_flag_gems
+@needs_vllm
+def test_vllm_moe_ops_keep_vllms_schemas_beside_flaggems(tmp_path, fg_env):
+    """flag_gems 5.0.2 defines `_moe_C::topk_softmax` with 4 arguments when `import vllm._moe_C`
+    fails, and vLLM 0.26 names that library `_moe_C_stable_libtorch`: with FlagGems first, vLLM's
+    6-argument op failed to register and a served MoE model died at its first call (H200). The plugin
+    imports vLLM's kernels before anything imports flag_gems."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm._moe_C_stable_libtorch") is None:
+        pytest.skip("vLLM's MoE ops are not installed (on the GPU host: .vllm/moe staged)")
+    site = plugin_site(tmp_path)
+    rt = tmp_path / "rt"
+    write_runtime_dir(rt, [], [], max_tokens=64)
+    code = """
+        import json, torch
+        from vllm.plugins import load_general_plugins
+        load_general_plugins()
+        import flag_gems
+        ops = ("topk_softmax", "moe_sum", "moe_align_block_size", "grouped_topk")
+        print("RESULT", json.dumps({op: str(getattr(torch.ops._moe_C, op).default._schema) for op in ops}))
+    """
+    env = {**fg_env, "PYTHONPATH": f"{site}:{run_py.__globals__['REPO']}", "VLLM_PLUGINS": "tuner",
+           "TUNER_RUNTIME_DIR": str(rt), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # this process is the engine
+    out = run_py(code, env, timeout=300)
+    schemas = result(out)
+    assert "bool renormalize" in schemas["topk_softmax"], out[-3000:]  # vLLM's, not FlagGems' 4 arguments
+    assert "expert_map" in schemas["moe_sum"] and "Tensor scores" in schemas["grouped_topk"], schemas
