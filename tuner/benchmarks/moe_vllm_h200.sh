@@ -58,21 +58,26 @@ fi
     --timeout "${KEY_TIMEOUT:-25}" --seed 0; }
 [ -f $Q/fp8 ] && { [ -f $Q/serve ] || tune serve --shapes qwen3-30b-a3b-serve --dtype bf16 --trials "${TRIALS:-30}" \
     --timeout "${KEY_TIMEOUT:-25}" --seed 0; }
+# MODES (native,tuned), WARM (2 warm batches), OUT_TOKENS (128), PROFILE=0 and TAG (a suffix of the result
+# files) repeat the bench differently, e.g. tuned first with more batches: SKIP="tests bf16 fp8 serve"
+TAG=${TAG:-}
 if [ -f $Q/serve ] && [ ! -f $Q/bench ] && [ "$(left)" -gt 400 ]; then
   [ -f "$CK/config.json" ] || { stamp "checkpoint ($CK)"; python3 cli.py checkpoint "$CK" --model qwen3-moe --layers "${LAYERS:-8}" || exit 1; }
-  stamp "bench native,tuned"
-  python3 cli.py bench "$CK" --modes native,tuned --concurrency 1,64 --max-tokens 8192 --db "$DB" --profile \
-      --profile-concurrency 64 --timeout "${MODE_TIMEOUT:-420}" --out-dir /tmp/moe_bench --json \
-      > "$R/bench_qwen3_moe.json" 2> "$R/bench_qwen3_moe.log"
-  echo "bench exit $?"; tail -5 "$R/bench_qwen3_moe.log"
+  stamp "bench ${MODES:-native,tuned}"
+  PROF=(--profile --profile-concurrency 64); [ "${PROFILE:-1}" = 1 ] || PROF=()
+  python3 cli.py bench "$CK" --modes "${MODES:-native,tuned}" --concurrency 1,64 --max-tokens 8192 --db "$DB" "${PROF[@]}" \
+      --warm-repeats "${WARM:-2}" --output-tokens "${OUT_TOKENS:-128}" --timeout "${MODE_TIMEOUT:-420}" \
+      --out-dir /tmp/moe_bench --json > "$R/bench_qwen3_moe$TAG.json" 2> "$R/bench_qwen3_moe$TAG.log"
+  echo "bench exit $?"; tail -5 "$R/bench_qwen3_moe$TAG.log"
   # native: vLLM's shipped file for this GPU (or its default); tuned: the runtime folder's file
-  grep -rH --include=*.log -e "for MoE layer" -e "default MoE config" /tmp/moe_bench | cut -c1-300 | tee "$R/moe_config_used.txt"
+  grep -rH --include=*.log -e "for MoE layer" -e "default MoE config" /tmp/moe_bench | cut -c1-300 | tee "$R/moe_config_used$TAG.txt"
   for m in native tuned; do
+    [ "${PROFILE:-1}" = 1 ] || break
     timeout 180 python3 -m tuner.profiling.engine_trace /tmp/moe_bench/$m/trace 64 /tmp/moe_bench/$m/profile.json \
         /tmp/moe_bench/$m/result.json > "$R/profile_$m.txt" 2>&1; tail -3 "$R/profile_$m.txt"
   done
-  tar -czf "$R/logs_bench.tar.gz" -C /tmp/moe_bench --exclude='*.pt.trace.json*' .
-  touch $Q/bench
+  tar -czf "$R/logs_bench$TAG.tar.gz" -C /tmp/moe_bench --exclude='*.pt.trace.json*' .
+  rm -rf /tmp/moe_bench; touch $Q/bench
 fi
 
 stamp "report"

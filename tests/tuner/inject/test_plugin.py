@@ -1,5 +1,6 @@
 """The vLLM entry point, found and run by vLLM's own plugin loader (real vllm + flag_gems)."""
 import json
+import os
 
 import pytest
 
@@ -240,7 +241,9 @@ def test_vllm_moe_ops_keep_vllms_schemas_beside_flaggems(tmp_path, fg_env):
         ops = ("topk_softmax", "moe_sum", "moe_align_block_size", "grouped_topk")
         print("RESULT", json.dumps({op: str(getattr(torch.ops._moe_C, op).default._schema) for op in ops}))
     """
-    env = {**fg_env, "PYTHONPATH": f"{site}:{run_py.__globals__['REPO']}", "VLLM_PLUGINS": "tuner",
+    # the GPU host's vllm and flag_gems are on PYTHONPATH (tuner/benchmarks/vllm_h200.sh), not in site-packages
+    path = ":".join(p for p in (str(site), str(run_py.__globals__["REPO"]), os.environ.get("PYTHONPATH")) if p)
+    env = {**fg_env, "PYTHONPATH": path, "VLLM_PLUGINS": "tuner",
            "TUNER_RUNTIME_DIR": str(rt), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # this process is the engine
     out = run_py(code, env, timeout=300)
     schemas = result(out)
