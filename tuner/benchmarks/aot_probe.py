@@ -11,7 +11,7 @@ CPU torch: `python -m venv --system-site-packages /tmp/t36 && /tmp/t36/bin/pip i
 usage: python -m tuner.benchmarks.aot_probe --op mm|scaled_mm --shape M,N,K [--variant persistent|streamk]
            [--sample N] [--seed S] [--warps 4|8] [--ws-only] [--pairs] [--jobs 2] > probe.jsonl
        python -m tuner.benchmarks.aot_probe --op mm --starts --shape M,N,K [--shape ...]   (warm starts)
-       python -m tuner.benchmarks.aot_probe --op mm --shape M,N,K --configs cfgs.jsonl [--host-too]
+       python -m tuner.benchmarks.aot_probe --op mm --shape M,N,K --configs cfgs.jsonl [--host-too] [--ctas-too]
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def compile_config(op: str, cfg: dict):
              "HAS_BIAS": False, **{k: bool(cfg.get(k, 0)) for k in knobs}, **fixed}
     signature = {**types, **{k: "constexpr" for k in const}}
     return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=const), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+                          options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+                                   "num_ctas": cfg.get("num_ctas", 1)})
 
 
 def resource_usage(cubin: bytes) -> dict:
@@ -116,7 +117,9 @@ def probe(job: tuple[str, dict, bool]) -> dict:
     # shared memory is checked when the kernel is loaded, not compiled: judged here against sm_90's
     row |= {"compiles": True, "shared": k.metadata.shared, "fits": k.metadata.shared <= SMEM_BY_ARCH[9],
             "warps": k.metadata.num_warps,
-            "wgmma": "wgmma.mma_async" in ptx, "warp_groups": "setmaxnreg" in ptx}
+            "wgmma": "wgmma.mma_async" in ptx, "warp_groups": "setmaxnreg" in ptx,
+            # num_ctas > 1: a cluster shares each tile; only TMA multicast would cut the operands' loads
+            "ctas": k.metadata.num_ctas, "tma_multicast": "multicast::cluster" in ptx}
     row |= resource_usage(k.asm["cubin"])
     if pairs and cfg.get("WARP_SPECIALIZE"):
         twin = compile_config(op, cfg | {"WARP_SPECIALIZE": 0})
@@ -166,6 +169,8 @@ def main() -> None:
                                        "to compile the same configs after a kernel edit)")
     ap.add_argument("--host-too", action="store_true",
                     help="each config also with HOST_DESC=1 (the host's descriptors)")
+    ap.add_argument("--ctas-too", action="store_true",
+                    help="each config also with num_ctas=2 (a 2-CTA cluster a tile: does TMA multicast appear?)")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     keys = [tuple(int(x) for x in text.split(",")) for text in args.shape]
@@ -180,6 +185,8 @@ def main() -> None:
         ap.error("one --shape for a sample (several only with --starts)")
     if args.host_too:
         configs += [c | {"HOST_DESC": 1} for c in configs]
+    if args.ctas_too:
+        configs += [c | {"num_ctas": 2} for c in configs]
     import triton
 
     print(f"# {len(configs)} configs of {args.op} {' '.join(args.shape)}, triton {triton.__version__}, sm_90",
