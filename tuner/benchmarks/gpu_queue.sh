@@ -16,6 +16,8 @@
 #   skprobe issue 12: stream-K (each SK_TAIL_ONLY, each descriptor form) vs the persistent kernel vs
 #           cuBLAS on the partial-wave keys, each against its iterations' share of the persistent
 #           time (tuner/benchmarks/streamk_probe.py, ~2 min), then host_cost.py if the run has none
+#   waveprobe   issue 12: the persistent kernel's time per wave, whole and partial (12-264 tiles at M=512,
+#           K=3584), stream-K on the same shapes (tuner/benchmarks/wave_probe.py, ~1 min)
 #   fusedprobe  issue 12: split-K with its reduction in the same launch vs the two-kernel split-K vs
 #           cuBLAS on the decode keys, weight-read bandwidth beside (tuner/benchmarks/fused_probe.py)
 #   decode  issue 12, only when mm is skipped (SKIP=mm: its gemm.db put at /tmp/res/gemm.db): o and
@@ -138,6 +140,11 @@ if [ ! -f $Q/skprobe ] && [ "$(left)" -gt 300 ]; then  # issue 12: where stream-
   # the eager host time of every own kernel again, the host-descriptor forms new since session 5's
   [ -s "$R/host_cost.json" ] || (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 60 python3 -m tuner.benchmarks.host_cost \
       > "$R/host_cost.json" 2>&1); cat "$R/host_cost.json"; touch $Q/skprobe
+fi
+if [ ! -f $Q/waveprobe ] && [ "$(left)" -gt 240 ]; then  # issue 12: is a whole wave L2-bound, a partial one not?
+  stamp "wave probe (150 s at most)"
+  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m tuner.benchmarks.wave_probe) > "$R/wave_probe.jsonl" 2>&1
+  echo "wave_probe exit $?"; cut -c1-300 "$R/wave_probe.jsonl"; touch $Q/waveprobe
 fi
 if [ ! -f $Q/fusedprobe ] && [ "$(left)" -gt 240 ]; then  # issue 12: split-K's second launch at decode
   stamp "fused split-K probe (120 s at most)"

@@ -27,12 +27,20 @@ M, K = 512, 3584
 TILE_COUNTS = (12, 64, 132, 144, 264)  # multiples of the 4 M tiles
 
 
+def shape_for(tiles: int, config: dict) -> tuple[int, int, int]:
+    """(M, N, K) whose output has `tiles` tiles of `config` (a multiple of M's tile rows)."""
+    rows = triton.cdiv(M, config["BLOCK_M"])
+    if tiles % rows:
+        raise ValueError(f"{tiles} tiles are not a multiple of {rows} tile rows")
+    return M, tiles // rows * config["BLOCK_N"], K
+
+
 def probe(tiles: int, config: dict) -> dict:
     from kernels.persistent_mm import persistent_mm, sm_count_of
     from kernels.streamk_mm import streamk_mm
     from tuner.benchmarks.side_by_side import cublas, rel_error, rotated_sets, time_side_by_side
 
-    N = tiles // triton.cdiv(M, config["BLOCK_M"]) * config["BLOCK_N"]
+    _, N, _ = shape_for(tiles, config)
     runs = {"persistent": lambda args, out: persistent_mm(args[0], args[1].t(), config, out=out)}
     for name, knobs in (("sk", {}), ("sk_tail", {"SK_TAIL_ONLY": 1})):
         runs[name] = (lambda cfg: lambda args, out: streamk_mm(args[0], args[1].t(), cfg, out=out))(config | knobs)

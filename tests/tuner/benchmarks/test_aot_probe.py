@@ -19,7 +19,8 @@ base = dict(variant="persistent", BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8
 rows = [probe(("mm", base, True)), probe(("scaled_mm", base | {"WARP_SPECIALIZE": 1}, True)),
         probe(("mm", base | {"BLOCK_N": 512, "num_stages": 8}, False)), probe(("mm", base | {"BLOCK_N": 96}, False)),
         probe(("mm", base | {"HOST_DESC": 1}, False)),
-        probe(("mm", base | {"variant": "streamk", "HOST_DESC": 1}, False))]
+        probe(("mm", base | {"variant": "streamk", "HOST_DESC": 1}, False)),
+        probe(("mm", base | {"BLOCK_M": 128, "num_warps": 8, "num_stages": 4, "num_ctas": 2}, False))]
 print("RESULT " + json.dumps(rows))
 """
 
@@ -29,7 +30,7 @@ def test_probe_compiles_for_sm90_without_a_gpu():
     p = subprocess.run([sys.executable, "-W", "ignore", "-c", CODE], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    plain, ws, too_big, rejected, host, streamk_host = json.loads(
+    plain, ws, too_big, rejected, host, streamk_host, cluster = json.loads(
         next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))[7:])
     assert plain["compiles"] and plain["wgmma"] and plain["warps"] == 4 and plain["shared"] > 0
     assert "same_binary_as_ws0" not in plain  # only WARP_SPECIALIZE configs are paired
@@ -41,3 +42,7 @@ def test_probe_compiles_for_sm90_without_a_gpu():
     # HOST_DESC=1: the kernels on the host's descriptors (persistent_host_mm; stream-K's own kernel
     # with descriptor arguments), their block shapes filled in from the config
     assert host["compiles"] and host["wgmma"] and streamk_host["compiles"] and streamk_host["wgmma"]
+    # num_ctas=2: a 2-CTA cluster shares the tile (half the shared memory a CTA); the row says whether
+    # the operands are multicast (Triton 3.6 and this host's: not on sm_90, results/aot_sm90 num_ctas.jsonl)
+    assert plain["ctas"] == 1 and cluster["compiles"] and cluster["ctas"] == 2
+    assert isinstance(cluster["tma_multicast"], bool)
