@@ -128,3 +128,11 @@ def hidden_modules(*names: str) -> str:
                 return self.finder.find_spec(name, path, target)
         sys.meta_path = [Hidden(f) if hasattr(f, "find_spec") else f for f in sys.meta_path]
     """)
+
+
+def model_folder(path: Path) -> Path:
+    """A folder `tuner serve` and `tuner bench` take for a checkpoint (they refuse one without
+    config.json); the tests' engines never load it."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text('{"model_type": "qwen2"}')
+    return path

@@ -177,6 +177,10 @@ def prepare(req: ServeRequest) -> Prepared:
 
     if req.max_tokens is not None and req.max_tokens <= 0:
         raise UserError("--max-tokens must be a positive number")
+    if Path(req.model).is_dir() and not (Path(req.model) / "config.json").is_file():
+        # a name the engine resolves (a Hugging Face id) is not a folder here and passes
+        raise UserError(f"{req.model} is a folder without config.json: not a model checkpoint "
+                        "(write one with `tuner checkpoint`, or name a model the engine can fetch)")
     check_route_within(req.route_within, req.use_tuned)
     engine = engines.engine(req.engine)
     max_tokens, engine_args = engines.batch_tokens(engine, req.max_tokens, req.engine_args)

@@ -7,6 +7,7 @@ import torch
 from rich.console import Console
 
 from db import bench_queries, open_database, queries
+from tests.conftest import model_folder
 from tuner.errors import UserError
 from tuner.inject.plugin import read_state
 from tuner.serving import bench as flow
@@ -133,7 +134,7 @@ def test_a_folder_without_config_or_a_machine_without_gpu_is_refused_before_any_
 def test_route_within_applies_to_the_tuned_mode_only(tmp_path):
     url = f"sqlite:///{tmp_path / 'x.db'}"
     open_database(url).dispose()
-    req = flow.BenchRequest(model=str(tmp_path), route_within=1.02, db_url=url, allow_foreign=True)
+    req = flow.BenchRequest(model=str(model_folder(tmp_path)), route_within=1.02, db_url=url, allow_foreign=True)
     for mode, want in (("tuned", 1.02), ("untuned", 1.0)):
         env = flow.mode_env(req, mode, tmp_path / mode)
         assert read_state(env["TUNER_RUNTIME_DIR"])["route_within"] == want

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import hidden_modules
+from tests.conftest import hidden_modules, model_folder
 from tuner.errors import UserError
 from tuner.serving import bench as flow
 from tuner.serving import bench_served
@@ -89,9 +89,7 @@ def _free_port() -> int:
 
 
 def _model(tmp_path) -> Path:
-    m = tmp_path / "model"
-    m.mkdir(exist_ok=True)
-    return m
+    return model_folder(tmp_path / "model")
 
 
 def _req(tmp_path, **kw) -> flow.BenchRequest:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import hidden_modules, result, run_py
+from tests.conftest import hidden_modules, model_folder, result, run_py
 from tuner.errors import UserError
 from tuner.inject.plugin import read_state
 from tuner.serving.flow import ServeRequest, prepare
@@ -30,8 +30,7 @@ def test_flagscales_loader_and_runner_take_the_config(tmp_path, monkeypatch):
     """Hydra compose (as `flagscale serve` does), FlagScale's deploy check and SSHServeRunner, its
     run script (dry run), then its engine launcher's `vllm serve` command from the re-saved config."""
     monkeypatch.setenv("VLLM_TARGET_DEVICE", "cpu")
-    model = tmp_path / "model"
-    model.mkdir()
+    model = model_folder(tmp_path / "model")
     rt = tmp_path / "rt"
     p = prepare(ServeRequest(model=str(model), engine="flagscale", engine_args=ARGS, exclude=["mul"],
                              runtime_dir=str(rt), port=8123, host="0.0.0.0", api_key="k-123", dry_run=True))
@@ -99,8 +98,7 @@ time.sleep(float(os.environ.get("LINGER", "0")))
 
 
 def _serve(tmp_path, bindir, *extra, env=None, **popen):
-    model = tmp_path / "model"
-    model.mkdir(exist_ok=True)
+    model = model_folder(tmp_path / "model")
     cmd = [str(bindir / "python"), str(REPO / "cli.py"), "serve", str(model), "--engine", "flagscale",
            "--runtime-dir", str(tmp_path / "rt"), "--exclude", "mul", "--port", "8124", *extra]
     # the symlinked interpreter is the base one in a virtual environment: its packages by PYTHONPATH
@@ -175,8 +173,7 @@ def _cli_fails(tmp_path, *args, code=None):
 
 
 def test_bad_input_is_refused_before_anything_is_written(tmp_path):
-    model = tmp_path / "model"
-    model.mkdir()
+    model = model_folder(tmp_path / "model")
     rt = tmp_path / "rt"
     base = ["--engine", "flagscale", "--runtime-dir", str(rt), "--exclude", "mul"]
     assert "does not exist" in _cli_fails(tmp_path, str(tmp_path / "missing"), *base)
@@ -192,8 +189,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
 def test_missing_flagscale_says_how_to_install_it(tmp_path):
     """flag_scale hidden from every import finder, as on a host without it."""
     hide = hidden_modules("flag_scale")
-    model = tmp_path / "model"
-    model.mkdir()
+    model = model_folder(tmp_path / "model")
     line = _cli_fails(tmp_path, str(model), "--engine", "flagscale", "--runtime-dir", str(tmp_path / "rt"), code=hide)
     assert "missing flag_scale" in line and "pip install --no-deps flag-scale==0.8.0" in line
     assert "replaces your torch" in line and not (tmp_path / "rt").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from db import open_database, queries
-from tests.conftest import needs_vllm, result, run_py
+from tests.conftest import model_folder, needs_vllm, result, run_py
 from tests.tuner.inject.conftest import H100, env_of
 from tuner.errors import UserError
 from tuner.inject.plugin import read_state
@@ -281,7 +281,7 @@ def test_vllm_command_is_what_vllms_own_parser_accepts(tmp_path):
 def test_serve_listens_locally_and_keeps_the_api_key_off_the_command_line(tmp_path):
     from tuner.serving.engines import vllm
 
-    base = dict(model=str(tmp_path), runtime_dir=str(tmp_path / "rt"), exclude=[], dry_run=True)
+    base = dict(model=str(model_folder(tmp_path)), runtime_dir=str(tmp_path / "rt"), exclude=[], dry_run=True)
     p = prepare(ServeRequest(**base))
     assert p.command[p.command.index("--host") + 1] == "127.0.0.1" and "VLLM_API_KEY" not in p.env
     keyed = prepare(ServeRequest(**base, host="0.0.0.0", api_key="k-123"))
@@ -294,10 +294,15 @@ def test_serve_listens_locally_and_keeps_the_api_key_off_the_command_line(tmp_pa
     with pytest.raises(UserError, match="does not exist"):  # refused before the runtime folder is written
         prepare(ServeRequest(**{**base, "model": str(tmp_path / "missing"), "runtime_dir": str(tmp_path / "rt2")}))
     assert not (tmp_path / "rt2").exists()
+    # a local folder that is no checkpoint: refused here, not by the engine after it started
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="without config.json"):
+        prepare(ServeRequest(**{**base, "model": str(tmp_path / "empty"), "runtime_dir": str(tmp_path / "rt2")}))
+    assert not (tmp_path / "rt2").exists()
 
 
 def test_dry_run_hides_the_api_key(tmp_path):
-    r = _cli(str(tmp_path), "--runtime-dir", str(tmp_path / "rt"), "--exclude", "", "--api-key", "k-123",
+    r = _cli(str(model_folder(tmp_path)), "--runtime-dir", str(tmp_path / "rt"), "--exclude", "", "--api-key", "k-123",
              "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "k-123" not in r.stdout + r.stderr and '"VLLM_API_KEY": "***"' in r.stdout
