@@ -36,6 +36,17 @@ the partial wave are split; 0: the last whole wave is split with them, Osama et 
 Why the second: on the H200 stream-K with no data-parallel tiles took 1.9-2.0x its iterations'
 share of the persistent kernel's time (qkv M=512: 42.8 us at 128x256 against 41.5 for the
 persistent kernel's one tile per program, results/gemm_h200/session9 gemm.db), unexplained.
+
+Session 11 (H200, results/gemm_h200/session11 wave_probe): the data-parallel code runs as fast as
+the persistent kernel's (132 tiles of 128x128: 28.0 vs 27.6 us); the split tiles cost the rest.
+12 tiles split over 132 programs took 26.5 us for 6 iterations: each finisher added ~10 partials
+one after another, each behind its own spin on a flag (~2.4 us apiece). Now a finisher polls all
+its predecessors' flags at once (FLAG_BLOCK atomics a round trip) before adding their partials in
+the same order (the same bits; compiled for sm_90, results/aot_sm90/streamk_fixup.jsonl: 92 of 92
+configs without spills, 128x128/8 warps 128 -> 102 registers). And SK_SPLIT (launch knob, not a
+dimension of the search until the GPU has timed it: tuner/benchmarks/wave_probe.py): with
+SK_TAIL_ONLY, the tail's tiles are cut into SK_SPLIT aligned pieces, so a finisher adds
+SK_SPLIT - 1 partials, not ~programs / tail tiles.
 """
 
 from __future__ import annotations
@@ -97,12 +108,15 @@ def _store_halves(c_desc, h0, h1, offs_m, offs_n, BLOCK_N: tl.constexpr):
     c_desc.store([offs_m, offs_n + BLOCK_N // 2], h1.to(dtype))
 
 
+FLAG_BLOCK = tl.constexpr(32)  # predecessors' flags polled at once (a tile split over more takes more rounds)
+
+
 @triton.jit
 def streamk_mm_kernel(
     A, B, C, BIAS, WS, FLAGS,
     M, N, K,
     stride_am, stride_b, stride_cm,
-    NUM_PROGRAMS, DP_TILES,
+    NUM_PROGRAMS, DP_TILES, SK_PROGRAMS,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     B_NK: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, HOST_DESC: tl.constexpr,
 ):
@@ -129,13 +143,15 @@ def streamk_mm_kernel(
         c_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1],
                                            block_shape=[BLOCK_M, BLOCK_N // 2])
 
-    # the last waves' K iterations, shared evenly: program p takes [first + p*per + min(p, extra), ...)
+    # the last waves' K iterations, shared evenly by the first SK_PROGRAMS programs (all of them, or
+    # SK_SPLIT per tile of the tail): program p takes [first + p*per + min(p, extra), ...)
     first = DP_TILES * k_tiles
     sk_iters = num_tiles * k_tiles - first
-    per = sk_iters // NUM_PROGRAMS
-    extra = sk_iters % NUM_PROGRAMS
-    start = first + pid * per + tl.minimum(pid, extra)
-    end = start + per + (pid < extra).to(tl.int32)
+    per = sk_iters // SK_PROGRAMS
+    extra = sk_iters % SK_PROGRAMS
+    q = tl.minimum(pid, SK_PROGRAMS)  # programs past SK_PROGRAMS: an empty range at the end
+    start = first + q * per + tl.minimum(q, extra)
+    end = tl.where(pid < SK_PROGRAMS, start + per + (pid < extra).to(tl.int32), start)
     half_elems = BLOCK_M * (BLOCK_N // 2)
 
     # First, before any other work, the piece that ends mid-tile (the end of this program's range):
@@ -177,18 +193,29 @@ def streamk_mm_kernel(
                    BLOCK_M, BLOCK_N, BLOCK_K, B_NK, IEEE)
         acc = _with_bias(BIAS, acc, pid_n * BLOCK_N, N, BLOCK_N, HAS_BIAS)
         h0, h1 = _halves(acc, BLOCK_M, BLOCK_N)
-        covered = it
-        p = pid - 1
-        while covered > tile_id * k_tiles:
-            while tl.atomic_add(FLAGS + p, 0, sem="acquire") == 0:
+        # the programs before this one that worked on the tile: from the one whose range holds its
+        # first iteration (the inverse of `start`) to pid - 1. Their flags are polled together, a
+        # vector of atomics a round trip (one by one, each partial cost ~2.4 us on the H200 with 12
+        # tiles split 11 ways: results/gemm_h200/session11 wave_probe), then the partials are added
+        # nearest first, the same order as before: the same bits.
+        x = tile_id * k_tiles - first
+        owner = tl.where(x < extra * (per + 1), x // (per + 1),
+                         extra + (x - extra * (per + 1)) // tl.maximum(per, 1))
+        for base in range(owner, pid, FLAG_BLOCK):
+            offs = base + tl.arange(0, FLAG_BLOCK)
+            waiting = offs < pid
+            while tl.min(tl.where(waiting, tl.atomic_add(FLAGS + offs, 0, mask=waiting, sem="acquire"), 1)) == 0:
                 pass
+        p = pid - 1
+        while p >= owner:  # a while loop: a for loop's hoisted slot offsets took 50-90 more registers
             # .cg: read from L2, where the release made the partial visible (not a stale L1 line)
             slot = WS + p.to(tl.int64) * 2 * half_elems
             h0 += tl.load(slot + _half_slots(BLOCK_M, BLOCK_N), cache_modifier=".cg")
             h1 += tl.load(slot + half_elems + _half_slots(BLOCK_M, BLOCK_N), cache_modifier=".cg")
-            tl.atomic_xchg(FLAGS + p, 0, sem="relaxed")
-            covered = first + p * per + tl.minimum(p, extra)
             p -= 1
+        for base in range(owner, pid, FLAG_BLOCK):
+            offs = base + tl.arange(0, FLAG_BLOCK)
+            tl.atomic_xchg(FLAGS + offs, 0, mask=offs < pid, sem="relaxed")
         _store_halves(c_desc, h0, h1, pid_m * BLOCK_M, pid_n * BLOCK_N, BLOCK_N)
         it += k_tiles - k_begin
 
@@ -205,6 +232,15 @@ def dp_tiles(tiles: int, programs: int, tail_only: bool = False) -> int:
     if rest == 0:
         return tiles
     return (waves if tail_only else max(0, waves - 1)) * programs
+
+
+def sk_programs(tiles: int, dp: int, programs: int, split: int = 0) -> int:
+    """Programs sharing the stream-K tiles' iterations: every program (split 0, Osama et al.'s
+    default), or `split` a tile (each tile cut into that many aligned pieces: fewer partials a
+    finisher adds than with the tail's few tiles spread over every program)."""
+    if split <= 0:
+        return programs
+    return max(1, min(programs, (tiles - dp) * split))
 
 
 def programs_for(M: int, N: int, config: dict, sm_count: int) -> int:
@@ -241,7 +277,7 @@ def _host_descriptors(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, b_nk: b
 def streamk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """C = A @ B (+ bias) with `config` (BLOCK_M/N/K, GROUP_M, OCCUPANCY, HOST_DESC, SK_TAIL_ONLY,
-    num_warps, num_stages). Raises Unsupported for tensors TMA cannot take as they are (as
+    num_warps, num_stages; SK_SPLIT, not searched yet: sk_programs). Raises Unsupported for tensors TMA cannot take as they are (as
     persistent_mm)."""
     M, K = a.shape
     N = b.shape[1]
@@ -256,10 +292,11 @@ def streamk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor
     tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
     ws = torch.empty((programs, config["BLOCK_M"] * config["BLOCK_N"]), dtype=torch.float32, device=a.device)
     operands = _host_descriptors(a, b, c, b_nk, config) if config.get("HOST_DESC") else (a, b, c)
+    dp = dp_tiles(tiles, programs, bool(config.get("SK_TAIL_ONLY", 0)))
     triton.set_allocator(_scratch)
     streamk_mm_kernel[(programs,)](
         *operands, bias if bias is not None else c, ws, _flags(a.device, programs), M, N, K,
-        a.stride(0), stride_b, c.stride(0), programs, dp_tiles(tiles, programs, bool(config.get("SK_TAIL_ONLY", 0))),
+        a.stride(0), stride_b, c.stride(0), programs, dp, sk_programs(tiles, dp, programs, config.get("SK_SPLIT", 0)),
         **_launch_kwargs(config, b_nk, bias is not None, a.dtype == torch.float32),
     )
     return c

@@ -186,14 +186,17 @@ def test_fused_splitk_is_the_two_kernel_result_and_graph_safe(M, N, K, split_k):
     assert int(counts_for(a.device).sum()) == 0
 
 
-@pytest.mark.parametrize("M,N,K", [(512, 4608, 3584), (512, 3584, 3584), (1500, 1024, 4096), (4096, 3584, 18944)])
+@pytest.mark.parametrize("M,N,K", [(512, 4608, 3584), (512, 3584, 3584), (1500, 1024, 4096), (4096, 3584, 18944),
+                                   (16, 128, 18944)])
 @pytest.mark.parametrize("occupancy", [1, 2])
-@pytest.mark.parametrize("knobs", [{}, {"HOST_DESC": 1, "SK_TAIL_ONLY": 1}])
+@pytest.mark.parametrize("knobs", [{}, {"HOST_DESC": 1, "SK_TAIL_ONLY": 1}, {"SK_TAIL_ONLY": 1, "SK_SPLIT": 4}])
 def test_streamk_stable_close_to_cublas_and_graph_safe(M, N, K, occupancy, knobs):
-    """Stream-K at the partial-wave keys (qkv and o at M=512, Whisper's fc2 at M=1500) and a big
-    one (the finisher adds the partials in a fixed order); the flags are back at zero after. With
-    the host's descriptors the same bits as with the kernel's own (SK_TAIL_ONLY moves tiles to
-    whole-tile programs: another sum order, compared with cuBLAS)."""
+    """Stream-K at the partial-wave keys (qkv and o at M=512, Whisper's fc2 at M=1500), a big one
+    (the finisher adds the partials in a fixed order) and one tile over every program (16x128x18944:
+    its finisher polls 131 or 263 flags, 32 at a time); the flags are back at zero after. With the
+    host's descriptors the same bits as with the kernel's own (SK_TAIL_ONLY moves tiles to
+    whole-tile programs: another sum order, compared with cuBLAS); SK_SPLIT=4 cuts the tail's tiles
+    in 4 aligned pieces."""
     from kernels.persistent_mm import sm_count_of
     from kernels.streamk_mm import _flags, programs_for, streamk_mm
 

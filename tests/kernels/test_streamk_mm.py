@@ -10,7 +10,7 @@ import torch
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels.streamk_mm import _flags, dp_tiles, programs_for, streamk_mm  # noqa: E402
+from kernels.streamk_mm import _flags, dp_tiles, programs_for, sk_programs, streamk_mm  # noqa: E402
 from kernels.persistent_mm import Unsupported  # noqa: E402
 
 
@@ -85,3 +85,28 @@ def test_host_descriptors_refuse_empty_operands():
     with pytest.raises(Unsupported, match="non-empty"):
         streamk_mm(a, b, config | {"HOST_DESC": 1})
     assert streamk_mm(a, b, config).shape == (0, 32)
+
+
+def test_sk_split_shares_the_tail_among_split_programs_a_tile():
+    # qkv M=512 on 132 SMs with 128x128 tiles: 132 whole tiles, 12 split 4 ways by 48 programs
+    assert sk_programs(144, 132, 132, 4) == 48 and sk_programs(144, 132, 132, 0) == 132
+    assert sk_programs(144, 0, 132, 2) == 132  # more pieces than programs: every program
+    assert sk_programs(264, 264, 132, 4) == 1  # no stream-K tile: one program, an empty range
+
+
+@pytest.mark.parametrize("M,N,K,bt", [(16, 32, 512, True), (64, 64, 64, True), (48, 96, 320, False)])
+def test_sk_split_matches_torch_and_leaves_the_flags_down(M, N, K, bt):
+    """SK_SPLIT=2 with SK_TAIL_ONLY: the partial wave's tiles cut in two aligned pieces, the third
+    program idle in stream-K (16x32x512: one tile of 16 iterations, 8 a piece; 64x64x64: 15 tiles
+    data-parallel, the 16th cut in two)."""
+    g = torch.Generator().manual_seed(M * K + N)
+    a = torch.randn(M, K, generator=g).half()
+    b = (torch.randn(N, K, generator=g).t() if bt else torch.randn(K, N, generator=g)).half()
+    bias = torch.randn(N, generator=g).half()
+    config = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, OCCUPANCY=1, num_warps=4, num_stages=2,
+                  SK_TAIL_ONLY=1, SK_SPLIT=2)
+    ref = a.double() @ b.double() + bias.double()
+    out = streamk_mm(a, b, config, bias=bias)
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-3
+    assert torch.equal(streamk_mm(a, b, config, bias=bias), out)  # the same bits again
+    assert int(_flags(a.device, 3).sum()) == 0

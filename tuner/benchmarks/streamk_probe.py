@@ -32,11 +32,13 @@ FORMS = {"sk": {}, "sk_tail": {"SK_TAIL_ONLY": 1}, "sk_host": {"HOST_DESC": 1},
          "sk_tail_host": {"SK_TAIL_ONLY": 1, "HOST_DESC": 1}}
 
 
-def iterations_per_program(M: int, N: int, K: int, config: dict, sm_count: int) -> dict[str, int]:
+def iterations_per_program(M: int, N: int, K: int, config: dict, sm_count: int,
+                           splits: tuple[int, ...] = ()) -> dict[str, int]:
     """The most K iterations one program runs: the persistent kernel (whole tiles, waves) and
-    stream-K with each SK_TAIL_ONLY (its data-parallel tiles plus its share of the rest)."""
+    stream-K with each SK_TAIL_ONLY (its data-parallel tiles plus its share of the rest); with
+    `splits`, also SK_TAIL_ONLY with each SK_SPLIT (`sk_split<s>`: the tail shared by s programs a tile)."""
     from kernels.persistent_mm import num_programs
-    from kernels.streamk_mm import dp_tiles, programs_for
+    from kernels.streamk_mm import dp_tiles, programs_for, sk_programs
 
     tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
     k_tiles = triton.cdiv(K, config["BLOCK_K"])
@@ -45,6 +47,10 @@ def iterations_per_program(M: int, N: int, K: int, config: dict, sm_count: int) 
     for name, tail in (("sk", False), ("sk_tail", True)):
         dp = dp_tiles(tiles, programs, tail)
         out[name] = triton.cdiv(dp, programs) * k_tiles + triton.cdiv((tiles - dp) * k_tiles, programs)
+    dp = dp_tiles(tiles, programs, True)
+    for split in splits:
+        sk = sk_programs(tiles, dp, programs, split)
+        out[f"sk_split{split}"] = triton.cdiv(dp, programs) * k_tiles + triton.cdiv((tiles - dp) * k_tiles, sk)
     return out
 
 

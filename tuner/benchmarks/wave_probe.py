@@ -7,7 +7,9 @@ N chosen so one tile config gives 12, 64, 132, 144 and 264 tiles on the 132 SMs:
 kernel's time per wave, whole and partial; stream-K on the same shapes (at 132 and 264 tiles the
 waves are whole and stream-K runs every tile data-parallel, so it times its kernel's code against
 the persistent kernel's; at 12 tiles every tile is split over ~11 programs, so it times the
-finishers' chains of partials); cuBLAS beside. Timed as the search times (side_by_side).
+finishers' chains of partials); SK_SPLIT 2 and 4 with SK_TAIL_ONLY (the tail cut into that many
+aligned pieces a tile: fewer partials a finisher adds); cuBLAS beside. Timed as the search times
+(side_by_side).
 
 usage: python -m tuner.benchmarks.wave_probe   (on the GPU host; one JSON line per shape x tile)
 """
@@ -24,7 +26,9 @@ from tuner.benchmarks.streamk_probe import iterations_per_program
 TILES = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
          dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)]
 M, K = 512, 3584
-TILE_COUNTS = (12, 64, 132, 144, 264)  # multiples of the 4 M tiles
+TILE_COUNTS = (12, 64, 132, 144, 264)
+SPLITS = (2, 4)
+FORMS = {"sk": {}, "sk_tail": {"SK_TAIL_ONLY": 1}, **{f"sk_split{s}": {"SK_TAIL_ONLY": 1, "SK_SPLIT": s} for s in SPLITS}}  # multiples of the 4 M tiles
 
 
 def shape_for(tiles: int, config: dict) -> tuple[int, int, int]:
@@ -42,15 +46,15 @@ def probe(tiles: int, config: dict) -> dict:
 
     _, N, _ = shape_for(tiles, config)
     runs = {"persistent": lambda args, out: persistent_mm(args[0], args[1].t(), config, out=out)}
-    for name, knobs in (("sk", {}), ("sk_tail", {"SK_TAIL_ONLY": 1})):
+    for name, knobs in FORMS.items():
         runs[name] = (lambda cfg: lambda args, out: streamk_mm(args[0], args[1].t(), cfg, out=out))(config | knobs)
     runs["cublas"] = cublas(False)
     timed, outs = time_side_by_side(runs, rotated_sets(M, N, K, False), M, N)
-    iters = iterations_per_program(M, N, K, config, sm_count_of(torch.device("cuda")))
+    iters = iterations_per_program(M, N, K, config, sm_count_of(torch.device("cuda")), SPLITS)
     row = {"shape": [M, N, K], "tiles": tiles, "config": config, **timed, "iterations_per_program": iters}
-    for name in ("persistent", "sk", "sk_tail"):
+    for name in ("persistent", *FORMS):
         row[f"{name}_us_per_iteration"] = round(timed[f"{name}_us"] / iters[name], 4)
-    row["rel_error_vs_cublas"] = max(rel_error(outs[n], outs["cublas"]) for n in ("persistent", "sk", "sk_tail"))
+    row["rel_error_vs_cublas"] = max(rel_error(outs[n], outs["cublas"]) for n in ("persistent", *FORMS))
     return row
 
 
