@@ -79,6 +79,23 @@ def persistent_host_mm_kernel(
 KERNEL_FUNCTIONS = (persistent_host_mm_kernel, _tile_coords)
 
 
+def host_reason(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bias: torch.Tensor | None) -> str | None:
+    """Why descriptors built on the host cannot take these tensors: what TMA cannot read as it is
+    (unsupported), or an empty dimension (TensorDescriptor asserts every one positive; the kernels
+    on their own descriptors run those)."""
+    return unsupported(a, b, c, bias) or ("needs non-empty operands" if 0 in (*a.shape, b.shape[1]) else None)
+
+
+def operand_descriptors(a: torch.Tensor, b: torch.Tensor, b_nk: bool, config: dict) -> tuple:
+    """A's and B's descriptors of the config's blocks; with B_NK, B's is the N x K weight's (b.t()
+    undoes the transposed view), as the kernels build on the device."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+    b_desc = TensorDescriptor.from_tensor(b.t(), [bn, bk]) if b_nk else TensorDescriptor.from_tensor(b, [bk, bn])
+    return TensorDescriptor.from_tensor(a, [bm, bk]), b_desc
+
+
 def persistent_host_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
                        bias: torch.Tensor | None = None) -> torch.Tensor:
     """C = A @ B (+ bias), persistent_mm's contract (Unsupported for tensors TMA cannot read as
@@ -88,18 +105,14 @@ def persistent_host_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torc
     M, K = a.shape
     N = b.shape[1]
     c = out if out is not None else torch.empty((M, N), dtype=a.dtype, device=a.device)
-    # TensorDescriptor asserts every dimension positive; the device-descriptor kernel runs empty ones
-    reason = unsupported(a, b, c, bias) or ("needs non-empty operands" if 0 in (M, N, K) else None)
+    reason = host_reason(a, b, c, bias)
     if reason:
         raise Unsupported(f"persistent_host_mm {tuple(a.shape)} @ {tuple(b.shape)}: {reason}")
     b_nk, _ = b_layout(b)
-    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
-    # B_NK: the descriptor is the N x K weight's (b.t() undoes the transposed view), as the device one
-    b_desc = TensorDescriptor.from_tensor(b.t(), [bn, bk]) if b_nk else TensorDescriptor.from_tensor(b, [bk, bn])
-    c_block = [bm, bn // 2 if config.get("EPILOGUE_SUBTILE") else bn]
+    c_block = [config["BLOCK_M"], config["BLOCK_N"] // 2 if config.get("EPILOGUE_SUBTILE") else config["BLOCK_N"]]
     programs = num_programs(M, N, config, sm_count_of(a.device))
     persistent_host_mm_kernel[(programs,)](
-        TensorDescriptor.from_tensor(a, [bm, bk]), b_desc, TensorDescriptor.from_tensor(c, c_block),
+        *operand_descriptors(a, b, b_nk, config), TensorDescriptor.from_tensor(c, c_block),
         bias if bias is not None else c, M, N, K, programs,
         **_launch_kwargs(config, b_nk, bias is not None, a.dtype == torch.float32),
     )

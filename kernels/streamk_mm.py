@@ -57,6 +57,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.persistent_host_mm import host_reason
 from kernels.persistent_mm import _scratch, _tile_coords, b_layout, sm_count_of, unsupported, Unsupported
 
 
@@ -265,13 +266,14 @@ def _launch_kwargs(config: dict, b_nk: bool, has_bias: bool, ieee: bool) -> dict
 
 
 def _host_descriptors(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, b_nk: bool, config: dict) -> tuple:
-    """A's, B's (the N x K weight's when B_NK, as the kernel's own) and C's descriptors, C's block
-    half a tile wide as the kernel stores it."""
+    """A's, B's (persistent_host_mm's) and C's descriptors, C's block half a tile wide as the kernel
+    stores it."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
-    b_desc = TensorDescriptor.from_tensor(b.t(), [bn, bk]) if b_nk else TensorDescriptor.from_tensor(b, [bk, bn])
-    return TensorDescriptor.from_tensor(a, [bm, bk]), b_desc, TensorDescriptor.from_tensor(c, [bm, bn // 2])
+    from kernels.persistent_host_mm import operand_descriptors
+
+    return (*operand_descriptors(a, b, b_nk, config),
+            TensorDescriptor.from_tensor(c, [config["BLOCK_M"], config["BLOCK_N"] // 2]))
 
 
 def streamk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
@@ -282,9 +284,7 @@ def streamk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor
     M, K = a.shape
     N = b.shape[1]
     c = out if out is not None else torch.empty((M, N), dtype=a.dtype, device=a.device)
-    reason = unsupported(a, b, c, bias)
-    if not reason and config.get("HOST_DESC") and 0 in (M, N, K):
-        reason = "needs non-empty operands"  # TensorDescriptor asserts every dimension positive
+    reason = host_reason(a, b, c, bias) if config.get("HOST_DESC") else unsupported(a, b, c, bias)
     if reason:
         raise Unsupported(f"streamk_mm {tuple(a.shape)} @ {tuple(b.shape)}: {reason}")
     b_nk, stride_b = b_layout(b)
