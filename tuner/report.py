@@ -8,6 +8,7 @@ from typing import Iterator
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -182,23 +183,37 @@ def _us(v) -> str:
     return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.1f} µs"
 
 
+def _narrow_columns(t: Table, columns: list[tuple[str, str]]) -> None:
+    """Columns that never wrap (numbers, a status), after a folding one."""
+    for col, just in columns:
+        t.add_column(col, justify=just, no_wrap=True)
+
+
+def _key_text(key: dict) -> str:
+    if {"M", "N", "K"} <= set(key):
+        return f"M={key['M']} N={key['N']} K={key['K']}" + (f" b={key['batch']}" if key.get("batch", 1) != 1 else "")
+    return "-" if not key else " ".join(f"{k}={v}" for k, v in key.items())
+
+
 def profile_tables(outcome: dict) -> None:
-    """One ranked table per mode (native, FlagGems), the label on each, then notes and the check."""
+    """One ranked table per mode (native, FlagGems), 80 columns: each op with its dtype, input
+    shapes and GPU kernel on lines of their own, what tuner tunes it as (op and key), then the
+    label, notes and the check."""
     for m in outcome["modes"]:
         mode = "FlagGems" if m["flaggems"] else "native"
         title = (f"run {m['run_id']} · {mode} · top {len(m['rows'])} of {m['row_count']} · "
-                 f"total {_us(m['total_us'])}\n{outcome['label']}")
-        t = Table(title=title)
-        for col in ("#", "op", "shapes", "dtype", "kernel", "calls", "time", "share", "tunable", "key",
-                    "predicted gain"):
-            t.add_column(col, overflow="fold")
+                 f"total {_us(m['total_us'])} · {outcome['label']}")
+        t = compact_table(title, [("#", "right")])
+        t.add_column("op, dtype, calls / shapes / kernel", overflow="fold", ratio=1)
+        t.add_column("tuned as", overflow="fold", max_width=19)  # "M=4096 N=3584 K=18944" folds at its spaces
+        _narrow_columns(t, [("time", "right"), ("share", "right"), ("gain", "right")])
         for i, r in enumerate(m["rows"], start=1):
-            key = r.get("key") or {}
-            key_s = f"M={key['M']},N={key['N']},K={key['K']}" + (f",b={key['batch']}" if key.get("batch", 1) != 1 else "") \
-                if {"M", "N", "K"} <= set(key) else ("-" if not key else ",".join(f"{k}={v}" for k, v in key.items()))
             kernel = r["kernel"] if len(r["kernel"]) <= 60 else r["kernel"][:57] + "..."
-            t.add_row(str(i), r["op"], r["shapes"], r["dtype"], kernel, str(r["calls"]), _us(r["total_us"]),
-                      f"{r['share']:.1%}", r["tunable"], key_s, _us(r.get("predicted_gain_us")))
+            what = f"{escape(r['op'])} {r['dtype']} · {r['calls']} calls\n[dim]{escape(r['shapes'])}\n{escape(kernel)}[/dim]"
+            tuned = ("-" if r["tunable"] in ("", "-", None, "not tunable")
+                     else f"{r['tunable']}\n{_key_text(r.get('key') or {})}")
+            t.add_row(str(i), what, tuned, _us(r["total_us"]), f"{r['share']:.1%}",
+                      _us(r.get("predicted_gain_us")))
         console.print(t)
         console.print(f"trace: {m['trace_path']}")
         if m.get("overhead"):
@@ -207,6 +222,7 @@ def profile_tables(outcome: dict) -> None:
                           f"{o['profiled_s']:.3f} s profiled, +{o['analysis_s']:.3f} s analysis)")
         if m["flaggems"]:
             console.print(f"FlagGems ops excluded: {', '.join(m['exclude']) or 'none'}")
+    console.print("[dim]gain: the time tuner's stored configs are predicted to save on that op[/dim]")
     for n in outcome["notes"]:
         console.print(f"[yellow]note: {n}[/yellow]")
     if outcome.get("check"):
@@ -214,16 +230,21 @@ def profile_tables(outcome: dict) -> None:
 
 
 def check_table(rep: dict) -> None:
+    """80 columns: each op with its FlagGems function, inputs and what went wrong on lines of their
+    own; status and errors in columns that never wrap. Failures first."""
     rows = sorted(rep["results"], key=lambda r: ({"crash": 0, "mismatch": 1, "skipped": 2, "pass": 3}[r["status"]], r["op"]))
-    t = Table(title=f"consistency check: {rep['candidate']} vs native · " +
-              ", ".join(f"{k} {v}" for k, v in rep["counts"].items()) +
-              (f"\n{rep['label']}" if rep.get("label") else ""))
-    for col in ("op", "FlagGems fn", "inputs", "status", "max abs err", "rel err", "detail"):
-        t.add_column(col, overflow="fold")
+    t = compact_table(f"consistency check: {rep['candidate']} vs native · " +
+                      ", ".join(f"{k} {v}" for k, v in rep["counts"].items()) +
+                      (f" · {rep['label']}" if rep.get("label") else ""), [])
+    t.add_column("op (FlagGems function) / inputs / detail", overflow="fold")
+    _narrow_columns(t, [("status", "left"), ("max abs err", "right"), ("rel err", "right")])
     colour = {"crash": "red", "mismatch": "red", "skipped": "yellow", "pass": "green"}
     for r in rows:
-        t.add_row(r["op"], r.get("gems_fn") or "-", r["inputs"][:120], f"[{colour[r['status']]}]{r['status']}[/]",
-                  fmt(r.get("max_abs_error"), ".2e"), fmt(r.get("rel_error"), ".2e"), (r.get("detail") or "")[:160])
+        detail = escape((r.get("detail") or "")[:160])  # error text: brackets are not markup
+        what = (f"{escape(r['op'])} ({r.get('gems_fn') or '-'})\n[dim]{escape(r['inputs'][:120])}[/dim]"
+                + (f"\n[{colour[r['status']]}]{detail}[/]" if detail else ""))
+        t.add_row(what, f"[{colour[r['status']]}]{r['status']}[/]",
+                  fmt(r.get("max_abs_error"), ".2e"), fmt(r.get("rel_error"), ".2e"))
     console.print(t)
     console.print(f"exclude list (failing FlagGems functions): {', '.join(rep['exclude']) or 'none'}")
     if rep.get("dropped"):

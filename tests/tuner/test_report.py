@@ -58,3 +58,48 @@ def test_short_config_shows_split_k_and_the_knobs_that_are_on():
     fp8 = {k: v for k, v in mm.items() if k != "SPLIT_K"} | {"variant": "persistent"}  # scaled_mm has no SPLIT_K
     assert short_config(fp8) == "persistent 16x64x128 g1 w4 s3"
     assert short_config({"x": 1}) == "x=1" and short_config(None) == "-"
+
+
+def _render_at_80(fn, *args) -> str:
+    import io
+
+    from rich.console import Console
+
+    from tuner import report
+
+    saved = report.console
+    report.console = Console(width=80, file=io.StringIO(), color_system=None)
+    try:
+        fn(*args)
+        return report.console.file.getvalue()
+    finally:
+        report.console = saved
+
+
+def test_profile_and_check_tables_at_80_columns_keep_keys_numbers_and_brackets_whole():
+    """Eleven columns folded into five characters each made `tuner profile` unreadable at 80
+    columns: the op's dtype, calls, shapes and kernel now sit on lines of their own, numbers never
+    wrap, and text in brackets (shapes, an error's "[rank0]") is printed, not taken for markup.
+    The H100 run's recorded profile and check (results/profile)."""
+    from tuner import report
+
+    recorded = REPO / "tuner" / "benchmarks" / "results" / "profile"
+    outcome = json.loads((recorded / "profile-text.json").read_text())
+    out = _render_at_80(report.profile_tables, outcome)
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80, out
+    first = outcome["modes"][0]["rows"][0]  # aten::mm 8x3584 @ 3584x18944, 224 calls
+    for whole in (f"aten::mm {first['dtype']} · 224 calls", "M=8 N=18944 K=3584", first["shapes"],
+                  report._us(first["total_us"]), f"{first['share']:.1%}"):
+        assert any(whole in line for line in lines), (whole, out)
+    check = json.loads((recorded / "check_text_e2e.json").read_text())
+    check["results"].append({"op": "aten::_softmax", "gems_fn": "softmax", "inputs": "bf16[1, 28, 512, 512]",
+                             "status": "crash", "detail": "[rank0] RuntimeError: CUDA error: an illegal memory access"})
+    out = _render_at_80(report.check_table, check)
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80, out
+    for whole in ("mul.Tensor (mul)", "mismatch", "5.35e+00", "1.00e+00", "[rank0] RuntimeError"):
+        assert any(whole in line for line in lines), (whole, out)
+    body = lines[next(i for i, line in enumerate(lines) if "───" in line) + 1:]
+    rows = [line for line in body if " pass " in line or " mismatch " in line or " crash " in line]
+    assert "crash" in rows[0] and "mismatch" in rows[1] and all("pass" in r for r in rows[2:])  # failures first
