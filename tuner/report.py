@@ -209,7 +209,8 @@ def profile_tables(outcome: dict) -> None:
         _narrow_columns(t, [("time", "right"), ("share", "right"), ("gain", "right")])
         for i, r in enumerate(m["rows"], start=1):
             kernel = r["kernel"] if len(r["kernel"]) <= 60 else r["kernel"][:57] + "..."
-            what = f"{escape(r['op'])} {r['dtype']} · {r['calls']} calls\n[dim]{escape(r['shapes'])}\n{escape(kernel)}[/dim]"
+            what = (f"{escape(r['op'])} {r['dtype']} · {r['calls']} calls\n"
+                    f"[dim]{escape(r['shapes'])}\n{escape(kernel)}[/dim]")
             tuned = ("-" if r["tunable"] in ("", "-", None, "not tunable")
                      else f"{r['tunable']}\n{_key_text(r.get('key') or {})}")
             t.add_row(str(i), what, tuned, _us(r["total_us"]), f"{r['share']:.1%}",
@@ -232,7 +233,8 @@ def profile_tables(outcome: dict) -> None:
 def check_table(rep: dict) -> None:
     """80 columns: each op with its FlagGems function, inputs and what went wrong on lines of their
     own; status and errors in columns that never wrap. Failures first."""
-    rows = sorted(rep["results"], key=lambda r: ({"crash": 0, "mismatch": 1, "skipped": 2, "pass": 3}[r["status"]], r["op"]))
+    order = {"crash": 0, "mismatch": 1, "skipped": 2, "pass": 3}
+    rows = sorted(rep["results"], key=lambda r: (order[r["status"]], r["op"]))
     t = compact_table(f"consistency check: {rep['candidate']} vs native · " +
                       ", ".join(f"{k} {v}" for k, v in rep["counts"].items()) +
                       (f" · {rep['label']}" if rep.get("label") else ""), [])
