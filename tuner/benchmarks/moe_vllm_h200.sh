@@ -6,8 +6,9 @@
 # JSON on their own).
 # Before it (back to back, one warm machine): vLLM staged as in vllm_h200.sh's header, plus its
 # fused-MoE CUDA ops (MOE=1 ../shared/scripts/vllm-offline.sh .vllm writes .vllm/moe, 39 MiB),
-# then run(carry=[".vllm/moe"], command="bash tuner/benchmarks/vllm_stage.sh moe && LIMIT=540 bash
-# tuner/benchmarks/moe_vllm_h200.sh").
+# then run(carry=[".vllm/moe1"], command="bash tuner/benchmarks/vllm_stage.sh moe1") and run(carry=[".vllm/moe2"],
+# command="bash tuner/benchmarks/vllm_stage.sh moe2 && LIMIT=540 bash tuner/benchmarks/moe_vllm_h200.sh")
+# (.vllm/moe whole with the tracked tree passed the 64 MiB carry limit in session 11).
 # Steps:
 #   tests       pytest -m gpu: vLLM's kernel runner, its baselines, vLLM's MoE injection
 #   bf16, fp8   `tuner tune --op vllm_fused_moe --shapes moe-bench`: E=128 top-8 K=2048 N=768/384 and

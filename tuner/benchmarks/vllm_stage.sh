@@ -9,11 +9,12 @@
 #   carry [.vllm/a2, .whl, .snap]           bash tuner/benchmarks/vllm_stage.sh a2 && bash tuner/benchmarks/vllm_h200.sh setup
 #   carry [.vllm/b, .vllm/c2]               bash tuner/benchmarks/vllm_stage.sh b c2
 #   carry [.vllm/c1, .fs]                   bash tuner/benchmarks/vllm_stage.sh c1 && bash tuner/benchmarks/vllm_h200.sh fs
-#   (issue 16) carry [.vllm/moe]            bash tuner/benchmarks/vllm_stage.sh moe
+#   (issue 16) carry [.vllm/moe1], then [.vllm/moe2]: vllm_stage.sh moe1, then moe2 (.vllm/moe's 39 MiB
+#   with the tracked tree passed 64 MiB in session 11; `vllm_stage.sh split` halves it too)
 # a1 is parked in /tmp/parts until a2 joins it; everything lands in /tmp/vsite (PYTHONPATH).
 set -euo pipefail
 P=${VLLM_PARTS:-.vllm}
-[ $# -gt 0 ] || { echo "usage: vllm_stage.sh split | a1|a2|b|c1|c2|moe ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: vllm_stage.sh split | a1|a2|b|c1|c2|moe|moe1|moe2 ..." >&2; exit 2; }
 unpack() { python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall('/tmp/vsite')" "$1"; }
 for part in "$@"; do
   mkdir -p /tmp/vsite /tmp/parts
@@ -31,7 +32,13 @@ for part in "$@"; do
         s=$(stat -c %s "$w")
         if [ $(( size + s )) -le $(( 23 * 1024 * 1024 )) ]; then cp "$w" "$P/c1/"; size=$(( size + s )); else cp "$w" "$P/c2/"; fi
       done
-      du -sh "$P"/a1 "$P"/a2 "$P"/c1 "$P"/c2 ;;
+      if [ -f "$P/moe/moe.tar.xz" ]; then  # vLLM's MoE ops (issue 16), in halves as vllm.tar.xz
+        rm -rf "$P"/moe1 "$P"/moe2 && mkdir -p "$P"/moe1 "$P"/moe2
+        half=$(( ($(stat -c %s "$P/moe/moe.tar.xz") + 1) / 2 ))
+        split -b "$half" -d "$P/moe/moe.tar.xz" "$P/moe1/moe.tar.xz.part"
+        mv "$P/moe1/moe.tar.xz.part01" "$P/moe2/"
+      fi
+      du -sh "$P"/a1 "$P"/a2 "$P"/c1 "$P"/c2 "$P"/moe1 "$P"/moe2 2>/dev/null ;;
     a1) cp "$P"/a1/vllm.tar.xz.part* /tmp/parts/ ;;
     a2) cp "$P"/a2/vllm.tar.xz.part* /tmp/parts/
         [ -f /tmp/parts/vllm.tar.xz.part00 ] || { echo "a1 is not here: stage a1 first, on this warm machine" >&2; exit 1; }
@@ -39,8 +46,13 @@ for part in "$@"; do
         rm -f /tmp/parts/vllm.tar.xz* ;;
     b) unpack "$P/b/fa3.tar.xz" ;;
     moe) unpack "$P/moe/moe.tar.xz" ;;
+    moe1) cp "$P"/moe1/moe.tar.xz.part* /tmp/parts/ ;;
+    moe2) cp "$P"/moe2/moe.tar.xz.part* /tmp/parts/
+          [ -f /tmp/parts/moe.tar.xz.part00 ] || { echo "moe1 is not here: stage moe1 first, on this warm machine" >&2; exit 1; }
+          cat /tmp/parts/moe.tar.xz.part* > /tmp/parts/moe.tar.xz && unpack /tmp/parts/moe.tar.xz
+          rm -f /tmp/parts/moe.tar.xz* ;;
     c1|c2) python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/vsite "$P/$part"/*.whl ;;
-    *) echo "usage: vllm_stage.sh split | a1|a2|b|c1|c2|moe ..." >&2; exit 2 ;;
+    *) echo "usage: vllm_stage.sh split | a1|a2|b|c1|c2|moe|moe1|moe2 ..." >&2; exit 2 ;;
   esac
   [ "$part" = split ] || echo "staged $part: $(du -sh /tmp/vsite | cut -f1) in /tmp/vsite"
 done
