@@ -91,13 +91,18 @@ def short_config(cfg: dict | None) -> str:
     return " ".join(f"{k}={v}" for k, v in cfg.items())
 
 
+def _narrow_columns(t: Table, columns: list[tuple[str, str]]) -> None:
+    """(name, justify) columns that never wrap (keys, numbers, a status)."""
+    for col, just in columns:
+        t.add_column(col, justify=just, no_wrap=True)
+
+
 def compact_table(title: str, columns: list[tuple[str, str]], show_edge: bool = True) -> Table:
     """The 80-column layout of tuner's tables: title on the left, a rule under the header, one space
     between columns; the given (name, justify) columns never wrap."""
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=show_edge, pad_edge=False,
               padding=(0, 1), collapse_padding=True)
-    for col, just in columns:
-        t.add_column(col, justify=just, no_wrap=True)
+    _narrow_columns(t, columns)
     return t
 
 
@@ -183,15 +188,10 @@ def _us(v) -> str:
     return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.1f} µs"
 
 
-def _narrow_columns(t: Table, columns: list[tuple[str, str]]) -> None:
-    """Columns that never wrap (numbers, a status), after a folding one."""
-    for col, just in columns:
-        t.add_column(col, justify=just, no_wrap=True)
-
-
 def _key_text(key: dict) -> str:
     if {"M", "N", "K"} <= set(key):
-        return f"M={key['M']} N={key['N']} K={key['K']}" + (f" b={key['batch']}" if key.get("batch", 1) != 1 else "")
+        batch = f" b={key['batch']}" if key.get("batch", 1) != 1 else ""
+        return f"M={key['M']} N={key['N']} K={key['K']}{batch}"
     return "-" if not key else " ".join(f"{k}={v}" for k, v in key.items())
 
 
