@@ -57,7 +57,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.persistent_host_mm import host_reason
+from kernels.persistent_host_mm import host_reason, operand_descriptors
 from kernels.persistent_mm import _scratch, _tile_coords, b_layout, sm_count_of, unsupported, Unsupported
 
 
@@ -270,8 +270,6 @@ def _host_descriptors(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, b_nk: b
     stores it."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    from kernels.persistent_host_mm import operand_descriptors
-
     return (*operand_descriptors(a, b, b_nk, config),
             TensorDescriptor.from_tensor(c, [config["BLOCK_M"], config["BLOCK_N"] // 2]))
 
@@ -279,8 +277,8 @@ def _host_descriptors(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, b_nk: b
 def streamk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """C = A @ B (+ bias) with `config` (BLOCK_M/N/K, GROUP_M, OCCUPANCY, HOST_DESC, SK_TAIL_ONLY,
-    num_warps, num_stages; SK_SPLIT, not searched yet: sk_programs). Raises Unsupported for tensors TMA cannot take as they are (as
-    persistent_mm)."""
+    num_warps, num_stages; SK_SPLIT, not searched yet: sk_programs). Raises Unsupported for tensors
+    TMA cannot take as they are (as persistent_mm)."""
     M, K = a.shape
     N = b.shape[1]
     c = out if out is not None else torch.empty((M, N), dtype=a.dtype, device=a.device)
