@@ -54,18 +54,27 @@ def iterations_per_program(M: int, N: int, K: int, config: dict, sm_count: int,
     return out
 
 
-def probe(shape: tuple[int, int, int], has_bias: bool, config: dict) -> dict:
-    from kernels.persistent_mm import persistent_mm, sm_count_of
+def runs_of(config: dict, forms: dict[str, dict], has_bias: bool) -> dict:
+    """side_by_side's runs: `config` through the persistent kernel, through stream-K with each form's
+    knobs, and cuBLAS."""
+    from kernels.persistent_mm import persistent_mm
     from kernels.streamk_mm import streamk_mm
-    from tuner.benchmarks.side_by_side import cublas, rel_error, rotated_sets, time_side_by_side
+    from tuner.benchmarks.side_by_side import cublas
 
-    M, N, K = shape
     runs = {"persistent": lambda args, out: persistent_mm(args[0], args[1].t(), config, out=out, bias=args[2])}
-    for name, knobs in FORMS.items():
+    for name, knobs in forms.items():
         runs[name] = (lambda cfg: lambda args, out: streamk_mm(args[0], args[1].t(), cfg, out=out,
                                                                bias=args[2]))(config | knobs)
     runs["cublas"] = cublas(has_bias)
-    timed, outs = time_side_by_side(runs, rotated_sets(M, N, K, has_bias), M, N)
+    return runs
+
+
+def probe(shape: tuple[int, int, int], has_bias: bool, config: dict) -> dict:
+    from kernels.persistent_mm import sm_count_of
+    from tuner.benchmarks.side_by_side import rel_error, rotated_sets, time_side_by_side
+
+    M, N, K = shape
+    timed, outs = time_side_by_side(runs_of(config, FORMS, has_bias), rotated_sets(M, N, K, has_bias), M, N)
     iters = iterations_per_program(M, N, K, config, sm_count_of(torch.device("cuda")))
     row: dict = {"key": list(shape), "bias": has_bias, "config": config, **timed, "iterations_per_program": iters}
     per_iteration = timed["persistent_us"] / iters["persistent"]

@@ -21,14 +21,15 @@ import json
 import torch
 import triton
 
-from tuner.benchmarks.streamk_probe import iterations_per_program
+from tuner.benchmarks.streamk_probe import iterations_per_program, runs_of
 
 TILES = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
          dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)]
 M, K = 512, 3584
-TILE_COUNTS = (12, 64, 132, 144, 264)
+TILE_COUNTS = (12, 64, 132, 144, 264)  # multiples of the 4 M tiles
 SPLITS = (2, 4)
-FORMS = {"sk": {}, "sk_tail": {"SK_TAIL_ONLY": 1}, **{f"sk_split{s}": {"SK_TAIL_ONLY": 1, "SK_SPLIT": s} for s in SPLITS}}  # multiples of the 4 M tiles
+FORMS = {"sk": {}, "sk_tail": {"SK_TAIL_ONLY": 1},
+         **{f"sk_split{s}": {"SK_TAIL_ONLY": 1, "SK_SPLIT": s} for s in SPLITS}}
 
 
 def shape_for(tiles: int, config: dict) -> tuple[int, int, int]:
@@ -40,16 +41,11 @@ def shape_for(tiles: int, config: dict) -> tuple[int, int, int]:
 
 
 def probe(tiles: int, config: dict) -> dict:
-    from kernels.persistent_mm import persistent_mm, sm_count_of
-    from kernels.streamk_mm import streamk_mm
-    from tuner.benchmarks.side_by_side import cublas, rel_error, rotated_sets, time_side_by_side
+    from kernels.persistent_mm import sm_count_of
+    from tuner.benchmarks.side_by_side import rel_error, rotated_sets, time_side_by_side
 
     _, N, _ = shape_for(tiles, config)
-    runs = {"persistent": lambda args, out: persistent_mm(args[0], args[1].t(), config, out=out)}
-    for name, knobs in FORMS.items():
-        runs[name] = (lambda cfg: lambda args, out: streamk_mm(args[0], args[1].t(), cfg, out=out))(config | knobs)
-    runs["cublas"] = cublas(False)
-    timed, outs = time_side_by_side(runs, rotated_sets(M, N, K, False), M, N)
+    timed, outs = time_side_by_side(runs_of(config, FORMS, False), rotated_sets(M, N, K, False), M, N)
     iters = iterations_per_program(M, N, K, config, sm_count_of(torch.device("cuda")), SPLITS)
     row = {"shape": [M, N, K], "tiles": tiles, "config": config, **timed, "iterations_per_program": iters}
     for name in ("persistent", *FORMS):
