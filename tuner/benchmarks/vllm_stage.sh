@@ -16,41 +16,41 @@ set -euo pipefail
 P=${VLLM_PARTS:-.vllm}
 [ $# -gt 0 ] || { echo "usage: vllm_stage.sh split | a1|a2|b|c1|c2|moe|moe1|moe2 ..." >&2; exit 2; }
 unpack() { python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall('/tmp/vsite')" "$1"; }
+# halve SRC NAME: SRC's byte halves into $P/<NAME>1 and $P/<NAME>2, named as SRC (<file>.part00, .part01)
+halve() {
+  local f; f=$(basename "$1")
+  rm -rf "$P/${2}1" "$P/${2}2" && mkdir -p "$P/${2}1" "$P/${2}2"
+  split -b $(( ($(stat -c %s "$1") + 1) / 2 )) -d "$1" "$P/${2}1/$f.part"
+  mv "$P/${2}1/$f.part01" "$P/${2}2/"
+}
+# join NAME FILE: <NAME>2's half beside <NAME>1's (parked in /tmp/parts by an earlier call), FILE unpacked
+join() {
+  cp "$P/${1}2/$2.part"* /tmp/parts/
+  [ -f "/tmp/parts/$2.part00" ] || { echo "${1}1 is not here: stage ${1}1 first, on this warm machine" >&2; exit 1; }
+  cat "/tmp/parts/$2.part"* > "/tmp/parts/$2" && unpack "/tmp/parts/$2"
+  rm -f "/tmp/parts/$2"*
+}
 for part in "$@"; do
   mkdir -p /tmp/vsite /tmp/parts
   case "$part" in
     split)
       [ -f "$P/a/vllm.tar.xz" ] && [ -d "$P/c" ] || { echo "no $P/a/vllm.tar.xz or $P/c: run vllm-offline.sh $P first" >&2; exit 1; }
-      rm -rf "$P"/a1 "$P"/a2 "$P"/c1 "$P"/c2 && mkdir -p "$P"/a1 "$P"/a2 "$P"/c1 "$P"/c2
+      rm -rf "$P"/c1 "$P"/c2 && mkdir -p "$P"/c1 "$P"/c2
       mapfile -t wheels < <(ls -S "$P"/c/*.whl 2>/dev/null)
       [ ${#wheels[@]} -gt 0 ] && [ -s "$P/a/vllm.tar.xz" ] || { echo "no wheels in $P/c or an empty $P/a: run vllm-offline.sh $P again" >&2; exit 1; }
-      half=$(( ($(stat -c %s "$P/a/vllm.tar.xz") + 1) / 2 ))
-      split -b "$half" -d "$P/a/vllm.tar.xz" "$P/a1/vllm.tar.xz.part"
-      mv "$P/a1/vllm.tar.xz.part01" "$P/a2/"
+      halve "$P/a/vllm.tar.xz" a
       size=0  # the largest wheels first into c1 while they fit 23 MiB, the rest into c2
       for w in "${wheels[@]}"; do
         s=$(stat -c %s "$w")
         if [ $(( size + s )) -le $(( 23 * 1024 * 1024 )) ]; then cp "$w" "$P/c1/"; size=$(( size + s )); else cp "$w" "$P/c2/"; fi
       done
-      if [ -f "$P/moe/moe.tar.xz" ]; then  # vLLM's MoE ops (issue 16), in halves as vllm.tar.xz
-        rm -rf "$P"/moe1 "$P"/moe2 && mkdir -p "$P"/moe1 "$P"/moe2
-        half=$(( ($(stat -c %s "$P/moe/moe.tar.xz") + 1) / 2 ))
-        split -b "$half" -d "$P/moe/moe.tar.xz" "$P/moe1/moe.tar.xz.part"
-        mv "$P/moe1/moe.tar.xz.part01" "$P/moe2/"
-      fi
-      du -sh "$P"/a1 "$P"/a2 "$P"/c1 "$P"/c2 "$P"/moe1 "$P"/moe2 2>/dev/null ;;
-    a1) cp "$P"/a1/vllm.tar.xz.part* /tmp/parts/ ;;
-    a2) cp "$P"/a2/vllm.tar.xz.part* /tmp/parts/
-        [ -f /tmp/parts/vllm.tar.xz.part00 ] || { echo "a1 is not here: stage a1 first, on this warm machine" >&2; exit 1; }
-        cat /tmp/parts/vllm.tar.xz.part* > /tmp/parts/vllm.tar.xz && unpack /tmp/parts/vllm.tar.xz
-        rm -f /tmp/parts/vllm.tar.xz* ;;
+      [ ! -f "$P/moe/moe.tar.xz" ] || halve "$P/moe/moe.tar.xz" moe  # vLLM's MoE ops (issue 16)
+      du -sh "$P"/a1 "$P"/a2 "$P"/c1 "$P"/c2 "$P"/moe1 "$P"/moe2 2>/dev/null || true ;;  # (no moe: none)
+    a1|moe1) cp "$P/$part/"*.part* /tmp/parts/ ;;
+    a2) join a vllm.tar.xz ;;
     b) unpack "$P/b/fa3.tar.xz" ;;
     moe) unpack "$P/moe/moe.tar.xz" ;;
-    moe1) cp "$P"/moe1/moe.tar.xz.part* /tmp/parts/ ;;
-    moe2) cp "$P"/moe2/moe.tar.xz.part* /tmp/parts/
-          [ -f /tmp/parts/moe.tar.xz.part00 ] || { echo "moe1 is not here: stage moe1 first, on this warm machine" >&2; exit 1; }
-          cat /tmp/parts/moe.tar.xz.part* > /tmp/parts/moe.tar.xz && unpack /tmp/parts/moe.tar.xz
-          rm -f /tmp/parts/moe.tar.xz* ;;
+    moe2) join moe moe.tar.xz ;;
     c1|c2) python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/vsite "$P/$part"/*.whl ;;
     *) echo "usage: vllm_stage.sh split | a1|a2|b|c1|c2|moe|moe1|moe2 ..." >&2; exit 2 ;;
   esac
