@@ -128,29 +128,22 @@ if [ ! -f $Q/streamk ]; then  # in probe too; on its own when probe is skipped (
       -k "streamk or fused or host_desc" tests/gpu/test_persistent_mm_gpu.py) > "$R/streamk_tests.log" 2>&1
   echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$R/streamk_tests.log" | tail -12; touch $Q/streamk
 fi
-if [ ! -f $Q/descprobe ] && [ "$(left)" -gt 300 ]; then  # issue 12: device- vs host-built TMA descriptors
-  stamp "descriptor probe (120 s at most)"
-  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m tuner.benchmarks.desc_probe) > "$R/desc_probe.jsonl" 2>&1
-  echo "desc_probe exit $?"; cut -c1-300 "$R/desc_probe.jsonl"; touch $Q/descprobe
-fi
-if [ ! -f $Q/skprobe ] && [ "$(left)" -gt 300 ]; then  # issue 12: where stream-K loses the partial waves
-  stamp "stream-K probe (150 s at most)"
-  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m tuner.benchmarks.streamk_probe) > "$R/streamk_probe.jsonl" 2>&1
-  echo "streamk_probe exit $?"; cut -c1-300 "$R/streamk_probe.jsonl"
+# probe STEP MODULE SECONDS NEED WHAT: an issue-12 experiment on GPU 0, its JSON lines in $R/<module>.jsonl,
+# run when NEED seconds are left
+probe() {
+  [ ! -f "$Q/$1" ] && [ "$(left)" -gt "$4" ] || return 1
+  stamp "$5 ($3 s at most)"
+  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout "$3" python3 -m "tuner.benchmarks.$2") > "$R/$2.jsonl" 2>&1
+  echo "$2 exit $?"; cut -c1-300 "$R/$2.jsonl"; touch "$Q/$1"
+}
+probe descprobe desc_probe 120 300 "descriptor probe"  # device- vs host-built TMA descriptors
+if probe skprobe streamk_probe 150 300 "stream-K probe"; then  # where stream-K loses the partial waves
   # the eager host time of every own kernel again, the host-descriptor forms new since session 5's
   [ -s "$R/host_cost.json" ] || (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 60 python3 -m tuner.benchmarks.host_cost \
-      > "$R/host_cost.json" 2>&1); cat "$R/host_cost.json"; touch $Q/skprobe
+      > "$R/host_cost.json" 2>&1); cat "$R/host_cost.json"
 fi
-if [ ! -f $Q/waveprobe ] && [ "$(left)" -gt 240 ]; then  # issue 12: is a whole wave L2-bound, a partial one not?
-  stamp "wave probe (150 s at most)"
-  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m tuner.benchmarks.wave_probe) > "$R/wave_probe.jsonl" 2>&1
-  echo "wave_probe exit $?"; cut -c1-300 "$R/wave_probe.jsonl"; touch $Q/waveprobe
-fi
-if [ ! -f $Q/fusedprobe ] && [ "$(left)" -gt 240 ]; then  # issue 12: split-K's second launch at decode
-  stamp "fused split-K probe (120 s at most)"
-  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m tuner.benchmarks.fused_probe) > "$R/fused_probe.jsonl" 2>&1
-  echo "fused_probe exit $?"; cut -c1-300 "$R/fused_probe.jsonl"; touch $Q/fusedprobe
-fi
+probe waveprobe wave_probe 150 240 "wave probe"  # a wave's cost, whole and partial; stream-K's split tiles
+probe fusedprobe fused_probe 120 240 "fused split-K probe"  # split-K's second launch at decode
 if [ -f $Q/mm ] && [ ! -f $Q/decode_addmm ]; then  # the decode keys again, split-K's reduction fused or not
   [ -s "$R/copy_bw.json" ] || (cd /tmp/tuner && timeout 60 python3 -m tuner.benchmarks.copy_bw > "$R/copy_bw.json")
   [ -f $Q/decode_mm ] || tune decode_mm tune_decode.log --op mm "${DEC_MM[@]}" --trials "${TRIALS:-40}" \
