@@ -44,12 +44,16 @@ LAUNCH_SPACE = {"num_warps": (2, 4, 8), "num_stages": (2, 3, 4, 5)}
 HOST_DESC_KNOB = "HOST_DESC"
 # SK_TAIL_ONLY: stream-K splits only the partial wave's tiles (kernels/streamk_mm.py dp_tiles)
 SK_TAIL_KNOB = "SK_TAIL_ONLY"
+# SK_SPLIT: stream-K cuts each of those tiles into that many aligned pieces (0: over every program;
+# implies SK_TAIL_ONLY). H200 (results/gemm_h200/session12 wave_probe): qkv M=512, 144 tiles of
+# 128x128: 41.0 us at 4 against 52.4 over every program and 46.8 for the persistent kernel
+SK_SPLIT_KNOB = "SK_SPLIT"
 # the persistent kernels' own parameters (persistent and stream-K: KNOBS says which takes which),
 # and the value they are pinned to for the other variants
 PERSISTENT_PARAMS = {"OCCUPANCY": (1, 2), "WARP_SPECIALIZE": (0, 1), "FLATTEN": (0, 1), "EPILOGUE_SUBTILE": (0, 1),
-                     HOST_DESC_KNOB: (0, 1), SK_TAIL_KNOB: (0, 1)}
+                     HOST_DESC_KNOB: (0, 1), SK_TAIL_KNOB: (0, 1), SK_SPLIT_KNOB: (0, 2, 4)}
 PERSISTENT_PINNED = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 0, "EPILOGUE_SUBTILE": 0, HOST_DESC_KNOB: 0,
-                     SK_TAIL_KNOB: 0}
+                     SK_TAIL_KNOB: 0, SK_SPLIT_KNOB: 0}
 # split-K's parameters, and their value for the other variants (and FUSED_REDUCE's at SPLIT_K=1,
 # where there is nothing to reduce)
 SPLIT_PARAMS = {"SPLIT_K": (1, 2, 4, 8, 16), "FUSED_REDUCE": (0, 1)}
@@ -87,8 +91,8 @@ FUSED_SPLITK_MODULE = "kernels.splitk_fused"  # split-K with FUSED_REDUCE=1
 PERSISTENT_HOST_MODULE = "kernels.persistent_host_mm"  # persistent with HOST_DESC=1
 TMA_VARIANTS = ("persistent", "streamk")  # tuner's kernels that read through TMA descriptors
 # the own parameters each variant takes; the others are pinned (PERSISTENT_PINNED) in its configs
-KNOBS = {"persistent": tuple(k for k in PERSISTENT_PARAMS if k != SK_TAIL_KNOB),
-         "streamk": ("OCCUPANCY", HOST_DESC_KNOB, SK_TAIL_KNOB), "splitk": tuple(SPLIT_PARAMS)}
+KNOBS = {"persistent": tuple(k for k in PERSISTENT_PARAMS if k not in (SK_TAIL_KNOB, SK_SPLIT_KNOB)),
+         "streamk": ("OCCUPANCY", HOST_DESC_KNOB, SK_TAIL_KNOB, SK_SPLIT_KNOB), "splitk": tuple(SPLIT_PARAMS)}
 
 
 def own_module(config: Mapping) -> str | None:
@@ -169,10 +173,12 @@ def streamk_starts(M: int) -> list[Config]:
                 dict(variant="streamk", BLOCK_M=bm, BLOCK_N=32, BLOCK_K=128, GROUP_M=1, OCCUPANCY=2, num_warps=4,
                      num_stages=4)]
     # and the first with only the partial wave's tiles split (SK_TAIL_ONLY): with no data-parallel
-    # tiles stream-K took 1.9-2.0x its share of the persistent kernel's time (H200, session 9)
-    return [dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
-            dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4,
-                 SK_TAIL_ONLY=1),
+    # tiles stream-K took 1.9-2.0x its share of the persistent kernel's time (H200, session 9); and
+    # those cut in 2 or 4 pieces (SK_SPLIT): 0.88x the persistent kernel's time at 144 tiles, 0.79x
+    # at 64 (split 2), 0.65x at 12 (split 4) (H200, results/gemm_h200/session12/wave_probe.jsonl)
+    square = dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
+    return [square, square | {SK_TAIL_KNOB: 1}, square | {SK_TAIL_KNOB: 1, SK_SPLIT_KNOB: 2},
+            square | {SK_TAIL_KNOB: 1, SK_SPLIT_KNOB: 4},
             dict(variant="streamk", BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
             dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)]
 
@@ -343,6 +349,8 @@ class MM(Kernel):
         c.update({k: v for k, v in {**PERSISTENT_PINNED, **SPLIT_PINNED}.items() if k in c and c[k] is None})
         takes = KNOBS.get(c["variant"], ())  # the keys a space without persistent lacks stay absent
         c.update({k: v for k, v in PERSISTENT_PINNED.items() if k in c and k not in takes})
+        if c.get(SK_SPLIT_KNOB):
+            c[SK_TAIL_KNOB] = 1  # SK_SPLIT splits only the partial wave's tiles (streamk_mm)
         if c["variant"] != "splitk" or c.get("SPLIT_K") == 1:
             c.update({k: v for k, v in SPLIT_PINNED.items() if k in c or k == "SPLIT_K"})
         if c["variant"].startswith("fg_"):

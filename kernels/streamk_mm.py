@@ -43,10 +43,15 @@ the persistent kernel's (132 tiles of 128x128: 28.0 vs 27.6 us); the split tiles
 one after another, each behind its own spin on a flag (~2.4 us apiece). Now a finisher polls all
 its predecessors' flags at once (FLAG_BLOCK atomics a round trip) before adding their partials in
 the same order (the same bits; compiled for sm_90, results/aot_sm90/streamk_fixup.jsonl: 92 of 92
-configs without spills, 128x128/8 warps 128 -> 102 registers). And SK_SPLIT (launch knob, not a
-dimension of the search until the GPU has timed it: tuner/benchmarks/wave_probe.py): with
-SK_TAIL_ONLY, the tail's tiles are cut into SK_SPLIT aligned pieces, so a finisher adds
-SK_SPLIT - 1 partials, not ~programs / tail tiles.
+configs without spills, 128x128/8 warps 128 -> 102 registers). And SK_SPLIT: the tail's tiles are
+cut into SK_SPLIT aligned pieces (every whole wave data-parallel, as SK_TAIL_ONLY), so a finisher
+adds SK_SPLIT - 1 partials, not ~programs / tail tiles.
+
+Session 12 (H200, results/gemm_h200/session12): polling the flags at once changed nothing measurable
+(144 tiles over every program 52.45 us, 52.4 before); SK_SPLIT did: 144 tiles of 128x128 41.0 us at
+4 pieces (persistent 46.8, cuBLAS 24.1), 64 tiles 20.3 at 2 (25.7, 13.7), 12 tiles 15.6 at 4 (24.0,
+8.5), so it is a dimension of the search. What remains is ~4 us a split tile plus ~1.2 us a partial
+added (12 tiles in 4 pieces of 14 iterations: 15.6 us against 6.4 for the iterations).
 """
 
 from __future__ import annotations
@@ -277,8 +282,8 @@ def _host_descriptors(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, b_nk: b
 def streamk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """C = A @ B (+ bias) with `config` (BLOCK_M/N/K, GROUP_M, OCCUPANCY, HOST_DESC, SK_TAIL_ONLY,
-    num_warps, num_stages; SK_SPLIT, not searched yet: sk_programs). Raises Unsupported for tensors
-    TMA cannot take as they are (as persistent_mm)."""
+    SK_SPLIT (sk_programs; it implies SK_TAIL_ONLY), num_warps, num_stages). Raises Unsupported for
+    tensors TMA cannot take as they are (as persistent_mm)."""
     M, K = a.shape
     N = b.shape[1]
     c = out if out is not None else torch.empty((M, N), dtype=a.dtype, device=a.device)
@@ -290,11 +295,12 @@ def streamk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor
     tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
     ws = torch.empty((programs, config["BLOCK_M"] * config["BLOCK_N"]), dtype=torch.float32, device=a.device)
     operands = _host_descriptors(a, b, c, b_nk, config) if config.get("HOST_DESC") else (a, b, c)
-    dp = dp_tiles(tiles, programs, bool(config.get("SK_TAIL_ONLY", 0)))
+    split = config.get("SK_SPLIT", 0)
+    dp = dp_tiles(tiles, programs, bool(config.get("SK_TAIL_ONLY", 0) or split))
     triton.set_allocator(_scratch)
     streamk_mm_kernel[(programs,)](
         *operands, bias if bias is not None else c, ws, _flags(a.device, programs), M, N, K,
-        a.stride(0), stride_b, c.stride(0), programs, dp, sk_programs(tiles, dp, programs, config.get("SK_SPLIT", 0)),
+        a.stride(0), stride_b, c.stride(0), programs, dp, sk_programs(tiles, dp, programs, split),
         **_launch_kwargs(config, b_nk, bias is not None, a.dtype == torch.float32),
     )
     return c

@@ -63,15 +63,19 @@ def test_canonical_drops_what_cannot_matter():
     assert MM.canonical(key, cfg(GROUP_M=8))["GROUP_M"] == 1  # one row of tiles
     fg = MM.canonical(key, cfg(variant="fg_tma", SPLIT_K=4, GROUP_M=1))
     assert fg["SPLIT_K"] == 1 and fg["GROUP_M"] == 8  # what FlagGems' cache can hold
-    own = dict(OCCUPANCY=2, WARP_SPECIALIZE=1, FLATTEN=1, EPILOGUE_SUBTILE=1, HOST_DESC=1, SK_TAIL_ONLY=1)
+    own = dict(OCCUPANCY=2, WARP_SPECIALIZE=1, FLATTEN=1, EPILOGUE_SUBTILE=1, HOST_DESC=1, SK_TAIL_ONLY=1, SK_SPLIT=4)
     split = MM.canonical(key, cfg(**own))
     assert all(split[k] == PERSISTENT_PINNED[k] for k in own)  # the persistent kernels' knobs
     pers = MM.canonical((512, 4608, 3584, 1), cfg(variant="persistent", SPLIT_K=4, GROUP_M=4, **own))
-    assert pers["SPLIT_K"] == 1 and pers["GROUP_M"] == 4 and pers["SK_TAIL_ONLY"] == 0  # stream-K's
-    assert all(pers[k] == v for k, v in own.items() if k != "SK_TAIL_ONLY")
+    assert pers["SPLIT_K"] == 1 and pers["GROUP_M"] == 4
+    assert (pers["SK_TAIL_ONLY"], pers["SK_SPLIT"]) == (0, 0)  # stream-K's
+    assert all(pers[k] == v for k, v in own.items() if k not in ("SK_TAIL_ONLY", "SK_SPLIT"))
     sk = MM.canonical((512, 4608, 3584, 1), cfg(variant="streamk", SPLIT_K=4, GROUP_M=4, **own))
-    assert sk["SPLIT_K"] == 1 and (sk["OCCUPANCY"], sk["HOST_DESC"], sk["SK_TAIL_ONLY"]) == (2, 1, 1)
+    assert sk["SPLIT_K"] == 1 and (sk["OCCUPANCY"], sk["HOST_DESC"], sk["SK_TAIL_ONLY"], sk["SK_SPLIT"]) == (2, 1, 1, 4)
     assert (sk["WARP_SPECIALIZE"], sk["FLATTEN"], sk["EPILOGUE_SUBTILE"]) == (0, 0, 0)
+    # SK_SPLIT implies SK_TAIL_ONLY (streamk_mm): one config, not two that run the same
+    implied = MM.canonical((512, 4608, 3584, 1), cfg(variant="streamk", **own | {"SK_TAIL_ONLY": 0}))
+    assert implied == sk | {"GROUP_M": implied["GROUP_M"]} and implied["SK_TAIL_ONLY"] == 1
 
 
 def test_constraints_before_compiling():

@@ -96,7 +96,7 @@ def test_sk_split_shares_the_tail_among_split_programs_a_tile():
 
 @pytest.mark.parametrize("M,N,K,bt", [(16, 32, 512, True), (64, 64, 64, True), (48, 96, 320, False)])
 def test_sk_split_matches_torch_and_leaves_the_flags_down(M, N, K, bt):
-    """SK_SPLIT=2 with SK_TAIL_ONLY: the partial wave's tiles cut in two aligned pieces, the third
+    """SK_SPLIT=2 (with or without SK_TAIL_ONLY, which it implies): the partial wave's tiles cut in two aligned pieces, the third
     program idle in stream-K (16x32x512: one tile of 16 iterations, 8 a piece; 64x64x64: 15 tiles
     data-parallel, the 16th cut in two)."""
     g = torch.Generator().manual_seed(M * K + N)
@@ -109,4 +109,7 @@ def test_sk_split_matches_torch_and_leaves_the_flags_down(M, N, K, bt):
     out = streamk_mm(a, b, config, bias=bias)
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-3
     assert torch.equal(streamk_mm(a, b, config, bias=bias), out)  # the same bits again
+    # SK_SPLIT implies SK_TAIL_ONLY (64x64x64 without it would split 4 tiles, not 1)
+    alone = {k: v for k, v in config.items() if k != "SK_TAIL_ONLY"}
+    assert torch.equal(streamk_mm(a, b, alone, bias=bias), out)
     assert int(_flags(a.device, 3).sum()) == 0

@@ -17,8 +17,6 @@ def test_shapes_have_the_named_tile_counts_and_valid_configs():
             M, N, K = shape_for(tiles, tile)
             assert (M // tile["BLOCK_M"]) * (N // tile["BLOCK_N"]) == tiles and N % tile["BLOCK_N"] == 0
             for variant, knobs in [("persistent", {}), *(("streamk", k) for k in FORMS.values())]:
-                # SK_SPLIT is no dimension of the space (yet): the kernel reads it beside the config
-                knobs = {k: v for k, v in knobs.items() if k != "SK_SPLIT"}
                 c = mm.canonical((M, N, K, 1), PERSISTENT_PINNED | {"variant": variant, "SPLIT_K": 1, **tile, **knobs})
                 assert mm.invalid_reason((M, N, K, 1), c, "bf16", "cuda") is None, (tiles, c)
 
