@@ -101,6 +101,14 @@ class BMM(WithOwnGemms):
     own_space = own_space(group=False, variants=(PERSISTENT,), lacks=("EPILOGUE_SUBTILE", HOST_DESC_KNOB))
     own_module = "kernels.persistent_bmm"
 
+    def _mm_key(self, key: Key) -> Key:
+        """mm's key the batched kernel's tiles are judged on: its rows are BATCH where it walks a
+        shared weight's products the other way round (persistent_bmm.batch_as_rows)."""
+        from kernels.persistent_bmm import batch_as_rows
+
+        batch, M, N, K, layout = key
+        return (batch if batch_as_rows(batch, M, layout == LAYOUTS["linear"]) else M, N, K, 1)
+
     def own_runner(self, mm_cfg: Config) -> Runner:
         from kernels.persistent_bmm import persistent_bmm
 
@@ -146,8 +154,9 @@ class BMM(WithOwnGemms):
     # ---- search space -------------------------------------------------------------------
     def canonical(self, key: Key, config: Config) -> Config:
         c = super().canonical(key, config)
-        if -(-key[1] // c["TILE_M"]) == 1:
-            c["GROUP_M"] = 1  # one row of tiles: FlagGems' reordering cannot change anything
+        rows = self._mm_key(key)[0] if c["variant"] in self.own_variants else key[1]
+        if -(-rows // c["TILE_M"]) == 1:
+            c["GROUP_M"] = 1  # one row of tiles: the reordering cannot change anything
         return c
 
     def mnk(self, key: Key) -> tuple[int, int, int]:

@@ -100,7 +100,7 @@ class WithOwnGemms(LibTunerKernel):
         dropped when queued)."""
         space = self.space(key, dtype, device)
         out = []
-        for c in mm_starts(space, self.mnk(key)[0]):  # its knobs already pinned where the space has them
+        for c in mm_starts(space, self._mm_key(key)[0]):  # its knobs already pinned where the space has them
             cfg = {"variant": c["variant"], "num_warps": c["num_warps"], "num_stages": c["num_stages"]}
             cfg |= {t: c[f"BLOCK_{d}"] for d, t in zip("MNK", self.config_keys[:3])}
             out.append(self.canonical(key, cfg | {k: c[k] for k in ("GROUP_M", *self.own_space) if k in c and k in space}))

@@ -110,17 +110,20 @@ def test_router_serves_mm_and_addmm_with_the_persistent_kernel():
         router.uninstall()
 
 
+@pytest.mark.parametrize("block_m", [16, 128])
 @pytest.mark.parametrize("slices", [1, 10])
-def test_batched_kernel_on_the_resampler_projection(slices):
+def test_batched_kernel_on_the_resampler_projection(slices, block_m):
     """The resampler's k/v projection as bmm sees it (F.linear on a sequence-first input: 1024
-    positions x slices, one 3584 x 3584 weight shared over the batch): stable, close to cuBLAS."""
+    positions x slices, one 3584 x 3584 weight shared over the batch), walked as slices x 1024
+    rows (persistent_bmm.batch_as_rows) in 16- and 128-row tiles: stable, close to cuBLAS."""
     from kernels.persistent_bmm import persistent_bmm
 
     g = torch.Generator(device="cuda").manual_seed(slices)
     x = torch.randn(slices, 1024, 3584, device="cuda", dtype=torch.bfloat16, generator=g)
     w = torch.randn(3584, 3584, device="cuda", dtype=torch.bfloat16, generator=g) * 3584 ** -0.5
     a, b = x.permute(1, 0, 2), w.t().expand(1024, 3584, 3584)
-    cfg = dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=4)
+    cfg = dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=4) if block_m == 16 else \
+        dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
     one, two = persistent_bmm(a, b, cfg), persistent_bmm(a, b, cfg)
     assert torch.equal(one, two)
     ref = a.float() @ w.float().t()

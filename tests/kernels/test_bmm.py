@@ -153,16 +153,25 @@ def test_persistent_variant_constraints_and_names():
     # FlagGems' configs keep their GROUP_M; the persistent knobs are pinned for them
     fg = BMM.canonical((8, 100, 64, 64, 0), cfg(GROUP_M=4) | {"OCCUPANCY": 2, "FLATTEN": 1})
     assert fg["GROUP_M"] == 4 and fg["OCCUPANCY"] == 1 and fg["FLATTEN"] == 0
-    assert [BMM.invalid_reason(key, BMM.canonical(key, c), "bf16", "cuda")
-            for c in BMM.starting_configs(key, "bf16", "cuda")] == [None, None, None]
+    starts = BMM.starting_configs(key, "bf16", "cuda")
+    assert starts and all(BMM.invalid_reason(key, BMM.canonical(key, c), "bf16", "cuda") is None for c in starts)
+    # the resampler's 1024 products of 10 rows on one weight: tiles judged on 1024 rows
+    # (persistent_bmm.batch_as_rows), so 128-row tiles, and GROUP_M over their 8 rows of tiles
+    assert BMM._mm_key(key) == (1024, 3584, 3584, 1) and BMM._mm_key((10, 1024, 3584, 3584, 0))[0] == 1024
+    assert max(c["TILE_M"] for c in starts) >= 128
+    assert BMM.invalid_reason(key, pcfg(TILE_M=128, TILE_N=128, TILE_K=64, num_warps=8), "bf16", "cuda") is None
+    assert BMM.canonical(key, pcfg(TILE_M=128, GROUP_M=4))["GROUP_M"] == 4
+    assert "BLOCK_M" in BMM.invalid_reason((2, 10, 3584, 3584, 1), pcfg(TILE_M=128), "bf16", "cuda")
 
 
+@pytest.mark.parametrize("batch,M", [(3, 20), (20, 3)])
 @pytest.mark.parametrize("layout", [0, 1])
 @pytest.mark.parametrize("knobs", [dict(), dict(GROUP_M=1, FLATTEN=1, WARP_SPECIALIZE=1)])
-def test_persistent_runner_matches_the_reference(layout, knobs):
+def test_persistent_runner_matches_the_reference(batch, M, layout, knobs):
     """Both layouts bmm meets (contiguous batches; F.linear's permuted input and one shared weight),
-    several (batch, tile) pairs per program, edge tiles in M, N and K."""
-    key = (3, 20, 40, 48, layout)
+    several (batch, tile) pairs per program, edge tiles in M, N and K; 20 products of 3 rows on a
+    shared weight walked as 3 of 20 rows (batch_as_rows), C through its strided descriptor."""
+    key = (batch, M, 40, 48, layout)
     inputs = BMM.make_inputs(key, "fp16", "cpu", 1, seed=1)
     out = inputs.outs[0].fill_(float("nan"))
     BMM.own_runner(BMM.mm_config(pcfg(**knobs)))(inputs.sets[0], out)
