@@ -73,7 +73,8 @@ def _key_lines(total: int | None) -> Iterator[tuple]:
 
 # the own kernels' knobs, shown when on: OCCUPANCY as o2, the flags by their initials
 KNOB_MARKS = (("OCCUPANCY", "o"), ("WARP_SPECIALIZE", "ws"), ("FLATTEN", "fl"), ("EPILOGUE_SUBTILE", "es"),
-              ("FUSED_REDUCE", "fr"), ("HOST_DESC", "hd"))
+              ("FUSED_REDUCE", "fr"), ("HOST_DESC", "hd"), ("SK_TAIL_ONLY", "tail"), ("SK_SPLIT", "cut"))
+VALUED_KNOBS = ("OCCUPANCY", "SK_SPLIT")  # marked with their value ('o2', 'cut4'); OCCUPANCY only above 1
 
 
 def short_config(cfg: dict | None) -> str:
@@ -84,7 +85,7 @@ def short_config(cfg: dict | None) -> str:
         return "-"
     if {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= set(cfg):
         split = f" sk{cfg['SPLIT_K']}" if "SPLIT_K" in cfg else ""
-        knobs = "".join(f" {mark}{cfg[k] if k == 'OCCUPANCY' else ''}" for k, mark in KNOB_MARKS
+        knobs = "".join(f" {mark}{cfg[k] if k in VALUED_KNOBS else ''}" for k, mark in KNOB_MARKS
                         if cfg.get(k) and (k != "OCCUPANCY" or cfg[k] > 1))
         return (f"{cfg.get('variant', '')} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} "
                 f"g{cfg.get('GROUP_M', '-')}{split} w{cfg.get('num_warps')} s{cfg.get('num_stages')}{knobs}")

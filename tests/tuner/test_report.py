@@ -55,6 +55,9 @@ def test_short_config_shows_split_k_and_the_knobs_that_are_on():
     assert short_config(mm | {"FUSED_REDUCE": 1}) == "splitk 16x64x128 g1 sk4 w4 s3 fr"
     persistent = mm | dict(variant="persistent", SPLIT_K=1, OCCUPANCY=2, WARP_SPECIALIZE=1, EPILOGUE_SUBTILE=1)
     assert short_config(persistent) == "persistent 16x64x128 g1 sk1 w4 s3 o2 ws es"
+    streamk = mm | dict(variant="streamk", SPLIT_K=1, SK_TAIL_ONLY=1, SK_SPLIT=4)
+    assert short_config(streamk) == "streamk 16x64x128 g1 sk1 w4 s3 tail cut4"
+    assert short_config(streamk | {"SK_TAIL_ONLY": 0, "SK_SPLIT": 0}) == "streamk 16x64x128 g1 sk1 w4 s3"
     fp8 = {k: v for k, v in mm.items() if k != "SPLIT_K"} | {"variant": "persistent"}  # scaled_mm has no SPLIT_K
     assert short_config(fp8) == "persistent 16x64x128 g1 w4 s3"
     assert short_config({"x": 1}) == "x=1" and short_config(None) == "-"

@@ -1,7 +1,10 @@
 """Summarise stored GEMM results (mm, addmm and fp8 scaled_mm, one or more tuner databases) as
 markdown: per key tuned vs FlagGems untuned vs cuBLAS, and issue 12's targets.
 
-usage: python -m tuner.benchmarks.report_mm --copy-bw COPY_BW.json [--ops mm,addmm,scaled_mm] DB [DB ...] > REPORT.md
+usage: python -m tuner.benchmarks.report_mm --copy-bw COPY_BW.json [--ops mm,addmm,scaled_mm,bmm] DB [DB ...]
+bmm's rows (the resampler's k/v projections, transformers' prefill lm_head) are reported apart:
+their cuBLAS is torch.bmm, which a tuner kernel can beat by walking the products another way
+(kernels/persistent_bmm.py), not by a faster GEMM, so they stay out of the mm/addmm targets.
 Ratios are time / cuBLAS time, so below 1.0 is faster than cuBLAS. "best Triton" is the faster of
 the tuned kernel (any variant: FlagGems', split-K, persistent) and FlagGems untuned, both timed
 beside cuBLAS in one worker run. "weight BW" is the bytes of B (N x K) read per call over the
@@ -23,6 +26,8 @@ LAYERS = {(4608, 3584): "qkv", (3584, 3584): "o", (37888, 3584): "gate_up", (358
           (151700, 3584): "lm_head", (151744, 3584): "lm_head (vLLM)", (512, 3584): "k/v", (1152, 1152): "vit qkv/o", (4304, 1152): "vit fc1",
           (1152, 4304): "vit fc2", (1024, 1024): "whisper qkv/o", (4096, 1024): "whisper fc1",
           (1024, 4096): "whisper fc2", (3584, 1024): "audio proj"}
+# bmm's keys (kernels/bmm.py presets): M is printed as BATCH x M, cuBLAS is torch.bmm
+BMM_LAYERS = {(3584, 3584): "resampler k/v", (151700, 3584): "lm_head (prefill)"}
 DECODE_M = 16  # at M <= 16 a GEMM is a weight read: judged against the copy bandwidth
 WEIGHT_BYTES = {**ELEM_BYTES, "fp8_w8a8": 1}  # bytes per weight element by the record's dtype
 BF16_TARGET_OPS = ("mm", "addmm")
@@ -45,8 +50,9 @@ def best_triton_us(r: dict) -> float:
 
 
 def config_text(c: dict) -> str:
-    """tuner.report's short form, for addmm's FlagGems tiles (BLOCK_SIZE_M...) too."""
-    return short_config({**c, **{f"BLOCK_{d}": c[f"BLOCK_SIZE_{d}"] for d in "MNK" if f"BLOCK_SIZE_{d}" in c}})
+    """tuner.report's short form, for addmm's (BLOCK_SIZE_M...) and bmm's (TILE_M...) tiles too."""
+    return short_config({**c, **{f"BLOCK_{d}": c[f"{p}_{d}"] for p in ("BLOCK_SIZE", "TILE") for d in "MNK"
+                                 if f"{p}_{d}" in c}})
 
 
 def main() -> None:
@@ -73,19 +79,23 @@ def main() -> None:
         ur = r["untuned_us"] / r["native_us"] if r["untuned_us"] else float("nan")
         by_op[r["kernel"]].append(ratio)
         wbw = k["N"] * k["K"] * WEIGHT_BYTES[r["dtype"]] / (best_triton_us(r) * 1e-6) / bw
+        batched = "BATCH" in k  # bmm: one shared weight read from L2 by every product, no weight-read bound
+        layer = (BMM_LAYERS if batched else LAYERS).get((k["N"], k["K"]), "?")
+        m_text = f"{k['BATCH']}x{k['M']}" if batched else k["M"]
+        bw_text = "n/a" if batched else f"{wbw:.0%}{'' if k['M'] <= DECODE_M else ' (n/a)'}"
         if r["kernel"] in BF16_TARGET_OPS:  # issue 12's targets are the bf16 GEMMs'; fp8 is reported apart
             best.append(ratio)
             untuned.append(ur)
             if k["M"] <= DECODE_M:
                 decode_bw.append(wbw)
-        print(f"| {r['kernel']} | {LAYERS.get((k['N'], k['K']), '?')} | {k['M']} | {k['N']} | {k['K']} | "
+        print(f"| {r['kernel']} | {layer} | {m_text} | {k['N']} | {k['K']} | "
               f"{r['native_us']:.1f} | {r['untuned_us'] or float('nan'):.1f} | {r['time_us']:.1f} | {ratio:.3f} | "
-              f"{ur:.3f} | {config_text(r['config'])} | {wbw:.0%}{'' if k['M'] <= DECODE_M else ' (n/a)'} | "
-              f"{r['trials_used']} |")
+              f"{ur:.3f} | {config_text(r['config'])} | {bw_text} | {r['trials_used']} |")
     print(f"\nKeys: {len(rows)}; mm and addmm: {len(best)}. Best Triton / cuBLAS there: geomean {geomean(best):.3f}, worst {max(best, default=0):.3f} "
           f"(targets 0.97 and 1.10); FlagGems untuned / cuBLAS: geomean {geomean(untuned):.3f}.")
     for op, xs in by_op.items():
-        print(f"- {op}: geomean {geomean(xs):.3f} over {len(xs)} keys" + (" (target 1.0)" if op == "addmm" else ""))
+        note = {"addmm": " (target 1.0)", "bmm": " (against torch.bmm; not in the targets above)"}.get(op, "")
+        print(f"- {op}: geomean {geomean(xs):.3f} over {len(xs)} keys" + note)
     fast = [best_triton_us(r) / r["baselines_us"]["native_fast_accum"] for r in rows
             if r["kernel"] == "scaled_mm" and (r.get("baselines_us") or {}).get("native_fast_accum")]
     if fast:

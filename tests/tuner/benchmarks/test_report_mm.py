@@ -28,3 +28,26 @@ def test_report_has_a_row_per_key_and_the_summary(tmp_path):
     assert f"{64 * 64 / (fp8['time_us'] * 1e-6) / 1e9:.0%}" in rows[1]
     assert "Keys: 2; mm and addmm: 1." in p.stdout and "- scaled_mm: geomean" in p.stdout
     assert "fast accumulation" not in p.stdout  # a CPU tune has no fast-accumulation baseline
+
+
+def test_report_of_the_recorded_h200_set_keeps_bmm_apart(tmp_path):
+    """session 12's H200 database (mm, addmm and bmm tuned beside cuBLAS): bmm's rows name their
+    layer and batch, and stay out of the mm/addmm summary, which reads as that session's report."""
+    import lzma
+
+    results = REPO / "tuner/benchmarks/results/gemm_h200/session12"
+    db = tmp_path / "gemm.db"
+    db.write_bytes(lzma.decompress((results / "gemm.db.xz").read_bytes()))
+    p = subprocess.run([sys.executable, "-m", "tuner.benchmarks.report_mm", "--copy-bw",
+                        str(results / "tune/copy_bw.json"), "--ops", "mm,addmm,bmm", str(db)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    bmm = [line for line in p.stdout.splitlines() if line.startswith("| bmm |")]
+    assert len(bmm) == 4 and "| resampler k/v | 1024x10 | 3584 | 3584 |" in "".join(bmm)
+    assert "| lm_head (prefill) | 1x1 | 151700 |" in "".join(bmm) and all("| n/a |" in b for b in bmm)
+    assert "persistent 128x128x64" in "".join(bmm)  # TILE_M... shown as tiles
+    assert "Keys: 41; mm and addmm: 37." in p.stdout
+    assert "- bmm: geomean" in p.stdout and "not in the targets" in p.stdout
+    # the summary line of the mm/addmm set is the tune step's own report (tune/REPORT.md)
+    summary = next(line for line in p.stdout.splitlines() if line.startswith("Keys:")).split(". ", 1)[1]
+    assert summary in (results / "tune/REPORT.md").read_text()
