@@ -50,6 +50,17 @@ def forward_ms(module, x, sizes) -> tuple[float, torch.Tensor]:
     return statistics.median(times), out
 
 
+def gemm_calls(module, x, sizes) -> list[list]:
+    """[aten op, input shapes] of one forward's GEMM-like ops as the dispatcher saw them (which
+    aten op the k/v projections reach on this torch and device)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as p:
+        module(x, sizes)
+    names = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::linear", "aten::matmul")
+    return [[e.name, e.input_shapes] for e in p.events() if e.name in names]
+
+
 def main() -> None:
     from tuner.inject.gemm_router import flaggems_targets, install_router, plan_routes
     from tuner.report import best_records
@@ -59,6 +70,7 @@ def main() -> None:
     records = best_records(sys.argv[1], "bmm", None)
     module, x, sizes = resampler_and_input()
     native_ms, native = forward_ms(module, x, sizes)
+    calls = gemm_calls(module, x, sizes)
     router = install_router(plan_routes(records, max_tokens=64), flaggems_targets())
     try:
         routed_ms, routed = forward_ms(module, x, sizes)
@@ -68,7 +80,7 @@ def main() -> None:
     print(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "slices": SLICES,
                       "records": len(records), "native_ms": round(native_ms, 3), "routed_ms": round(routed_ms, 3),
                       "speedup": round(native_ms / routed_ms, 3), "router_hits": dict(router.hits),
-                      "rel_error_vs_native": rel}))
+                      "rel_error_vs_native": rel, "gemm_calls": calls}))
 
 
 if __name__ == "__main__":
