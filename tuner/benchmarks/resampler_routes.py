@@ -7,7 +7,9 @@ dimensions, random weights, bf16): 10 slices of 32 x 32 patches, nn.MultiheadAtt
 sequence-first input, so its k and v projections reach aten::bmm (kernels/bmm.py, layout linear).
 The router is the one `tuner serve` installs (tuner/inject/gemm_router.py: plan_routes over the
 records, install_router with FlagGems' and tuner's kernels as targets). Eager forwards, CUDA
-events, median of REPEATS after WARMUP.
+events, median of REPEATS after WARMUP. Which aten op the projections reach depends on whether the
+weights require grad (torch's matmul folds them into mm when they do): `resampler_and_input` sets
+them as the workload's model does (no grad), and `gemm_calls` lists what one forward reached.
 
 usage: python -m tuner.benchmarks.resampler_routes DB_URL   (on the GPU host; one JSON line)
 """
@@ -31,6 +33,10 @@ def resampler_and_input(seed: int = 0):
     torch.manual_seed(seed)
     r = model_dims().resampler
     module = Resampler(r.queries, r.embed, r.heads, r.kv_dim, r.pos_grid, device="cuda", dtype=torch.bfloat16)
+    # as the workload's model (model.py): with weights that require grad, torch's matmul folds the
+    # sequence-first k/v projections into one mm after copying the input (H200, torch 2.11: two
+    # aten::mm 10240 x 3584 x 3584 a forward); without, they reach aten::bmm on the expanded weight
+    module.requires_grad_(False)
     x = torch.randn(SLICES, GRID * GRID, r.kv_dim, device="cuda", dtype=torch.bfloat16)
     return module, x, [(GRID, GRID)] * SLICES
 
