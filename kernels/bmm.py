@@ -5,7 +5,9 @@ LAYOUT says how the operands lie in memory, because FlagGems' cache key holds tw
 - 0 `bmm`: A contiguous [BATCH, M, K], B contiguous [BATCH, K, N] (a plain torch.bmm);
 - 1 `linear`: what F.linear on a sequence-first 3-D input reaches. A = X.permute(1, 0, 2) for a
   contiguous X [M, BATCH, K], and B = W.t() of one N x K weight, expanded over the batch (stride
-  0). torch.matmul cannot fold such an input into one mm, so it calls bmm; MiniCPM-o's resampler
+  0). torch.matmul does not fold such an input into one mm unless the weight requires grad (then it
+  copies the input: H200, torch 2.11, results/gemm_h200/session12/resampler), so with inference
+  weights it calls bmm; MiniCPM-o's resampler
   (nn.MultiheadAttention, batch_first=False) projects its 1024 image positions x 10 slices this
   way: the image workload's largest GEMM (results/profile/PROFILE.md). transformers' LLM prefill
   meets it too: lm_head on the last position (a slice of the hidden states) at M=1.
