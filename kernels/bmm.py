@@ -52,8 +52,10 @@ NO_CPU = ("bmm has no CPU implementation: it runs FlagGems' Triton bmm kernel, w
 
 # MiniCPM-o 2.6 resampler (shared/facts/minicpmo-2.6.md): 64 queries x 3584, over the 32 x 32
 # patch grid of each 448 x 448 slice; a 1344 x 1344 image gives 10 slices. Its k and v
-# projections run as bmm with the linear layout, BATCH = positions, M = slices.
+# projections run as bmm with the linear layout, BATCH = positions, M = slices; its q projection
+# likewise with BATCH = the 64 queries (H200, inference weights: results/gemm_h200/session12/resampler)
 RESAMPLER_POSITIONS = 1024
+RESAMPLER_QUERIES = 64
 RESAMPLER_EMBED = 3584
 RESAMPLER_SLICES = (1, 4, 10)
 # transformers' Qwen2 prefill keeps the last position's logits (logits_to_keep=1): lm_head sees
@@ -141,7 +143,8 @@ class BMM(WithOwnGemms):
 
     def presets(self) -> Mapping[str, list[Key]]:
         d = RESAMPLER_EMBED
-        resampler = [(RESAMPLER_POSITIONS, s, d, d, LAYOUTS["linear"]) for s in RESAMPLER_SLICES]
+        resampler = [(batch, s, d, d, LAYOUTS["linear"]) for batch in (RESAMPLER_POSITIONS, RESAMPLER_QUERIES)
+                     for s in RESAMPLER_SLICES]
         return {"minicpmo": [*resampler, LM_HEAD], "minicpmo-resampler": resampler, "minicpmo-llm": [LM_HEAD]}
 
     def flops(self, key: Key) -> float:

@@ -38,7 +38,8 @@ def test_parse_key():
 
 def test_presets_are_the_resampler_projection_and_the_prefill_lm_head():
     p = BMM.presets()
-    assert p["minicpmo-resampler"] == [(1024, s, 3584, 3584, 1) for s in (1, 4, 10)]
+    # k/v over the 1024 positions, q over the 64 queries, for 1, 4 and 10 slices
+    assert p["minicpmo-resampler"] == [(b, s, 3584, 3584, 1) for b in (1024, 64) for s in (1, 4, 10)]
     assert p["minicpmo-llm"] == [(1, 1, 151700, 3584, 1)]
     assert p["minicpmo"] == p["minicpmo-resampler"] + p["minicpmo-llm"]
 
