@@ -56,6 +56,7 @@ VISION_M = 10240  # SigLIP over the image slices of one request (the profile's M
 VISION_NK = {"qkv_out": (1152, 1152), "fc1": (4304, 1152), "fc2": (1152, 4304)}
 AUDIO_M = 1500  # Whisper-medium encoder positions of 30 s of audio; the projector runs at it too
 AUDIO_NK = {"qkv_out": (1024, 1024), "fc1": (4096, 1024), "fc2": (1024, 4096), "proj1": (3584, 1024)}
+RESAMPLER_M, RESAMPLER_NK = 640, (3584, 3584)  # its attention's out_proj over 10 slices x 64 queries
 
 
 def flag_gems_addmm_module():
@@ -119,8 +120,9 @@ class AddMM(WithOwnGemms):
         vision = [(VISION_M, n, k, 1) for (n, k) in VISION_NK.values()]
         audio = [(AUDIO_M, n, k, 1) for (n, k) in AUDIO_NK.values()]
         vllm = {f"vllm-tp{tp}": vllm_shard_keys(tp, ("qkv",)) for tp in (1, 2, 4, 8)}  # fused q/k/v with bias
-        return {"minicpmo": llm + vision + audio, "minicpmo-llm": llm,
-                "minicpmo-vision": vision, "minicpmo-audio": audio, **vllm}
+        resampler = [(RESAMPLER_M, *RESAMPLER_NK, 1)]
+        return {"minicpmo": llm + vision + resampler + audio, "minicpmo-llm": llm, "minicpmo-vision": vision,
+                "minicpmo-resampler": resampler, "minicpmo-audio": audio, **vllm}
 
     def flops(self, key: Key) -> float:
         M, N, K, _ = key

@@ -68,6 +68,12 @@ MINICPMO_LLM_NK = {
     "lm_head": (151700, 3584),
 }
 SERVING_M = (1, 16, 64, 256, 2048, 8192)
+# the resampler's mm calls for one 1344 x 1344 image (10 slices x 1024 positions, 64 queries), as
+# the H200 profiled its forward (results/gemm_h200/session12/resampler): kv_proj over the patches;
+# proj (x @ P: a K x N parameter, layout kn) over 10 x 64 queries; and the q and k/v projections
+# folded into one mm each where the weights require grad (nn.MultiheadAttention's default, as vLLM
+# builds it; without grad they reach bmm: kernels/bmm.py)
+RESAMPLER_MM = [(10240, 3584, 1152, 1), (640, 3584, 3584, 0), (640, 3584, 3584, 1), (10240, 3584, 3584, 1)]
 # vLLM serving the LLM: gate and up fused, the vocab padded to a multiple of 64 (151744), each GEMM
 # split over tensor-parallel ranks (column-parallel qkv/gate_up/lm_head divide N, row-parallel o/down
 # divide K); M as vLLM meets them: decode batches in CUDA graphs and prefill chunks
@@ -316,7 +322,7 @@ class MM(Kernel):
         llm = [(m, n, k, 1) for (n, k) in MINICPMO_LLM_NK.values() for m in SERVING_M]
         # qkv carries a bias: in vLLM it is addmm's (kernels/addmm.py has the same presets for it)
         vllm = {f"vllm-tp{tp}": vllm_shard_keys(tp, ("o", "gate_up", "down", "lm_head")) for tp in (1, 2, 4, 8)}
-        return {"minicpmo-llm": llm, **vllm}
+        return {"minicpmo-llm": llm, "minicpmo-resampler": list(RESAMPLER_MM), **vllm}
 
     def flops(self, key: Key) -> float:
         M, N, K, _ = key

@@ -41,7 +41,8 @@ def test_presets():
     audio = {(1500, 1024, 1024, 1), (1500, 4096, 1024, 1), (1500, 1024, 4096, 1), (1500, 3584, 1024, 1)}
     assert set(p["minicpmo-llm"]) == llm and set(p["minicpmo-vision"]) == vision
     assert set(p["minicpmo-audio"]) == audio
-    assert sorted(p["minicpmo"]) == sorted(llm | vision | audio) and len(p["minicpmo"]) == 17
+    assert p["minicpmo-resampler"] == [(640, 3584, 3584, 1)]  # its attention's out_proj
+    assert sorted(p["minicpmo"]) == sorted(llm | vision | audio | {(640, 3584, 3584, 1)}) and len(p["minicpmo"]) == 18
 
 
 def test_cpu_has_no_implementation():

@@ -52,6 +52,25 @@ def test_preset_covers_the_llm_gemms():
     assert (1, 4608, 3584, 1) in keys and (8192, 151700, 3584, 1) in keys and (64, 3584, 18944, 1) in keys
 
 
+def test_resampler_preset_is_what_its_forward_called_on_the_h200():
+    """results/gemm_h200/session12/resampler: the aten::mm calls of one forward (one image), with
+    weights with and without grad; proj multiplies by its K x N parameter (layout kn)."""
+    import json
+    from pathlib import Path
+
+    runs = Path(__file__).resolve().parents[2] / "tuner/benchmarks/results/gemm_h200/session12/resampler"
+    seen = set()
+    for f in runs.glob("run*.jsonl"):
+        for line in f.read_text().splitlines():
+            for op, (a, b) in ((c[0], c[1][:2]) for c in json.loads(line).get("gemm_calls", [])):
+                if op == "aten::mm":
+                    seen.add((a[0], b[1], a[1]))
+    keys = MM.presets()["minicpmo-resampler"]
+    assert {(m, n, k) for m, n, k, _ in keys} == seen
+    assert all(MM.parse_key(",".join(map(str, k))) == k for k in keys)
+    assert [bt for *_, bt in keys] == [1, 0, 1, 1]
+
+
 def cfg(**kw):
     base = dict(variant="splitk", BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=1, SPLIT_K=1, num_warps=4,
                 num_stages=2)

@@ -48,9 +48,10 @@ Q=/tmp/q R=/tmp/res; mkdir -p "$Q" "$R"
 for s in ${SKIP:-}; do touch "$Q/$s"; done
 KEYS=${KEYS:-"16,4608,3584 16,3584,3584 16,3584,18944"}  # issue 13's three decode keys (results/search)
 MM=(); for nk in 3584,3584 37888,3584 3584,18944 151744,3584; do for m in 1 8 32 64 512 4096; do MM+=(--shape "$m,$nk"); done; done
+MM+=(--shapes minicpmo-resampler)  # kv_proj, proj and the folded q, k/v of one image (kernels/mm.py RESAMPLER_MM)
 ADDMM=(); for m in 1 8 32 64 512 4096; do ADDMM+=(--shape "$m,4608,3584"); done
-for s in 10240,1152,1152 10240,4304,1152 10240,1152,4304 1500,1024,1024 1500,4096,1024 1500,1024,4096 1500,3584,1024; do
-  ADDMM+=(--shape "$s"); done
+for s in 10240,1152,1152 10240,4304,1152 10240,1152,4304 640,3584,3584 1500,1024,1024 1500,4096,1024 1500,1024,4096 \
+    1500,3584,1024; do ADDMM+=(--shape "$s"); done
 WK=(); for s in $KEYS; do WK+=(--shape "$s"); done
 # a lease that re-tunes only some keys into an earlier run's database (e.g. the partial-wave keys after a
 # kernel change): MM_KEYS / ADDMM_KEYS replace the sets above, SEED_DB (an .xz in the snapshot) is the start

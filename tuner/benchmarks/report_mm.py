@@ -28,6 +28,10 @@ LAYERS = {(4608, 3584): "qkv", (3584, 3584): "o", (37888, 3584): "gate_up", (358
           (1024, 4096): "whisper fc2", (3584, 1024): "audio proj"}
 # bmm's keys (kernels/bmm.py presets): M is printed as BATCH x M, cuBLAS is torch.bmm
 BMM_LAYERS = {(3584, 3584): "resampler k/v", (151700, 3584): "lm_head (prefill)"}
+# the resampler's mm / addmm keys (kernels/mm.py RESAMPLER_MM, addmm's preset), by (M, N, K): their
+# N x K is the LLM's o_proj's
+RESAMPLER_LAYERS = {(10240, 3584, 1152): "resampler kv_proj", (640, 3584, 3584): "resampler q/out/proj",
+                    (10240, 3584, 3584): "resampler k/v (mm)"}
 DECODE_M = 16  # at M <= 16 a GEMM is a weight read: judged against the copy bandwidth
 WEIGHT_BYTES = {**ELEM_BYTES, "fp8_w8a8": 1}  # bytes per weight element by the record's dtype
 BF16_TARGET_OPS = ("mm", "addmm")
@@ -55,6 +59,13 @@ def config_text(c: dict) -> str:
                                  if f"{p}_{d}" in c}})
 
 
+def layer_of(key: dict) -> str:
+    """The MiniCPM-o layer a stored key is, by its op's fields (bmm's have BATCH)."""
+    if "BATCH" in key:
+        return BMM_LAYERS.get((key["N"], key["K"]), "?")
+    return RESAMPLER_LAYERS.get((key["M"], key["N"], key["K"]), LAYERS.get((key["N"], key["K"]), "?"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--copy-bw", required=True)
@@ -80,7 +91,7 @@ def main() -> None:
         by_op[r["kernel"]].append(ratio)
         wbw = k["N"] * k["K"] * WEIGHT_BYTES[r["dtype"]] / (best_triton_us(r) * 1e-6) / bw
         batched = "BATCH" in k  # bmm: one shared weight read from L2 by every product, no weight-read bound
-        layer = (BMM_LAYERS if batched else LAYERS).get((k["N"], k["K"]), "?")
+        layer = layer_of(k)
         m_text = f"{k['BATCH']}x{k['M']}" if batched else k["M"]
         bw_text = "n/a" if batched else f"{wbw:.0%}{'' if k['M'] <= DECODE_M else ' (n/a)'}"
         if r["kernel"] in BF16_TARGET_OPS:  # issue 12's targets are the bf16 GEMMs'; fp8 is reported apart

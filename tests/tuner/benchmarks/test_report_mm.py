@@ -51,3 +51,13 @@ def test_report_of_the_recorded_h200_set_keeps_bmm_apart(tmp_path):
     # the summary line of the mm/addmm set is the tune step's own report (tune/REPORT.md)
     summary = next(line for line in p.stdout.splitlines() if line.startswith("Keys:")).split(". ", 1)[1]
     assert summary in (results / "tune/REPORT.md").read_text()
+
+
+def test_layers_are_named_by_the_fields_that_tell_them_apart():
+    from tuner.benchmarks.report_mm import layer_of
+
+    assert layer_of({"M": 512, "N": 3584, "K": 3584, "BT": 1}) == "o"
+    assert layer_of({"M": 640, "N": 3584, "K": 3584, "BT": 0}) == "resampler q/out/proj"  # o's N x K
+    assert layer_of({"M": 10240, "N": 3584, "K": 1152, "BT": 1}) == "resampler kv_proj"
+    assert layer_of({"BATCH": 1024, "M": 10, "N": 3584, "K": 3584, "LAYOUT": 1}) == "resampler k/v"
+    assert layer_of({"M": 7, "N": 9, "K": 11, "BT": 1}) == "?"
