@@ -25,7 +25,9 @@
 #           split-K's FUSED_REDUCE (~4 min); the copy bandwidth measured first if the run has none.
 #           The engine benches wait for it (SKIP="decode_mm decode_addmm" benches the gemm.db as it is)
 #   mm      issue 12: the 24 LLM mm keys, tuned by every GPU (--gpus 0,1 on two, 0 on one)
-#   addmm   issue 12: the 13 addmm keys (q/k/v with bias, SigLIP, Whisper), likewise
+#   addmm   issue 12: the 14 addmm keys (q/k/v with bias, SigLIP, the resampler's out_proj, Whisper), likewise
+#   bmm     issue 12: the resampler's q and k/v projections as bmm and transformers' prefill lm_head
+#           (bmm's preset minicpmo, ~2 min; results/gemm_h200/session12/bmm)
 #   runs    issues 13/17: TPE, same seed and trials, on 3 decode keys: w1 (1 worker, GPU 0),
 #           w4 (4 workers sharing GPU 0), g2 (1 worker on each of GPUs 0 and 1; two GPUs only)
 #   grid    issue 13's reference: --sampler grid on the same keys, 4 workers per GPU
@@ -159,6 +161,8 @@ fi
     --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db" && touch $Q/decode_mm $Q/decode_addmm; }
 [ -f $Q/mm ] && { [ -f $Q/addmm ] || tune addmm tune_addmm.log --op addmm "${ADDMM[@]}" --trials "${TRIALS:-40}" \
     --timeout "${KEY_TIMEOUT:-12}" --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"; }
+[ -f $Q/addmm ] && { [ -f $Q/bmm ] || tune bmm tune_bmm.log --op bmm --shapes minicpmo --trials "${TRIALS:-40}" \
+    --timeout "${KEY_TIMEOUT:-12}" --seed 0 --gpus "$ALL" --db "sqlite:///$R/gemm.db"; }
 # with vLLM staged (vllm_h200.sh's header): the engine benches, each at the start of a call of its own
 # (two engines with the checkpoint take most of one), tuned = the routes of the GEMM set just tuned
 WAIT_FOR_CALL=0
@@ -201,9 +205,9 @@ stamp "reports"
 cd /tmp/tuner || exit 1
 if [ -f "$R/gemm.db" ]; then
   python3 cli.py db show --db "sqlite:///$R/gemm.db" --json > "$R/db_show.json" 2>/dev/null
-  python3 -m tuner.benchmarks.report_mm --copy-bw "$R/copy_bw.json" --ops mm,addmm,scaled_mm "$R/gemm.db" > "$R/REPORT.md" 2>&1
+  python3 -m tuner.benchmarks.report_mm --copy-bw "$R/copy_bw.json" --ops mm,addmm,scaled_mm,bmm "$R/gemm.db" > "$R/REPORT.md" 2>&1
   tail -8 "$R/REPORT.md"
-  python3 -m tuner.benchmarks.variant_bests "$R/gemm.db" --ops mm,addmm,scaled_mm > "$R/VARIANTS.md" 2>&1
+  python3 -m tuner.benchmarks.variant_bests "$R/gemm.db" --ops mm,addmm,scaled_mm,bmm > "$R/VARIANTS.md" 2>&1
 fi
 RUNS=(); for n in w1 w4 g2; do [ -f "$R/dbs/$n.db" ] && RUNS+=("$n=$R/dbs/$n.db"); done
 if [ ${#RUNS[@]} -gt 0 ]; then
