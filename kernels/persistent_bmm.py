@@ -9,10 +9,11 @@ Runs on the GPU and under TRITON_INTERPRET=1.
 
 A shared weight's products with fewer rows than products (`batch_as_rows`) are walked the other way
 round: out[:, i] = A[:, i] @ W, BATCH rows for each of the M products (C through a strided
-descriptor). MiniCPM-o's resampler projects 1024 positions x 10 slices this way: as bmm each
-position is a 10-row product, padded to a 16-row tile, and W (3584 x 3584) is read once per
-position from L2: 2.73-2.81 ms for FlagGems' tuned kernel and 2.78-2.89 ms for cuBLAS's bmm on the
-H200 (results/gemm_h200/session12/bmm), the image workload's largest GEMM.
+descriptor). MiniCPM-o's resampler projects 1024 positions x 10 slices this way when its weights do
+not require grad (kernels/bmm.py): as bmm each position is a 10-row product, padded to a 16-row
+tile, and W (3584 x 3584) is read once per position from L2: 2.73-2.81 ms for FlagGems' tuned
+kernel and 2.78-2.89 ms for cuBLAS's bmm on the H200, 0.04-0.35 ms walked this way
+(results/gemm_h200/session12/bmm).
 """
 
 from __future__ import annotations
