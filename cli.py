@@ -382,7 +382,8 @@ def serve(
                                              "same setting as vLLM's --max-num-batched-tokens, which tuner "
                                              "passes (default 8192, or the value given after `--`)."),
     exclude: Optional[str] = typer.Option(None, "--exclude", help="FlagGems ops to leave to PyTorch, comma "
-                                          "separated. Default: the ops the stored consistency check failed."),
+                                          "separated (checked against the FlagGems installed here). Default: "
+                                          "the ops the stored consistency check failed."),
     allow_foreign: bool = typer.Option(False, "--allow-foreign", help="Use results measured on another GPU or "
                                        "software stack (loudly warned)."),
     runtime_dir: Optional[str] = typer.Option(None, "--runtime-dir", help="Folder for the exported state "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tuner.errors import UserError
 from tuner.serving import engines
+from tuner.serving.exclude import exclusion_error
 
 DEFAULT_RUNTIME = Path("~/.tuner/runtime")
 
@@ -182,6 +183,8 @@ def prepare(req: ServeRequest) -> Prepared:
         raise UserError(f"{req.model} is a folder without config.json: not a model checkpoint "
                         "(write one with `tuner checkpoint`, or name a model the engine can fetch)")
     check_route_within(req.route_within, req.use_tuned)
+    if req.exclude and (why := exclusion_error(req.exclude)):
+        raise UserError(why)
     engine = engines.engine(req.engine)
     max_tokens, engine_args = engines.batch_tokens(engine, req.max_tokens, req.engine_args)
     key_env = getattr(engine, "API_KEY_ENV", None)

@@ -123,6 +123,8 @@ def test_cli_dry_run_says_what_is_left_native(tmp_path):
     (["/no/such/folder", "--engine", "transformers", "--dry-run"], "does not exist"),
     (["m", "--use-tuned", "--route-within", "2", "--dry-run"], "--route-within takes a factor from 0.5 to 1.5"),
     (["m", "--route-within", "1.02", "--dry-run"], "--route-within applies to tuned routes: add --use-tuned"),
+    # a typo would leave the op on FlagGems (its enable() ignores unknown names): refused, nearest named
+    (["m", "--exclude", "mul,admm", "--dry-run"], "admm (did you mean addmm"),
 ])
 def test_cli_bad_input_is_one_sentence_exit_2(tmp_path, args, words):
     r = _cli(*args, "--runtime-dir", str(tmp_path / "rt"), "--db", str(tmp_path / "none.db"))
