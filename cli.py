@@ -31,6 +31,21 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+# range checks as callbacks: typer's min/max print a type such as `<int range> [1<=x<=65535]` (25
+# characters) in --help's type column, which took that width from every option's help text
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise typer.BadParameter(f"Input should be {'greater' if value < 1 else 'less'} than or equal to "
+                                 f"{1 if value < 1 else 65535}")
+    return value
+
+
+def _positive(value: Optional[int]) -> Optional[int]:
+    if value is not None and value < 1:
+        raise typer.BadParameter("Input should be greater than or equal to 1")
+    return value
+
+
 @app.command()
 def tune(
     op: str = typer.Option(..., "--op", help=f"Op to tune: {', '.join(REGISTRY)} (`tuner ops` explains "
@@ -67,7 +82,7 @@ def tune(
                                        "0,1,2,3: --workers processes on each."),
     from_profile: Optional[str] = typer.Option(None, "--from-profile", help="Add the hot keys of a stored profile "
                                                "run (its id, or latest), hottest first: mm or addmm."),
-    top: Optional[int] = typer.Option(None, "--top", min=1, help="With --from-profile: at most this many keys."),
+    top: Optional[int] = typer.Option(None, "--top", callback=_positive, help="With --from-profile: at most this many keys."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -256,7 +271,7 @@ def profile(
     prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help="Text prefill length S (default 512)."),
     decode_batches: Optional[str] = typer.Option(None, "--decode-batches", help="Decode batch sizes, e.g. 1,8,32."),
     decode_steps: Optional[int] = typer.Option(None, "--decode-steps", help="Decode steps per batch (default 16)."),
-    top: int = typer.Option(15, "--top", min=1, help="Rows to print per table."),
+    top: int = typer.Option(15, "--top", callback=_positive, help="Rows to print per table."),
     trace: Optional[str] = typer.Option(None, "--trace", help="Chrome/Perfetto trace path (.json or .json.gz; "
                                         "default ./tuner-trace.json, replaced each run); the FlagGems run "
                                         "writes <name>.flaggems.json beside it."),
@@ -334,7 +349,7 @@ def check(
     decode_steps: Optional[int] = typer.Option(None, "--decode-steps", help="Decode steps per batch (default 16)."),
     e2e_steps: int = typer.Option(8, "--e2e-steps", help="Decode steps of the end-to-end logits comparison (0 = off)."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for one op's answer before calling it a crash."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="Op subprocesses at a time (default 4 on a GPU)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", callback=_positive, help="Op subprocesses at a time (default 4 on a GPU)."),
     candidate: Optional[str] = typer.Option(None, "--candidate", help="module:function checked instead of FlagGems "
                                             "(for testing the harness)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
@@ -371,7 +386,7 @@ def serve(
     engine: str = typer.Option("vllm", "--engine", help="vllm | flagscale | transformers (transformers' own "
                                "OpenAI-compatible server). flagscale writes a FlagScale serve config and runs "
                                "vLLM through `flagscale serve`."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port the engine listens on."),
+    port: int = typer.Option(8000, "--port", callback=_port, help="Port the engine listens on (1-65535)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the engine listens on: this machine only "
                              "by default; 0.0.0.0 serves the network (give --api-key then)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNER_API_KEY", help="Key clients must "
@@ -390,10 +405,12 @@ def serve(
                                               "(default ~/.tuner/runtime)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Prepare the runtime folder, print the command and "
                                  "environment, do not launch."),
-    native_when_faster: bool = typer.Option(True, "--native-when-faster/--flaggems-always",
-                                            help="With --use-tuned: also leave to PyTorch every FlagGems "
-                                            "op (addmm, bmm) whose tuned kernel is slower than native on "
-                                            "every stored key."),
+    # one flag, not a --x/--no-x pair: the pair's 40 characters widened the options column of
+    # `serve --help` until the help text had 18 of 80 columns
+    flaggems_always: bool = typer.Option(False, "--flaggems-always",
+                                         help="With --use-tuned: keep on FlagGems the ops (addmm, bmm) whose "
+                                         "tuned kernel is slower than native on every stored key (by "
+                                         "default they are left to PyTorch)."),
     route_within: float = typer.Option(1.0, "--route-within", help="With --use-tuned: run a GEMM key's "
                                        "tuned Triton kernel where it was timed at most this factor of "
                                        "cuBLAS's time (1.0: only where faster; 1.02 keeps near-ties in "
@@ -414,7 +431,7 @@ def serve(
     req = flow.ServeRequest(model=model, engine=engine, use_tuned=use_tuned, engine_args=list(ctx.args),
                             db_url=db, allow_foreign=allow_foreign, max_tokens=max_tokens,
                             runtime_dir=runtime_dir, port=port, host=host, api_key=api_key, dry_run=dry_run,
-                            native_when_faster=native_when_faster, route_within=route_within,
+                            native_when_faster=not flaggems_always, route_within=route_within,
                             exclude=[o for o in exclude.split(",") if o] if exclude is not None else None)
     try:
         prepared = flow.prepare(req)
@@ -462,8 +479,8 @@ def bench(
                                   "(served engines: seconds until the server answers, and per request)."),
     served: bool = typer.Option(False, "--served", help="Serve vLLM as `tuner serve` does and send the "
                                 "requests over its OpenAI API (as flagscale always is)."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535,
-                             help="Port of served engines on 127.0.0.1 (one at a time)."),
+    port: int = typer.Option(8000, "--port", callback=_port,
+                             help="Port of served engines on 127.0.0.1 (one at a time; 1-65535)."),
     route_within: float = typer.Option(1.0, "--route-within", help="The tuned mode's `tuner serve "
                                        "--route-within` (1.0: tuned GEMM kernels only where faster than cuBLAS)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),

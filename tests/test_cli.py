@@ -77,7 +77,7 @@ def test_ops_explains_every_key_field_in_80_columns():
     for op in ("mm", "addmm", "bmm", "fused_moe", "attention"):
         assert f"\n{op}: " in f"\n{res.output}"
     # the presets `tune --shapes` takes, names never cut at a hyphen
-    assert "--shapes minicpmo-llm (30 keys), vllm-tp1 (28 keys)" in res.output
+    assert "--shapes minicpmo-llm (30 keys), minicpmo-resampler (4 keys), vllm-tp1 (28" in res.output
     assert "minicpmo-llm (1 key)" in res.output and "vllm-\n" not in res.output
     assert "  dtypes bf16, fp16, fp32 (default bf16)" in res.output  # mm's
     assert "  dtypes fp8_w8a8 (default fp8_w8a8)\n  not served: no serve-time path" in res.output  # scaled_mm's
