@@ -424,8 +424,7 @@ def serve(
 
     Example (to the network): TUNER_API_KEY=... tuner serve /tmp/ck --use-tuned --host 0.0.0.0
 
-    Example (FlagScale's launcher, its config in the runtime folder): tuner serve /tmp/ck --engine flagscale
-    --use-tuned --port 9010 -- --trust-remote-code"""
+    Example (FlagScale's launcher): tuner serve /tmp/ck --engine flagscale --use-tuned -- --trust-remote-code"""
     from tuner.serving import flow
 
     req = flow.ServeRequest(model=model, engine=engine, use_tuned=use_tuned, engine_args=list(ctx.args),
