@@ -53,11 +53,10 @@ def runs(config: dict, key: tuple, device: str, dtype: torch.dtype = torch.bfloa
 def probe(key: tuple, config: dict) -> dict:
     from kernels.bmm import BMM
     from tuner.benchmarks.side_by_side import rel_error
-    from tuner.tuning.measure import L2_ROTATE_FACTOR, MAX_SETS, time_runner
+    from tuner.tuning.measure import n_sets_for, time_runner
 
     bmm = BMM()
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    n = max(1, min(MAX_SETS, -(-int(L2_ROTATE_FACTOR * l2) // bmm.bytes_per_set(key, "bf16"))))
+    n = n_sets_for(bmm, key, "bf16", "cuda", torch.cuda.get_device_properties(0).L2_cache_size)
     inputs = bmm.make_inputs(key, "bf16", "cuda", n, seed=0)
     row: dict = {"key": list(key), "config": config, "input_sets": n}
     outs = {}
