@@ -82,7 +82,8 @@ def tune(
                                        "0,1,2,3: --workers processes on each."),
     from_profile: Optional[str] = typer.Option(None, "--from-profile", help="Add the hot keys of a stored profile "
                                                "run (its id, or latest), hottest first: mm or addmm."),
-    top: Optional[int] = typer.Option(None, "--top", callback=_positive, help="With --from-profile: at most this many keys."),
+    top: Optional[int] = typer.Option(None, "--top", callback=_positive,
+                                      help="With --from-profile: at most this many keys."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -349,7 +350,8 @@ def check(
     decode_steps: Optional[int] = typer.Option(None, "--decode-steps", help="Decode steps per batch (default 16)."),
     e2e_steps: int = typer.Option(8, "--e2e-steps", help="Decode steps of the end-to-end logits comparison (0 = off)."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for one op's answer before calling it a crash."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", callback=_positive, help="Op subprocesses at a time (default 4 on a GPU)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", callback=_positive,
+                                       help="Op subprocesses at a time (default 4 on a GPU)."),
     candidate: Optional[str] = typer.Option(None, "--candidate", help="module:function checked instead of FlagGems "
                                             "(for testing the harness)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),

@@ -184,9 +184,8 @@ def streamk_starts(M: int) -> list[Config]:
     # at 64 (split 2), 0.65x at 12 (split 4) (H200, results/gemm_h200/session12/wave_probe.jsonl)
     square = dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
     return [square, square | {SK_TAIL_KNOB: 1}, square | {SK_TAIL_KNOB: 1, SK_SPLIT_KNOB: 2},
-            square | {SK_TAIL_KNOB: 1, SK_SPLIT_KNOB: 4},
-            dict(variant="streamk", BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
-            dict(variant="streamk", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)]
+            square | {SK_TAIL_KNOB: 1, SK_SPLIT_KNOB: 4}, square | dict(BLOCK_N=256, num_stages=3),
+            square | dict(num_warps=4)]
 
 
 def mm_starts(space: Mapping[str, tuple], M: int) -> list[Config]:

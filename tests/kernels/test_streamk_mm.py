@@ -96,9 +96,9 @@ def test_sk_split_shares_the_tail_among_split_programs_a_tile():
 
 @pytest.mark.parametrize("M,N,K,bt", [(16, 32, 512, True), (64, 64, 64, True), (48, 96, 320, False)])
 def test_sk_split_matches_torch_and_leaves_the_flags_down(M, N, K, bt):
-    """SK_SPLIT=2 (with or without SK_TAIL_ONLY, which it implies): the partial wave's tiles cut in two aligned pieces, the third
-    program idle in stream-K (16x32x512: one tile of 16 iterations, 8 a piece; 64x64x64: 15 tiles
-    data-parallel, the 16th cut in two)."""
+    """SK_SPLIT=2 (with or without SK_TAIL_ONLY, which it implies): the partial wave's tiles cut in
+    two aligned pieces, the third program idle in stream-K (16x32x512: one tile of 16 iterations, 8 a
+    piece; 64x64x64: 15 tiles data-parallel, the 16th cut in two)."""
     g = torch.Generator().manual_seed(M * K + N)
     a = torch.randn(M, K, generator=g).half()
     b = (torch.randn(N, K, generator=g).t() if bt else torch.randn(K, N, generator=g)).half()
