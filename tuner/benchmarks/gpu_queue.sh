@@ -24,7 +24,7 @@
 #           down (mm) and qkv (addmm) at M = 1, 8, 32 tuned again into it, the search now trying
 #           split-K's FUSED_REDUCE (~4 min); the copy bandwidth measured first if the run has none.
 #           The engine benches wait for it (SKIP="decode_mm decode_addmm" benches the gemm.db as it is)
-#   mm      issue 12: the 24 LLM mm keys, tuned by every GPU (--gpus 0,1 on two, 0 on one)
+#   mm      issue 12: the 24 LLM mm keys and the resampler's 4, tuned by every GPU (--gpus 0,1 on two, 0 on one)
 #   addmm   issue 12: the 14 addmm keys (q/k/v with bias, SigLIP, the resampler's out_proj, Whisper), likewise
 #   bmm     issue 12: the resampler's q and k/v projections as bmm and transformers' prefill lm_head
 #           (bmm's preset minicpmo, ~2 min; results/gemm_h200/session12/bmm)
