@@ -272,6 +272,10 @@ def engine_profile_tables(out: dict) -> None:
                       f"{p['graph_launches']} CUDA graph launches, profile run {p.get('profile_run_id')}")
         eager = ", ".join(f"{op} {n}" for op, n in p["eager_ops"][:6])
         console.print(f"  launched eagerly: {eager or 'nothing'}")
+        for c in p.get("idle_causes", [])[:3]:  # the gaps, by the host op whose launch ended them
+            op = c["op"] if len(c["op"]) <= 36 else c["op"][:35] + "…"
+            console.print(f"  GPU idle {c['idle_ms']:.1f} ms ({c['late_ms']:.1f} late), {c['gaps']} gaps, "
+                          f"before {escape(op)}")
         t = Table(box=None, pad_edge=False, padding=(0, 1))
         for col, just in (("kernel", "left"), ("class", "left"), ("calls", "right"), ("ms", "right"),
                           ("µs/call", "right")):

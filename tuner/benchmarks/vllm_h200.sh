@@ -116,6 +116,8 @@ for m in modes:
               "idle/step %.0f us" % out[m]["idle_us_per_step"])
         for k in out[m]["top_kernels"][:15]:
             print("   %-60.60s %-16s %6d %9.2f ms" % (k["name"], k["class"], k["calls"], k["gpu_ms"]))
+        for c in out[m].get("idle_causes", [])[:8]:  # where the GPU waited, by the op launching next
+            print("   idle %-50.50s %5d gaps %8.2f ms (late launch %.2f ms)" % (c["op"], c["gaps"], c["idle_ms"], c["late_ms"]))
 json.dump(out, open(f"{os.environ['OUT']}/profiles_{tag}.json", "w"), indent=1)
 PY
   T=$(ls -t /tmp/bench_$TAG/tuned/trace/*.pt.trace.json* 2>/dev/null | head -1)

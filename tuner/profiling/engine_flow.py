@@ -70,6 +70,7 @@ def store(db_url: str | None, env, engine: str, model: str, mode: str, summary: 
 
     options = {k: summary[k] for k in ("triton_share", "share_by_class", "idle_us_per_step", "steps",
                                        "gpu_busy_ms", "span_ms", "graph_launches", "eager_ops")}
+    options["idle_causes"] = summary.get("idle_causes", [])  # (summaries written before it have none)
     db = open_db(db_url)
     try:
         with db.session() as s:

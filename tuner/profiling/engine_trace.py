@@ -89,6 +89,22 @@ class GemmKey:
 
 
 @dataclass
+class IdleCause:
+    """The GPU's idle gaps that ended with a kernel launched by one host op: `op` is the innermost
+    op enclosing that launch on the host (an aten op, a custom op such as `_vllm_fa3_C::fwd`), else
+    the launch call itself (`cudaGraphLaunch`: a CUDA-graph replay). `late_us`: the part of those
+    gaps during which the launch had not yet been made (the GPU waited on the host); the rest it
+    waited with the launch already queued (a stream wait, a copy, a sync)."""
+    op: str
+    gaps: int = 0
+    idle_us: float = 0.0
+    late_us: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "gaps": self.gaps, "idle_ms": self.idle_us / 1e3, "late_ms": self.late_us / 1e3}
+
+
+@dataclass
 class EngineProfile:
     kernels: list[KernelRow]
     gpu_busy_us: float
@@ -97,6 +113,7 @@ class EngineProfile:
     eager_ops: list[tuple[str, int]] = field(default_factory=list)  # (aten op, kernel launches)
     graph_launches: int = 0
     gemm_keys: list[GemmKey] = field(default_factory=list)
+    idle_causes: list[IdleCause] = field(default_factory=list)
 
     @property
     def kernel_us(self) -> float:
@@ -123,6 +140,7 @@ class EngineProfile:
                 "idle_us_per_step": self.idle_us_per_step, "triton_share": self.share("triton"),
                 "share_by_class": self.shares(), "graph_launches": self.graph_launches,
                 "eager_ops": self.eager_ops[:20], "gemm_keys": [k.as_dict() for k in self.gemm_keys],
+                "idle_causes": [c.as_dict() for c in self.idle_causes[:top]],
                 "top_kernels": [{"name": k.name, "class": k.cls, "calls": k.calls, "gpu_ms": k.gpu_us / 1e3,
                                  "mean_us": k.mean_us} for k in self.top(top)]}
 
@@ -158,34 +176,76 @@ def _busy_us(intervals: Sequence[tuple[float, float]]) -> float:
     return busy
 
 
+class _HostOps:
+    """The host ops of a trace by thread, for "which op enclosed this launch" (bisect over start
+    times: a full trace has ~1e5 ops)."""
+
+    def __init__(self, events: Sequence[Mapping], prefix: str = ""):
+        self.by_tid: dict[Any, list[Mapping]] = {}
+        for e in events:
+            if e.get("cat") == "cpu_op" and e.get("name", "").startswith(prefix):
+                self.by_tid.setdefault(e.get("tid"), []).append(e)
+        self.starts = {}
+        for tid, ops in self.by_tid.items():
+            ops.sort(key=lambda e: e["ts"])
+            self.starts[tid] = [e["ts"] for e in ops]
+
+    def enclosing(self, tid: Any, ts: float) -> str | None:
+        """The innermost op on thread `tid` running at time `ts`, or None."""
+        import bisect
+
+        ops = self.by_tid.get(tid, [])
+        i = bisect.bisect_right(self.starts.get(tid, []), ts) - 1
+        while i >= 0 and ops[i]["ts"] + ops[i].get("dur", 0) < ts:  # ended before: not enclosing
+            i -= 1
+        return ops[i]["name"] if i >= 0 else None
+
+
+def _is_launch(e: Mapping) -> bool:
+    return e.get("cat") in LAUNCH_CATS and "Launch" in e.get("name", "")
+
+
 def _eager_ops(events: Sequence[Mapping], kernel_corr: set) -> list[tuple[str, int]]:
     """aten ops whose kernels were launched one by one (cudaLaunchKernel), i.e. outside a CUDA
     graph: the host work of an eager path, counted by the launches they made. The owner of a launch
-    is the innermost aten op on its thread that encloses it (bisect over start times: a full trace
-    has ~1e5 ops)."""
-    import bisect
-
-    by_tid: dict[Any, list[Mapping]] = {}
-    for e in events:
-        if e.get("cat") == "cpu_op" and e.get("name", "").startswith("aten::"):
-            by_tid.setdefault(e.get("tid"), []).append(e)
-    starts = {}
-    for tid, ops in by_tid.items():
-        ops.sort(key=lambda e: e["ts"])
-        starts[tid] = [e["ts"] for e in ops]
+    is the innermost aten op on its thread that encloses it."""
+    host = _HostOps(events, "aten::")
     counts: dict[str, int] = {}
     for launch in events:
-        if launch.get("cat") not in LAUNCH_CATS or "LaunchKernel" not in launch.get("name", ""):
+        if not _is_launch(launch) or "LaunchKernel" not in launch["name"]:
             continue
         if launch.get("args", {}).get("correlation") not in kernel_corr:
             continue
-        ops, ts = by_tid.get(launch.get("tid"), []), launch["ts"]
-        i = bisect.bisect_right(starts.get(launch.get("tid"), []), ts) - 1
-        while i >= 0 and ops[i]["ts"] + ops[i].get("dur", 0) < ts:  # ended before: not enclosing
-            i -= 1
-        if i >= 0:
-            counts[ops[i]["name"]] = counts.get(ops[i]["name"], 0) + 1
+        op = host.enclosing(launch.get("tid"), launch["ts"])
+        if op is not None:
+            counts[op] = counts.get(op, 0) + 1
     return sorted(counts.items(), key=lambda kv: -kv[1])
+
+
+def _idle_causes(events: Sequence[Mapping], kernels: Sequence[Mapping]) -> list[IdleCause]:
+    """Every gap in the GPU's busy time (kernels on any stream), charged to the host op that launched
+    the kernel ending it, largest idle first. Why: at 64 requests on the H200 the tuned engine's GPU
+    idled 102 ms against native's 67 ms for the same batch (results/vllm/h200_run5), more than its
+    extra kernel time (15 ms), and the totals alone did not say where."""
+    launches = {e.get("args", {}).get("correlation"): e for e in events if _is_launch(e)}
+    host = _HostOps(events)
+    causes: dict[str, IdleCause] = {}
+    busy_end = None
+    for k in sorted(kernels, key=lambda k: float(k["ts"])):
+        ts, end = float(k["ts"]), float(k["ts"]) + float(k["dur"])
+        if busy_end is not None and ts > busy_end:
+            launch = launches.get(k.get("args", {}).get("correlation"))
+            op = "(no launch in the trace)"
+            late = 0.0
+            if launch is not None:
+                op = host.enclosing(launch.get("tid"), launch["ts"]) or launch["name"]
+                late = min(ts, max(busy_end, float(launch["ts"]))) - busy_end
+            cause = causes.setdefault(op, IdleCause(op))
+            cause.gaps += 1
+            cause.idle_us += ts - busy_end
+            cause.late_us += late
+        busy_end = end if busy_end is None else max(busy_end, end)
+    return sorted(causes.values(), key=lambda c: -c.idle_us)
 
 
 GEMM_OPS = {"aten::mm": "mm", "aten::addmm": "addmm"}  # aten::linear and matmul end in one of these
@@ -269,7 +329,7 @@ def aggregate(events: Iterable[Mapping], steps: int, flaggems: frozenset[str] = 
         c = k.get("args", {}).get("correlation")
         kernel_us[c] = kernel_us.get(c, 0.0) + float(k["dur"])
     return EngineProfile(list(rows.values()), _busy_us(intervals), span, steps, _eager_ops(events, corr), graphs,
-                         _gemm_keys(events, kernel_us, capture_sizes))
+                         _gemm_keys(events, kernel_us, capture_sizes), _idle_causes(events, kernels))
 
 
 @functools.lru_cache(maxsize=1)

@@ -35,6 +35,7 @@ def test_summary_is_stored_as_a_profile_run_of_kernels(tmp_path):
             rows = pq.hot_ops(s, run)
             assert run.id == run_id and run.workloads == "vllm:tuned" and run.flaggems
             assert run.options["mode"] == "tuned" and 0 < run.options["triton_share"] < 0.1
+            assert run.options["idle_causes"] == summary["idle_causes"] and summary["idle_causes"]
             assert run.total_us == summary["kernel_ms"] * 1e3
             assert [r.rank for r in rows] == [1, 2, 3, 4, 5, 6]
             assert rows[0].op == "cublas" and rows[0].kernel.startswith("nvjet_sm90")
@@ -73,6 +74,7 @@ def test_tables_fit_80_columns(tmp_path, monkeypatch):
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "Triton share" in text and "aten::argmax" in text and "untuned: FAILED" in text
     assert "GEMM keys (tune --from-profile 3): 1 eager" in text and "mm 1x151744x3584" in text
+    assert "gaps, before cudaGraphLaunch" in text  # the decode steps' replays (a recorded trace)
 
 
 def test_cli_refuses_bad_input_before_starting_an_engine(tmp_path):

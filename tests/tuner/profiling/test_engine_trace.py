@@ -72,6 +72,30 @@ def test_aggregate_shares_idle_and_eager_ops():
     assert [t["name"] for t in top] == ["nvjet_sm90_tst_64x8", "mm_kernel_general_host_tma"]
 
 
+def test_idle_gaps_are_charged_to_the_op_that_launched_the_next_kernel():
+    p = et.aggregate(_events(), steps=2, flaggems=FG)
+    causes = {c.op: c for c in p.idle_causes}
+    # [110, 120): the mm of a graph replay launched at 60, queued before the GPU went idle
+    assert causes["cudaGraphLaunch"].gaps == 2  # and [190, 300) before the cuBLAS kernel of the same replay
+    assert causes["cudaGraphLaunch"].idle_us == pytest.approx(10 + 110)
+    assert causes["cudaGraphLaunch"].late_us == 0
+    assert causes["aten::argmax"].idle_us == pytest.approx(100)  # [400, 500): the gumbel kernel, launched at 20
+    assert sum(c.idle_us for c in p.idle_causes) == pytest.approx(p.span_us - p.gpu_busy_us)
+    assert [c.op for c in p.idle_causes] == ["cudaGraphLaunch", "aten::argmax"]  # largest idle first
+
+
+def test_a_launch_made_after_the_gpu_went_idle_counts_as_late():
+    events = [
+        {"cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 300, "tid": 1},
+        _launch(5, 1), _k("nvjet_a", 10, 40, 1),  # busy [10, 50)
+        _launch(250, 2), _k("persistent_mm_kernel", 260, 100, 2),  # launched 200 us after the GPU went idle
+    ]
+    (cause,) = et.aggregate(events, steps=1).idle_causes
+    assert (cause.op, cause.gaps, cause.idle_us, cause.late_us) == ("aten::mm", 1, 210, 200)
+    assert et.aggregate(events, steps=1).to_dict()["idle_causes"] == [
+        {"op": "aten::mm", "gaps": 1, "idle_ms": 0.21, "late_ms": 0.2}]
+
+
 def test_load_trace_reads_gzipped_chrome_traces(tmp_path):
     path = tmp_path / "worker.pt.trace.json.gz"
     with gzip.open(path, "wt") as f:
@@ -94,6 +118,9 @@ def test_recorded_vllm_trace():
     eager = dict(p.eager_ops)
     assert eager.get("aten::argmax") and eager.get("aten::gather")  # the sampler runs eagerly every step
     assert all(k.cls != "triton/flaggems" for k in p.kernels)  # M=1: no key routed to FlagGems
+    # decode steps are CUDA-graph replays: most gaps end with a replayed kernel, and every gap is charged
+    assert max(p.idle_causes, key=lambda c: c.gaps).op == "cudaGraphLaunch"
+    assert sum(c.idle_us for c in p.idle_causes) == pytest.approx(p.idle_us)
 
 
 def _gemm(name, ts, dur, dims, strides, tid=1, dtype="c10::BFloat16"):
