@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 VARIANT_KERNELS = {"fg_tma": "mm_kernel_general_host_tma", "fg_general": "mm_kernel_general"}
 SUPPORTED_FLAG_GEMS = ("5.0.",)  # layouts of LibTuner/ConfigCache this module knows
 B_LAYOUTS = ("row", "col")  # B as a (K, N) row-major tensor, or weight.t() of a Linear
+LAYOUT_BT = {"row": 0, "col": 1}  # the records' BT of each layout
 
 
 class UnsupportedFlagGemsError(RuntimeError):
@@ -216,14 +217,17 @@ def seed_mm_cache(
     check_records(mm, base, allow_foreign=allow_foreign,
                   running_for=lambda r: {"kernel_source_hash": hashes[r["config"]["variant"]]})
     report = SeedReport()
-    groups: dict[tuple, dict[int, Mapping]] = {}
+    # (variant, N, K, dtype) -> M -> BT -> record: FlagGems' cache keys tell B's layouts apart, so a key
+    # tuned in both (the resampler's 640x3584x3584 is met as x @ P and as a Linear) seeds each its own
+    groups: dict[tuple, dict[int, dict[int, Mapping]]] = {}
     for r in mm:
         k = r["key"]
         g = groups.setdefault((r["config"]["variant"], int(k["N"]), int(k["K"]), r["dtype"]), {})
-        prev = g.get(int(k["M"]))
+        by_bt = g.setdefault(int(k["M"]), {})
+        prev = by_bt.get(int(k.get("BT", 1)))
         if prev is not None and prev["config"] != r["config"]:
             raise ValueError(f"two different mm configs for {k} {r['dtype']} {r['config']['variant']}")
-        g[int(k["M"])] = r
+        by_bt[int(k.get("BT", 1))] = r
     rows: dict[str, dict[tuple, Any]] = {}
     for (variant, N, K, dtype), by_m in sorted(groups.items()):
         where = f"{variant} N={N} K={K} {dtype}"
@@ -235,25 +239,28 @@ def seed_mm_cache(
                                   f"{reachable_variant(mod, N, K, dtype)}, not {variant}")
             continue
         tuner = tuners[variant]
-        cfgs = {}
-        for m, r in by_m.items():
-            cfg = triton_config(mod, variant, r["config"])
-            listed = next((c for c in tuner.configs if same_config(c, cfg)), None)
-            if listed is None and db_url is not None and variant == "fg_tma":
-                report.skipped.append(f"{where} M={m}: off-list TMA config cannot go to another process")
-                continue
-            if listed is None:
-                tuner.configs.append(cfg)  # kernel_hash is cached: table name is unchanged
-                report.appended_configs += 1
-                listed = cfg
-            cfgs[m] = listed
+        cfgs: dict[int, dict[int, Any]] = {}  # M -> BT -> the listed config
+        for m, by_bt in by_m.items():
+            for bt, r in by_bt.items():
+                cfg = triton_config(mod, variant, r["config"])
+                listed = next((c for c in tuner.configs if same_config(c, cfg)), None)
+                if listed is None and db_url is not None and variant == "fg_tma":
+                    report.skipped.append(f"{where} M={m}: off-list TMA config cannot go to another process")
+                    continue
+                if listed is None:
+                    tuner.configs.append(cfg)  # kernel_hash is cached: table name is unchanged
+                    report.appended_configs += 1
+                    listed = cfg
+                cfgs.setdefault(m, {})[bt] = listed
+                report.records += 1
         if not cfgs:
             continue
         for layout in b_layouts:
+            # this layout's own record where there is one, else the other layout's
+            mine = {m: by_bt.get(LAYOUT_BT[layout], next(iter(by_bt.values()))) for m, by_bt in cfgs.items()}
             key_of = functools.partial(_key_of, tuner, mod, variant, N, K, dtype, layout)
-            for key, m in plan_buckets(sorted(cfgs), max_tokens, key_of).items():
-                rows.setdefault(tuner.config_table_name, {})[key] = cfgs[m]
-        report.records += len(cfgs)
+            for key, m in plan_buckets(sorted(mine), max_tokens, key_of).items():
+                rows.setdefault(tuner.config_table_name, {})[key] = mine[m]
     model = None if db_url is None else SQLPersistantModel(db_url)
     for variant, tuner in tuners.items():
         table_rows = rows.get(tuner.config_table_name)

@@ -127,6 +127,25 @@ print("RESULT", json.dumps(cfg(tuners["fg_tma"].cache.get(key("fg_tma", 20, 4608
     assert result(out)["BLOCK_N"] == 128
 
 
+def test_a_key_tuned_in_both_b_layouts_seeds_each_layout_its_own_config(fg_env):
+    """The resampler's 640x3584x3584 is met as x @ P (B row-major, BT=0) and as a Linear (BT=1); both
+    tuned to FlagGems' TMA kernel with different configs: each layout's cache rows get their own (the
+    H200 engine refused to start on such a database: "two different mm configs")."""
+    out = run_py(RECORDS.format(env=_env()) + HELPERS + """
+kn = rec(640, 3584, 3584, "fg_tma", 64, 128, 64, 4, 3); kn["key"]["BT"] = 0
+nk = rec(640, 3584, 3584, "fg_tma", 128, 128, 128, 8, 5); nk["key"]["BT"] = 1
+lone = rec(1, 3584, 3584, "fg_tma", 64, 128, 64, 4, 3)  # one layout tuned: both layouts take it
+r = seed_mm_cache([kn, nk, lone], max_tokens=1024, running=RUNNING)
+t = tuners["fg_tma"]
+print("RESULT", json.dumps({"records": r.records, "skipped": r.skipped,
+    "row": [cfg(t.cache.get(key("fg_tma", M, 3584, 3584, "row")))["BLOCK_M"] for M in (1, 600, 640, 1024)],
+    "col": [cfg(t.cache.get(key("fg_tma", M, 3584, 3584, "col")))["BLOCK_M"] for M in (1, 600, 640, 1024)]}))
+""", fg_env)
+    r = result(out)
+    assert r["records"] == 3 and r["skipped"] == []
+    assert r["row"] == [64, 64, 64, 64] and r["col"] == [64, 128, 128, 128]
+
+
 def test_foreign_records_refused(fg_env):
     out = run_py(RECORDS.format(env=_env()) + HELPERS + """
 from tuner.inject import ForeignResultError
