@@ -32,6 +32,7 @@ BMM_LAYERS = {(3584, 3584): "resampler k/v", (151700, 3584): "lm_head (prefill)"
 # N x K is the LLM's o_proj's
 RESAMPLER_LAYERS = {(10240, 3584, 1152): "resampler kv_proj", (640, 3584, 3584): "resampler q/out/proj",
                     (10240, 3584, 3584): "resampler k/v (mm)"}
+RESAMPLER_QUERIES = 64  # bmm's BATCH of the resampler's q projection (kernels/bmm.py's preset)
 DECODE_M = 16  # at M <= 16 a GEMM is a weight read: judged against the copy bandwidth
 WEIGHT_BYTES = {**ELEM_BYTES, "fp8_w8a8": 1}  # bytes per weight element by the record's dtype
 BF16_TARGET_OPS = ("mm", "addmm")
@@ -60,10 +61,14 @@ def config_text(c: dict) -> str:
 
 
 def layer_of(key: dict) -> str:
-    """The MiniCPM-o layer a stored key is, by its op's fields (bmm's have BATCH)."""
+    """The MiniCPM-o layer a stored key is, by its op's fields (bmm's have BATCH), with "(kn)" for a
+    B stored K x N (BT=0; the same M, N, K tuned as a Linear is another row)."""
     if "BATCH" in key:
+        if key["BATCH"] == RESAMPLER_QUERIES and (key["N"], key["K"]) == (3584, 3584):
+            return "resampler q"  # the 64 queries' products, one a query, over the slices
         return BMM_LAYERS.get((key["N"], key["K"]), "?")
-    return RESAMPLER_LAYERS.get((key["M"], key["N"], key["K"]), LAYERS.get((key["N"], key["K"]), "?"))
+    name = RESAMPLER_LAYERS.get((key["M"], key["N"], key["K"]), LAYERS.get((key["N"], key["K"]), "?"))
+    return name + (" (kn)" if key.get("BT", 1) == 0 else "")
 
 
 def main() -> None:
@@ -105,6 +110,8 @@ def main() -> None:
     print(f"\nKeys: {len(rows)}; mm and addmm: {len(best)}. Best Triton / cuBLAS there: geomean {geomean(best):.3f}, worst {max(best, default=0):.3f} "
           f"(targets 0.97 and 1.10); FlagGems untuned / cuBLAS: geomean {geomean(untuned):.3f}.")
     for op, xs in by_op.items():
+        if not xs:  # an op asked for with no key in the database
+            continue
         note = {"addmm": " (target 1.0)", "bmm": " (against torch.bmm; not in the targets above)"}.get(op, "")
         print(f"- {op}: geomean {geomean(xs):.3f} over {len(xs)} keys" + note)
     fast = [best_triton_us(r) / r["baselines_us"]["native_fast_accum"] for r in rows

@@ -17,7 +17,7 @@ def test_report_has_a_row_per_key_and_the_summary(tmp_path):
     bw = tmp_path / "bw.json"
     bw.write_text(json.dumps({"bandwidth_Bps": 1e9}))
     p = subprocess.run([sys.executable, "-m", "tuner.benchmarks.report_mm", "--copy-bw", str(bw), "--ops",
-                        "mm,scaled_mm", str(db)], cwd=REPO, capture_output=True, text=True, timeout=120)
+                        "mm,addmm,scaled_mm", str(db)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     rows = [line for line in p.stdout.splitlines() if line.startswith("| mm |") or line.startswith("| scaled_mm |")]
     assert len(rows) == 2 and "| 16 | 64 | 64 |" in rows[1]
@@ -27,6 +27,7 @@ def test_report_has_a_row_per_key_and_the_summary(tmp_path):
     fp8 = next(r for r in shown if r["kernel"] == "scaled_mm")
     assert f"{64 * 64 / (fp8['time_us'] * 1e-6) / 1e9:.0%}" in rows[1]
     assert "Keys: 2; mm and addmm: 1." in p.stdout and "- scaled_mm: geomean" in p.stdout
+    assert "- addmm:" not in p.stdout  # asked for, but no addmm key in the database: no "geomean nan" line
     assert "fast accumulation" not in p.stdout  # a CPU tune has no fast-accumulation baseline
 
 
@@ -57,7 +58,9 @@ def test_layers_are_named_by_the_fields_that_tell_them_apart():
     from tuner.benchmarks.report_mm import layer_of
 
     assert layer_of({"M": 512, "N": 3584, "K": 3584, "BT": 1}) == "o"
-    assert layer_of({"M": 640, "N": 3584, "K": 3584, "BT": 0}) == "resampler q/out/proj"  # o's N x K
+    assert layer_of({"M": 640, "N": 3584, "K": 3584, "BT": 0}) == "resampler q/out/proj (kn)"  # o's N x K
+    assert layer_of({"M": 640, "N": 3584, "K": 3584, "BT": 1}) == "resampler q/out/proj"
+    assert layer_of({"BATCH": 64, "M": 10, "N": 3584, "K": 3584, "LAYOUT": 1}) == "resampler q"
     assert layer_of({"M": 10240, "N": 3584, "K": 1152, "BT": 1}) == "resampler kv_proj"
     assert layer_of({"BATCH": 1024, "M": 10, "N": 3584, "K": 3584, "LAYOUT": 1}) == "resampler k/v"
     assert layer_of({"M": 7, "N": 9, "K": 11, "BT": 1}) == "?"
