@@ -28,7 +28,8 @@
 # Outputs under $OUT (at most 8 files come back): env.txt, <step>.log, and for bench: bench_MODES.json
 # (the report), bench_MODES.png, profiles_MODES.json (engine profile of each mode: top 15 kernels,
 # Triton share, idle per decode step), logs_MODES.tar.gz (each mode's engine log and raw result),
-# trace_sample_MODES.json.gz (an excerpt of the tuned trace, test data).
+# trace_sample_MODES.json.gz (an excerpt of the tuned trace, test data), traces_MODES.tar (every mode's
+# full trace, <mode>.json.gz, when together under 15 MB).
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s); stamp() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
@@ -102,8 +103,13 @@ PY
     timeout 180 python3 -m tuner.profiling.engine_trace /tmp/bench_$TAG/$m/trace 64 /tmp/bench_$TAG/$m/profile.json \
         /tmp/bench_$TAG/$m/result.json 2>&1 | tail -2
     T=$(ls -t /tmp/bench_$TAG/$m/trace/*.pt.trace.json* 2>/dev/null | head -1)  # the raw trace, when it fits
-    [ -n "$T" ] && [ "$(stat -c %s "$T")" -lt 15000000 ] && case "$T" in *.gz) cp "$T" "$OUT/trace_${m}_$TAG.json.gz";; esac
+    mkdir -p /tmp/bench_$TAG/traces
+    [ -n "$T" ] && case "$T" in *.gz) cp "$T" "/tmp/bench_$TAG/traces/$m.json.gz";; esac
   done
+  # every mode's trace in one file: one a mode was a file too many (the tool returns 8; session 13 lost
+  # the tuned engine's trace that way), and under the 16 MiB a file returns
+  [ "$(du -cb /tmp/bench_$TAG/traces/* 2>/dev/null | tail -1 | cut -f1)" -lt 15000000 ] \
+      && tar -cf "$OUT/traces_$TAG.tar" -C /tmp/bench_$TAG/traces .
   python3 - "$TAG" "$MODES" <<'PY'
 import json, os, sys
 tag, modes = sys.argv[1], sys.argv[2].split(",")
@@ -123,7 +129,7 @@ PY
   T=$(ls -t /tmp/bench_$TAG/tuned/trace/*.pt.trace.json* 2>/dev/null | head -1)
   [ -n "$T" ] && python3 -c "from tuner.profiling.engine_trace import sample_trace; import sys; sample_trace(sys.argv[1], sys.argv[2])" \
       "$T" "$OUT/trace_sample_$TAG.json.gz"
-  tar -czf "$OUT/logs_$TAG.tar.gz" -C /tmp/bench_$TAG --exclude='*.pt.trace.json*' . ;;
+  tar -czf "$OUT/logs_$TAG.tar.gz" -C /tmp/bench_$TAG --exclude='*.pt.trace.json*' --exclude=./traces . ;;
 serve)
   cd /tmp/tuner || exit 1
   [ -f /tmp/ck/config.json ] || { stamp "checkpoint"; python3 cli.py checkpoint /tmp/ck || exit 1; }
