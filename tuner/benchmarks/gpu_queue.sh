@@ -112,6 +112,9 @@ if [ ! -f $Q/probe ]; then
   # the timings first, with nothing else on the machine; then the tests beside the rest
   stamp "copy bandwidth"; timeout 60 python3 -m tuner.benchmarks.copy_bw | tee "$R/copy_bw.json"
   stamp "host cost per call"; timeout 120 python3 -m tuner.benchmarks.host_cost | tee "$R/host_cost.json"
+  # where the persistent kernel's host time goes (47 us a call in session 5, 106 in session 12)
+  timeout 120 python3 -m tuner.benchmarks.host_cost --profile persistent_us persistent_host_desc_us \
+      > "$R/host_cost_profile.txt" 2>&1; grep -A 14 "^--- cProfile" "$R/host_cost_profile.txt" | cut -c1-160
   gpu1_tests > "$R/gputests_other.log" 2>&1 & BG=$!
   stamp "pytest -m gpu stream-K (GPU 0)"
   timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -k streamk tests/gpu/test_persistent_mm_gpu.py > "$R/probe_streamk.log" 2>&1

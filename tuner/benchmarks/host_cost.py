@@ -2,6 +2,10 @@
 (also split in two, with and without its reduction fused), persistent and stream-K kernels, on a
 tiny key where the GPU is idle and the CPU sets the pace. The router takes a route outside CUDA
 graphs only where the GPU gain pays the extra host time. Prints one JSON line.
+
+`--profile NAME [NAME ...]` (e.g. persistent_us persistent_host_desc_us) then runs those calls under
+cProfile and prints where their host time goes, own time first: the persistent kernel's host cost
+rose from 47 us a call (session 5) to 106 (session 12) on the H200 with nothing measured to say why.
 """
 
 import json
@@ -24,7 +28,12 @@ def per_call_us(fn, n: int = 3000) -> float:
     return best
 
 
-def main() -> None:
+NAMES = ("cublas_us", "flaggems_us", "splitk_us", "splitk_sk2_us", "splitk_fused_sk2_us", "persistent_us",
+         "persistent_host_desc_us", "streamk_us", "streamk_host_desc_us")
+
+
+def calls() -> dict:
+    """The eager calls timed, by the name of their JSON field (NAMES, in that order)."""
     from kernels.mm import flag_gems_mm_module
     from kernels.persistent_mm import persistent_mm
     from kernels.streamk_mm import streamk_mm
@@ -35,22 +44,57 @@ def main() -> None:
     fg = flag_gems_mm_module()
     pers = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, num_warps=4, num_stages=2)
     split = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, SPLIT_K=1, num_warps=4, num_stages=2)
-    out = {
-        "cublas_us": per_call_us(lambda: torch.mm(a, w.t())),
-        "flaggems_us": per_call_us(lambda: fg.mm(a, w.t())),
-        "splitk_us": per_call_us(lambda: splitk_mm(a, w.t(), split)),
+    return {
+        "cublas_us": lambda: torch.mm(a, w.t()),
+        "flaggems_us": lambda: fg.mm(a, w.t()),
+        "splitk_us": lambda: splitk_mm(a, w.t(), split),
         # split in two: the GEMM and its reduce kernel, or one launch with the reduction fused
-        "splitk_sk2_us": per_call_us(lambda: splitk_mm(a, w.t(), split | {"BLOCK_K": 32, "SPLIT_K": 2})),
-        "splitk_fused_sk2_us": per_call_us(
-            lambda: splitk_mm(a, w.t(), split | {"BLOCK_K": 32, "SPLIT_K": 2, "FUSED_REDUCE": 1})),
-        "persistent_us": per_call_us(lambda: persistent_mm(a, w.t(), pers)),
+        "splitk_sk2_us": lambda: splitk_mm(a, w.t(), split | {"BLOCK_K": 32, "SPLIT_K": 2}),
+        "splitk_fused_sk2_us": lambda: splitk_mm(a, w.t(), split | {"BLOCK_K": 32, "SPLIT_K": 2, "FUSED_REDUCE": 1}),
+        "persistent_us": lambda: persistent_mm(a, w.t(), pers),
         # descriptors built here (three TensorDescriptors, no scratch) instead of in every program
-        "persistent_host_desc_us": per_call_us(lambda: persistent_mm(a, w.t(), pers | {"HOST_DESC": 1})),
-        "streamk_us": per_call_us(lambda: streamk_mm(a, w.t(), pers)),
-        "streamk_host_desc_us": per_call_us(lambda: streamk_mm(a, w.t(), pers | {"HOST_DESC": 1})),
-        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "persistent_host_desc_us": lambda: persistent_mm(a, w.t(), pers | {"HOST_DESC": 1}),
+        "streamk_us": lambda: streamk_mm(a, w.t(), pers),
+        "streamk_host_desc_us": lambda: streamk_mm(a, w.t(), pers | {"HOST_DESC": 1}),
     }
+
+
+def profile_lines(fn, n: int = 2000, top: int = 20) -> list[str]:
+    """cProfile's table of `n` calls of fn (warmed up first), own time first, `top` rows."""
+    import cProfile
+    import io
+    import pstats
+
+    per_call_us(fn, n=50)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue().splitlines()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Host time per eager GEMM call by kernel, the GPU idle (GPU only).")
+    ap.add_argument("--profile", nargs="+", default=[], metavar="NAME",
+                    help=f"also run these calls under cProfile: {', '.join(NAMES)}")
+    args = ap.parse_args(argv)
+    unknown = [n for n in args.profile if n not in NAMES]
+    if unknown:
+        ap.error(f"unknown call(s) {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+    fns = calls()
+    assert tuple(fns) == NAMES, "host_cost.NAMES and calls() name the same calls"
+    out = {name: per_call_us(fn) for name, fn in fns.items()}
+    out |= {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     print(json.dumps(out))
+    for name in args.profile:
+        print(f"--- cProfile of {name}, 2000 calls:")
+        print("\n".join(profile_lines(fns[name])))
 
 
 if __name__ == "__main__":
