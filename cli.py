@@ -163,22 +163,28 @@ def db_show(
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Only results from this GPU name."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON records (what `tuner serve` exports)."),
+    route_within: float = typer.Option(1.0, "--route-within", help="Show where `tuner serve --use-tuned "
+                                       "--route-within` this factor sends each mm / addmm / bmm key."),
 ) -> None:
-    """Best configs with their timings, the baselines timed beside them, and speedups.
+    """Best configs with their timings, the baselines timed beside them, and speedups; for the GEMMs,
+    where serving sends each key: its tuned kernel in CUDA graphs (and eagerly where the GPU gain
+    pays the launch's host time), or native.
 
-    Example: tuner db show --op mm --gpu "NVIDIA H200" """
+    Example: tuner db show --op mm --gpu "NVIDIA H200" --route-within 1.02"""
     from tuner.report import best_records, best_table
+    from tuner.serving.flow import check_route_within
 
     if op is not None and op not in REGISTRY:  # it printed "no stored results", as for a known op
         _fail(UserError(f"unknown op {op!r}; ops: {', '.join(REGISTRY)} (`tuner ops` explains each)"))
     try:
+        check_route_within(route_within, use_tuned=True)
         recs = best_records(db, op, gpu)
     except UserError as e:
         _fail(e)
     if as_json:
         typer.echo(json.dumps(recs, indent=2))
     else:
-        best_table(recs)
+        best_table(recs, route_within)
 
 
 @app.command()

@@ -83,6 +83,8 @@ def short_config(cfg: dict | None) -> str:
     key=value pairs otherwise."""
     if cfg is None:
         return "-"
+    # addmm's and bmm's spaces name their tiles after FlagGems' kernels (BLOCK_SIZE_M..., TILE_M...)
+    cfg = {**cfg, **{f"BLOCK_{d}": cfg[f"{p}_{d}"] for p in ("BLOCK_SIZE", "TILE") for d in "MNK" if f"{p}_{d}" in cfg}}
     if {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= set(cfg):
         split = f" sk{cfg['SPLIT_K']}" if "SPLIT_K" in cfg else ""
         knobs = "".join(f" {mark}{cfg[k] if k in VALUED_KNOBS else ''}" for k, mark in KNOB_MARKS
@@ -160,9 +162,26 @@ def _grouped(recs: list[dict]) -> dict[tuple[str, str, str, str], list[dict]]:
     return groups
 
 
-def best_table(recs: list[dict]) -> None:
+def route_text(record: dict, within: float = 1.0) -> str | None:
+    """Where `tuner serve --use-tuned --route-within W` sends a stored GEMM key's calls (the router's
+    own rules: tuned kernel only if timed faster than cuBLAS, or within W of it; outside CUDA graphs
+    only where the GPU gain pays the kernel's extra host time), None for ops the router does not serve."""
+    from tuner.inject import gemm_router as gr
+
+    if record.get("kernel") not in gr.ROUTED_OPS:
+        return None
+    if gr.group_key(record) is None:
+        return "serves: not routed (B stored K x N)"
+    target = gr.record_target(record, within)
+    if target == gr.NATIVE:
+        return "serves: native"
+    return f"serves: {target}, " + ("graphs + eager" if gr.eager_worthwhile(record, within) else "in graphs")
+
+
+def best_table(recs: list[dict], route_within: float | None = 1.0) -> None:
     """One table per (op, GPU, timing), 80 columns: the key as its values (the title names the
-    fields; `tuner ops` explains them), never cut; the config folds onto a second line."""
+    fields; `tuner ops` explains them), never cut; the config folds onto a second line, and for the
+    GEMMs the router serves, where serving sends the key (route_text; None: not shown)."""
     if not recs:
         console.print("no stored results")
         return
@@ -175,10 +194,13 @@ def best_table(recs: list[dict]) -> None:
         for r in rows:
             t.add_row(",".join(str(v) for v in r["key"].values()), fmt(r["time_us"], ".1f"),
                       fmt(r["native_us"], ".1f"), fmt(r["speedup_vs_untuned"], ".2f", "x"),
-                      fmt(r["speedup_vs_native"], ".2f", "x"), fmt(r["rel_error"], ".0e"), short_config(r["config"]))
+                      fmt(r["speedup_vs_native"], ".2f", "x"), fmt(r["rel_error"], ".0e"),
+                      "\n".join(filter(None, (short_config(r["config"]),
+                                             route_text(r, route_within) if route_within else None))))
         console.print(t)
-    console.print("[dim]x = baseline / tuned; err = relative error against native; `tuner ops` "
-                  "explains the key fields; trials, untuned µs, the environment: --json[/dim]")
+    console.print("[dim]x = baseline / tuned; err = relative error against native; serves: where `tuner "
+                  "serve --use-tuned` sends the key; `tuner ops` explains the key fields; trials, untuned "
+                  "µs, the environment: --json[/dim]")
 
 
 # --- tuner profile / tuner check --------------------------------------------------------------------

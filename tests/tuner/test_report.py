@@ -61,6 +61,49 @@ def test_short_config_shows_split_k_and_the_knobs_that_are_on():
     fp8 = {k: v for k, v in mm.items() if k != "SPLIT_K"} | {"variant": "persistent"}  # scaled_mm has no SPLIT_K
     assert short_config(fp8) == "persistent 16x64x128 g1 w4 s3"
     assert short_config({"x": 1}) == "x=1" and short_config(None) == "-"
+    # addmm's and bmm's spaces name their tiles after FlagGems' kernels
+    addmm = dict(variant="persistent", BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_M=4, num_warps=8,
+                 num_stages=3, EPILOGUE_SUBTILE=1, HOST_DESC=1)
+    assert short_config(addmm) == "persistent 128x256x64 g4 w8 s3 es hd"
+    assert short_config(dict(variant="fg_bmm", TILE_M=16, TILE_N=32, TILE_K=128, GROUP_M=1, num_warps=4,
+                             num_stages=5)) == "fg_bmm 16x32x128 g1 w4 s5"
+
+
+SESSION13 = REPO / "tuner" / "benchmarks" / "results" / "gemm_h200" / "session13" / "gemm.db.xz"
+
+
+def test_db_show_says_where_serving_sends_each_gemm_key(tmp_path):
+    """The H200's 49-key set (session 13): each GEMM row says what `tuner serve --use-tuned` does with
+    the key at the given --route-within; gate_up at M=4096 (1.028x cuBLAS) moves to tuner's kernel
+    between 1.02 and 1.03, down at M=4096 (0.90x) runs eagerly too, a K x N key is never routed."""
+    import lzma
+
+    db = tmp_path / "gemm.db"
+    db.write_bytes(lzma.decompress(SESSION13.read_bytes()))
+
+    def rows(within):
+        r = _cli("db", "show", "--op", "mm", "--db", str(db), "--route-within", within, columns="200")
+        assert r.returncode == 0, r.stderr
+        out, key = {}, None
+        for line in r.stdout.splitlines():  # a key's row, then its config's and route's lines
+            words = line.split()
+            if words and words[0].count(",") == 3:
+                key = words[0]
+            if key and words:
+                out[key] = out.get(key, "") + " " + " ".join(words)
+        return {k: v.split("serves: ")[1] for k, v in out.items()}
+
+    at1, at102, at103 = rows("1.0"), rows("1.02"), rows("1.03")
+    assert at1["4096,37888,3584,1"] == at102["4096,37888,3584,1"] == "native"
+    assert at103["4096,37888,3584,1"] == "persistent, graphs + eager"
+    assert at1["4096,3584,18944,1"] == "persistent, graphs + eager"
+    assert at1["1,37888,3584,1"] == "flaggems, in graphs"  # a 5 us win: not worth FlagGems' eager launch
+    assert at1["640,3584,3584,0"] == "not routed (B stored K x N)"
+    r = _cli("db", "show", "--db", str(db), "--route-within", "3")
+    assert r.returncode == 2 and "--route-within takes a factor from" in r.stderr
+    r = _cli("db", "show", "--op", "addmm", "--db", str(db))  # at 80 columns: nothing wider, the route folds in
+    assert r.returncode == 0 and max(len(line) for line in r.stdout.splitlines()) <= 80
+    assert "persistent 128x256x64" in r.stdout and "BLOCK_SIZE_M" not in r.stdout
 
 
 def _render_at_80(fn, *args) -> str:

@@ -54,12 +54,6 @@ def best_triton_us(r: dict) -> float:
     return min(t for t in (r["time_us"], r["untuned_us"]) if t)
 
 
-def config_text(c: dict) -> str:
-    """tuner.report's short form, for addmm's (BLOCK_SIZE_M...) and bmm's (TILE_M...) tiles too."""
-    return short_config({**c, **{f"BLOCK_{d}": c[f"{p}_{d}"] for p in ("BLOCK_SIZE", "TILE") for d in "MNK"
-                                 if f"{p}_{d}" in c}})
-
-
 def layer_of(key: dict) -> str:
     """The MiniCPM-o layer a stored key is, by its op's fields (bmm's have BATCH), with "(kn)" for a
     B stored K x N (BT=0; the same M, N, K tuned as a Linear is another row)."""
@@ -106,7 +100,7 @@ def main() -> None:
                 decode_bw.append(wbw)
         print(f"| {r['kernel']} | {layer} | {m_text} | {k['N']} | {k['K']} | "
               f"{r['native_us']:.1f} | {r['untuned_us'] or float('nan'):.1f} | {r['time_us']:.1f} | {ratio:.3f} | "
-              f"{ur:.3f} | {config_text(r['config'])} | {bw_text} | {r['trials_used']} |")
+              f"{ur:.3f} | {short_config(r['config'])} | {bw_text} | {r['trials_used']} |")
     print(f"\nKeys: {len(rows)}; mm and addmm: {len(best)}. Best Triton / cuBLAS there: geomean {geomean(best):.3f}, worst {max(best, default=0):.3f} "
           f"(targets 0.97 and 1.10); FlagGems untuned / cuBLAS: geomean {geomean(untuned):.3f}.")
     for op, xs in by_op.items():
