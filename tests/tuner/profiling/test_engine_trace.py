@@ -96,6 +96,20 @@ def test_a_launch_made_after_the_gpu_went_idle_counts_as_late():
         {"op": "aten::mm", "gaps": 1, "idle_ms": 0.21, "late_ms": 0.2}]
 
 
+def test_a_launch_is_charged_to_the_innermost_op_around_it_not_to_the_last_one_started():
+    events = [
+        {"cat": "cpu_op", "name": "vllm::unified_attention", "ts": 0, "dur": 100, "tid": 1},
+        {"cat": "cpu_op", "name": "aten::empty", "ts": 10, "dur": 10, "tid": 1},  # inside, ended
+        {"cat": "cpu_op", "name": "aten::copy_", "ts": 30, "dur": 10, "tid": 1},  # inside, ended
+        _k("nvjet_a", 0, 5, 1), _launch(1, 1),
+        _k("flash_fwd", 60, 10, 2), _launch(50, 2),  # launched at 50: inside the attention op only
+        _k("nvjet_b", 200, 10, 3), {"cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 150, "dur": 2, "tid": 1,
+                                    "args": {"correlation": 3}},  # outside every op
+    ]
+    causes = {c.op: c.idle_us for c in et.aggregate(events, steps=1).idle_causes}
+    assert causes == {"vllm::unified_attention": 55, "cudaGraphLaunch": 130}
+
+
 def test_load_trace_reads_gzipped_chrome_traces(tmp_path):
     path = tmp_path / "worker.pt.trace.json.gz"
     with gzip.open(path, "wt") as f:
