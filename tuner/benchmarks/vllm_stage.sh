@@ -6,9 +6,11 @@
 #                                                 .vllm/c -> c1, c2 (its wheels, <= 23 MiB in c1)
 # On the host, back to back while the machine stays warm (session 7: four calls, ~85 s held):
 #   carry [.vllm/a1]                        bash tuner/benchmarks/vllm_stage.sh a1
-#   carry [.vllm/a2, .whl, .snap]           bash tuner/benchmarks/vllm_stage.sh a2 && bash tuner/benchmarks/vllm_h200.sh setup
+#   carry [.vllm/a2]                        bash tuner/benchmarks/vllm_stage.sh a2
 #   carry [.vllm/b, .vllm/c2]               bash tuner/benchmarks/vllm_stage.sh b c2
-#   carry [.vllm/c1, .fs]                   bash tuner/benchmarks/vllm_stage.sh c1 && bash tuner/benchmarks/vllm_h200.sh fs
+#   carry [.vllm/c1, .whl, .snap]           bash tuner/benchmarks/vllm_stage.sh c1 && bash tuner/benchmarks/vllm_h200.sh setup
+#   (session 13: a2 with .whl and .snap came to 70 MB with the tracked tree's 30, over the 64 MiB;
+#   c1's 24 MB leaves room for them. FlagScale: its .fs in a call of its own, then vllm_h200.sh fs)
 #   (issue 16) carry [.vllm/moe1], then [.vllm/moe2]: vllm_stage.sh moe1, then moe2 (.vllm/moe's 39 MiB
 #   with the tracked tree passed 64 MiB in session 11; `vllm_stage.sh split` halves it too)
 # a1 is parked in /tmp/parts until a2 joins it; everything lands in /tmp/vsite (PYTHONPATH).
