@@ -451,6 +451,8 @@ def serve(
                f"FlagGems excluded ops: {', '.join(prepared.exclude) or 'none'}"
                + (f" ({', '.join(prepared.left_native)}: tuned still slower than native)" if prepared.left_native
                   else ""), err=True)
+    if prepared.routes:
+        typer.echo(flow.routes_line(prepared.routes, route_within), err=True)
     if dry_run:
         shown = {k: ("***" if "API_KEY" in k else v) for k, v in prepared.env.items()}
         typer.echo(json.dumps({"command": prepared.command, "env": shown}, indent=2))

@@ -47,6 +47,20 @@ class Prepared:
     exclude: list[str]
     left_native: list[str] = field(default_factory=list)  # excluded because native was faster
     engine: str = "vllm"
+    routes: dict[str, int] = field(default_factory=dict)  # stored GEMM keys by where the router sends them
+
+
+def routes_line(routes: dict[str, int], within: float) -> str:
+    """What `tuner serve` says of the GEMM keys before the engine starts (the plugin says it again in
+    the engine's log): the keys a tuned kernel serves and the keys left to cuBLAS."""
+    from tuner.inject.gemm_router import NATIVE
+
+    names = {"flaggems": "FlagGems", "splitk": "split-K", "persistent": "persistent", "streamk": "stream-K"}
+    import textwrap
+
+    tuned = ", ".join(f"{names.get(t, t)} {n}" for t, n in routes.items() if t != NATIVE and n)
+    return textwrap.fill(f"GEMM keys to tuned kernels: {tuned or 'none'}; native {routes.get(NATIVE, 0)} "
+                         f"(--route-within {within:g}; `tuner db show` lists each)", width=80, subsequent_indent="  ")
 
 
 def _running_gpu() -> str | None:
@@ -209,7 +223,11 @@ def prepare(req: ServeRequest) -> Prepared:
     env = runtime_env(folder) | engine.env(folder) | ({key_env: req.api_key} if req.api_key else {})
     if config is not None:
         command = engine.write(config, env)
-    return Prepared(command, env, folder, len(records), list(exclude), left_native, req.engine)
+    from tuner.inject.gemm_router import route_counts
+
+    routes = route_counts(records, req.route_within)
+    return Prepared(command, env, folder, len(records), list(exclude), left_native, req.engine,
+                    routes if sum(routes.values()) else {})
 
 
 def launch(p: Prepared) -> int:
