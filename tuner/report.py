@@ -178,10 +178,10 @@ def route_text(record: dict, within: float = 1.0) -> str | None:
     return f"serves: {target}, " + ("graphs + eager" if gr.eager_worthwhile(record, within) else "in graphs")
 
 
-def best_table(recs: list[dict], route_within: float | None = 1.0) -> None:
+def best_table(recs: list[dict], route_within: float = 1.0) -> None:
     """One table per (op, GPU, timing), 80 columns: the key as its values (the title names the
     fields; `tuner ops` explains them), never cut; the config folds onto a second line, and for the
-    GEMMs the router serves, where serving sends the key (route_text; None: not shown)."""
+    GEMMs the router serves, where serving sends the key (route_text)."""
     if not recs:
         console.print("no stored results")
         return
@@ -195,8 +195,7 @@ def best_table(recs: list[dict], route_within: float | None = 1.0) -> None:
             t.add_row(",".join(str(v) for v in r["key"].values()), fmt(r["time_us"], ".1f"),
                       fmt(r["native_us"], ".1f"), fmt(r["speedup_vs_untuned"], ".2f", "x"),
                       fmt(r["speedup_vs_native"], ".2f", "x"), fmt(r["rel_error"], ".0e"),
-                      "\n".join(filter(None, (short_config(r["config"]),
-                                             route_text(r, route_within) if route_within else None))))
+                      "\n".join(filter(None, (short_config(r["config"]), route_text(r, route_within)))))
         console.print(t)
     console.print("[dim]x = baseline / tuned; err = relative error against native; serves: where `tuner "
                   "serve --use-tuned` sends the key; `tuner ops` explains the key fields; trials, untuned "

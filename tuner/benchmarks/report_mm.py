@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 
+from kernels.bmm import RESAMPLER_EMBED, RESAMPLER_QUERIES
 from tuner.devices import ELEM_BYTES
 from tuner.report import best_records, short_config
 
@@ -32,7 +33,6 @@ BMM_LAYERS = {(3584, 3584): "resampler k/v", (151700, 3584): "lm_head (prefill)"
 # N x K is the LLM's o_proj's
 RESAMPLER_LAYERS = {(10240, 3584, 1152): "resampler kv_proj", (640, 3584, 3584): "resampler q/out/proj",
                     (10240, 3584, 3584): "resampler k/v (mm)"}
-RESAMPLER_QUERIES = 64  # bmm's BATCH of the resampler's q projection (kernels/bmm.py's preset)
 DECODE_M = 16  # at M <= 16 a GEMM is a weight read: judged against the copy bandwidth
 WEIGHT_BYTES = {**ELEM_BYTES, "fp8_w8a8": 1}  # bytes per weight element by the record's dtype
 BF16_TARGET_OPS = ("mm", "addmm")
@@ -58,7 +58,7 @@ def layer_of(key: dict) -> str:
     """The MiniCPM-o layer a stored key is, by its op's fields (bmm's have BATCH), with "(kn)" for a
     B stored K x N (BT=0; the same M, N, K tuned as a Linear is another row)."""
     if "BATCH" in key:
-        if key["BATCH"] == RESAMPLER_QUERIES and (key["N"], key["K"]) == (3584, 3584):
+        if key["BATCH"] == RESAMPLER_QUERIES and key["N"] == key["K"] == RESAMPLER_EMBED:
             return "resampler q"  # the 64 queries' products, one a query, over the slices
         return BMM_LAYERS.get((key["N"], key["K"]), "?")
     name = RESAMPLER_LAYERS.get((key["M"], key["N"], key["K"]), LAYERS.get((key["N"], key["K"]), "?"))

@@ -223,11 +223,10 @@ def seed_mm_cache(
     for r in mm:
         k = r["key"]
         g = groups.setdefault((r["config"]["variant"], int(k["N"]), int(k["K"]), r["dtype"]), {})
-        by_bt = g.setdefault(int(k["M"]), {})
-        prev = by_bt.get(int(k.get("BT", 1)))
-        if prev is not None and prev["config"] != r["config"]:
+        by_bt, bt = g.setdefault(int(k["M"]), {}), int(k.get("BT", 1))
+        if bt in by_bt and by_bt[bt]["config"] != r["config"]:
             raise ValueError(f"two different mm configs for {k} {r['dtype']} {r['config']['variant']}")
-        by_bt[int(k.get("BT", 1))] = r
+        by_bt[bt] = r
     rows: dict[str, dict[tuple, Any]] = {}
     for (variant, N, K, dtype), by_m in sorted(groups.items()):
         where = f"{variant} N={N} K={K} {dtype}"

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 NATIVE, FLAGGEMS, SPLITK, PERSISTENT, STREAMK = "native", "flaggems", "splitk", "persistent", "streamk"
 TARGETS = (NATIVE, FLAGGEMS, SPLITK, PERSISTENT, STREAMK)
+TARGET_NAMES = {FLAGGEMS: "FlagGems", SPLITK: "split-K", PERSISTENT: "persistent", STREAMK: "stream-K",
+                NATIVE: "native"}  # as every line tuner prints names them, in that order
 OWN = (SPLITK, PERSISTENT, STREAMK)  # tuner's own kernels (their records carry the kernel's source hash)
 REACH = 2  # a tuned M routes runtime M in [M / REACH, M * REACH] (and only where it is the nearest)
 # extra host time per eager GEMM call over cuBLAS, by target: FlagGems' from vLLM's lm_head at M=64
@@ -553,12 +555,16 @@ def install_routes_for_serving(records: list[dict[str, Any]], ctx: Context) -> i
     return sum(counts.values()) - counts[NATIVE]
 
 
+def counts_text(counts: Mapping[str, int], skip_zero: tuple[str, ...] = ()) -> str:
+    """'FlagGems 9, split-K 4, persistent 14, stream-K 1, native 20' (TARGET_NAMES' order); the targets
+    in skip_zero are left out where their count is 0."""
+    return ", ".join(f"{name} {counts.get(t, 0)}" for t, name in TARGET_NAMES.items()
+                     if counts.get(t, 0) or t not in skip_zero)
+
+
 def hits_line(router: Router) -> str:
     """What the router ran, said when the engine process exits: the check that what the plugin
     reported as routed is what served (calls captured into a CUDA graph count once, at capture)."""
-    h = router.hits
-    return ("tuner router: GEMM calls dispatched since start: FlagGems %d, split-K %d, persistent %d, "
-            "stream-K %d, native %d (of which routed keys kept native on the eager path: %d, refused by "
-            "tuner's kernel: %d)") % (
-        h[FLAGGEMS], h[SPLITK], h[PERSISTENT], h[STREAMK], h[NATIVE], router.eager_native, router.refused)
+    return (f"tuner router: GEMM calls dispatched since start: {counts_text(router.hits)} (of which routed keys "
+            f"kept native on the eager path: {router.eager_native}, refused by tuner's kernel: {router.refused})")
 

@@ -268,9 +268,9 @@ def _routes_text(counts: Mapping[str, Any]) -> str:
     routes = counts.get("routes") or {}
     text = ""
     if any(routes.values()):
-        text += "; GEMM keys: FlagGems %d, split-K %d, persistent %d, stream-K %d, native %d" % (
-            routes.get("flaggems", 0), routes.get("splitk", 0), routes.get("persistent", 0), routes.get("streamk", 0),
-            routes.get("native", 0))
+        from tuner.inject.gemm_router import counts_text
+
+        text += "; GEMM keys: " + counts_text(routes)
         within = counts.get("route_within", 1.0)
         if within != 1.0:
             text += " (routed where under %gx cuBLAS's time)" % within

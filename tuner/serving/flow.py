@@ -53,12 +53,11 @@ class Prepared:
 def routes_line(routes: dict[str, int], within: float) -> str:
     """What `tuner serve` says of the GEMM keys before the engine starts (the plugin says it again in
     the engine's log): the keys a tuned kernel serves and the keys left to cuBLAS."""
-    from tuner.inject.gemm_router import NATIVE
-
-    names = {"flaggems": "FlagGems", "splitk": "split-K", "persistent": "persistent", "streamk": "stream-K"}
     import textwrap
 
-    tuned = ", ".join(f"{names.get(t, t)} {n}" for t, n in routes.items() if t != NATIVE and n)
+    from tuner.inject.gemm_router import NATIVE, TARGETS, counts_text
+
+    tuned = counts_text({t: n for t, n in routes.items() if t != NATIVE}, skip_zero=TARGETS)
     return textwrap.fill(f"GEMM keys to tuned kernels: {tuned or 'none'}; native {routes.get(NATIVE, 0)} "
                          f"(--route-within {within:g}; `tuner db show` lists each)", width=80, subsequent_indent="  ")
 
