@@ -2,11 +2,13 @@
 tune` processes under the Triton interpreter, on tiny keys with few trials (8 processes share
 the machine's cores)."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,8 +124,10 @@ def _kill_one_mid_measurement(db_url: str, env: dict) -> tuple[str, list, set[st
 
     def measured_and_running():
         nonlocal storage
-        if victim.poll() is not None:
-            return False
+        if victim.poll() is not None:  # ended before the watcher saw the state: say why, now
+            err.seek(0)
+            raise AssertionError(f"the tune to kill ended by itself (exit {victim.returncode}) before it had "
+                                 f"2 configs measured and one in flight; its stderr:\n{err.read()[-3000:]}")
         try:
             storage = storage or optuna.storages.RDBStorage(db_url)
         except Exception:  # the victim is still creating the schema
@@ -134,13 +138,15 @@ def _kill_one_mid_measurement(db_url: str, env: dict) -> tuple[str, list, set[st
                                                    for t in trials))
 
     for _ in range(3):  # a trial told between the look and the kill leaves none in flight: kill again
-        victim = subprocess.Popen(_cmd(db_url, *KILL_ARGS), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            _wait_for(measured_and_running, 300, "2 configs measured and one in flight")
-        finally:
-            os.killpg(victim.pid, signal.SIGKILL)
-            victim.wait()
+        with tempfile.TemporaryFile("w+") as err:
+            victim = subprocess.Popen(_cmd(db_url, *KILL_ARGS), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=err, start_new_session=True)
+            try:
+                _wait_for(measured_and_running, 300, "2 configs measured and one in flight")
+            finally:
+                with contextlib.suppress(ProcessLookupError):  # its group may be gone when it ended first
+                    os.killpg(victim.pid, signal.SIGKILL)
+                victim.wait()
         (name, before), = _studies(db_url).items()
         in_flight = {t.user_attrs["canonical"] for t in before if t.state == TrialState.RUNNING
                      and t.user_attrs.get("canonical")}
