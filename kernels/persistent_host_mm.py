@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.direct_launch import DirectLaunch
 from kernels.persistent_mm import (Unsupported, _launch_kwargs, _tile_coords, b_layout, num_programs, sm_count_of,
                                    unsupported)
 
@@ -96,6 +97,9 @@ def operand_descriptors(a: torch.Tensor, b: torch.Tensor, b_nk: bool, config: di
     return TensorDescriptor.from_tensor(a, [bm, bk]), b_desc
 
 
+persistent_host_mm_direct = DirectLaunch(persistent_host_mm_kernel)  # later launches skip Triton's dispatch
+
+
 def persistent_host_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
                        bias: torch.Tensor | None = None) -> torch.Tensor:
     """C = A @ B (+ bias), persistent_mm's contract (Unsupported for tensors TMA cannot read as
@@ -111,7 +115,7 @@ def persistent_host_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torc
     b_nk, _ = b_layout(b)
     c_block = [config["BLOCK_M"], config["BLOCK_N"] // 2 if config.get("EPILOGUE_SUBTILE") else config["BLOCK_N"]]
     programs = num_programs(M, N, config, sm_count_of(a.device))
-    persistent_host_mm_kernel[(programs,)](
+    persistent_host_mm_direct[(programs,)](
         *operand_descriptors(a, b, b_nk, config), TensorDescriptor.from_tensor(c, c_block),
         bias if bias is not None else c, M, N, K, programs,
         **_launch_kwargs(config, b_nk, bias is not None, a.dtype == torch.float32),

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.direct_launch import DirectLaunch
 from kernels.mm import FUSED_COUNT_SLOTS as COUNT_SLOTS
 from kernels.persistent_mm import Unsupported, _tile_coords
 from kernels.triton_mm import _launch_kwargs, mm_splitk_kernel, operands, warmup_call
@@ -79,6 +80,9 @@ def counts_for(device: torch.device) -> torch.Tensor:
     return counts
 
 
+mm_splitk_fused_direct = DirectLaunch(mm_splitk_fused_kernel)  # later launches skip Triton's dispatch
+
+
 def fused_splitk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
     """C = A @ B (+ bias[N]) as splitk_mm computes it, bit for bit, in one launch."""
@@ -87,7 +91,7 @@ def fused_splitk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.T
         raise ValueError(f"{tiles} output tiles: the fused split-K counts {COUNT_SLOTS} at most")
     M, N, K, c, ws, bias_arg, stride_bias = operands(a, b, config, out, bias)
     split_k = config.get("SPLIT_K", 1)
-    mm_splitk_fused_kernel[(tiles, split_k)](
+    mm_splitk_fused_direct[(tiles, split_k)](
         a, b, c, ws, bias_arg, counts_for(a.device), M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), stride_bias,
         **_launch_kwargs(M, N, K, a.dtype == torch.float32, config, bias is not None),

@@ -62,6 +62,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.direct_launch import DirectLaunch
 from kernels.persistent_host_mm import host_reason, operand_descriptors
 from kernels.persistent_mm import _scratch, _tile_coords, b_layout, sm_count_of, unsupported, Unsupported
 
@@ -279,6 +280,9 @@ def _host_descriptors(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, b_nk: b
             TensorDescriptor.from_tensor(c, [config["BLOCK_M"], config["BLOCK_N"] // 2]))
 
 
+streamk_mm_direct = DirectLaunch(streamk_mm_kernel)  # later launches skip Triton's dispatch
+
+
 def streamk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """C = A @ B (+ bias) with `config` (BLOCK_M/N/K, GROUP_M, OCCUPANCY, HOST_DESC, SK_TAIL_ONLY,
@@ -298,7 +302,7 @@ def streamk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor
     split = config.get("SK_SPLIT", 0)
     dp = dp_tiles(tiles, programs, bool(config.get("SK_TAIL_ONLY", 0) or split))
     triton.set_allocator(_scratch)
-    streamk_mm_kernel[(programs,)](
+    streamk_mm_direct[(programs,)](
         *operands, bias if bias is not None else c, ws, _flags(a.device, programs), M, N, K,
         a.stride(0), stride_b, c.stride(0), programs, dp, sk_programs(tiles, dp, programs, split),
         **_launch_kwargs(config, b_nk, bias is not None, a.dtype == torch.float32),

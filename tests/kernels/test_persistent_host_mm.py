@@ -21,8 +21,8 @@ def launches(monkeypatch):
     import kernels.persistent_host_mm as host_mod
     import kernels.persistent_mm as device_mod
 
-    return count_launches(monkeypatch, {"host": (host_mod, "persistent_host_mm_kernel"),
-                                        "device": (device_mod, "persistent_mm_kernel")})
+    return count_launches(monkeypatch, {"host": (host_mod, "persistent_host_mm_direct"),
+                                        "device": (device_mod, "persistent_mm_direct")})
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

@@ -24,8 +24,8 @@ def launches(monkeypatch):
     import kernels.splitk_fused as fused_mod
     import kernels.triton_mm as two_mod
 
-    return count_launches(monkeypatch, {"fused": (fused_mod, "mm_splitk_fused_kernel"),
-                                        "reduce": (two_mod, "splitk_reduce_kernel")})
+    return count_launches(monkeypatch, {"fused": (fused_mod, "mm_splitk_fused_direct"),
+                                        "reduce": (two_mod, "splitk_reduce_direct")})
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

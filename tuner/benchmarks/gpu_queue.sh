@@ -8,6 +8,9 @@
 # when cold): run(carry=[".whl", ".snap"], command="LIMIT=560 bash tuner/benchmarks/gpu_queue.sh").
 # Steps, in order:
 #   setup   wheels + the project snapshot (vllm_h200.sh setup), both GPUs in env.txt
+#   launch  issue 12: host time per eager call as tuner's kernels launch now (kernels/direct_launch.py)
+#           and through Triton's dispatch, cProfile of both; the direct launches' GPU tests, then the
+#           persistent, bmm and addmm kernels' (not stream-K's)
 #   probe   GPU 0: copy bandwidth and host cost alone, then stream-K tests (150 s: its programs spin
 #           on flags) and ws_probe while the other GPU tests (persistent, split-K bias, bmm router,
 #           addmm, parallel, mm, inject) run on GPU 1 (on GPU 0 when there is one GPU)
@@ -33,7 +36,8 @@
 #   grid    issue 13's reference: --sampler grid on the same keys, 4 workers per GPU
 #   vbench, vbenchw, fsbench   only with vLLM staged (and FlagScale for fsbench, vllm_h200.sh fs), before
 #           runs: vllm_h200.sh bench native,tuned, the same with --route-within $VBENCH_WITHIN (1.02: near-ties
-#           to Triton, for the Triton share), and fsbench, with this run's gemm.db as the tuned routes
+#           to Triton, for the Triton share), vbenchj: that tuned engine alone with TUNER_DIRECT_LAUNCH=0
+#           (every launch through Triton's dispatch), and fsbench, with this run's gemm.db as the tuned routes
 #   fp8tests, fp8   issue 12 item 3: the fp8 GEMM's GPU tests (240 s at most), then scaled_mm tuned
 #           on vLLM's fp8 layers (qkv, o, gate_up, down) at 5 M, into gemm.db beside mm and addmm
 # and after them, in every call: the GEMM report and the workers report of what exists so far.
@@ -126,6 +130,22 @@ if [ ! -f $Q/probe ]; then
   touch $Q/probe $Q/streamk
 fi
 
+if [ ! -f $Q/launch ]; then  # issue 12: tuner's kernels launched past Triton's dispatch (kernels/direct_launch.py)
+  cd /tmp/tuner || exit 1
+  export CUDA_VISIBLE_DEVICES=0
+  stamp "host cost per call, as launched and through Triton's dispatch, then cProfile of both"
+  timeout 200 python3 -m tuner.benchmarks.host_cost --profile persistent_us persistent_host_desc_us splitk_us \
+      > "$R/host_cost_profile.txt" 2>&1; head -1 "$R/host_cost_profile.txt" | tee "$R/host_cost.json"
+  grep -A 12 "^--- cProfile" "$R/host_cost_profile.txt" | cut -c1-160
+  stamp "pytest -m gpu direct launches (150 s at most), then the kernels' own GPU tests (240 s)"
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu/test_direct_launch_gpu.py > "$R/launch_tests.log" 2>&1
+  echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$R/launch_tests.log" | tail -12
+  timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider -k "not streamk" tests/gpu/test_persistent_mm_gpu.py \
+      tests/gpu/test_bmm_gpu.py tests/gpu/test_addmm_gpu.py > "$R/kernel_tests.log" 2>&1
+  echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$R/kernel_tests.log" | tail -12
+  unset CUDA_VISIBLE_DEVICES; cd - > /dev/null; touch $Q/launch
+fi
+
 if [ ! -f $Q/streamk ]; then  # in probe too; on its own when probe is skipped (SKIP=streamk: not at all)
   # with the fused split-K's tests (both hand partials between programs through flags / counts) and
   # the host-descriptor persistent kernel's (new since session 9's lease)
@@ -170,7 +190,7 @@ fi
 # (two engines with the checkpoint take most of one), tuned = the routes of the GEMM set just tuned
 WAIT_FOR_CALL=0
 if [ -f $Q/addmm ] && [ -f $Q/decode_addmm ] && [ -d /tmp/vsite/vllm ]; then
-  for step in vbench vbenchw fsbench; do
+  for step in vbench vbenchw vbenchj fsbench; do
     [ -f $Q/$step ] && continue
     [ $step = fsbench ] && [ ! -d /tmp/site/flag_scale ] && continue  # FlagScale not staged (vllm_h200.sh fs)
     if [ "$(left)" -lt "${BENCH_S:-500}" ]; then echo "$step needs a call of its own: it runs first in the next one"
@@ -179,6 +199,8 @@ if [ -f $Q/addmm ] && [ -f $Q/decode_addmm ] && [ -d /tmp/vsite/vllm ]; then
     case $step in
       vbench) BENCH_DB=$R/gemm.db bash tuner/benchmarks/vllm_h200.sh bench native,tuned ;;
       vbenchw) BENCH_DB=$R/gemm.db ROUTE_WITHIN=${VBENCH_WITHIN:-1.02} bash tuner/benchmarks/vllm_h200.sh bench native,tuned ;;
+      vbenchj) TUNER_DIRECT_LAUNCH=0 BENCH_DB=$R/gemm.db ROUTE_WITHIN=${VBENCH_WITHIN:-1.02} \
+          bash tuner/benchmarks/vllm_h200.sh bench tuned ;;
       fsbench) BENCH_DB=$R/gemm.db bash tuner/benchmarks/vllm_h200.sh fsbench ;;
     esac
     touch "$Q/$step"

@@ -3,9 +3,13 @@
 tiny key where the GPU is idle and the CPU sets the pace. The router takes a route outside CUDA
 graphs only where the GPU gain pays the extra host time. Prints one JSON line.
 
+tuner's kernels are timed twice: as they launch (kernels/direct_launch.py: a specialisation seen
+before goes straight to its binary) and through Triton's own dispatch (`triton_dispatch`, TUNER_DIRECT_LAUNCH=0).
+
 `--profile NAME [NAME ...]` (e.g. persistent_us persistent_host_desc_us) then runs those calls under
-cProfile and prints where their host time goes, own time first: the persistent kernel's host cost
-rose from 47 us a call (session 5) to 106 (session 12) on the H200 with nothing measured to say why.
+cProfile both ways and prints where their host time goes, own time first: the persistent kernel's
+host cost rose from 47 us a call (session 5) to 106 (session 12) on the H200 with nothing measured
+to say why.
 """
 
 import json
@@ -30,6 +34,7 @@ def per_call_us(fn, n: int = 3000) -> float:
 
 NAMES = ("cublas_us", "flaggems_us", "splitk_us", "splitk_sk2_us", "splitk_fused_sk2_us", "persistent_us",
          "persistent_host_desc_us", "streamk_us", "streamk_host_desc_us")
+TUNERS = NAMES[2:]  # tuner's own kernels: launched directly or through Triton's dispatch
 
 
 def calls() -> dict:
@@ -89,12 +94,24 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"unknown call(s) {', '.join(unknown)}; choose from {', '.join(NAMES)}")
     fns = calls()
     assert tuple(fns) == NAMES, "host_cost.NAMES and calls() name the same calls"
+    import triton
+
+    import kernels.direct_launch as direct
+
     out = {name: per_call_us(fn) for name, fn in fns.items()}
-    out |= {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    direct_on = direct.ENABLED
+    direct.ENABLED = False
+    out["triton_dispatch"] = {name: per_call_us(fns[name]) for name in TUNERS}
+    direct.ENABLED = direct_on
+    out |= {"direct_launch": direct_on, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": triton.__version__}
     print(json.dumps(out))
     for name in args.profile:
-        print(f"--- cProfile of {name}, 2000 calls:")
-        print("\n".join(profile_lines(fns[name])))
+        for way, on in (("as launched", direct_on), ("through Triton's dispatch", False)):
+            direct.ENABLED = on
+            print(f"--- cProfile of {name} {way}, 2000 calls:")
+            print("\n".join(profile_lines(fns[name])))
+        direct.ENABLED = direct_on
 
 
 if __name__ == "__main__":

@@ -293,8 +293,8 @@ def test_persistent_routes_run_tuner_kernel_with_the_bias_and_refuse_misaligned_
     from kernels.persistent_mm import Unsupported, persistent_mm  # under the interpreter (tests/conftest.py)
     from tests.kernels.launch_spy import count_launches
 
-    launches = count_launches(monkeypatch, {"host": (host_mod, "persistent_host_mm_kernel"),
-                                            "device": (device_mod, "persistent_mm_kernel")})
+    launches = count_launches(monkeypatch, {"host": (host_mod, "persistent_host_mm_direct"),
+                                            "device": (device_mod, "persistent_mm_direct")})
     knobs = {"OCCUPANCY": 1, "WARP_SPECIALIZE": 0, "FLATTEN": 1, "EPILOGUE_SUBTILE": 0, "HOST_DESC": host_desc}
     mm_rec = rec(16, N=64, K=32, dtype="fp16", variant="persistent")
     mm_rec["config"] |= knobs | {"BLOCK_K": 32, "GROUP_M": 1}
@@ -346,7 +346,7 @@ def test_splitk_addmm_routes_run_tuner_kernel_with_the_bias(fused, monkeypatch):
             def __getitem__(self, grid):
                 raise AssertionError("the fused route launched the reduce kernel")
 
-        monkeypatch.setattr(two_kernel, "splitk_reduce_kernel", NoReduce())
+        monkeypatch.setattr(two_kernel, "splitk_reduce_direct", NoReduce())
 
     addmm_rec = rec(4, N=48, K=64, dtype="fp16", kernel="addmm")
     addmm_rec["config"] = {"variant": "splitk", "BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 16,

@@ -1,0 +1,87 @@
+"""Launch a Triton kernel's compiled binary again without Triton's JIT dispatch.
+
+Triton's `JITFunction.run` binds and specialises every argument, looks the kernel up, checks the
+globals it read and builds launch metadata on every call. On the eager path (vLLM's prefill runs
+outside CUDA graphs) that is host time each GEMM pays: tuner's persistent kernel cost 106 us a call
+on the H200 host against cuBLAS's 14 (host_cost.py, session 12), and a tuned engine's GPU waited
+on late GEMM launches (session 13's engine profile). A call whose grid, non-tensor arguments,
+tensor dtypes and 16-byte alignments and options were all seen before is the same specialisation
+Triton compiled then, so it runs that binary through the same launcher.
+
+Only on the Triton release whose launcher signature this was checked against (3.6, the GPU host's);
+elsewhere, under the interpreter and while a launch hook is set (a profiler such as proton reads
+launch metadata), every call takes Triton's own path. TUNER_DIRECT_LAUNCH=0 in the environment (or
+`ENABLED = False`) turns it off: host_cost.py times both ways, an engine can be served both ways.
+"""
+
+import os
+
+import triton
+
+# the CompiledKernel.run(grid x3, stream, function, packed_metadata, launch_metadata, enter/exit
+# hooks, *every parameter) call below is Triton 3.6's own (runtime/jit.py JITFunction.run)
+CHECKED_RELEASES = ("3.6.",)
+ENABLED = os.environ.get("TUNER_DIRECT_LAUNCH", "1") != "0"
+MAX_ENTRIES = 4096  # distinct shapes kept per kernel (an engine's prefill chunks vary M); then start over
+_ALIGN = 16  # Triton specialises pointers on 16-byte alignment (integers: exact values are keyed)
+
+
+def _arg_key(arg):
+    """What Triton's specialisation can depend on in one argument, or raise TypeError for a kind
+    this cache does not know (the call then goes through Triton)."""
+    if isinstance(arg, (int, float, bool)) or arg is None:
+        return type(arg), arg  # exact: covers == 1, divisibility by 16 and i32 vs i64
+    if hasattr(arg, "data_ptr") and hasattr(arg, "dtype"):
+        return arg.dtype, arg.data_ptr() % _ALIGN == 0
+    if type(arg).__name__ == "TensorDescriptor":
+        return ("desc", arg.base.dtype, arg.base.data_ptr() % _ALIGN == 0, tuple(arg.shape), tuple(arg.strides),
+                tuple(arg.block_shape), arg.padding)
+    raise TypeError(f"no launch key for {type(arg).__name__}")
+
+
+class DirectLaunch:
+    """`DirectLaunch(kernel)[grid](*args, **constexprs_and_options)`, as `kernel[grid](...)`: the
+    first call of a specialisation goes through Triton, the later ones straight to its binary.
+    Parameters after the positional ones must be given by name (no defaults are filled in)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled: dict = {}
+        self.direct_calls = 0  # launches that skipped Triton's dispatch (tests read it)
+        jit = getattr(triton.runtime, "JITFunction", None)
+        self._usable = (jit is not None and isinstance(fn, jit)
+                        and triton.__version__.startswith(CHECKED_RELEASES))
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launch(grid, args, kwargs)
+
+    def launch(self, grid, args: tuple, kwargs: dict):
+        from triton import knobs
+
+        if not (ENABLED and self._usable) or knobs.runtime.launch_enter_hook is not None:
+            return self.fn[grid](*args, **kwargs)
+        from triton.runtime.driver import driver
+
+        device = driver.active.get_current_device()
+        try:
+            key = (device, tuple(grid), tuple(_arg_key(a) for a in args), tuple(kwargs.items()))
+        except TypeError:
+            return self.fn[grid](*args, **kwargs)
+        entry = self.compiled.get(key)
+        if entry is None:
+            kernel = self.fn[grid](*args, **kwargs)
+            if hasattr(kernel, "result"):  # an asynchronous compile's future
+                kernel = kernel.result()
+            names = self.fn.arg_names[len(args):]
+            if kernel is not None and all(n in kwargs for n in names):
+                if len(self.compiled) >= MAX_ENTRIES:
+                    self.compiled.clear()
+                self.compiled[key] = (kernel, names)
+            return kernel
+        kernel, names = entry
+        grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
+        stream = driver.active.get_current_stream(device)
+        kernel.run(grid_x, grid_y, grid_z, stream, kernel.function, kernel.packed_metadata, None,
+                   None, knobs.runtime.launch_exit_hook, *args, *(kwargs[n] for n in names))
+        self.direct_calls += 1
+        return kernel
