@@ -17,6 +17,8 @@ launch metadata), every call takes Triton's own path. TUNER_DIRECT_LAUNCH=0 in t
 import os
 
 import triton
+from triton import knobs
+from triton.runtime.driver import driver
 
 # the CompiledKernel.run(grid x3, stream, function, packed_metadata, launch_metadata, enter/exit
 # hooks, *every parameter) call below is Triton 3.6's own (runtime/jit.py JITFunction.run)
@@ -39,6 +41,11 @@ def _arg_key(arg):
     raise TypeError(f"no launch key for {type(arg).__name__}")
 
 
+def hooked(hook) -> bool:
+    """Whether a Triton launch hook is set: Triton 3.6's knobs hold an empty HookChain, not None."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
 class DirectLaunch:
     """`DirectLaunch(kernel)[grid](*args, **constexprs_and_options)`, as `kernel[grid](...)`: the
     first call of a specialisation goes through Triton, the later ones straight to its binary.
@@ -56,12 +63,9 @@ class DirectLaunch:
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
 
     def launch(self, grid, args: tuple, kwargs: dict):
-        from triton import knobs
-
-        if not (ENABLED and self._usable) or knobs.runtime.launch_enter_hook is not None:
+        if not (ENABLED and self._usable) or hooked(knobs.runtime.launch_enter_hook) \
+                or hooked(knobs.runtime.launch_exit_hook):
             return self.fn[grid](*args, **kwargs)
-        from triton.runtime.driver import driver
-
         device = driver.active.get_current_device()
         try:
             key = (device, tuple(grid), tuple(_arg_key(a) for a in args), tuple(kwargs.items()))
@@ -81,7 +85,7 @@ class DirectLaunch:
         kernel, names = entry
         grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
         stream = driver.active.get_current_stream(device)
-        kernel.run(grid_x, grid_y, grid_z, stream, kernel.function, kernel.packed_metadata, None,
-                   None, knobs.runtime.launch_exit_hook, *args, *(kwargs[n] for n in names))
+        kernel.run(grid_x, grid_y, grid_z, stream, kernel.function, kernel.packed_metadata, None, None, None,
+                   *args, *(kwargs[n] for n in names))
         self.direct_calls += 1
         return kernel

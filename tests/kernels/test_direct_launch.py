@@ -13,7 +13,7 @@ import torch
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels.direct_launch import DirectLaunch, _arg_key  # noqa: E402
+from kernels.direct_launch import DirectLaunch, _arg_key, hooked  # noqa: E402
 
 
 def test_integers_are_keyed_by_value():
@@ -46,6 +46,17 @@ def test_host_descriptors_are_keyed_by_block_shape_and_layout():
 def test_an_argument_of_unknown_kind_has_no_key():
     with pytest.raises(TypeError, match="no launch key"):
         _arg_key(object())
+
+
+def test_a_launch_hook_is_set_only_when_one_is_added():
+    """Triton 3.6's knobs hold an empty HookChain where 3.3 held None: an empty chain is no hook
+    (the first GPU run took it for one and never launched directly)."""
+    from triton.knobs import HookChain
+
+    chain = HookChain()
+    assert not hooked(None) and not hooked(chain)
+    chain.add(print)
+    assert hooked(chain) and hooked(print)
 
 
 def test_the_interpreter_takes_tritons_path_with_the_same_result():
