@@ -2,11 +2,17 @@
 
 Triton's `JITFunction.run` binds and specialises every argument, looks the kernel up, checks the
 globals it read and builds launch metadata on every call. On the eager path (vLLM's prefill runs
-outside CUDA graphs) that is host time each GEMM pays: tuner's persistent kernel cost 106 us a call
-on the H200 host against cuBLAS's 14 (host_cost.py, session 12), and a tuned engine's GPU waited
-on late GEMM launches (session 13's engine profile). A call whose grid, non-tensor arguments,
-tensor dtypes and 16-byte alignments and options were all seen before is the same specialisation
-Triton compiled then, so it runs that binary through the same launcher.
+outside CUDA graphs) that is host time each GEMM pays, and a tuned engine's GPU waited on late
+GEMM launches (session 13's engine profile). A call whose grid, non-tensor arguments, tensor dtypes
+and 16-byte alignments and options were all seen before is the same specialisation Triton compiled
+then, so it runs that binary through the same launcher.
+
+Measured on the H200 host (session 14, results/gemm_h200/session14/launch_call2, idle GPU, us a
+call, direct vs Triton's dispatch in one run): split-K 34.0 vs 42.7, split in two 58.8 vs 94.9,
+persistent on host descriptors 73.6 vs 99.4, but the persistent kernel 65.3 vs 63.8 (no gain:
+building this key in Python costs about what Triton's native specialiser does); cuBLAS 16.9.
+In the engine (results/vllm/h200_run8) a routed aten::mm took 124 us of host time a call with it,
+172 without (two engine processes: native engines took 89 and 54 us on cuBLAS).
 
 Only on the Triton release whose launcher signature this was checked against (3.6, the GPU host's);
 elsewhere, under the interpreter and while a launch hook is set (a profiler such as proton reads
@@ -16,6 +22,7 @@ launch metadata), every call takes Triton's own path. TUNER_DIRECT_LAUNCH=0 in t
 
 import os
 
+import torch
 import triton
 from triton import knobs
 from triton.runtime.driver import driver
@@ -28,17 +35,28 @@ MAX_ENTRIES = 4096  # distinct shapes kept per kernel (an engine's prefill chunk
 _ALIGN = 16  # Triton specialises pointers on 16-byte alignment (integers: exact values are keyed)
 
 
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division on the host: `triton.cdiv` is a constexpr function whose host call unwraps
+    its arguments (num_programs' two calls were 12 of the persistent launch's 103 us under
+    cProfile on the H200 host, session 14)."""
+    return -(-a // b)
+
+
 def _arg_key(arg):
     """What Triton's specialisation can depend on in one argument, or raise TypeError for a kind
-    this cache does not know (the call then goes through Triton)."""
-    if isinstance(arg, (int, float, bool)) or arg is None:
-        return type(arg), arg  # exact: covers == 1, divisibility by 16 and i32 vs i64
-    if hasattr(arg, "data_ptr") and hasattr(arg, "dtype"):
+    this cache does not know (the call then goes through Triton). Tensors are tested first by
+    type: the key is built on every launch."""
+    kind = type(arg)
+    if kind is torch.Tensor or kind is torch.nn.Parameter:
         return arg.dtype, arg.data_ptr() % _ALIGN == 0
-    if type(arg).__name__ == "TensorDescriptor":
+    if kind is int or kind is float or kind is bool or arg is None:
+        return kind, arg  # exact: covers == 1, divisibility by 16 and i32 vs i64
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype, arg.data_ptr() % _ALIGN == 0
+    if kind.__name__ == "TensorDescriptor":
         return ("desc", arg.base.dtype, arg.base.data_ptr() % _ALIGN == 0, tuple(arg.shape), tuple(arg.strides),
                 tuple(arg.block_shape), arg.padding)
-    raise TypeError(f"no launch key for {type(arg).__name__}")
+    raise TypeError(f"no launch key for {kind.__name__}")
 
 
 def hooked(hook) -> bool:
@@ -68,7 +86,7 @@ class DirectLaunch:
             return self.fn[grid](*args, **kwargs)
         device = driver.active.get_current_device()
         try:
-            key = (device, tuple(grid), tuple(_arg_key(a) for a in args), tuple(kwargs.items()))
+            key = (device, tuple(grid), tuple(map(_arg_key, args)), tuple(kwargs.items()))
         except TypeError:
             return self.fn[grid](*args, **kwargs)
         entry = self.compiled.get(key)

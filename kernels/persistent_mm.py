@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.direct_launch import DirectLaunch
+from kernels.direct_launch import DirectLaunch, cdiv
 from kernels.mm import PERSISTENT_HOST_MODULE, own_module
 
 TMA_ALIGN = 16  # bytes: TMA needs base addresses and every stride but the last a multiple of 16
@@ -155,7 +155,7 @@ def unsupported(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = Non
 
 def num_programs(M: int, N: int, config: dict, sm_count: int, batch: int = 1) -> int:
     """Resident programs: one per output tile up to OCCUPANCY per SM (over every batch)."""
-    tiles = batch * triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
+    tiles = batch * cdiv(M, config["BLOCK_M"]) * cdiv(N, config["BLOCK_N"])
     return max(1, min(tiles, sm_count * config.get("OCCUPANCY", 1)))
 
 

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.direct_launch import DirectLaunch
+from kernels.direct_launch import DirectLaunch, cdiv
 from kernels.mm import FUSED_COUNT_SLOTS as COUNT_SLOTS
 from kernels.persistent_mm import Unsupported, _tile_coords
 from kernels.triton_mm import _launch_kwargs, mm_splitk_kernel, operands, warmup_call
@@ -86,7 +86,7 @@ mm_splitk_fused_direct = DirectLaunch(mm_splitk_fused_kernel)  # later launches 
 def fused_splitk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor | None = None,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
     """C = A @ B (+ bias[N]) as splitk_mm computes it, bit for bit, in one launch."""
-    tiles = triton.cdiv(a.shape[0], config["BLOCK_M"]) * triton.cdiv(b.shape[-1], config["BLOCK_N"])
+    tiles = cdiv(a.shape[0], config["BLOCK_M"]) * cdiv(b.shape[-1], config["BLOCK_N"])
     if tiles > COUNT_SLOTS:
         raise ValueError(f"{tiles} output tiles: the fused split-K counts {COUNT_SLOTS} at most")
     M, N, K, c, ws, bias_arg, stride_bias = operands(a, b, config, out, bias)

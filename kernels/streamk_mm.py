@@ -62,7 +62,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.direct_launch import DirectLaunch
+from kernels.direct_launch import DirectLaunch, cdiv
 from kernels.persistent_host_mm import host_reason, operand_descriptors
 from kernels.persistent_mm import _scratch, _tile_coords, b_layout, sm_count_of, unsupported, Unsupported
 
@@ -296,7 +296,7 @@ def streamk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor
         raise Unsupported(f"streamk_mm {tuple(a.shape)} @ {tuple(b.shape)}: {reason}")
     b_nk, stride_b = b_layout(b)
     programs = programs_for(M, N, config, sm_count_of(a.device))
-    tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
+    tiles = cdiv(M, config["BLOCK_M"]) * cdiv(N, config["BLOCK_N"])
     ws = torch.empty((programs, config["BLOCK_M"] * config["BLOCK_N"]), dtype=torch.float32, device=a.device)
     operands = _host_descriptors(a, b, c, b_nk, config) if config.get("HOST_DESC") else (a, b, c)
     split = config.get("SK_SPLIT", 0)

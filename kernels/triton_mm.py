@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.direct_launch import DirectLaunch
+from kernels.direct_launch import DirectLaunch, cdiv
 from kernels.mm import FUSED_SPLITK_MODULE, own_module
 
 
@@ -140,14 +140,14 @@ def splitk_mm(a: torch.Tensor, b: torch.Tensor, config: dict, out: torch.Tensor 
         return fused_splitk_mm(a, b, config, out=out, bias=bias)
     M, N, K, c, ws, bias_arg, stride_bias = operands(a, b, config, out, bias)
     split_k = config.get("SPLIT_K", 1)
-    grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]), split_k)
+    grid = (cdiv(M, config["BLOCK_M"]) * cdiv(N, config["BLOCK_N"]), split_k)
     mm_splitk_direct[grid](
         a, b, c, ws, bias_arg, M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), stride_bias,
         **_launch_kwargs(M, N, K, a.dtype == torch.float32, config, bias is not None),
     )
     if split_k > 1:
-        splitk_reduce_direct[(triton.cdiv(M * N, REDUCE_BLOCK),)](
+        splitk_reduce_direct[(cdiv(M * N, REDUCE_BLOCK),)](
             ws, c, bias_arg, M, N, c.stride(0), c.stride(1), stride_bias,
             SPLIT_K=split_k, BLOCK=REDUCE_BLOCK, HAS_BIAS=bias is not None, num_warps=4,
         )
