@@ -67,11 +67,15 @@ def layer_of(key: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--copy-bw", required=True)
+    ap.add_argument("--copy-bw", required=True, help="copy_bw.py's JSON of the same run (decode bandwidth)")
     ap.add_argument("--ops", default="mm")
     ap.add_argument("dbs", nargs="+")
     args = ap.parse_args()
-    bw = json.load(open(args.copy_bw))["bandwidth_Bps"]
+    try:
+        bw = json.load(open(args.copy_bw))["bandwidth_Bps"]
+    except (OSError, ValueError, KeyError) as e:
+        ap.error(f"no copy bandwidth in {args.copy_bw} ({e.__class__.__name__}): run tuner.benchmarks.copy_bw "
+                 "in the same session first")
     ops = args.ops.split(",")
     rows = rows_from(args.dbs, ops)
     env = rows[0]["environment"] if rows else {}

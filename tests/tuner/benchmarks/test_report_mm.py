@@ -64,3 +64,11 @@ def test_layers_are_named_by_the_fields_that_tell_them_apart():
     assert layer_of({"M": 10240, "N": 3584, "K": 1152, "BT": 1}) == "resampler kv_proj"
     assert layer_of({"BATCH": 1024, "M": 10, "N": 3584, "K": 3584, "LAYOUT": 1}) == "resampler k/v"
     assert layer_of({"M": 7, "N": 9, "K": 11, "BT": 1}) == "?"
+
+
+def test_a_missing_copy_bandwidth_is_a_message_not_a_traceback(tmp_path):
+    """gpu_queue ran it on every engine-only lease of session 14 without a copy_bw.json."""
+    p = subprocess.run([sys.executable, "-m", "tuner.benchmarks.report_mm", "--copy-bw", str(tmp_path / "none.json"),
+                        str(tmp_path / "gemm.db")], cwd=REPO, capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "no copy bandwidth in" in p.stderr and "copy_bw" in p.stderr
