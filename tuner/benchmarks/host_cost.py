@@ -3,6 +3,10 @@
 tiny key where the GPU is idle and the CPU sets the pace. The router takes a route outside CUDA
 graphs only where the GPU gain pays the extra host time. Prints one JSON line.
 
+Then torch.mm through tuner's GEMM router, installed as serving installs it: the same key routed
+eagerly to the persistent kernel (`router_persistent_us`) and a key its plan leaves native
+(`router_native_us`): what the engine's aten::mm pays on top of the kernel's own launch.
+
 tuner's kernels are timed twice: as they launch (kernels/direct_launch.py: a specialisation seen
 before goes straight to its binary) and through Triton's own dispatch (`triton_dispatch`, TUNER_DIRECT_LAUNCH=0).
 
@@ -34,7 +38,12 @@ def per_call_us(fn, n: int = 3000) -> float:
 
 NAMES = ("cublas_us", "flaggems_us", "splitk_us", "splitk_sk2_us", "splitk_fused_sk2_us", "persistent_us",
          "persistent_host_desc_us", "streamk_us", "streamk_host_desc_us")
+PERS = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, num_warps=4, num_stages=2)
 TUNERS = NAMES[2:]  # tuner's own kernels: launched directly or through Triton's dispatch
+# the tiny key's record for the router: a win that passes the eager rule (native - tuned >=
+# EAGER_HOST_US), since this times the routing path as the engine's prefill takes it (outside a capture)
+ROUTED_RECORD = {"kernel": "mm", "key": {"M": 16, "N": 128, "K": 64, "BT": 1}, "dtype": "bf16",
+                 "config": {"variant": "persistent", **PERS}, "time_us": 1.0, "native_us": 100.0}
 
 
 def calls() -> dict:
@@ -47,7 +56,6 @@ def calls() -> dict:
     a = torch.randn(16, 64, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(128, 64, device="cuda", dtype=torch.bfloat16)
     fg = flag_gems_mm_module()
-    pers = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, num_warps=4, num_stages=2)
     split = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, SPLIT_K=1, num_warps=4, num_stages=2)
     return {
         "cublas_us": lambda: torch.mm(a, w.t()),
@@ -56,12 +64,30 @@ def calls() -> dict:
         # split in two: the GEMM and its reduce kernel, or one launch with the reduction fused
         "splitk_sk2_us": lambda: splitk_mm(a, w.t(), split | {"BLOCK_K": 32, "SPLIT_K": 2}),
         "splitk_fused_sk2_us": lambda: splitk_mm(a, w.t(), split | {"BLOCK_K": 32, "SPLIT_K": 2, "FUSED_REDUCE": 1}),
-        "persistent_us": lambda: persistent_mm(a, w.t(), pers),
+        "persistent_us": lambda: persistent_mm(a, w.t(), PERS),
         # descriptors built here (three TensorDescriptors, no scratch) instead of in every program
-        "persistent_host_desc_us": lambda: persistent_mm(a, w.t(), pers | {"HOST_DESC": 1}),
-        "streamk_us": lambda: streamk_mm(a, w.t(), pers),
-        "streamk_host_desc_us": lambda: streamk_mm(a, w.t(), pers | {"HOST_DESC": 1}),
+        "persistent_host_desc_us": lambda: persistent_mm(a, w.t(), PERS | {"HOST_DESC": 1}),
+        "streamk_us": lambda: streamk_mm(a, w.t(), PERS),
+        "streamk_host_desc_us": lambda: streamk_mm(a, w.t(), PERS | {"HOST_DESC": 1}),
     }
+
+
+def routed_us() -> dict:
+    """torch.mm through the router on the tiny key: routed to the persistent kernel (every call
+    must reach it: `router_hits`) and a key (N = 192) left native; the router is uninstalled after."""
+    from kernels.persistent_mm import Unsupported, persistent_mm
+    from tuner.inject import gemm_router as gr
+
+    router = gr.install_router(gr.plan_routes([ROUTED_RECORD], max_tokens=16),
+                               gr.Targets(persistent_mm=persistent_mm, unsupported=Unsupported))
+    try:
+        a = torch.randn(16, 64, device="cuda", dtype=torch.bfloat16)
+        w, w_native = (torch.randn(n, 64, device="cuda", dtype=torch.bfloat16) for n in (128, 192))
+        out = {"router_persistent_us": per_call_us(lambda: torch.mm(a, w.t())),
+               "router_native_us": per_call_us(lambda: torch.mm(a, w_native.t()))}
+        return out | {"router_hits": router.hits[gr.PERSISTENT]}
+    finally:
+        router.uninstall()
 
 
 def profile_lines(fn, n: int = 2000, top: int = 20) -> list[str]:
@@ -103,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     direct.ENABLED = False
     out["triton_dispatch"] = {name: per_call_us(fns[name]) for name in TUNERS}
     direct.ENABLED = direct_on
+    out |= routed_us()
     out |= {"direct_launch": direct_on, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": triton.__version__}
     print(json.dumps(out))
