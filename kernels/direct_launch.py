@@ -7,13 +7,12 @@ GEMM launches (session 13's engine profile). A call whose grid, non-tensor argum
 and 16-byte alignments and options were all seen before is the same specialisation Triton compiled
 then, so it runs that binary through the same launcher.
 
-Measured on the H200 host (session 14, results/gemm_h200/session14/): not shown to save host
-time. One run, idle GPU, us a call, direct vs Triton's dispatch: split-K 34.0 vs 42.7, in two 58.8
-vs 94.9, persistent on host descriptors 73.6 vs 99.4, persistent 65.3 vs 63.8, stream-K on host
-descriptors 91.9 vs 79.8; but in the run before (the direct path never engaged) two passes of
-Triton's own dispatch differed by up to 22 us (fused split-K 61.6 vs 39.9): host_cost.py now
-alternates the two ways. In the engine a routed aten::mm took 124 us of host time a call with it
-and 172 without (two engine processes; two native engines took 89 and 54 us on cuBLAS).
+Measured on the H200 host (session 14, results/gemm_h200/session14/launch_call3, idle GPU, the two
+ways alternated, best of 4 each, two runs): the persistent kernel 39.2 / 35.5 us a call direct
+against 51.1 / 47.9 through Triton's dispatch, split-K 35.9 / 36.1 against 46.3 / 45.6; cheaper in
+all 14 pairs (cuBLAS 17.9 / 14.9). Unalternated passes of one way had differed by up to 22 us. In
+the engine no effect is shown: a routed aten::mm took 124 us of host time a call with it and 172
+without, but in two engine processes, and two native engines took 89 and 54 us on cuBLAS.
 
 Only on the Triton release whose launcher signature this was checked against (3.6, the GPU host's);
 elsewhere, under the interpreter and while a launch hook is set (a profiler such as proton reads
