@@ -8,7 +8,7 @@ and 16-byte alignments and options were all seen before is the same specialisati
 then, so it runs that binary through the same launcher.
 
 Measured on the H200 host (session 14, results/gemm_h200/session14/launch_call3, idle GPU, the two
-ways alternated, best of 4 each, two runs): the persistent kernel 39.2 / 35.5 us a call direct
+ways alternated 4 times, two runs; the direct side's best also over one earlier pass): the persistent kernel 39.2 / 35.5 us a call direct
 against 51.1 / 47.9 through Triton's dispatch, split-K 35.9 / 36.1 against 46.3 / 45.6; cheaper in
 all 14 pairs (cuBLAS 17.9 / 14.9). Unalternated passes of one way had differed by up to 22 us. In
 the engine no effect is shown: a routed aten::mm took 124 us of host time a call with it and 172

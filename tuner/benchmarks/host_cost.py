@@ -11,9 +11,9 @@ tuner's kernels are timed twice: as they launch (kernels/direct_launch.py: a spe
 before goes straight to its binary) and through Triton's own dispatch (`triton_dispatch`, TUNER_DIRECT_LAUNCH=0).
 
 `--profile NAME [NAME ...]` (e.g. persistent_us persistent_host_desc_us) then runs those calls under
-cProfile both ways and prints where their host time goes, own time first: the persistent kernel's
-host cost rose from 47 us a call (session 5) to 106 (session 12) on the H200 with nothing measured
-to say why.
+cProfile both ways and prints where their host time goes, own time first. The persistent kernel's
+host cost was 47 us a call in session 5, 106 in session 12 and 51-65 on session 14's hosts through
+Triton's dispatch (cuBLAS 13.7-20.2 across them): mostly the host, not the code.
 """
 
 import json
@@ -126,18 +126,20 @@ def main(argv: list[str] | None = None) -> None:
     import kernels.direct_launch as direct
 
     direct_on = direct.ENABLED
-    out = {name: per_call_us(fn) for name, fn in fns.items()}
-    # the two ways alternate, best of ROUNDS each: two passes of one way in one process differed by
-    # up to 22 us a call on the H200 host (session 14, fused split-K 61.6 vs 39.9), more than the
-    # difference being measured
+    out = {name: per_call_us(fn) for name, fn in fns.items() if name not in TUNERS}
+    # the two ways alternate, best of ROUNDS passes each (the same number on both sides): two passes
+    # of one way in one process differed by up to 22 us a call on the H200 host (session 14, fused
+    # split-K 61.6 vs 39.9), more than the difference being measured
     out["triton_dispatch"] = {}
     for name in TUNERS:
+        ways = {True: [], False: []}
         for _ in range(ROUNDS):
-            direct.ENABLED = False
-            dispatch = per_call_us(fns[name], n=1000)
-            direct.ENABLED = direct_on
-            out[name] = min(out[name], per_call_us(fns[name], n=1000))
-            out["triton_dispatch"][name] = min(out["triton_dispatch"].get(name, dispatch), dispatch)
+            for way in (False, direct_on):
+                direct.ENABLED = way
+                ways[way].append(per_call_us(fns[name], n=1000))
+        direct.ENABLED = direct_on
+        out[name], out["triton_dispatch"][name] = min(ways[direct_on]), min(ways[False])
+    out = {name: out[name] for name in NAMES} | {"triton_dispatch": out["triton_dispatch"]}  # NAMES' order
     out |= routed_us()
     out |= {"direct_launch": direct_on, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": triton.__version__}
