@@ -7,7 +7,9 @@
 # On the host, back to back while the machine stays warm (session 7: four calls, ~85 s held):
 #   carry [.vllm/a1]                        bash tuner/benchmarks/vllm_stage.sh a1
 #   carry [.vllm/a2]                        bash tuner/benchmarks/vllm_stage.sh a2
-#   carry [.vllm/b, .vllm/c2]               bash tuner/benchmarks/vllm_stage.sh b c2
+#   carry [.vllm/b]                         bash tuner/benchmarks/vllm_stage.sh b
+#   carry [.vllm/c2]                        bash tuner/benchmarks/vllm_stage.sh c2
+#   (b and c2 in one call passed 64 MiB in session 14 with the tracked tree at ~29 MiB)
 #   carry [.vllm/c1, .whl, .snap]           bash tuner/benchmarks/vllm_stage.sh c1 && bash tuner/benchmarks/vllm_h200.sh setup
 #   (session 13: a2 with .whl and .snap came to 70 MB with the tracked tree's 30, over the 64 MiB;
 #   c1's 24 MB leaves room for them. FlagScale: its .fs in a call of its own, then vllm_h200.sh fs)
