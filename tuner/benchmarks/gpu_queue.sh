@@ -41,7 +41,8 @@
 #   fp8tests, fp8   issue 12 item 3: the fp8 GEMM's GPU tests (240 s at most), then scaled_mm tuned
 #           on vLLM's fp8 layers (qkv, o, gate_up, down) at 5 M, into gemm.db beside mm and addmm
 # and after them, in every call: the GEMM report and the workers report of what exists so far.
-# SKIP="probe runs grid" marks steps done before starting (e.g. a lease that only re-tunes); the
+# SKIP="probe runs grid" marks steps done before starting (e.g. a lease that only re-tunes), for every
+# later call of the machine too; RERUN="vbenchj" clears such marks (a step skipped or done before); the
 # stream-K and fused split-K GPU tests (step streamk, 150 s at most) still run before the tunes that
 # time them, unless SKIP names streamk.
 set -u
@@ -52,6 +53,7 @@ left() { echo $(( END - $(date +%s) )); }
 export PYTHONPATH=/tmp/tuner:/tmp/site PYTHONUNBUFFERED=1
 Q=/tmp/q R=/tmp/res; mkdir -p "$Q" "$R"
 for s in ${SKIP:-}; do touch "$Q/$s"; done
+for s in ${RERUN:-}; do rm -f "$Q/$s"; done  # steps an earlier call of this machine skipped or ran, to run now
 KEYS=${KEYS:-"16,4608,3584 16,3584,3584 16,3584,18944"}  # issue 13's three decode keys (results/search)
 MM=(); for nk in 3584,3584 37888,3584 3584,18944 151744,3584; do for m in 1 8 32 64 512 4096; do MM+=(--shape "$m,$nk"); done; done
 MM+=(--shapes minicpmo-resampler)  # kv_proj, proj and the folded q, k/v of one image (kernels/mm.py RESAMPLER_MM)
