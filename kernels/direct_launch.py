@@ -8,11 +8,12 @@ and 16-byte alignments and options were all seen before is the same specialisati
 then, so it runs that binary through the same launcher.
 
 Measured on the H200 host (session 14, results/gemm_h200/session14/launch_call3, idle GPU, the two
-ways alternated 4 times, two runs; the direct side's best also over one earlier pass): the persistent kernel 39.2 / 35.5 us a call direct
-against 51.1 / 47.9 through Triton's dispatch, split-K 35.9 / 36.1 against 46.3 / 45.6; cheaper in
-all 14 pairs (cuBLAS 17.9 / 14.9). Unalternated passes of one way had differed by up to 22 us. In
-the engine no effect is shown: a routed aten::mm took 124 us of host time a call with it and 172
-without, but in two engine processes, and two native engines took 89 and 54 us on cuBLAS.
+ways alternated 4 times, two runs; the direct side's best also over one earlier pass): the
+persistent kernel 39.2 / 35.5 us a call direct against 51.1 / 47.9 through Triton's dispatch,
+split-K 35.9 / 36.1 against 46.3 / 45.6; cheaper in all 14 pairs (cuBLAS 17.9 / 14.9).
+Unalternated passes of one way had differed by up to 22 us. In the engine no effect is shown: a
+routed aten::mm took 124 us of host time a call with it and 172 without, but in two engine
+processes, and two native engines took 89 and 54 us on cuBLAS.
 
 Only on the Triton release whose launcher signature this was checked against (3.6, the GPU host's);
 elsewhere, under the interpreter and while a launch hook is set (a profiler such as proton reads
@@ -44,15 +45,13 @@ def cdiv(a: int, b: int) -> int:
 
 def _arg_key(arg):
     """What Triton's specialisation can depend on in one argument, or raise TypeError for a kind
-    this cache does not know (the call then goes through Triton). Tensors are tested first by
-    type: the key is built on every launch."""
-    kind = type(arg)
-    if kind is torch.Tensor or kind is torch.nn.Parameter:
-        return arg.dtype, arg.data_ptr() % _ALIGN == 0
-    if kind is int or kind is float or kind is bool or arg is None:
-        return kind, arg  # exact: covers == 1, divisibility by 16 and i32 vs i64
+    this cache does not know (the call then goes through Triton). Tensors are tested first: the
+    key is built on every launch."""
     if isinstance(arg, torch.Tensor):
         return arg.dtype, arg.data_ptr() % _ALIGN == 0
+    kind = type(arg)
+    if kind is int or kind is float or kind is bool or arg is None:
+        return kind, arg  # exact: covers == 1, divisibility by 16 and i32 vs i64
     if kind.__name__ == "TensorDescriptor":
         return ("desc", arg.base.dtype, arg.base.data_ptr() % _ALIGN == 0, tuple(arg.shape), tuple(arg.strides),
                 tuple(arg.block_shape), arg.padding)

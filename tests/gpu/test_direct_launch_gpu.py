@@ -27,8 +27,8 @@ def _launchers():
         "splitk": (lambda a, b, bias: tm.splitk_mm(a, b, SPLIT, bias=bias), [tm.mm_splitk_direct]),
         "splitk_sk4": (lambda a, b, bias: tm.splitk_mm(a, b, SPLIT | {"SPLIT_K": 4}, bias=bias),
                        [tm.mm_splitk_direct, tm.splitk_reduce_direct]),
-        "splitk_fused_sk4": (lambda a, b, bias: tm.splitk_mm(a, b, SPLIT | {"SPLIT_K": 4, "FUSED_REDUCE": 1}, bias=bias),
-                             [fused.mm_splitk_fused_direct]),
+        "splitk_fused_sk4": (lambda a, b, bias: tm.splitk_mm(a, b, SPLIT | {"SPLIT_K": 4, "FUSED_REDUCE": 1},
+                                                             bias=bias), [fused.mm_splitk_fused_direct]),
         "streamk": (lambda a, b, bias: sk.streamk_mm(a, b, PERS | {"SK_TAIL_ONLY": 1}, bias=bias),
                     [sk.streamk_mm_direct]),
     }

@@ -5,8 +5,8 @@ from types import ModuleType
 
 
 def count_launches(monkeypatch, kernels: dict[str, tuple[ModuleType, str]]) -> dict[str, int]:
-    """Replace each `module.attr` kernel (or its DirectLaunch) by a spy that counts `kernel[grid]` launches under its
-    name; returns the live counts."""
+    """Replace each `module.attr` kernel (or its DirectLaunch) by a spy that counts `kernel[grid]`
+    launches under its name; returns the live counts."""
     counts = {name: 0 for name in kernels}
 
     class Spy:

@@ -79,6 +79,6 @@ def test_the_environment_turns_it_off(value, enabled):
     env = {k: v for k, v in os.environ.items() if k != "TUNER_DIRECT_LAUNCH"}
     if value is not None:
         env["TUNER_DIRECT_LAUNCH"] = value
-    out = subprocess.run([sys.executable, "-c", "import kernels.direct_launch as d; print(d.ENABLED)"],
-                         env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == str(enabled)
+    proc = subprocess.run([sys.executable, "-c", "import kernels.direct_launch as d; print(d.ENABLED)"], env=env,
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == str(enabled)

@@ -140,7 +140,8 @@ if [ ! -f $Q/launch ]; then  # issue 12: tuner's kernels launched past Triton's 
       > "$R/host_cost_profile.txt" 2>&1; head -1 "$R/host_cost_profile.txt" | tee "$R/host_cost.json"
   grep -A 12 "^--- cProfile" "$R/host_cost_profile.txt" | cut -c1-160
   stamp "pytest -m gpu direct launches (150 s at most), then the kernels' own GPU tests (240 s)"
-  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu/test_direct_launch_gpu.py > "$R/launch_tests.log" 2>&1
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu/test_direct_launch_gpu.py \
+      > "$R/launch_tests.log" 2>&1
   echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$R/launch_tests.log" | tail -12
   timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider -k "not streamk" tests/gpu/test_persistent_mm_gpu.py \
       tests/gpu/test_bmm_gpu.py tests/gpu/test_addmm_gpu.py > "$R/kernel_tests.log" 2>&1
@@ -233,7 +234,8 @@ cd /tmp/tuner || exit 1
 if [ -f "$R/gemm.db" ]; then
   python3 cli.py db show --db "sqlite:///$R/gemm.db" --json > "$R/db_show.json" 2>/dev/null
   if [ -s "$R/copy_bw.json" ]; then  # (a lease that only benches engines measures no copy bandwidth)
-    python3 -m tuner.benchmarks.report_mm --copy-bw "$R/copy_bw.json" --ops mm,addmm,scaled_mm,bmm "$R/gemm.db" > "$R/REPORT.md" 2>&1
+    python3 -m tuner.benchmarks.report_mm --copy-bw "$R/copy_bw.json" --ops mm,addmm,scaled_mm,bmm "$R/gemm.db" \
+        > "$R/REPORT.md" 2>&1
     tail -8 "$R/REPORT.md"
   else echo "no GEMM report: no copy bandwidth measured in this run (probe and mm skipped)"; fi
   python3 -m tuner.benchmarks.variant_bests "$R/gemm.db" --ops mm,addmm,scaled_mm,bmm > "$R/VARIANTS.md" 2>&1
