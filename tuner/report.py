@@ -18,15 +18,17 @@ console = Console()
 
 
 @contextlib.contextmanager
-def tune_progress(enabled: bool = True, total: int | None = None) -> Iterator[tuple]:
+def tune_progress(enabled: bool = True, total: int | None = None, share: bool = False) -> Iterator[tuple]:
     """Callbacks (on_key, on_event) driving one bar per key: measured trials of `total` (--trials;
     a key can stop early: patience, timeout, an exhausted space) and the search's best so far, one
-    timing each, which the results table's "tuned" re-measures beside the baselines."""
+    timing each, which the results table's "tuned" re-measures beside the baselines. share: a
+    worker's lines count what this process measured (its share of the study), not the study's
+    total: another worker's configs measured before this one opened the study are not its own."""
     if not enabled:
         yield None, None
         return
     if not console.is_terminal:
-        yield from _key_lines(total)
+        yield from _key_lines(total, share)
         return
     progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                         TextColumn("search best {task.fields[best]}"), TimeElapsedColumn(), console=console)
@@ -45,7 +47,7 @@ def tune_progress(enabled: bool = True, total: int | None = None) -> Iterator[tu
         yield on_key, on_event
 
 
-def _key_lines(total: int | None) -> Iterator[tuple]:
+def _key_lines(total: int | None, share: bool = False) -> Iterator[tuple]:
     """Piped or logged output: rich draws its bars only when the run ends (never, if it is killed),
     so one line per key as the key ends, flushed at once."""
     state: dict = {"line": None}
@@ -63,7 +65,7 @@ def _key_lines(total: int | None) -> Iterator[tuple]:
 
     def on_event(ev):
         if state["line"] is not None:
-            state.update(measured=ev.measured, best=f"{ev.best_us:.2f} µs" if ev.best_us else "-")
+            state.update(measured=ev.own if share else ev.measured, best=f"{ev.best_us:.2f} µs" if ev.best_us else "-")
 
     try:
         yield on_key, on_event

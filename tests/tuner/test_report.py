@@ -46,6 +46,26 @@ def test_tune_piped_prints_one_line_per_key_as_it_ends(tmp_path):
     assert "━" not in r.stdout  # no bar drawn
 
 
+def test_a_workers_key_line_counts_its_own_share_not_what_others_measured_before(capsys):
+    """A worker that opens a study after another worker measured one of its configs: the study's
+    count says 3 when this process measured 2; the worker's line says 2 (its share), a lone
+    tune's line the study's 3 (a resumed study's progress). CI once saw shares summing to 5 of 4."""
+    from tuner.report import _key_lines
+    from tuner.tuning.search import Event, EventKind
+
+    printed = {}
+    for share in (False, True):
+        lines = _key_lines(4, share)
+        on_key, on_event = next(lines)
+        on_key((16, 64, 32, 1), 0, 1)
+        on_event(Event(EventKind.MEASURED, {}, 9.0, 9.0, measured=2, own=1))
+        on_event(Event(EventKind.MEASURED, {}, 8.0, 8.0, measured=3, own=2))
+        lines.close()
+        printed[share] = capsys.readouterr().out
+    assert "[1/1] 16,64,32,1: 3/4 measured, search best 8.00 µs" in printed[False]
+    assert "[1/1] 16,64,32,1: 2/4 measured, search best 8.00 µs" in printed[True]
+
+
 def test_short_config_shows_split_k_and_the_knobs_that_are_on():
     from tuner.report import short_config
 

@@ -24,7 +24,7 @@ def main() -> int:
         if os.environ.get(PROGRESS_ENV):  # a line per key on stdout, before the results' JSON line
             from tuner.report import tune_progress
 
-            with tune_progress(total=req.trials) as (on_key, on_event):
+            with tune_progress(total=req.trials, share=True) as (on_key, on_event):
                 results = flow.tune(req, on_key=on_key, on_event=on_event)
         else:
             results = flow.tune(req)

@@ -54,8 +54,9 @@ class Event:
     config: Config
     time_us: float | None
     best_us: float | None
-    measured: int
+    measured: int  # the study's: measured before this run plus by it
     reason: str | None = None
+    own: int = 0  # by this process (a worker's share of a study several processes tune)
 
 
 @dataclass
@@ -359,7 +360,7 @@ class Search:
         self.counts[kind] += 1
         if self.on_event:
             best = self.best.us if self.best else None
-            self.on_event(Event(kind, config, time_us, best, self.prior + self._done(), reason))
+            self.on_event(Event(kind, config, time_us, best, self.prior + self._done(), reason, own=self._done()))
 
     def _stop(self, reason: str) -> bool:
         self.stop_reason = reason
