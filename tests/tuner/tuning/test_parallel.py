@@ -113,8 +113,10 @@ def _wait_for(cond, timeout_s: float, what: str) -> None:
         time.sleep(0.5)
 
 
-# a key whose configs take seconds each in the interpreter: a kill lands mid-measurement
-KILL_ARGS = ("--shape", "16,256,256", "--trials", "5", "--seed", "2")
+# a key whose configs take seconds each in the interpreter, so the watcher sees one in flight:
+# 16,256,1024's 5 configs took 3.0-6.1 s each here (an 11.6 s window after the 2nd ended);
+# 16,256,256's took 0.2-0.9 s (a 2 s window), and CI's watcher missed it twice on PostgreSQL
+KILL_ARGS = ("--shape", "16,256,1024", "--trials", "5", "--seed", "2")
 
 
 def _kill_one_mid_measurement(db_url: str, env: dict) -> tuple[str, list, set[str]]:
