@@ -492,6 +492,10 @@ def bench(
                              help="Port of served engines on 127.0.0.1 (one at a time; 1-65535)."),
     route_within: float = typer.Option(1.0, "--route-within", help="The tuned mode's `tuner serve "
                                        "--route-within` (1.0: tuned GEMM kernels only where faster than cuBLAS)."),
+    rounds: int = typer.Option(1, "--rounds", help="Run every mode this many times, each a fresh engine, the "
+                               "order reversed every other round; the table shows medians, a line per "
+                               "mode each round's ratio to native (one engine pair's ratio carries the "
+                               "spread between engine starts, ~2% on the H200)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -517,7 +521,7 @@ def bench(
                             out_dir=out_dir, db_url=db,
                             exclude=[o for o in exclude.split(",") if o] if exclude is not None else None,
                             allow_foreign=allow_foreign, timeout_s=timeout, served=served, port=port,
-                            route_within=route_within)
+                            route_within=route_within, rounds=rounds)
     try:
         report = flow.bench(req, on_mode=lambda m: typer.echo(f"bench: {m} ...", err=True))
     except UserError as e:

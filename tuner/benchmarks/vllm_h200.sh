@@ -12,7 +12,8 @@
 #   bash tuner/benchmarks/vllm_h200.sh gputests     pytest -m gpu (no vLLM needed)
 #   bash tuner/benchmarks/vllm_h200.sh bench MODES  checkpoint (once), then `tuner bench --modes MODES`
 #                                                   (PROFILE_CONC requests in the profiled batch, default 64;
-#                                                   ROUTE_WITHIN: the tuned mode's --route-within, default 1.0)
+#                                                   ROUTE_WITHIN: the tuned mode's --route-within, default 1.0;
+#                                                   ROUNDS: every mode that many engines, --rounds, default 1)
 #   bash tuner/benchmarks/vllm_h200.sh serve        checkpoint (once), `tuner serve --engine vllm --use-tuned`
 #                                                   in the background, one /v1/chat/completions request
 #   bash tuner/benchmarks/vllm_h200.sh fs           FlagScale 0.8.0 and its config-loading packages from .fs
@@ -82,6 +83,7 @@ gputests)
 bench)
   MODES=${2:-native,tuned}; TAG=${MODES//,/_}
   W=${ROUTE_WITHIN:-1.0}; [ "$W" = 1.0 ] || TAG=${TAG}_w$W  # the tuned mode's --route-within
+  [ "${ROUNDS:-1}" = 1 ] || TAG=${TAG}_r$ROUNDS  # ROUNDS: every mode that many times (bench --rounds)
   cd /tmp/tuner || exit 1
   [ -f /tmp/ck/config.json ] || { stamp "checkpoint"; python3 cli.py checkpoint /tmp/ck || exit 1; }
   cp "${BENCH_DB:-tuner/benchmarks/results/vllm/tune_keys/vllm_keys.db}" /tmp/bench.db 2>/dev/null || true
@@ -89,7 +91,7 @@ bench)
   python3 cli.py bench /tmp/ck --modes "$MODES" --profile --profile-concurrency "${PROFILE_CONC:-64}" \
       --db /tmp/bench.db --out-dir /tmp/bench_$TAG \
       --exclude "$EXCL" --max-tokens 4096 --timeout "${MODE_TIMEOUT:-400}" --route-within "$W" \
-      --json > "$OUT/bench_$TAG.json"
+      --rounds "${ROUNDS:-1}" --json > "$OUT/bench_$TAG.json"
   echo "bench exit $?"
   python3 - "$TAG" <<'PY'
 import json, os, sys

@@ -48,10 +48,27 @@ def agreement_lines(report: Mapping[str, Any]) -> list[str]:
             lines.append(f"{mode} vs {native}, {small['positions']} positions of short prompts (M <= 128, the "
                          f"decode sizes): top-1 {small['top1_agreement']:.1%}, max |d logprob| "
                          f"{small['max_abs_dlogprob']:.3f}")
+    lines += rounds_lines(report)
     lines += engine_lines(report)
     lines += moe_lines(report)
     for mode, err in report.get("errors", {}).items():
         lines.append(f"{mode}: FAILED: {err}")
+    return lines
+
+
+def rounds_lines(report: Mapping[str, Any]) -> list[str]:
+    """A bench in rounds (`--rounds`): per run and concurrency, the median ratio to native and each
+    round's, so a gap is read against the spread between engine starts (the table shows medians)."""
+    n = report.get("rounds") or 1
+    if n < 2:
+        return []
+    lines = [f"{n} rounds, each mode a fresh engine per round; tok/s and x native are medians:"]
+    for r in report.get("runs", []):
+        ratios = r.get("vs_native_rounds") or []
+        if r["mode"] != "native" and ratios:
+            lines.append(f"  {r['label']}, {r['concurrency']} concurrent: {r['vs_native']:.3f}x native, rounds "
+                         + " ".join(f"{v:.3f}" for v in ratios)
+                         + (f" (in {len(ratios)} of {n})" if len(ratios) < n else ""))
     return lines
 
 

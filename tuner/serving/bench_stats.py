@@ -135,6 +135,38 @@ def with_ratios(rows: list[dict], reference_mode: str = "native") -> list[dict]:
     return out
 
 
+def over_rounds(report: dict[str, Any], per_round: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A bench run in rounds (each mode a fresh engine per round; `per_round`: each round's own
+    summary, ratios within the round): each row's output tokens/s and ratios become the median over
+    the rounds, the rounds' values kept beside them (`output_tok_s_rounds`, `vs_native_rounds`,
+    `vs_engine_rounds`: in round order, a round where the mode failed left out). Latency, start time
+    and agreement stay the first round's (`report`, changed in place and returned); the later rounds'
+    failures join `errors` as "mode (round N)". A mode that failed in the first round has its row
+    from the first round it ran."""
+    def rows_of(summary: Mapping[str, Any]) -> dict[tuple, Mapping]:
+        return {(r["label"], r["concurrency"]): r for r in summary["runs"]}
+
+    rounds = [rows_of(s) for s in per_round]
+    have = set(rows_of(report))
+    for r in rounds[1:]:  # a mode that failed in the first round: its row from the first round it ran
+        for key, row in r.items():
+            if key not in have:
+                report["runs"].append(dict(row))
+                have.add(key)
+    for row in report["runs"]:
+        key = (row["label"], row["concurrency"])
+        seen = [r[key] for r in rounds if key in r]
+        for field in ("output_tok_s", "vs_native", "vs_engine"):
+            values = [r[field] for r in seen if r.get(field) is not None]
+            if values:
+                row[f"{field}_rounds"] = values
+                row[field] = statistics.median(values)
+    for n, summary in enumerate(per_round[1:], start=2):
+        report["errors"].update({f"{name} (round {n})": err for name, err in summary.get("errors", {}).items()})
+    report["rounds"] = len(per_round)
+    return report
+
+
 def engine_ratios(rows: list[dict], reference_engine: str) -> list[dict]:
     """Adds `vs_engine` to the rows of the other engines: output tokens/s over the reference engine's
     in the same mode at the same concurrency (`reference_engine` names it); None where it has no row."""

@@ -109,6 +109,7 @@ def test_rows_are_stored_and_read_back(tmp_path):
     ({"concurrency": (0,)}, "positive"),
     ({"prompt_tokens": 4000}, "4096-token context"),
     ({"warm_repeats": 0}, "--warm-repeats must be a positive number"),
+    ({"rounds": 0}, "--rounds must be a positive number"),
     ({"profile_concurrency": 0}, "--profile-concurrency must be a positive number"),
     ({"route_within": 3.0}, "--route-within takes a factor from 0.5 to 1.5"),
     ({"modes": ("native", "untuned"), "route_within": 1.02}, "applies to tuned routes: add tuned to --modes"),
@@ -152,6 +153,49 @@ def test_engine_process_arguments_are_its_own_parsers(tmp_path):
         ("tuned", [1, 8], 64, str(tmp_path / "tuned" / "trace"))
     plain = bench_engine.parse_args(flow.engine_args(flow.BenchRequest(model=str(tmp_path)), "native", tmp_path)[3:])
     assert plain.profile_dir is None and plain.profile_concurrency == 1
+
+
+def test_rounds_alternate_the_order_and_profile_the_first_round_only(tmp_path):
+    assert [flow.round_order(("native", "tuned"), n) for n in (1, 2, 3)] == [
+        ("native", "tuned"), ("tuned", "native"), ("native", "tuned")]
+    req = flow.BenchRequest(model=str(tmp_path), profile=True, rounds=2)
+    assert "--profile-dir" in flow.engine_args(req, "tuned", tmp_path / "tuned", 1)
+    assert "--profile-dir" not in flow.engine_args(req, "tuned", tmp_path / "tuned.r2", 2)
+
+
+def _round(tps1_native, tps1_tuned, tuned_error=False):
+    tuned = ({"mode": "tuned", "error": "engine process ended with 1; see log",
+              "events": {"autotunes": 0, "jit_compiles": 0, "jit_kernels": {}}} if tuned_error
+             else _mode("tuned", tps1_tuned, 5700.0, 61.0))
+    return flow.summarise([_mode("native", tps1_native, 5600.0, 59.0), tuned])
+
+
+def test_rounds_report_medians_of_each_rounds_own_ratio():
+    """Three engine pairs (session 14's c=1: one pair said 1.061x): the table's x native is the
+    median of the rounds' ratios, each round's tuned over the same round's native; a round whose
+    tuned engine failed is left out of the median and named among the errors."""
+    from tuner.serving.bench_report import rounds_lines
+    from tuner.serving.bench_stats import over_rounds
+
+    rounds = [_round(202.5, 214.8), _round(210.0, 212.0), _round(200.0, 206.0), _round(205.0, 0, tuned_error=True)]
+    rep = over_rounds(rounds[0], rounds)
+    tuned1 = next(r for r in rep["runs"] if r["mode"] == "tuned" and r["concurrency"] == 1)
+    assert tuned1["vs_native_rounds"] == pytest.approx([214.8 / 202.5, 212 / 210, 206 / 200])
+    assert tuned1["vs_native"] == pytest.approx(206 / 200)  # the median ratio, not a ratio of medians
+    assert tuned1["output_tok_s_rounds"] == pytest.approx([214.8, 212.0, 206.0])
+    assert tuned1["output_tok_s"] == pytest.approx(212.0)
+    native1 = next(r for r in rep["runs"] if r["mode"] == "native" and r["concurrency"] == 1)
+    assert native1["output_tok_s"] == pytest.approx((202.5 + 205.0) / 2)  # four rounds ran native
+    assert rep["errors"] == {"tuned (round 4)": "engine process ended with 1; see log"}
+    lines = rounds_lines(rep)
+    assert lines[0].startswith("4 rounds")
+    assert "  tuned, 1 concurrent: 1.030x native, rounds 1.061 1.010 1.030 (in 3 of 4)" in lines
+    assert all(len(line) <= 80 for line in lines)
+    # the first round's tuned engine failed: its row comes from the next round that ran it
+    late = over_rounds(_round(205.0, 0, tuned_error=True), [_round(205.0, 0, tuned_error=True), _round(200.0, 206.0)])
+    assert [r["vs_native_rounds"] for r in late["runs"] if r["mode"] == "tuned" and r["concurrency"] == 1] == \
+        [[pytest.approx(1.03)]]
+    assert rounds_lines(_report()) == []  # one round: no lines
 
 
 def test_moe_config_files_per_mode_reach_the_report_and_its_lines(tmp_path):
