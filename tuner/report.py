@@ -167,7 +167,9 @@ def _grouped(recs: list[dict]) -> dict[tuple[str, str, str, str], list[dict]]:
 def route_text(record: dict, within: float = 1.0) -> str | None:
     """Where `tuner serve --use-tuned --route-within W` sends a stored GEMM key's calls (the router's
     own rules: tuned kernel only if timed faster than cuBLAS, or within W of it; outside CUDA graphs
-    only where the GPU gain pays the kernel's extra host time), None for ops the router does not serve."""
+    only where the GPU gain pays the kernel's extra host time), None for ops the router does not serve.
+    "graphs only": calls the engine runs eagerly stay native; the vLLM engines tuner ran captured 1 to
+    128 tokens (results/vllm), so at M = 512 or 4096 (prefill) such a key serves native there."""
     from tuner.inject import gemm_router as gr
 
     if record.get("kernel") not in gr.ROUTED_OPS:
@@ -177,7 +179,7 @@ def route_text(record: dict, within: float = 1.0) -> str | None:
     target = gr.record_target(record, within)
     if target == gr.NATIVE:
         return "serves: native"
-    return f"serves: {target}, " + ("graphs + eager" if gr.eager_worthwhile(record, within) else "in graphs")
+    return f"serves: {target}, " + ("graphs + eager" if gr.eager_worthwhile(record, within) else "graphs only")
 
 
 def best_table(recs: list[dict], route_within: float = 1.0) -> None:
