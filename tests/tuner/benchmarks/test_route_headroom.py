@@ -1,0 +1,62 @@
+"""route_headroom on recorded data: the H200's run 9 engine profiles (native and tuned at
+--route-within 1.03) and the session 13 database that tuned engine served."""
+import lzma
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuner.benchmarks import route_headroom as rh
+
+REPO = Path(__file__).resolve().parents[3]
+RESULTS = REPO / "tuner" / "benchmarks" / "results"
+PROFILES = RESULTS / "vllm" / "h200_run9" / "profiles_native_tuned_w1.03.json"
+DB = RESULTS / "gemm_h200" / "session13" / "gemm.db.xz"
+
+
+@pytest.fixture(scope="module")
+def db_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("headroom") / "gemm.db"
+    path.write_bytes(lzma.decompress(DB.read_bytes()))
+    return path
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "tuner.benchmarks.route_headroom", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_run_9s_eager_gemms_bound_what_routing_could_save(db_path):
+    import json
+
+    h = rh.headroom(json.loads(PROFILES.read_text()), rh.best_ratios(f"sqlite:///{db_path}"), 1.05)
+    gate_up = h["rows"][0]
+    assert gate_up["key"] == ("mm", 4096, 37888, 3584, "bf16")  # the largest eager key
+    assert gate_up["db_ratio"] == pytest.approx(1.028, abs=5e-4)  # recorded slower than cuBLAS: saves nothing
+    assert gate_up["oracle_saved_ms"] == 0
+    assert gate_up["tuned_ms"] / gate_up["native_ms"] == pytest.approx(1.031, abs=5e-4)  # run 9's README
+    down = h["rows"][1]
+    assert down["key"][:4] == ("mm", 4096, 3584, 18944)
+    assert down["oracle_saved_ms"] == pytest.approx(down["native_ms"] * (1 - down["db_ratio"]))
+    assert h["oracle_saved_ms"] == pytest.approx(sum(r["oracle_saved_ms"] for r in h["rows"]))
+    assert 15 < h["oracle_saved_ms"] < 25  # 19.1 ms of 1048.9: far from the 49.9 that 1.05x needs
+    assert h["needed_ms"] == pytest.approx(h["kernel_ms"] * (1 - 1 / 1.05))
+    # keys the tuned engine's prefill chunks did not hit (their M varies per run) have no tuned time
+    assert any(r["tuned_ms"] is None for r in h["rows"])
+
+
+def test_the_report_fits_80_columns_and_bad_input_is_refused(db_path, tmp_path):
+    r = _run(PROFILES, db_path)
+    assert r.returncode == 0, r.stderr
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    assert "mm 4096,37888,3584" in r.stdout and "1.05x needs" in r.stdout
+    assert "needs" in _run(PROFILES, db_path, "--target", "1.10").stdout
+    bad = _run(PROFILES, db_path, "--target", "0.9")
+    assert bad.returncode == 2 and "--target must be above 1" in bad.stderr
+    missing = _run(tmp_path / "none.json", db_path)
+    assert missing.returncode == 2 and "no profiles file" in missing.stderr
+    (tmp_path / "p.json").write_text('{"tuned": {}}')
+    no_native = _run(tmp_path / "p.json", db_path)
+    assert no_native.returncode == 2 and "holds no native engine profile" in no_native.stderr
+    assert "no database file" in _run(PROFILES, tmp_path / "none.db").stderr
