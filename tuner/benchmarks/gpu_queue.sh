@@ -38,7 +38,8 @@
 #           runs: vllm_h200.sh bench native,tuned, the same with --route-within $VBENCH_WITHIN (1.02: near-ties
 #           to Triton, for the Triton share), vbenchj: that tuned engine alone with TUNER_DIRECT_LAUNCH=0
 #           (every launch through Triton's dispatch), and fsbench, with this run's gemm.db as the tuned routes
-#           (ROUNDS=n: every bench's modes n times, each a fresh engine: `tuner bench --rounds n`)
+#           (ROUNDS=n: every bench's modes n times, each a fresh engine: `tuner bench --rounds n`; run 9's
+#           engines took 77-81 s each with the profile, so ROUNDS=3 needs ~450 s of a call: BENCH_S=450)
 #   fp8tests, fp8   issue 12 item 3: the fp8 GEMM's GPU tests (240 s at most), then scaled_mm tuned
 #           on vLLM's fp8 layers (qkv, o, gate_up, down) at 5 M, into gemm.db beside mm and addmm
 # and after them, in every call: the GEMM report and the workers report of what exists so far.
