@@ -41,7 +41,7 @@ def tune_progress(enabled: bool = True, total: int | None = None, share: bool = 
         if state["task"] is None:
             return
         best = f"{ev.best_us:.2f} µs" if ev.best_us else "-"
-        progress.update(state["task"], completed=ev.measured, best=best)
+        progress.update(state["task"], completed=ev.own if share else ev.measured, best=best)
 
     with progress:
         yield on_key, on_event

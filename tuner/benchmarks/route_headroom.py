@@ -23,10 +23,11 @@ from pathlib import Path
 
 def best_ratios(url: str) -> dict[tuple, float]:
     """(op, M, N, K, dtype) -> best Triton time / cuBLAS time of the database's records in
-    nn.Linear's layout (what an engine calls), for mm and addmm."""
+    nn.Linear's layout (what an engine calls), for mm and addmm. `url`: a URL or a SQLite path, read
+    only (a missing or foreign database raises db.DatabaseUnusable; nothing is created or migrated)."""
     from db import open_database, queries
 
-    db = open_database(url)
+    db = open_database(url, create=False)
     try:
         with db.session() as s:
             recs = queries.records(queries.best_configs(s))
@@ -107,10 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     profiles = json.loads(path.read_text())
     if not isinstance(profiles, dict) or not profiles.get("native"):
         p.error(f"{path} holds no native engine profile")
-    url = a.db if "://" in a.db else f"sqlite:///{Path(a.db).resolve()}"
-    if "://" not in a.db and not Path(a.db).is_file():
-        p.error(f"no database file {a.db}")
-    h = headroom(profiles, best_ratios(url), a.target)
+    from db import DatabaseUnusable
+
+    try:
+        ratios = best_ratios(a.db)
+    except DatabaseUnusable as e:
+        p.error(str(e))
+    h = headroom(profiles, ratios, a.target)
     if a.json:
         print(json.dumps({**h, "rows": [{**r, "key": list(r["key"])} for r in h["rows"]]}, indent=1))
     else:

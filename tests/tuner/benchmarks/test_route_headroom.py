@@ -59,4 +59,6 @@ def test_the_report_fits_80_columns_and_bad_input_is_refused(db_path, tmp_path):
     (tmp_path / "p.json").write_text('{"tuned": {}}')
     no_native = _run(tmp_path / "p.json", db_path)
     assert no_native.returncode == 2 and "holds no native engine profile" in no_native.stderr
-    assert "no database file" in _run(PROFILES, tmp_path / "none.db").stderr
+    missing_db = _run(PROFILES, tmp_path / "none.db")
+    assert missing_db.returncode == 2 and "no tuner database at" in missing_db.stderr
+    assert not (tmp_path / "none.db").exists()  # read only: nothing created
