@@ -541,6 +541,38 @@ def bench(
         raise typer.Exit(1)
 
 
+@app.command("bench-report")
+def bench_report(
+    out_dir: str = typer.Argument(..., help="The --out-dir of a `tuner bench` run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Report a bench again from its folder: the engines that finished.
+
+    `tuner bench` keeps every finished engine on disk (modes.json, each
+    mode's result.json) and reports at the end; a bench killed before that
+    (a time limit, a lost terminal) leaves engines and no report. This
+    prints the table and lines the bench would have, from the engines that
+    finished: medians over the rounds that ran, an engine that started but
+    never finished named as FAILED. Nothing is stored in a database.
+
+    Example: tuner bench-report /tmp/bench"""
+    from tuner.serving.bench_recover import recover
+    from tuner.serving.bench_report import agreement_lines, bench_table
+
+    try:
+        report = recover(out_dir)
+    except UserError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(report, indent=1, default=str))
+        return
+    from tuner.report import console
+
+    console.print(bench_table(report))
+    for line in agreement_lines(report):
+        console.print(line)
+
+
 @app.command()
 def checkpoint(
     folder: str = typer.Argument(..., help="New folder to write (must not exist or be empty)."),

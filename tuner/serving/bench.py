@@ -241,6 +241,22 @@ def summarise(results: list[dict], reference_engine: str | None = None) -> dict[
             "moe_configs": {_label(r): r["events"].get("moe_configs") for r in results}}
 
 
+def write_modes(out: Path, rounds: list[list[dict]]) -> None:
+    """modes.json: every engine finished so far, its logprobs left in its own result.json
+    (`tuner bench-report` reads both back when the bench never reported)."""
+    (out / "modes.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "prompt_logprobs"}
+                                                for rs in rounds for r in rs], default=str))
+
+
+def report_of(rounds: list[list[dict]], reference_engine: str | None = None) -> dict[str, Any]:
+    """The report of a bench's rounds (each a list of run_mode results): the first round's
+    summary, its tok/s and ratios the medians over the rounds when there are several."""
+    report = summarise(rounds[0], reference_engine)  # the first round's modes are in the given order
+    if len(rounds) > 1:
+        bench_stats.over_rounds(report, [summarise(rs, reference_engine) for rs in rounds])
+    return report
+
+
 def store(req: BenchRequest, report: dict[str, Any]) -> str:
     """Every (mode, concurrency) row in the database under one bench id; returns the id."""
     from db import bench_queries, queries
@@ -278,12 +294,8 @@ def bench(req: BenchRequest, on_mode: Callable[[str], None] | None = None) -> di
                     of = f" (round {round_no}/{req.rounds})" if req.rounds > 1 else ""
                     on_mode(label(req, engine, mode) + of)
                 rounds[-1].append(run_mode(req, mode, engine, round_no))
-            # what is finished is on disk even if a later mode is killed
-            (out / "modes.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "prompt_logprobs"}
-                                                         for rs in rounds for r in rs], default=str))
-    report = summarise(rounds[0], req.engines[0])  # the first round's modes are in the given order
-    if req.rounds > 1:
-        bench_stats.over_rounds(report, [summarise(rs, req.engines[0]) for rs in rounds])
+            write_modes(out, rounds)  # what is finished is on disk even if a later mode is killed
+    report = report_of(rounds, req.engines[0])
     from db import shown_url
 
     report["request"] = {k: v for k, v in vars(req).items() if k != "extra_env"}
