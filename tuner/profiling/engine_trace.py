@@ -82,10 +82,13 @@ class GemmKey:
     place: str = "eager"
     calls: int = 0
     gpu_us: float = 0.0
+    # the kernels its ops launched, by name: whether two engines ran the same kernel on a key (on the
+    # H200 the same cuBLAS kernel ran 1-2.4% slower on the prefill keys of a tuned engine, run 10)
+    kernels: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"op": self.op, "M": self.M, "N": self.N, "K": self.K, "dtype": self.dtype, "place": self.place,
-                "calls": self.calls, "gpu_us": self.gpu_us}
+                "calls": self.calls, "gpu_us": self.gpu_us, "kernels": dict(self.kernels)}
 
 
 @dataclass
@@ -284,7 +287,7 @@ def _linear_key(e: Mapping) -> tuple[str, int, int, int, str] | None:
 
 
 def _gemm_keys(events: Sequence[Mapping], kernel_us: Mapping[Any, float],
-               capture_sizes: Sequence[int] | None) -> list[GemmKey]:
+               capture_sizes: Sequence[int] | None, kernel_name: Mapping[Any, str] | None = None) -> list[GemmKey]:
     """The GEMM keys of the eager path, each timed by the kernels its outermost aten op launched
     (the op's time window on its thread), hottest first; then, when the capture sizes are known,
     the keys replayed from CUDA graphs: the (op, N, K) of every key seen eagerly only above the
@@ -313,6 +316,9 @@ def _gemm_keys(events: Sequence[Mapping], kernel_us: Mapping[Any, float],
         ts = launches.get(tid, [])
         for _, corr in ts[bisect.bisect_left(ts, (t0,)): bisect.bisect_right(ts, (t1, float("inf")))]:
             row.gpu_us += kernel_us.get(corr, 0.0)
+            name = (kernel_name or {}).get(corr)
+            if name is not None:
+                row.kernels[name] = row.kernels.get(name, 0) + 1
     eager = sorted(keys.values(), key=lambda k: -k.gpu_us)
     if not capture_sizes:
         return eager
@@ -337,11 +343,13 @@ def aggregate(events: Iterable[Mapping], steps: int, flaggems: frozenset[str] = 
     corr = {k.get("args", {}).get("correlation") for k in kernels}
     graphs = sum(1 for e in events if e.get("cat") in LAUNCH_CATS and "GraphLaunch" in e.get("name", ""))
     kernel_us: dict[Any, float] = {}
+    kernel_name: dict[Any, str] = {}
     for k in kernels:
         c = k.get("args", {}).get("correlation")
         kernel_us[c] = kernel_us.get(c, 0.0) + float(k["dur"])
+        kernel_name[c] = k["name"]
     return EngineProfile(list(rows.values()), _busy_us(intervals), span, steps, _eager_ops(events, corr), graphs,
-                         _gemm_keys(events, kernel_us, capture_sizes), _idle_causes(events, kernels))
+                         _gemm_keys(events, kernel_us, capture_sizes, kernel_name), _idle_causes(events, kernels))
 
 
 @functools.lru_cache(maxsize=1)

@@ -175,6 +175,9 @@ def test_gemm_keys_eager_timed_by_their_kernels_hottest_first():
                    ("mm", 512, 4608, 3584, "bf16", "eager", 2, 85.0),
                    ("addmm", 512, 4608, 3584, "bf16", "eager", 1, 20.0),
                    ("mm", 8, 32, 64, "fp32", "eager", 1, 0.0)]
+    # the kernels each key's ops launched, by name (the nested redispatch's launch counted once)
+    assert [k.kernels for k in keys] == [{"nvjet_c": 1}, {"nvjet_a": 2, "splitKreduce": 1}, {"nvjet_b": 1}, {}]
+    assert keys[1].as_dict()["kernels"] == {"nvjet_a": 2, "splitKreduce": 1}
 
 
 def test_gemm_keys_add_graph_sizes_for_keys_seen_only_at_prefill():
