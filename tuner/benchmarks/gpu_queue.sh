@@ -38,8 +38,11 @@
 #           runs: vllm_h200.sh bench native,tuned, the same with --route-within $VBENCH_WITHIN (1.02: near-ties
 #           to Triton, for the Triton share), vbenchj: that tuned engine alone with TUNER_DIRECT_LAUNCH=0
 #           (every launch through Triton's dispatch), and fsbench, with this run's gemm.db as the tuned routes
-#           (ROUNDS=n: every bench's modes n times, each a fresh engine: `tuner bench --rounds n`; run 9's
-#           engines took 77-81 s each with the profile, so ROUNDS=3 needs ~450 s of a call: BENCH_S=450)
+#           (ROUNDS=n: every bench's modes n times, each a fresh engine: `tuner bench --rounds n`. Session 16
+#           (runs 10a/10b): the checkpoint 42-47 s, round 1's engines 122-151 s each (first load, profile),
+#           later ones 73-80 s: ROUNDS=2 ~470 s, ROUNDS=3 ~620 s, over one call; both runs were killed in
+#           their last engine. The bench now stops BENCH_LIMIT s into it, 90 s before the call's end, and
+#           `tuner bench-report` reports the engines that finished (vllm_h200.sh))
 #   fp8tests, fp8   issue 12 item 3: the fp8 GEMM's GPU tests (240 s at most), then scaled_mm tuned
 #           on vLLM's fp8 layers (qkv, o, gate_up, down) at 5 M, into gemm.db beside mm and addmm
 # and after them, in every call: the GEMM report and the workers report of what exists so far.
@@ -201,6 +204,7 @@ if [ -f $Q/addmm ] && [ -f $Q/decode_addmm ] && [ -d /tmp/vsite/vllm ]; then
     if [ "$(left)" -lt "${BENCH_S:-500}" ]; then echo "$step needs a call of its own: it runs first in the next one"
       WAIT_FOR_CALL=1; break; fi
     stamp "$step"
+    export BENCH_LIMIT=$(( $(left) - 90 ))  # the rest of the call less the reports' time
     case $step in
       vbench) BENCH_DB=$R/gemm.db bash tuner/benchmarks/vllm_h200.sh bench native,tuned ;;
       vbenchw) BENCH_DB=$R/gemm.db ROUTE_WITHIN=${VBENCH_WITHIN:-1.02} bash tuner/benchmarks/vllm_h200.sh bench native,tuned ;;

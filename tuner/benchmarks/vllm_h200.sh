@@ -13,7 +13,9 @@
 #   bash tuner/benchmarks/vllm_h200.sh bench MODES  checkpoint (once), then `tuner bench --modes MODES`
 #                                                   (PROFILE_CONC requests in the profiled batch, default 64;
 #                                                   ROUTE_WITHIN: the tuned mode's --route-within, default 1.0;
-#                                                   ROUNDS: every mode that many engines, --rounds, default 1)
+#                                                   ROUNDS: every mode that many engines, --rounds, default 1;
+#                                                   BENCH_LIMIT: seconds the bench may run, then stopped and the
+#                                                   engines that finished reported by `tuner bench-report`)
 #   bash tuner/benchmarks/vllm_h200.sh serve        checkpoint (once), `tuner serve --engine vllm --use-tuned`
 #                                                   in the background, one /v1/chat/completions request
 #   bash tuner/benchmarks/vllm_h200.sh fs           FlagScale 0.8.0 and its config-loading packages from .fs
@@ -88,11 +90,16 @@ bench)
   [ -f /tmp/ck/config.json ] || { stamp "checkpoint"; python3 cli.py checkpoint /tmp/ck || exit 1; }
   cp "${BENCH_DB:-tuner/benchmarks/results/vllm/tune_keys/vllm_keys.db}" /tmp/bench.db 2>/dev/null || true
   stamp "bench $MODES"
-  python3 cli.py bench /tmp/ck --modes "$MODES" --profile --profile-concurrency "${PROFILE_CONC:-64}" \
-      --db /tmp/bench.db --out-dir /tmp/bench_$TAG \
+  # (timeout signals its whole process group: the engine process the bench started goes with it)
+  timeout -k 15 "${BENCH_LIMIT:-100000}" python3 cli.py bench /tmp/ck --modes "$MODES" --profile \
+      --profile-concurrency "${PROFILE_CONC:-64}" --db /tmp/bench.db --out-dir /tmp/bench_$TAG \
       --exclude "$EXCL" --max-tokens 4096 --timeout "${MODE_TIMEOUT:-400}" --route-within "$W" \
       --rounds "${ROUNDS:-1}" --json > "$OUT/bench_$TAG.json"
-  echo "bench exit $?"
+  rc=$?; echo "bench exit $rc"
+  if [ ! -s "$OUT/bench_$TAG.json" ]; then  # stopped at BENCH_LIMIT (124) or failed before its report
+    echo "no report from the bench: the engines that finished, as tuner bench-report reads them"
+    python3 cli.py bench-report /tmp/bench_$TAG --json > "$OUT/bench_$TAG.json" || echo "bench-report exit $?"
+  fi
   python3 - "$TAG" <<'PY'
 import json, os, sys
 from tuner.serving.bench_report import agreement_lines, bench_table
