@@ -186,3 +186,17 @@ def best_as_record(row: BestConfig) -> dict[str, Any]:
 
 def records(rows: Iterable[BestConfig]) -> list[dict[str, Any]]:
     return [best_as_record(r) for r in rows]
+
+
+def stored_records(url: str | None) -> list[dict[str, Any]]:
+    """Every stored best config as `records` gives them, read from the database at `url` (a URL,
+    a SQLite path, None: the default) without creating or migrating it: a missing or foreign
+    database raises db.DatabaseUnusable."""
+    from db.engine import open_database
+
+    db = open_database(url, create=False)
+    try:
+        with db.session() as s:
+            return records(best_configs(s))
+    finally:
+        db.dispose()

@@ -23,6 +23,9 @@
 #           K=3584), stream-K on the same shapes (tuner/benchmarks/wave_probe.py, ~1 min)
 #   fusedprobe  issue 12: split-K with its reduction in the same launch vs the two-kernel split-K vs
 #           cuBLAS on the decode keys, weight-read bandwidth beside (tuner/benchmarks/fused_probe.py)
+#   clockprobe  issue 12: the search's kind of timing (after the GPU idled) vs the finalists' pass (back
+#           to back) on the M=4096 prefill keys and a decode key, SM clock / power / temperature sampled
+#           during each (tuner/benchmarks/clock_probe.py, gemm.db's configs when there is one, ~1 min)
 #   decode  issue 12, only when mm is skipped (SKIP=mm: its gemm.db put at /tmp/res/gemm.db): o and
 #           down (mm) and qkv (addmm) at M = 1, 8, 32 tuned again into it, the search now trying
 #           split-K's FUSED_REDUCE (~4 min); the copy bandwidth measured first if the run has none.
@@ -92,7 +95,8 @@ gpu1_tests() {  # one pytest process per group: the mm tests set TRITON_INTERPRE
   echo "=== GPU $OTHER: pytest -m gpu tests/gpu/test_persistent_mm_gpu.py -k 'not streamk'"
   (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=$OTHER timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider \
       -k "not streamk" tests/gpu/test_persistent_mm_gpu.py 2>&1 | tail -25)
-  for g in "tests/gpu/test_addmm_gpu.py tests/gpu/test_bmm_gpu.py" "tests/gpu/test_mm_gpu.py tests/tuner/inject"; do
+  for g in "tests/gpu/test_addmm_gpu.py tests/gpu/test_bmm_gpu.py" \
+      "tests/gpu/test_mm_gpu.py tests/gpu/test_clock_probe_gpu.py tests/tuner/inject"; do
     echo "=== GPU $OTHER: pytest -m gpu $g"
     (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=$OTHER timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider $g 2>&1 | tail -25)
   done
@@ -162,13 +166,15 @@ if [ ! -f $Q/streamk ]; then  # in probe too; on its own when probe is skipped (
       -k "streamk or fused or host_desc" tests/gpu/test_persistent_mm_gpu.py) > "$R/streamk_tests.log" 2>&1
   echo "pytest exit $?"; grep -E "passed|failed|Error|error:" "$R/streamk_tests.log" | tail -12; touch $Q/streamk
 fi
-# probe STEP MODULE SECONDS NEED WHAT: an issue-12 experiment on GPU 0, its JSON lines in $R/<module>.jsonl,
-# run when NEED seconds are left
+# probe STEP MODULE SECONDS NEED WHAT [ARGS...]: an issue-12 experiment on GPU 0, its JSON lines in
+# $R/<module>.jsonl, run when NEED seconds are left
 probe() {
   [ ! -f "$Q/$1" ] && [ "$(left)" -gt "$4" ] || return 1
   stamp "$5 ($3 s at most)"
-  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout "$3" python3 -m "tuner.benchmarks.$2") > "$R/$2.jsonl" 2>&1
-  echo "$2 exit $?"; cut -c1-300 "$R/$2.jsonl"; touch "$Q/$1"
+  local step=$1 module=$2 secs=$3 rc; shift 5
+  (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=0 timeout "$secs" python3 -m "tuner.benchmarks.$module" "$@") \
+      > "$R/$module.jsonl" 2>&1
+  rc=$?; echo "$module exit $rc"; cut -c1-300 "$R/$module.jsonl"; touch "$Q/$step"
 }
 probe descprobe desc_probe 120 300 "descriptor probe"  # device- vs host-built TMA descriptors
 if probe skprobe streamk_probe 150 300 "stream-K probe"; then  # where stream-K loses the partial waves
@@ -178,6 +184,8 @@ if probe skprobe streamk_probe 150 300 "stream-K probe"; then  # where stream-K 
 fi
 probe waveprobe wave_probe 150 240 "wave probe"  # a wave's cost, whole and partial; stream-K's split tiles
 probe fusedprobe fused_probe 120 240 "fused split-K probe"  # split-K's second launch at decode
+CLOCK_DB=(); [ -f "$R/gemm.db" ] && CLOCK_DB=(--db "sqlite:///$R/gemm.db")
+probe clockprobe clock_probe 240 300 "clock probe" "${CLOCK_DB[@]}"  # search vs finalists' timings and clocks
 if [ -f $Q/mm ] && [ ! -f $Q/decode_addmm ]; then  # the decode keys again, split-K's reduction fused or not
   [ -s "$R/copy_bw.json" ] || (cd /tmp/tuner && timeout 60 python3 -m tuner.benchmarks.copy_bw > "$R/copy_bw.json")
   [ -f $Q/decode_mm ] || tune decode_mm tune_decode.log --op mm "${DEC_MM[@]}" --trials "${TRIALS:-40}" \

@@ -26,14 +26,9 @@ def best_ratios(url: str) -> dict[tuple, float]:
     """(op, M, N, K, dtype) -> best Triton time / cuBLAS time of the database's records in
     nn.Linear's layout (what an engine calls), for mm and addmm. `url`: a URL or a SQLite path, read
     only (a missing or foreign database raises db.DatabaseUnusable; nothing is created or migrated)."""
-    from db import open_database, queries
+    from db.queries import stored_records
 
-    db = open_database(url, create=False)
-    try:
-        with db.session() as s:
-            recs = queries.records(queries.best_configs(s))
-    finally:
-        db.dispose()
+    recs = stored_records(url)
     out = {}
     for r in recs:
         k = r["key"]

@@ -70,15 +70,13 @@ def _running_gpu() -> str | None:
 
 def select_records(db_url: str | None, allow_foreign: bool) -> list[dict]:
     """Stored best configs measured on this GPU (every stored one with allow_foreign)."""
-    from db import queries
-    from tuner.store import open_db
+    from db import DatabaseUnusable
+    from db.queries import stored_records
 
-    db = open_db(db_url, create=False)
     try:
-        with db.session() as s:
-            recs = queries.records(queries.best_configs(s))
-    finally:
-        db.dispose()
+        recs = stored_records(db_url)
+    except DatabaseUnusable as e:  # as tuner.store.open_db says it: one sentence, exit 2
+        raise UserError(str(e)) from None
     gpu = _running_gpu()
     mine = [r for r in recs if r["environment"].get("gpu_name") == gpu and r["environment"]["device"] == "cuda"]
     if allow_foreign:

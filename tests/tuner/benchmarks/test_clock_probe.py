@@ -1,0 +1,58 @@
+"""clock_probe's arithmetic and inputs on the CPU host (its timings need the GPU: gpu_queue's
+clockprobe step)."""
+import lzma
+from pathlib import Path
+
+import pytest
+
+from tuner.benchmarks import clock_probe as cp
+
+RESULTS = Path(__file__).resolve().parents[3] / "tuner" / "benchmarks" / "results"
+
+
+def test_reason_bits_are_named_as_nvidia_smi_names_them():
+    assert cp.reason_names(0) == []
+    assert cp.reason_names(0x4 | 0x1) == ["gpu_idle", "sw_power_cap"]
+    assert cp.reason_names(0x4 | 0x1000) == ["sw_power_cap", "0x1000"]  # a bit this table lacks stays visible
+
+
+def test_a_timing_is_summarised_by_its_median_clock_and_every_reason_seen():
+    s = cp.summarise([(1980.0, 300.0, 0, 41.0), (1755.0, 699.0, 0x4, 55.0), (1785.0, 690.0, 0x4, 53.0)])
+    assert s == {"samples": 3, "sm_mhz": 1785.0, "sm_mhz_min": 1755.0, "power_w": 690.0, "temp_c": 55.0,
+                 "reasons": ["sw_power_cap"]}
+    assert cp.summarise([]) == {"samples": 0}
+
+
+def test_the_summary_sets_time_against_clock_per_runner():
+    rows = {("search", "cublas"): {"time_us": 1400.0, "sm_mhz": 1980.0},
+            ("sustained", "cublas"): {"time_us": 1631.0, "sm_mhz": 1700.0},
+            ("search", "tuned"): {"time_us": 1397.6, "sm_mhz": 1980.0},
+            ("sustained", "tuned"): {"time_us": 1617.5, "sm_mhz": 1695.0}}
+    line = cp.ratio_line(("mm", 4096, 37888, 3584), rows)
+    assert line["key"] == ["mm", 4096, 37888, 3584]
+    assert line["cublas"] == {"time_ratio": pytest.approx(1631 / 1400, abs=1e-4),
+                              "clock_ratio": pytest.approx(1700 / 1980, abs=1e-4)}
+    assert set(line) == {"key", "cublas", "tuned"}
+    # a runner without its clock (NVML gave none) has no line rather than a division by zero
+    assert "tuned" not in cp.ratio_line(("mm", 1, 2, 3), {**rows, ("search", "tuned"): {"time_us": 1.0}})
+
+
+def test_the_configs_come_from_a_tuner_database(tmp_path):
+    db = tmp_path / "s16.db"
+    db.write_bytes(lzma.decompress((RESULTS / "gemm_h200" / "session16" / "gemm.db.xz").read_bytes()))
+    configs = cp.tuned_configs(f"sqlite:///{db}")
+    assert set(configs) == set(cp.KEYS)  # every probed key has a record there
+    assert configs[("mm", 4096, 37888, 3584)]["variant"] == "persistent"
+    assert cp.tuned_configs(None) == {}
+
+
+def test_without_a_gpu_it_says_so():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit) as e:
+        cp.main([])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        cp.main(["--rounds", "0"])

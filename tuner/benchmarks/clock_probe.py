@@ -1,0 +1,220 @@
+"""Do the search's timings and the side-by-side pass run at different clocks? An experiment for
+issue 12 (H200).
+
+On compute-bound GEMM keys the finalists' pass (tuner.tuning.finalists: 5 rounds back to back)
+timed the best config 6-16% slower than the search had (gate_up at M=4096: 1617.5 against
+1397.6 us, session 16), while on memory-bound decode keys the two agree within 2% (17 of 20). One
+reading: the search times each config once after seconds of idle GPU (the next config compiling),
+at the boost clock, and the pass keeps the GPU busy long enough to reach its 700 W power cap and a
+lower clock. If so the search ranks configs by a clock the engine does not hold either. Here each
+key's cuBLAS, FlagGems untuned and tuned kernels are timed both ways, exactly as tuner times them
+(measure.time_runner), with the SM clock, power, temperature and NVML's clock-event reasons sampled
+every few ms during each timing.
+
+usage: python -m tuner.benchmarks.clock_probe [--db URL] [--idle 2] [--rounds 5]
+  (on the GPU host; --db: a tuner database whose best mm / addmm configs are timed beside cuBLAS)
+One JSON line per key, regime and runner, then a line per key: time and clock, sustained / search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+# (op, M, N, K): the large prefill keys of run 10's engine and one memory-bound decode key as control
+KEYS = [("mm", 4096, 37888, 3584), ("mm", 4096, 3584, 18944), ("addmm", 4096, 4608, 3584),
+        ("mm", 64, 37888, 3584)]
+SAMPLE_S = 0.005  # NVML reads every 5 ms: a search timing takes ~15-40 ms of GPU time
+
+# NVML's clock-event reason bits (nvmlClocksEventReason*), named as nvidia-smi -q names them
+REASONS = {0x1: "gpu_idle", 0x2: "applications_clocks", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
+           0x10: "sync_boost", 0x20: "sw_thermal", 0x40: "hw_thermal", 0x80: "hw_power_brake",
+           0x100: "display_clocks"}
+
+
+def reason_names(mask: int) -> list[str]:
+    """The reasons a clock-event bitmask holds, by name (unknown bits as hex)."""
+    names = [name for bit, name in REASONS.items() if mask & bit]
+    rest = mask & ~sum(REASONS)
+    return names + ([hex(rest)] if rest else [])
+
+
+def summarise(samples: Iterable[tuple[float, float, int, float]]) -> dict:
+    """(sm MHz, W, reason mask, deg C) samples of one timing: median clock and power, the hottest
+    reading (a drift over minutes of tuning would show there), the reasons seen."""
+    samples = list(samples)
+    if not samples:
+        return {"samples": 0}
+    mask = 0
+    for s in samples:
+        mask |= s[2]
+    return {"samples": len(samples), "sm_mhz": statistics.median(s[0] for s in samples),
+            "sm_mhz_min": min(s[0] for s in samples), "power_w": statistics.median(s[1] for s in samples),
+            "temp_c": max(s[3] for s in samples), "reasons": reason_names(mask)}
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    """The median of the readings there are (a timing too short for a sample has none)."""
+    got = [v for v in values if v is not None]
+    return statistics.median(got) if got else None
+
+
+def ratio_line(key: tuple, rows: Mapping[tuple[str, str], dict]) -> dict:
+    """Per runner: sustained / search time and clock (a time ratio the clock ratio's inverse
+    explains means the clock is the difference)."""
+    out: dict = {"key": list(key)}
+    for runner in sorted({r for _, r in rows}):
+        s, p = rows.get(("search", runner)), rows.get(("sustained", runner))
+        if s and p and s.get("time_us") and s.get("sm_mhz"):
+            out[runner] = {"time_ratio": round(p["time_us"] / s["time_us"], 4),
+                           "clock_ratio": round(p["sm_mhz"] / s["sm_mhz"], 4)}
+    return out
+
+
+class Sampler:
+    """NVML readings of one GPU in a background thread while a timing runs."""
+
+    def __init__(self, handle, nvml):
+        self.handle, self.nvml = handle, nvml
+        self.samples: list[tuple[float, float, int, float]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> tuple[float, float, int, float]:
+        n = self.nvml
+        reasons = (getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None)  # (its name since NVML 12.2)
+                   or n.nvmlDeviceGetCurrentClocksThrottleReasons)
+        return (float(n.nvmlDeviceGetClockInfo(self.handle, n.NVML_CLOCK_SM)),
+                n.nvmlDeviceGetPowerUsage(self.handle) / 1000.0, int(reasons(self.handle)),
+                float(n.nvmlDeviceGetTemperature(self.handle, n.NVML_TEMPERATURE_GPU)))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(self._read())
+            self._stop.wait(SAMPLE_S)
+
+    def __enter__(self) -> "Sampler":
+        self.samples = []
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def nvml_handle(nvml):
+    """The NVML handle of torch's current CUDA device (by UUID: NVML ignores CUDA_VISIBLE_DEVICES)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    uuid = str(getattr(props, "uuid", "") or "")
+    if uuid:
+        return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    return nvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+
+
+def tuned_configs(url: str | None) -> dict[tuple, dict]:
+    """(op, M, N, K) -> the database's best config for the probe's keys (bf16, Linear layout)."""
+    if not url:
+        return {}
+    from db.queries import stored_records
+
+    recs = stored_records(url)
+    want = set(KEYS)
+    return {(r["kernel"], int(r["key"]["M"]), int(r["key"]["N"]), int(r["key"]["K"])): r["config"]
+            for r in recs if r["dtype"] == "bf16" and int(r["key"].get("BT", 1)) == 1
+            and (r["kernel"], int(r["key"]["M"]), int(r["key"]["N"]), int(r["key"]["K"])) in want}
+
+
+def probe_key(key: tuple, config: dict | None, sampler: Sampler, idle_s: float, rounds: int,
+              emit: Callable[[dict], None]) -> dict:
+    """Both regimes on one key; returns the key's ratio line."""
+    import torch
+
+    from kernels import get_kernel
+    from tuner.tuning import measure
+
+    op, M, N, K = key
+    kernel = get_kernel(op)
+    kkey = (M, N, K, 1)
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    inputs = kernel.make_inputs(kkey, "bf16", "cuda", measure.n_sets_for(kernel, kkey, "bf16", "cuda", l2), 0)
+    # cuBLAS and FlagGems untuned as the finalists' pass has them (it adds the 3 best configs)
+    runners = {("cublas" if n == "native" else n): r for n, r in kernel.baselines(kkey, "bf16", "cuda").items()}
+    if config:
+        runners["tuned"] = kernel.runner(kkey, config, "bf16", "cuda")
+    for run in runners.values():  # compiled and warm outside every timing
+        measure.time_runner(run, inputs, "cuda")
+    rows: dict[tuple[str, str], dict] = {}
+
+    def timed(name: str) -> dict:
+        with sampler:
+            us, method = measure.time_runner(runners[name], inputs, "cuda")
+        return {"time_us": us, "timing": method, **summarise(sampler.samples)}
+
+    for name in runners:  # the search: one timing after the GPU idled (a config compiling)
+        time.sleep(idle_s)
+        rows[("search", name)] = timed(name)
+    samples: dict[str, list[dict]] = {n: [] for n in runners}
+    names = list(runners)
+    for r in range(rounds):  # the finalists' pass: back to back, who goes first rotating
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            samples[name].append(timed(name))
+    for name, got in samples.items():
+        rows[("sustained", name)] = {"time_us": statistics.median(g["time_us"] for g in got),
+                                     "sm_mhz": _median(g.get("sm_mhz") for g in got),
+                                     "power_w": _median(g.get("power_w") for g in got),
+                                     "temp_c": max((g.get("temp_c", 0) for g in got), default=None),
+                                     "reasons": sorted({x for g in got for x in g.get("reasons", [])}),
+                                     "rounds": [round(g["time_us"], 2) for g in got]}
+    for (regime, name), row in rows.items():
+        emit({"key": list(key), "regime": regime, "runner": name, "config": config if name == "tuned" else None,
+              **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}})
+    return ratio_line(key, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tuner.benchmarks.clock_probe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--db", help="tuner database (path or URL) whose best configs are timed beside cuBLAS")
+    p.add_argument("--idle", type=float, default=2.0, help="seconds the GPU idles before a search-like timing")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of the sustained pass (the finalists' 5)")
+    a = p.parse_args(argv)
+    if a.idle < 0 or a.rounds < 1:
+        p.error("--idle must be 0 or more and --rounds 1 or more")
+    import torch
+
+    if not torch.cuda.is_available():
+        p.error("needs an NVIDIA GPU (torch sees no CUDA device)")
+    try:
+        import pynvml as nvml
+
+        nvml.nvmlInit()
+    except Exception as e:  # the driver's NVML library, not only the Python package
+        p.error(f"needs NVML to read clocks: {type(e).__name__}: {e}")
+    from db import DatabaseUnusable
+
+    try:
+        configs = tuned_configs(a.db)
+    except DatabaseUnusable as e:
+        p.error(str(e))
+    sampler = Sampler(nvml_handle(nvml), nvml)
+    print(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                      "idle_s": a.idle, "rounds": a.rounds, "at_rest": summarise([sampler._read()])}), flush=True)
+    for key in KEYS:
+        line = probe_key(key, configs.get(key), sampler, a.idle, a.rounds,
+                         lambda row: print(json.dumps(row), flush=True))
+        print(json.dumps({"summary": line}), flush=True)
+    nvml.nvmlShutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
