@@ -123,3 +123,19 @@ def test_store_best_says_whether_it_kept_the_new_best(tmp_path):
     with db.session() as s:
         (rec,) = queries.records(queries.best_configs(s))
     assert rec["config"] == {"BLOCK_M": 32} and rec["time_us"] == 7.0
+
+
+def test_stored_records_read_without_creating_anything(tmp_path):
+    import pytest
+
+    from db import DatabaseUnusable
+
+    with pytest.raises(DatabaseUnusable):
+        queries.stored_records(str(tmp_path / "none.db"))
+    assert not (tmp_path / "none.db").exists()
+    db = open_database(str(tmp_path / "t.db"))
+    queries.store_best(db.session, config={"BLOCK_M": 16}, time_us=10.0, confirmed=True, **_store_args(db))
+    db.dispose()
+    recs = queries.stored_records(str(tmp_path / "t.db"))
+    assert [(r["kernel"], r["key"], r["config"], r["time_us"]) for r in recs] == [
+        ("mm", {"M": 1, "N": 64, "K": 64, "BT": 1}, {"BLOCK_M": 16}, 10.0)]
