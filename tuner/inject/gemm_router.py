@@ -18,8 +18,12 @@ A record routes the runtime M near its own M only: nearest tuned M in log space,
 of two of it (a decode win at M=64 says nothing about a 4096-token prefill chunk), and needing no
 more BLOCK_M tiles than the tuned M did (the measured grid: on the H200 at 64 concurrent requests,
 lm_head at M = 19..30 with the M=16 config, BLOCK_M 16, took 340-390 µs per call against cuBLAS'
-~255 µs). Everything else stays native: the router never sends a key to a kernel that was not
-measured faster on it (or, with `--route-within R` above 1, at most R times cuBLAS's time).
+~255 µs). A record at M >= PREFILL_M (compute-bound: prefill) routes its own M only: in vLLM on
+the H200 (results/vllm run 10b) the last, partial prefill chunk, M = 3305, ran the M = 4096
+configs 1.046x (gate_up), 1.104x (down), 1.163x (qkv) cuBLAS's time, where those configs ran
+1.017x, 0.968x, 1.046x at 4096; cuBLAS changes its tile with M, a tuned config does not.
+Everything else stays native: the router never sends a key to a kernel that was not measured
+faster on it (or, with `--route-within R` above 1, at most R times cuBLAS's time).
 
 Per place: a route applies inside CUDA-graph captures (FlagGems' host cost is paid once, at
 capture) and, on the eager path, only where its GPU win covers the extra host cost (EAGER_HOST_US)
@@ -47,6 +51,10 @@ TARGET_NAMES = {FLAGGEMS: "FlagGems", SPLITK: "split-K", PERSISTENT: "persistent
                 NATIVE: "native"}  # as every line tuner prints names them, in that order
 OWN = (SPLITK, PERSISTENT, STREAMK)  # tuner's own kernels (their records carry the kernel's source hash)
 REACH = 2  # a tuned M routes runtime M in [M / REACH, M * REACH] (and only where it is the nearest)
+# ... below this M; from it on a record routes its own M only (see the module's docstring): on the
+# H200 the search's single timings and the side-by-side pass agree within 2% at M <= 64 on 17 of 20
+# keys and differ 6-16% at M >= 512 (results/gemm_h200/session16), the mark of compute-bound GEMMs
+PREFILL_M = 512
 # extra host time per eager GEMM call over cuBLAS, by target: FlagGems' from vLLM's lm_head at M=64
 # under torch.profiler (377 - 113 µs); tuner's kernels from tuner/benchmarks/host_cost.py on the
 # H200, all in one run (results/gemm_h200/session5/host_cost.json: a 16x128x64 GEMM, the GPU idle:
@@ -155,6 +163,8 @@ def plan_routes(records: Iterable[Mapping[str, Any]], max_tokens: int,
         for m in range(1, max_tokens + 1):
             t = tuned[bisect.bisect_left(bounds, m * m)]
             if not (t <= m * REACH and m <= t * REACH) or more_tiles(m, t, configs[t]):
+                continue
+            if t >= PREFILL_M and m != t:
                 continue
             target = record_target(by_m[t], within)
             if target == NATIVE:

@@ -42,7 +42,22 @@ def test_route_within_keeps_near_ties_in_triton_or_asks_a_margin():
                                                      gr.PERSISTENT: 1, gr.STREAMK: 0}
     assert gr.plan_routes([gate_up], max_tokens=4096) == {}
     (lo, hi, route), = gr.plan_routes([gate_up], max_tokens=4096, within=1.01)[("mm", 37888, 3584, "bf16")]
-    assert (lo, hi, route.target, route.tuned_m) == (2048, 4096, gr.PERSISTENT, 4096)
+    assert (lo, hi, route.target, route.tuned_m) == (4096, 4096, gr.PERSISTENT, 4096)  # its own M only
+
+
+def test_prefill_records_route_their_own_m_only():
+    """vLLM on the H200 (run 10b): the partial prefill chunk M = 3305 ran the M = 4096 persistent
+    configs 1.046-1.163x cuBLAS's time; a record from PREFILL_M on serves its own M, and the
+    decode records keep their reach (M = 32..64 from the M = 64 record)."""
+    recs = [rec(4096, variant="persistent", tuned=1617.5, native=1631.0, bm=128),
+            rec(512, variant="persistent", tuned=190.0, native=204.0, bm=128),
+            rec(64, tuned=69.6, native=72.0, bm=64)]
+    runs = gr.plan_routes(recs, max_tokens=4096)[("mm", 37888, 3584, "bf16")]
+    assert [(lo, hi, r.tuned_m) for lo, hi, r in runs] == [(32, 64, 64), (512, 512, 512), (4096, 4096, 4096)]
+    table = gr.build_table(gr.plan_routes(recs, max_tokens=4096))
+    assert gr.lookup(table, "mm", 3305, 37888, 3584, "bf16") is None  # native
+    assert gr.lookup(table, "mm", 4096, 37888, 3584, "bf16").target == gr.PERSISTENT
+    assert gr.PREFILL_M > 128  # every CUDA-graph capture size vLLM used (1-128) keeps the decode reach
 
 
 def test_plan_routes_near_winning_ms_only():
@@ -276,7 +291,8 @@ def test_plan_uses_the_same_nearest_m_as_the_other_injectors():
         for m in range(1, 1201):
             t = nearest_m(tuned, m)
             hit = gr.lookup(table, "mm", m, 37888, 3584, "bf16")
-            reach = t <= 2 * m and m <= 2 * t and (m + bm - 1) // bm <= (t + bm - 1) // bm
+            reach = t <= 2 * m and m <= 2 * t and (m + bm - 1) // bm <= (t + bm - 1) // bm \
+                and (t < gr.PREFILL_M or m == t)
             assert (hit is not None and hit.tuned_m == t) if reach else hit is None, (tuned, m)
 
 
