@@ -57,7 +57,10 @@ def read_rounds(out_dir: str | Path) -> tuple[list[list[dict]], dict[str, str]]:
         seen.add(folder.name)
         if "error" not in r:
             result = folder / "result.json"
-            raw = json.loads(result.read_text()) if result.is_file() else {}
+            try:
+                raw = json.loads(result.read_text()) if result.is_file() else {}
+            except json.JSONDecodeError as e:  # modes.json lists an engine only after its result was read
+                raise UserError(f"{result} is not JSON ({e.msg} at line {e.lineno}); modes.json lists it as finished")
             # without them (an older folder) agreement has no positions and reads "not measured"
             r["prompt_logprobs"] = raw.get("prompt_logprobs", [])
         rounds.setdefault(int(r.get("round", 1)), []).append(r)

@@ -52,6 +52,13 @@ def test_a_killed_bench_reports_what_the_bench_would_have(tmp_path):
     assert all(len(line) <= 80 for line in lines if line.startswith("  "))
 
 
+def test_a_broken_result_of_a_finished_engine_is_named(tmp_path):
+    _killed_bench(tmp_path / "bench")
+    (tmp_path / "bench" / "native.r2" / "result.json").write_text('{"mode": "nat')
+    with pytest.raises(UserError, match=r"native\.r2/result\.json is not JSON"):
+        recover(tmp_path / "bench")
+
+
 def test_engines_compared_keep_their_labels(tmp_path):
     out = tmp_path / "fs"
     rounds = [[{**_mode("tuned", 210.0, 5600.0, 60.0), "label": "vllm/tuned", "engine_name": "vllm"},
