@@ -553,7 +553,8 @@ def bench_report(
     (a time limit, a lost terminal) leaves engines and no report. This
     prints the table and lines the bench would have, from the engines that
     finished: medians over the rounds that ran, an engine that started but
-    never finished named as FAILED. Nothing is stored in a database.
+    never finished named as FAILED (exit 1 then, as bench). Nothing is
+    stored in a database.
 
     Example: tuner bench-report /tmp/bench"""
     from tuner.serving.bench_recover import recover
@@ -565,12 +566,14 @@ def bench_report(
         _fail(e)
     if as_json:
         typer.echo(json.dumps(report, indent=1, default=str))
-        return
-    from tuner.report import console
+    else:
+        from tuner.report import console
 
-    console.print(bench_table(report))
-    for line in agreement_lines(report):
-        console.print(line)
+        console.print(bench_table(report))
+        for line in agreement_lines(report):
+            console.print(line)
+    if report["errors"]:  # as `tuner bench`: an engine failed or never finished
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -82,6 +82,7 @@ class Sampler:
     def __init__(self, handle, nvml):
         self.handle, self.nvml = handle, nvml
         self.samples: list[tuple[float, float, int, float]] = []
+        self.error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -94,12 +95,16 @@ class Sampler:
                 float(n.nvmlDeviceGetTemperature(self.handle, n.NVML_TEMPERATURE_GPU)))
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(self._read())
-            self._stop.wait(SAMPLE_S)
+        # the first reading one period in: the timing has started (a reading at once is the idle GPU)
+        while not self._stop.wait(SAMPLE_S):
+            try:
+                self.samples.append(self._read())
+            except Exception as e:  # an NVML error ends the readings, not the probe (named in its row)
+                self.error = f"{type(e).__name__}: {e}"
+                return
 
     def __enter__(self) -> "Sampler":
-        self.samples = []
+        self.samples, self.error = [], None
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -128,10 +133,13 @@ def tuned_configs(url: str | None) -> dict[tuple, dict]:
     from db.queries import stored_records
 
     recs = stored_records(url)
-    want = set(KEYS)
-    return {(r["kernel"], int(r["key"]["M"]), int(r["key"]["N"]), int(r["key"]["K"])): r["config"]
-            for r in recs if r["dtype"] == "bf16" and int(r["key"].get("BT", 1)) == 1
-            and (r["kernel"], int(r["key"]["M"]), int(r["key"]["N"]), int(r["key"]["K"])) in want}
+    out = {}
+    for r in recs:  # (attention, MoE and bmm records have other keys)
+        if r["kernel"] in ("mm", "addmm") and r["dtype"] == "bf16" and int(r["key"].get("BT", 1)) == 1:
+            key = (r["kernel"], int(r["key"]["M"]), int(r["key"]["N"]), int(r["key"]["K"]))
+            if key in KEYS:
+                out[key] = r["config"]
+    return out
 
 
 def probe_key(key: tuple, config: dict | None, sampler: Sampler, idle_s: float, rounds: int,
@@ -145,7 +153,7 @@ def probe_key(key: tuple, config: dict | None, sampler: Sampler, idle_s: float, 
     op, M, N, K = key
     kernel = get_kernel(op)
     kkey = (M, N, K, 1)
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
     inputs = kernel.make_inputs(kkey, "bf16", "cuda", measure.n_sets_for(kernel, kkey, "bf16", "cuda", l2), 0)
     # cuBLAS and FlagGems untuned as the finalists' pass has them (it adds the 3 best configs)
     runners = {("cublas" if n == "native" else n): r for n, r in kernel.baselines(kkey, "bf16", "cuda").items()}
@@ -158,7 +166,8 @@ def probe_key(key: tuple, config: dict | None, sampler: Sampler, idle_s: float, 
     def timed(name: str) -> dict:
         with sampler:
             us, method = measure.time_runner(runners[name], inputs, "cuda")
-        return {"time_us": us, "timing": method, **summarise(sampler.samples)}
+        return {"time_us": us, "timing": method, **summarise(sampler.samples),
+                **({"nvml_error": sampler.error} if sampler.error else {})}
 
     for name in runners:  # the search: one timing after the GPU idled (a config compiling)
         time.sleep(idle_s)
@@ -172,7 +181,8 @@ def probe_key(key: tuple, config: dict | None, sampler: Sampler, idle_s: float, 
         rows[("sustained", name)] = {"time_us": statistics.median(g["time_us"] for g in got),
                                      "sm_mhz": _median(g.get("sm_mhz") for g in got),
                                      "power_w": _median(g.get("power_w") for g in got),
-                                     "temp_c": max((g.get("temp_c", 0) for g in got), default=None),
+                                     "temp_c": max((g["temp_c"] for g in got if g.get("temp_c") is not None),
+                                                   default=None),
                                      "reasons": sorted({x for g in got for x in g.get("reasons", [])}),
                                      "rounds": [round(g["time_us"], 2) for g in got]}
     for (regime, name), row in rows.items():

@@ -44,7 +44,7 @@
 #           (ROUNDS=n: every bench's modes n times, each a fresh engine: `tuner bench --rounds n`. Session 16
 #           (runs 10a/10b): the checkpoint 42-47 s, round 1's engines 122-151 s each (first load, profile),
 #           later ones 73-80 s: ROUNDS=2 ~470 s, ROUNDS=3 ~620 s, over one call; both runs were killed in
-#           their last engine. The bench now stops BENCH_LIMIT s into it, 90 s before the call's end, and
+#           their last engine. The bench now stops 90 s before the call's end (BENCH_END), and
 #           `tuner bench-report` reports the engines that finished (vllm_h200.sh))
 #   fp8tests, fp8   issue 12 item 3: the fp8 GEMM's GPU tests (240 s at most), then scaled_mm tuned
 #           on vLLM's fp8 layers (qkv, o, gate_up, down) at 5 M, into gemm.db beside mm and addmm
@@ -185,7 +185,7 @@ fi
 probe waveprobe wave_probe 150 240 "wave probe"  # a wave's cost, whole and partial; stream-K's split tiles
 probe fusedprobe fused_probe 120 240 "fused split-K probe"  # split-K's second launch at decode
 CLOCK_DB=(); [ -f "$R/gemm.db" ] && CLOCK_DB=(--db "sqlite:///$R/gemm.db")
-probe clockprobe clock_probe 240 300 "clock probe" "${CLOCK_DB[@]}"  # search vs finalists' timings and clocks
+probe clockprobe clock_probe 240 300 "clock probe" ${CLOCK_DB[@]+"${CLOCK_DB[@]}"}  # search vs pass: clocks
 if [ -f $Q/mm ] && [ ! -f $Q/decode_addmm ]; then  # the decode keys again, split-K's reduction fused or not
   [ -s "$R/copy_bw.json" ] || (cd /tmp/tuner && timeout 60 python3 -m tuner.benchmarks.copy_bw > "$R/copy_bw.json")
   [ -f $Q/decode_mm ] || tune decode_mm tune_decode.log --op mm "${DEC_MM[@]}" --trials "${TRIALS:-40}" \
@@ -212,7 +212,7 @@ if [ -f $Q/addmm ] && [ -f $Q/decode_addmm ] && [ -d /tmp/vsite/vllm ]; then
     if [ "$(left)" -lt "${BENCH_S:-500}" ]; then echo "$step needs a call of its own: it runs first in the next one"
       WAIT_FOR_CALL=1; break; fi
     stamp "$step"
-    export BENCH_LIMIT=$(( $(left) - 90 ))  # the rest of the call less the reports' time
+    export BENCH_END=$(( END - 90 ))  # (epoch s) the bench stops there, leaving the reports 90 s
     case $step in
       vbench) BENCH_DB=$R/gemm.db bash tuner/benchmarks/vllm_h200.sh bench native,tuned ;;
       vbenchw) BENCH_DB=$R/gemm.db ROUTE_WITHIN=${VBENCH_WITHIN:-1.02} bash tuner/benchmarks/vllm_h200.sh bench native,tuned ;;

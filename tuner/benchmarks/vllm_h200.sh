@@ -14,7 +14,7 @@
 #                                                   (PROFILE_CONC requests in the profiled batch, default 64;
 #                                                   ROUTE_WITHIN: the tuned mode's --route-within, default 1.0;
 #                                                   ROUNDS: every mode that many engines, --rounds, default 1;
-#                                                   BENCH_LIMIT: seconds the bench may run, then stopped and the
+#                                                   BENCH_END: epoch seconds when the bench is stopped and the
 #                                                   engines that finished reported by `tuner bench-report`)
 #   bash tuner/benchmarks/vllm_h200.sh serve        checkpoint (once), `tuner serve --engine vllm --use-tuned`
 #                                                   in the background, one /v1/chat/completions request
@@ -90,17 +90,20 @@ bench)
   [ -f /tmp/ck/config.json ] || { stamp "checkpoint"; python3 cli.py checkpoint /tmp/ck || exit 1; }
   cp "${BENCH_DB:-tuner/benchmarks/results/vllm/tune_keys/vllm_keys.db}" /tmp/bench.db 2>/dev/null || true
   stamp "bench $MODES"
-  # (timeout signals its whole process group: the engine process the bench started goes with it)
-  timeout -k 15 "${BENCH_LIMIT:-100000}" python3 cli.py bench /tmp/ck --modes "$MODES" --profile \
+  # the time to BENCH_END, counted after the checkpoint (42-47 s on a fresh machine); timeout signals
+  # its whole process group, so the in-process engine the bench started goes with it
+  LIMIT_S=100000; [ -n "${BENCH_END:-}" ] && LIMIT_S=$(( BENCH_END - $(date +%s) ))
+  [ "$LIMIT_S" -gt 60 ] || { echo "bench: only $LIMIT_S s left before BENCH_END: not started"; exit 1; }
+  timeout -k 15 "$LIMIT_S" python3 cli.py bench /tmp/ck --modes "$MODES" --profile \
       --profile-concurrency "${PROFILE_CONC:-64}" --db /tmp/bench.db --out-dir /tmp/bench_$TAG \
       --exclude "$EXCL" --max-tokens 4096 --timeout "${MODE_TIMEOUT:-400}" --route-within "$W" \
       --rounds "${ROUNDS:-1}" --json > "$OUT/bench_$TAG.json"
   rc=$?; echo "bench exit $rc"
-  if [ ! -s "$OUT/bench_$TAG.json" ]; then  # stopped at BENCH_LIMIT (124) or failed before its report
+  if [ ! -s "$OUT/bench_$TAG.json" ]; then  # stopped at BENCH_END (timeout: 124) or failed before its report
     echo "no report from the bench: the engines that finished, as tuner bench-report reads them"
     python3 cli.py bench-report /tmp/bench_$TAG --json > "$OUT/bench_$TAG.json" || echo "bench-report exit $?"
   fi
-  python3 - "$TAG" <<'PY'
+  [ -s "$OUT/bench_$TAG.json" ] && python3 - "$TAG" <<'PY'
 import json, os, sys
 from tuner.serving.bench_report import agreement_lines, bench_table
 from rich.console import Console

@@ -51,9 +51,11 @@ TARGET_NAMES = {FLAGGEMS: "FlagGems", SPLITK: "split-K", PERSISTENT: "persistent
                 NATIVE: "native"}  # as every line tuner prints names them, in that order
 OWN = (SPLITK, PERSISTENT, STREAMK)  # tuner's own kernels (their records carry the kernel's source hash)
 REACH = 2  # a tuned M routes runtime M in [M / REACH, M * REACH] (and only where it is the nearest)
-# ... below this M; from it on a record routes its own M only (see the module's docstring): on the
-# H200 the search's single timings and the side-by-side pass agree within 2% at M <= 64 on 17 of 20
-# keys and differ 6-16% at M >= 512 (results/gemm_h200/session16), the mark of compute-bound GEMMs
+# ... below this M; from it on a record routes its own M only: a compute-bound config does not carry
+# to another M (the partial prefill chunk of the module's docstring). Where compute-bound starts on
+# the H200: the search's single timings and the side-by-side pass agree within 2% on 17 of the 20
+# keys at M <= 64 and differ 6-16% at M >= 512 (results/gemm_h200/session16); vLLM's CUDA graphs
+# (decode, M <= 128 in every engine tuner ran) stay below it
 PREFILL_M = 512
 # extra host time per eager GEMM call over cuBLAS, by target: FlagGems' from vLLM's lm_head at M=64
 # under torch.profiler (377 - 113 µs); tuner's kernels from tuner/benchmarks/host_cost.py on the

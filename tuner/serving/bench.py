@@ -243,9 +243,12 @@ def summarise(results: list[dict], reference_engine: str | None = None) -> dict[
 
 def write_modes(out: Path, rounds: list[list[dict]]) -> None:
     """modes.json: every engine finished so far, its logprobs left in its own result.json
-    (`tuner bench-report` reads both back when the bench never reported)."""
-    (out / "modes.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "prompt_logprobs"}
-                                                for rs in rounds for r in rs], default=str))
+    (`tuner bench-report` reads both back when the bench never reported). Replaced whole, never
+    written in place: a bench killed mid-write keeps the previous list."""
+    tmp = out / "modes.json.tmp"
+    tmp.write_text(json.dumps([{k: v for k, v in r.items() if k != "prompt_logprobs"}
+                               for rs in rounds for r in rs], default=str))
+    os.replace(tmp, out / "modes.json")
 
 
 def report_of(rounds: list[list[dict]], reference_engine: str | None = None) -> dict[str, Any]:
@@ -294,7 +297,7 @@ def bench(req: BenchRequest, on_mode: Callable[[str], None] | None = None) -> di
                     of = f" (round {round_no}/{req.rounds})" if req.rounds > 1 else ""
                     on_mode(label(req, engine, mode) + of)
                 rounds[-1].append(run_mode(req, mode, engine, round_no))
-            write_modes(out, rounds)  # what is finished is on disk even if a later mode is killed
+                write_modes(out, rounds)  # what is finished is on disk even if a later engine is killed
     report = report_of(rounds, req.engines[0])
     from db import shown_url
 

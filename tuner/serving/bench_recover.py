@@ -1,7 +1,7 @@
 """A bench report rebuilt from a bench folder whose run never summarised.
 
-`tuner bench` writes modes.json after every engine and each engine's result.json in its own folder,
-but the report only at the end: a bench killed by a call's time limit (session 16: two
+`tuner bench` writes modes.json after every engine, and every engine (in-process or served) its
+result.json in its own folder, but the report only at the end: a bench killed by a call's time limit (session 16: two
 three-round H200 benches, each in its last engine after 5 of 6 engines) left ~8 minutes of engines
 on disk and no report. This reads them back: the tags and batches from modes.json, the
 teacher-forced logprobs from each result.json (modes.json leaves them out), and summarises as the

@@ -159,10 +159,13 @@ def run_served(req: "BenchRequest", engine: str, mode: str, folder: Path) -> dic
                                        f"{log_tail(server.log_path)}"}
     finally:
         server.stop()
-    return {"mode": mode, "start_s": start_s, "workload": asdict(w),
-            "engine": {"served_by": engine, "api": "openai-http", "command": command},
-            "batches": [{**asdict(b), "output_tok_s": b.output_tok_s} for b in batches],
-            "prompt_logprobs": agreement, "small_m_logprobs": small, "profile_concurrency": None}
+    result = {"mode": mode, "start_s": start_s, "workload": asdict(w),
+              "engine": {"served_by": engine, "api": "openai-http", "command": command},
+              "batches": [{**asdict(b), "output_tok_s": b.output_tok_s} for b in batches],
+              "prompt_logprobs": agreement, "small_m_logprobs": small, "profile_concurrency": None}
+    # beside its log, as the in-process engine writes its own: `tuner bench-report` reads it back
+    (folder / "result.json").write_text(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":  # the holder: `tuner serve`'s launch of a prepared command

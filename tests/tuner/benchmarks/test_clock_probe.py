@@ -44,6 +44,23 @@ def test_the_configs_come_from_a_tuner_database(tmp_path):
     assert set(configs) == set(cp.KEYS)  # every probed key has a record there
     assert configs[("mm", 4096, 37888, 3584)]["variant"] == "persistent"
     assert cp.tuned_configs(None) == {}
+    # a database with other ops' records too (attention keys have no M): they are passed over
+    from db import open_database, queries
+
+    d = open_database(str(db))
+    with d.session() as s:
+        env = queries.get_or_create_environment(s, "fp-attn", {"device": "cuda", "torch": "2.11", "triton": "3.6",
+                                                                "python": "3.12"})
+        run = queries.start_run(s, env, kernel="attention", sampler="tpe", device="cuda", compile_workers=0)
+        s.commit()
+        env_id, run_id = env.id, run.id
+    queries.store_best(d.session, environment_id=env_id, kernel="attention", dtype="bf16", run_id=run_id,
+                       key_values={"B": 1, "H": 28, "KV": 4, "SQ": 512, "SK": 512, "D": 128, "CAUSAL": 1},
+                       kernel_source_hash="h", config={"BLOCK_M": 64}, time_us=10.0, native_us=11.0,
+                       max_abs_error=0.0, rel_error=0.0, trials_used=1, timing="cuda-graph", study_name="a",
+                       confirmed=True)
+    d.dispose()
+    assert cp.tuned_configs(f"sqlite:///{db}") == configs
 
 
 def test_without_a_gpu_it_says_so():

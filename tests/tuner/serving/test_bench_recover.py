@@ -52,6 +52,14 @@ def test_a_killed_bench_reports_what_the_bench_would_have(tmp_path):
     assert all(len(line) <= 80 for line in lines if line.startswith("  "))
 
 
+def test_modes_json_is_replaced_whole(tmp_path):
+    """A bench killed while writing modes.json keeps the previous list (BENCH_LIMIT kills it)."""
+    rounds = _killed_bench(tmp_path / "bench")
+    flow.write_modes(tmp_path / "bench", rounds[:1])
+    assert [p.name for p in (tmp_path / "bench").glob("modes.json*")] == ["modes.json"]
+    assert len(read_rounds(tmp_path / "bench")[0]) == 1
+
+
 def test_a_broken_result_of_a_finished_engine_is_named(tmp_path):
     _killed_bench(tmp_path / "bench")
     (tmp_path / "bench" / "native.r2" / "result.json").write_text('{"mode": "nat')
@@ -65,7 +73,7 @@ def test_engines_compared_keep_their_labels(tmp_path):
                {**_mode("tuned", 205.0, 5500.0, 70.0), "label": "flagscale/tuned", "engine_name": "flagscale"}]]
     out.mkdir()
     _finished(out / "vllm-tuned", rounds[0][0])
-    flow.write_modes(out, [rounds[0][:1]])  # flagscale's engine started and never finished
+    flow.write_modes(out, [rounds[0][:1]])  # as bench after each engine: flagscale's started, never finished
     (out / "flagscale-tuned").mkdir()
     (out / "flagscale-tuned" / "engine.log").write_text("")
     got, unfinished = read_rounds(out)
@@ -93,7 +101,7 @@ def test_the_command_prints_the_table_and_refuses_a_wrong_folder(tmp_path):
 
     _killed_bench(tmp_path / "bench")
     res = CliRunner().invoke(app, ["bench-report", str(tmp_path / "bench")], env={"COLUMNS": "80"})
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # as bench: an engine never finished
     assert "tuned, 64 concurrent" in res.output and "tuned (round 3): FAILED" in res.output
     assert max(len(line) for line in res.output.splitlines()) <= 80
     as_json = CliRunner().invoke(app, ["bench-report", str(tmp_path / "bench"), "--json"])

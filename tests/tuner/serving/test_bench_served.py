@@ -201,6 +201,11 @@ def test_served_runs_through_holder_client_and_statistics(tmp_path, monkeypatch)
     assert fs64["engine"] == "flagscale" and fs64["reference_engine"] == "vllm"
     assert 0.2 < fs64["vs_engine"] < 0.8  # 50 + 7 x 30 ms against 50 + 7 x 10 ms per request
     assert rep["engine_agreement"]["flagscale/tuned"]["top1_agreement"] == 1.0
+    # each served engine left its result.json: `tuner bench-report` gets the same agreement back
+    from tuner.serving.bench_recover import recover
+
+    flow.write_modes(Path(req.out_dir), [results])
+    assert recover(req.out_dir)["engine_agreement"] == rep["engine_agreement"]
     lines = agreement_lines(rep)
     assert any(line.startswith("flagscale/tuned vs vllm/tuned, 4 concurrent:") and line.endswith("(within 3%: NO)")
                for line in lines), lines
