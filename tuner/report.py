@@ -169,7 +169,9 @@ def route_text(record: dict, within: float = 1.0) -> str | None:
     own rules: tuned kernel only if timed faster than cuBLAS, or within W of it; outside CUDA graphs
     only where the GPU gain pays the kernel's extra host time), None for ops the router does not serve.
     "graphs only": calls the engine runs eagerly stay native; the vLLM engines tuner ran captured 1 to
-    128 tokens (results/vllm), so at M = 512 or 4096 (prefill) such a key serves native there."""
+    128 tokens (results/vllm), so at M = 512 or 4096 (prefill) such a key serves native there.
+    "this M only": a record from the router's PREFILL_M on serves no other M (a partial prefill chunk
+    stays native); below it nearby M are routed too."""
     from tuner.inject import gemm_router as gr
 
     if record.get("kernel") not in gr.ROUTED_OPS:
@@ -179,7 +181,9 @@ def route_text(record: dict, within: float = 1.0) -> str | None:
     target = gr.record_target(record, within)
     if target == gr.NATIVE:
         return "serves: native"
-    return f"serves: {target}, " + ("graphs + eager" if gr.eager_worthwhile(record, within) else "graphs only")
+    place = "graphs + eager" if gr.eager_worthwhile(record, within) else "graphs only"
+    only = ", this M only" if int(record["key"].get("M", 0)) >= gr.PREFILL_M else ""
+    return f"serves: {target}, {place}{only}"
 
 
 def best_table(recs: list[dict], route_within: float = 1.0) -> None:

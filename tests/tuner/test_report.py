@@ -115,8 +115,8 @@ def test_db_show_says_where_serving_sends_each_gemm_key(tmp_path):
 
     at1, at102, at103 = rows("1.0"), rows("1.02"), rows("1.03")
     assert at1["4096,37888,3584,1"] == at102["4096,37888,3584,1"] == "native"
-    assert at103["4096,37888,3584,1"] == "persistent, graphs + eager"
-    assert at1["4096,3584,18944,1"] == "persistent, graphs + eager"
+    assert at103["4096,37888,3584,1"] == "persistent, graphs + eager, this M only"  # not the 3305-row chunk
+    assert at1["4096,3584,18944,1"] == "persistent, graphs + eager, this M only"
     assert at1["1,37888,3584,1"] == "flaggems, graphs only"  # a 5 us win: not worth FlagGems' eager launch
     assert at1["640,3584,3584,0"] == "not routed (B stored K x N)"
     r = _cli("db", "show", "--db", str(db), "--route-within", "3")
