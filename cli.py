@@ -512,7 +512,7 @@ def bench(
     Example (FlagScale vs vLLM, both served):
     tuner bench /tmp/ck --engine vllm,flagscale --modes tuned"""
     from tuner.serving import bench as flow
-    from tuner.serving.bench_report import agreement_lines, bench_chart, bench_table
+    from tuner.serving.bench_report import bench_chart
 
     req = flow.BenchRequest(model=model, engine=engine, modes=tuple(m for m in modes.split(",") if m),
                             concurrency=tuple(_int_list(concurrency, "--concurrency") or ()),
@@ -527,18 +527,7 @@ def bench(
     except UserError as e:
         _fail(e)
     chart = bench_chart(report, Path(out_dir) / "bench.png") if report["runs"] else None
-    if as_json:
-        typer.echo(json.dumps(report, indent=1, default=str))
-    else:
-        from tuner.report import console
-
-        console.print(bench_table(report))
-        for line in agreement_lines(report):
-            console.print(line)
-        if chart:
-            console.print(f"chart: {chart}")
-    if report["errors"]:
-        raise typer.Exit(1)
+    _print_bench(report, as_json, chart)
 
 
 @app.command("bench-report")
@@ -558,21 +547,29 @@ def bench_report(
 
     Example: tuner bench-report /tmp/bench"""
     from tuner.serving.bench_recover import recover
-    from tuner.serving.bench_report import agreement_lines, bench_table
 
     try:
         report = recover(out_dir)
     except UserError as e:
         _fail(e)
+    _print_bench(report, as_json)
+
+
+def _print_bench(report: dict, as_json: bool, chart: Optional[Path] = None) -> None:
+    """A bench report as JSON or as the table and its lines; exit 1 when an engine failed or never
+    finished (bench and bench-report alike)."""
     if as_json:
         typer.echo(json.dumps(report, indent=1, default=str))
     else:
         from tuner.report import console
+        from tuner.serving.bench_report import agreement_lines, bench_table
 
         console.print(bench_table(report))
         for line in agreement_lines(report):
             console.print(line)
-    if report["errors"]:  # as `tuner bench`: an engine failed or never finished
+        if chart:
+            console.print(f"chart: {chart}")
+    if report["errors"]:
         raise typer.Exit(1)
 
 
