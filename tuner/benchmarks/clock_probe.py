@@ -131,14 +131,13 @@ def tuned_configs(url: str | None) -> dict[tuple, dict]:
     if not url:
         return {}
     from db.queries import stored_records
+    from tuner.benchmarks.route_headroom import linear_key
 
-    recs = stored_records(url)
     out = {}
-    for r in recs:  # (attention, MoE and bmm records have other keys)
-        if r["kernel"] in ("mm", "addmm") and r["dtype"] == "bf16" and int(r["key"].get("BT", 1)) == 1:
-            key = (r["kernel"], int(r["key"]["M"]), int(r["key"]["N"]), int(r["key"]["K"]))
-            if key in KEYS:
-                out[key] = r["config"]
+    for r in stored_records(url):  # (attention, MoE and bmm records have other keys: None)
+        key = linear_key(r)
+        if key is not None and key[4] == "bf16" and key[:4] in KEYS:
+            out[key[:4]] = r["config"]
     return out
 
 

@@ -28,13 +28,21 @@ def best_ratios(url: str) -> dict[tuple, float]:
     only (a missing or foreign database raises db.DatabaseUnusable; nothing is created or migrated)."""
     from db.queries import stored_records
 
-    recs = stored_records(url)
     out = {}
-    for r in recs:
-        k = r["key"]
-        if r["kernel"] in ("mm", "addmm") and int(k.get("BT", 1)) == 1 and r.get("time_us") and r.get("native_us"):
-            out[(r["kernel"], int(k["M"]), int(k["N"]), int(k["K"]), r["dtype"])] = r["time_us"] / r["native_us"]
+    for r in stored_records(url):
+        key = linear_key(r)
+        if key is not None and r.get("time_us") and r.get("native_us"):
+            out[key] = r["time_us"] / r["native_us"]
     return out
+
+
+def linear_key(record: dict) -> tuple | None:
+    """(op, M, N, K, dtype) of an mm / addmm record in nn.Linear's layout (B = weight.t(), BT=1, the
+    way an engine calls it), else None (other layouts, other ops' keys)."""
+    k = record["key"]
+    if record["kernel"] not in ("mm", "addmm") or int(k.get("BT", 1)) != 1:
+        return None
+    return record["kernel"], int(k["M"]), int(k["N"]), int(k["K"]), record["dtype"]
 
 
 def _eager(profile: dict) -> dict[tuple, dict]:

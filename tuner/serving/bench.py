@@ -156,11 +156,17 @@ def round_order(modes: tuple[str, ...], round_no: int) -> tuple[str, ...]:
     return modes if round_no % 2 else tuple(reversed(modes))
 
 
+def folder_name(run_label: str, round_no: int) -> str:
+    """An engine's folder under --out-dir: `tuned`, `tuned.r2`, `flagscale-tuned` (bench_recover
+    reads it back)."""
+    name = run_label.replace("/", "-")
+    return name if round_no == 1 else f"{name}.r{round_no}"
+
+
 def run_mode(req: BenchRequest, mode: str, engine: str = "vllm", round_no: int = 1) -> dict[str, Any]:
     """Run one mode of one engine; its result JSON plus what its log says; a failure is recorded.
     Rounds after the first write to folders of their own (`tuned.r2`)."""
-    name = label(req, engine, mode).replace("/", "-")
-    folder = Path(req.out_dir) / (name if round_no == 1 else f"{name}.r{round_no}")
+    folder = Path(req.out_dir) / folder_name(label(req, engine, mode), round_no)
     folder.mkdir(parents=True, exist_ok=True)
     tag = {"engine_name": engine, "label": label(req, engine, mode), "api": "http" if req.is_served else "llm",
            "route_within": req.route_within if mode == "tuned" else None, "round": round_no}

@@ -15,20 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError
+from tuner.serving.bench import folder_name, report_of
 
 UNFINISHED = "no result: the bench ended before this engine finished"
 
 
-def _folder_name(entry: dict) -> str:
-    """The folder run_mode gave this engine (`tuned`, `tuned.r2`, `flagscale-tuned`)."""
-    name = entry.get("label", entry["mode"]).replace("/", "-")
-    n = int(entry.get("round", 1))
-    return name if n == 1 else f"{name}.r{n}"
-
-
 def _unfinished_name(folder: str) -> str:
     """How the errors name an engine folder's run: `tuned`, `tuned (round 3)`, `flagscale/tuned`
-    (the inverse of _folder_name; engine and mode names hold no '-')."""
+    (the inverse of bench.folder_name; engine and mode names hold no '-')."""
     name, dot, n = folder.rpartition(".r")
     if not (dot and n.isdigit()):
         name, n = folder, "1"
@@ -53,7 +47,7 @@ def read_rounds(out_dir: str | Path) -> tuple[list[list[dict]], dict[str, str]]:
     seen = set()
     for entry in entries:
         r = dict(entry)
-        folder = out / _folder_name(r)
+        folder = out / folder_name(r.get("label", r["mode"]), int(r.get("round", 1)))
         seen.add(folder.name)
         if "error" not in r:
             result = folder / "result.json"
@@ -73,8 +67,6 @@ def read_rounds(out_dir: str | Path) -> tuple[list[list[dict]], dict[str, str]]:
 
 def recover(out_dir: str | Path) -> dict[str, Any]:
     """The report `tuner bench` would have printed for the engines that finished in out_dir."""
-    from tuner.serving.bench import report_of
-
     rounds, unfinished = read_rounds(out_dir)
     if not rounds:
         raise UserError(f"{Path(out_dir) / 'modes.json'} lists no engine")
