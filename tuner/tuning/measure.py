@@ -76,12 +76,17 @@ def _run_all(run: Runner, inputs: Inputs) -> Callable[[], None]:
     return run_all
 
 
-def time_runner(run: Runner, inputs: Inputs, device: str) -> tuple[float, str]:
-    """Median time of one call in µs, and the method used."""
+def time_runner(run: Runner, inputs: Inputs, device: str, warm_ms: float = 0.0) -> tuple[float, str]:
+    """Median time of one call in µs, and the method used. warm_ms: GPU time the runner runs for
+    untimed just before the samples (the clock a busy GPU settles at, rather than the boost clock
+    an idle one starts from; measured by tuner.benchmarks.clock_probe)."""
     run_all = _run_all(run, inputs)
     n = len(inputs.sets)
     if device != "cuda":
         run_all()  # first call outside the timing
+        deadline = time.perf_counter() + warm_ms / 1000.0  # (wall time here: the interpreter has no clock)
+        while time.perf_counter() < deadline:
+            run_all()
         samples = []
         for _ in range(3):
             t0 = time.perf_counter()
@@ -89,14 +94,14 @@ def time_runner(run: Runner, inputs: Inputs, device: str) -> tuple[float, str]:
             samples.append((time.perf_counter() - t0) / n)
         return statistics.median(samples) * 1e6, "interpreter-wall"
     try:
-        return _time_cuda_graph(run_all, n), "cuda-graph"
+        return _time_cuda_graph(run_all, n, warm_ms), "cuda-graph"
     except RuntimeError as e:
         if "capture" not in str(e).lower() and "graph" not in str(e).lower():
             raise
-        return _time_cuda_events(run_all, n), "cuda-events"
+        return _time_cuda_events(run_all, n, warm_ms), "cuda-events"
 
 
-def _time_cuda_graph(run_all: Callable[[], None], n: int) -> float:
+def _time_cuda_graph(run_all: Callable[[], None], n: int, warm_ms: float = 0.0) -> float:
     """Replays of a CUDA graph holding one call per input set: no launch gaps, as vLLM's
     decode runs, and each call reads a different set (weights not in L2)."""
     import torch
@@ -113,20 +118,20 @@ def _time_cuda_graph(run_all: Callable[[], None], n: int) -> float:
     with torch.cuda.graph(graph):
         run_all()
     try:
-        return _sample(graph.replay, n)
+        return _sample(graph.replay, n, warm_ms)
     finally:
         del graph
 
 
-def _time_cuda_events(run_all: Callable[[], None], n: int) -> float:
+def _time_cuda_events(run_all: Callable[[], None], n: int, warm_ms: float = 0.0) -> float:
     import torch
 
     run_all()
     torch.cuda.synchronize()
-    return _sample(run_all, n)
+    return _sample(run_all, n, warm_ms)
 
 
-def _sample(fn: Callable[[], None], n: int) -> float:
+def _sample(fn: Callable[[], None], n: int, warm_ms: float = 0.0) -> float:
     import torch
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -135,6 +140,11 @@ def _sample(fn: Callable[[], None], n: int) -> float:
     end.record()
     end.synchronize()
     first_ms = max(start.elapsed_time(end), 1e-3)
+    if warm_ms > 0:  # untimed, one synchronisation at its end
+        for _ in range(min(100_000, math.ceil(warm_ms / first_ms))):
+            fn()
+        end.record()
+        end.synchronize()
     inner = max(1, min(1000, int(SAMPLE_MS / first_ms)))
     samples = []
     for _ in range(SAMPLES):
