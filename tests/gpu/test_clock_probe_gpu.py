@@ -28,3 +28,23 @@ def test_the_sampler_reads_torchs_device_while_it_works():
         assert 200 <= s["sm_mhz"] <= top and s["power_w"] > 0
     finally:
         pynvml.nvmlShutdown()
+
+
+def test_a_warm_up_runs_before_the_samples_and_is_not_timed():
+    from tuner.tuning import measure
+
+    calls = []
+    a = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
+
+    def fn():
+        calls.append(1)
+        a @ a
+
+    cold = measure._sample(fn, 1)
+    n_cold = len(calls)
+    calls.clear()
+    warm = measure._sample(fn, 1, warm_ms=50.0)
+    # the warm-up's calls come on top of the sampled ones (~50 ms of ~0.03 ms calls), and the
+    # reported time stays a time of one call, not of the warm-up
+    assert len(calls) > n_cold + 100
+    assert 0.3 < warm / cold < 3

@@ -11,7 +11,11 @@ key's cuBLAS, FlagGems untuned and tuned kernels are timed both ways, exactly as
 (measure.time_runner), with the SM clock, power, temperature and NVML's clock-event reasons sampled
 every few ms during each timing.
 
-usage: python -m tuner.benchmarks.clock_probe [--db URL] [--idle 2] [--rounds 5]
+Each warm-up of --warm-ms is a third kind of timing: the search's, with that much untimed work on
+the GPU just before it (measure.time_runner's warm_ms). One that times as the pass does is the
+warm-up the search needs to rank configs at the clock they will run at.
+
+usage: python -m tuner.benchmarks.clock_probe [--db URL] [--idle 2] [--rounds 5] [--warm-ms 250,1000]
   (on the GPU host; --db: a tuner database whose best mm / addmm configs are timed beside cuBLAS)
 One JSON line per key, regime and runner, then a line per key: time and clock, sustained / search.
 """
@@ -26,9 +30,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-# (op, M, N, K): the large prefill keys of run 10's engine and one memory-bound decode key as control
+# (op, M, N, K): the large prefill keys of run 10's engine, the set's worst key (q/k/v at M=512,
+# 1.59x cuBLAS: do short timings rank it at another clock too?) and a memory-bound decode control
 KEYS = [("mm", 4096, 37888, 3584), ("mm", 4096, 3584, 18944), ("addmm", 4096, 4608, 3584),
-        ("mm", 64, 37888, 3584)]
+        ("addmm", 512, 4608, 3584), ("mm", 64, 37888, 3584)]
+WARMED = "warmed_"  # + the warm-up's ms: a search-like timing after that much untimed GPU work
 SAMPLE_S = 0.005  # NVML reads every 5 ms: a search timing takes ~15-40 ms of GPU time
 
 # NVML's clock-event reason bits (nvmlClocksEventReason*), named as nvidia-smi -q names them
@@ -66,13 +72,18 @@ def _median(values: Iterable[float | None]) -> float | None:
 
 def ratio_line(key: tuple, rows: Mapping[tuple[str, str], dict]) -> dict:
     """Per runner: sustained / search time and clock (a time ratio the clock ratio's inverse
-    explains means the clock is the difference)."""
+    explains means the clock is the difference), and each warmed regime's time / sustained (1.0: a
+    warm-up that long before a search timing puts it in the pass's regime)."""
     out: dict = {"key": list(key)}
     for runner in sorted({r for _, r in rows}):
         s, p = rows.get(("search", runner)), rows.get(("sustained", runner))
         if s and p and s.get("time_us") and s.get("sm_mhz"):
             out[runner] = {"time_ratio": round(p["time_us"] / s["time_us"], 4),
                            "clock_ratio": round(p["sm_mhz"] / s["sm_mhz"], 4)}
+            for regime in sorted(r for r, n in rows if n == runner and r.startswith(WARMED)):
+                w = rows[(regime, runner)]
+                if w.get("time_us"):
+                    out[runner][f"{regime}_vs_sustained"] = round(w["time_us"] / p["time_us"], 4)
     return out
 
 
@@ -142,8 +153,8 @@ def tuned_configs(url: str | None) -> dict[tuple, dict]:
 
 
 def probe_key(key: tuple, config: dict | None, sampler: Sampler, idle_s: float, rounds: int,
-              emit: Callable[[dict], None]) -> dict:
-    """Both regimes on one key; returns the key's ratio line."""
+              emit: Callable[[dict], None], warm_ms: Iterable[float] = ()) -> dict:
+    """Every regime on one key; returns the key's ratio line."""
     import torch
 
     from kernels import get_kernel
@@ -162,15 +173,19 @@ def probe_key(key: tuple, config: dict | None, sampler: Sampler, idle_s: float, 
         measure.time_runner(run, inputs, "cuda")
     rows: dict[tuple[str, str], dict] = {}
 
-    def timed(name: str) -> dict:
+    def timed(name: str, warm: float = 0.0) -> dict:
         with sampler:
-            us, method = measure.time_runner(runners[name], inputs, "cuda")
+            us, method = measure.time_runner(runners[name], inputs, "cuda", warm_ms=warm)
         return {"time_us": us, "timing": method, **summarise(sampler.samples),
                 **({"nvml_error": sampler.error} if sampler.error else {})}
 
     for name in runners:  # the search: one timing after the GPU idled (a config compiling)
         time.sleep(idle_s)
         rows[("search", name)] = timed(name)
+    for warm in warm_ms:  # the same after the idle, with a warm-up first (its samples include it)
+        for name in runners:
+            time.sleep(idle_s)
+            rows[(f"{WARMED}{warm:g}", name)] = timed(name, warm)
     samples: dict[str, list[dict]] = {n: [] for n in runners}
     names = list(runners)
     for r in range(rounds):  # the finalists' pass: back to back, who goes first rotating
@@ -195,9 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", help="tuner database (path or URL) whose best configs are timed beside cuBLAS")
     p.add_argument("--idle", type=float, default=2.0, help="seconds the GPU idles before a search-like timing")
     p.add_argument("--rounds", type=int, default=5, help="rounds of the sustained pass (the finalists' 5)")
+    p.add_argument("--warm-ms", default="250,1000",
+                   help="comma-separated warm-ups (ms of GPU work) before a search-like timing, each a regime")
     a = p.parse_args(argv)
-    if a.idle < 0 or a.rounds < 1:
-        p.error("--idle must be 0 or more and --rounds 1 or more")
+    try:
+        warm_ms = [float(w) for w in a.warm_ms.split(",") if w.strip()]
+    except ValueError:
+        p.error(f"--warm-ms takes numbers separated by commas, not {a.warm_ms!r}")
+    if a.idle < 0 or a.rounds < 1 or any(w <= 0 for w in warm_ms):
+        p.error("--idle must be 0 or more, --rounds 1 or more and every --warm-ms over 0")
     import torch
 
     if not torch.cuda.is_available():
@@ -215,11 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     except DatabaseUnusable as e:
         p.error(str(e))
     sampler = Sampler(nvml_handle(nvml), nvml)
-    print(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                      "idle_s": a.idle, "rounds": a.rounds, "at_rest": summarise([sampler._read()])}), flush=True)
+    print(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "idle_s": a.idle,
+                      "rounds": a.rounds, "warm_ms": warm_ms, "at_rest": summarise([sampler._read()])}), flush=True)
     for key in KEYS:
         line = probe_key(key, configs.get(key), sampler, a.idle, a.rounds,
-                         lambda row: print(json.dumps(row), flush=True))
+                         lambda row: print(json.dumps(row), flush=True), warm_ms)
         print(json.dumps({"summary": line}), flush=True)
     nvml.nvmlShutdown()
     return 0

@@ -25,7 +25,8 @@
 #           cuBLAS on the decode keys, weight-read bandwidth beside (tuner/benchmarks/fused_probe.py)
 #   clockprobe  issue 12: the search's kind of timing (after the GPU idled) vs the finalists' pass (back
 #           to back) on the M=4096 prefill keys and a decode key, SM clock / power / temperature sampled
-#           during each (tuner/benchmarks/clock_probe.py, gemm.db's configs when there is one, ~1 min)
+#           during each, and search-like timings after 250 and 1000 ms of warm-up (clock_probe.py, gemm.db's
+#           configs when there is one, ~2-3 min)
 #   decode  issue 12, only when mm is skipped (SKIP=mm: its gemm.db put at /tmp/res/gemm.db): o and
 #           down (mm) and qkv (addmm) at M = 1, 8, 32 tuned again into it, the search now trying
 #           split-K's FUSED_REDUCE (~4 min); the copy bandwidth measured first if the run has none.
@@ -85,7 +86,7 @@ tune() {
   local name=$1 log=$2; shift 2
   local t=$(( $(left) - 60 )); [ "$t" -gt 30 ] || { echo "no time left for $name"; return 1; }
   stamp "$name (up to $t s)"
-  (cd /tmp/tuner && timeout -s INT -k 120 "$t" python3 cli.py tune "$@") >> "$R/$log" 2>&1
+  (cd /tmp/tuner && timeout -s INT -k 120 "$t" python3 cli.py tune "$@" ${WARM_MS:+--warm-ms "$WARM_MS"}) >> "$R/$log" 2>&1
   local rc=$?; echo "$name exit $rc"; tail -4 "$R/$log"
   [ $rc = 0 ] && touch "$Q/$name"
 }
@@ -185,7 +186,7 @@ fi
 probe waveprobe wave_probe 150 240 "wave probe"  # a wave's cost, whole and partial; stream-K's split tiles
 probe fusedprobe fused_probe 120 240 "fused split-K probe"  # split-K's second launch at decode
 CLOCK_DB=(); [ -f "$R/gemm.db" ] && CLOCK_DB=(--db "sqlite:///$R/gemm.db")
-probe clockprobe clock_probe 240 300 "clock probe" ${CLOCK_DB[@]+"${CLOCK_DB[@]}"}  # search vs pass: clocks
+probe clockprobe clock_probe 300 360 "clock probe" ${CLOCK_DB[@]+"${CLOCK_DB[@]}"}  # search vs pass: clocks
 if [ -f $Q/mm ] && [ ! -f $Q/decode_addmm ]; then  # the decode keys again, split-K's reduction fused or not
   [ -s "$R/copy_bw.json" ] || (cd /tmp/tuner && timeout 60 python3 -m tuner.benchmarks.copy_bw > "$R/copy_bw.json")
   [ -f $Q/decode_mm ] || tune decode_mm tune_decode.log --op mm "${DEC_MM[@]}" --trials "${TRIALS:-40}" \

@@ -73,3 +73,21 @@ def test_without_a_gpu_it_says_so():
     assert e.value.code == 2
     with pytest.raises(SystemExit):
         cp.main(["--rounds", "0"])
+
+
+def test_a_warmed_regime_is_set_against_the_sustained_pass():
+    rows = {("search", "tuned"): {"time_us": 1397.6, "sm_mhz": 1980.0},
+            ("warmed_250", "tuned"): {"time_us": 1500.0, "sm_mhz": 1800.0},
+            ("warmed_1000", "tuned"): {"time_us": 1610.0, "sm_mhz": 1700.0},
+            ("sustained", "tuned"): {"time_us": 1617.5, "sm_mhz": 1695.0}}
+    line = cp.ratio_line(("mm", 4096, 37888, 3584), rows)["tuned"]
+    assert line["warmed_250_vs_sustained"] == pytest.approx(1500 / 1617.5, abs=1e-4)
+    assert line["warmed_1000_vs_sustained"] == pytest.approx(1610 / 1617.5, abs=1e-4)
+    assert line["time_ratio"] == pytest.approx(1617.5 / 1397.6, abs=1e-4)
+
+
+@pytest.mark.parametrize("bad", ["fast", "250,-1", "0"])
+def test_bad_warm_ups_are_refused_before_the_gpu_is_asked(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        cp.main(["--warm-ms", bad])
+    assert e.value.code == 2 and "--warm-ms" in capsys.readouterr().err
