@@ -184,3 +184,24 @@ def test_study_name_names_the_kernel_source():
             return "0123456789abcdef"
 
     assert study_name_for(Edited(), (16, 64, 64, 1), "fp16", "f" * 32) != name
+
+
+def test_configs_near_the_search_best_are_finalists_too():
+    """Beyond the 3 best, every config within 8% of the search's best is re-timed (at most 8 in
+    all): the search's and the pass's clocks differ, and near-ties can swap places."""
+    from tuner.tuning import finalists as fin
+
+    class Known:
+        def __init__(self, times):
+            self.times = times
+
+        def measured(self):
+            return [(us, f"c{i}") for i, us in enumerate(self.times)]
+
+    far = Known([10.0, 11.0, 12.0, 13.0, 20.0])
+    assert fin.finalists(far, []) == ["c0", "c1", "c2"]
+    near = Known([10.0, 10.1, 10.2, 10.3, 10.5, 10.79, 10.81, 20.0])
+    assert fin.finalists(near, ["c7"]) == ["c0", "c1", "c2", "c3", "c4", "c5", "c7"]
+    crowd = Known([10.0 + i / 100 for i in range(12)])
+    assert len(fin.finalists(crowd, [])) == fin.MAX_FINALISTS
+    assert fin.finalists(Known([]), []) == []
