@@ -75,10 +75,6 @@ def tune(
                                                   "upcoming candidates while one is timed (0 = off). "
                                                   "Default: up to 8 on a GPU."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed, for reproducible searches."),
-    warm_ms: float = typer.Option(0.0, "--warm-ms", help="Untimed GPU work (ms) before each timing of the "
-                                  "search, so configs are ranked at the clock a busy GPU holds, not an idle "
-                                  "GPU's boost clock (0 = none; `python -m tuner.benchmarks.clock_probe` "
-                                  "measures the difference)."),
     workers: int = typer.Option(1, "--workers", help="Measurement processes (per GPU with --gpus) working "
                                 "the same studies; configs are claimed in the database, so none is "
                                 "measured twice. On CPU they share the machine's cores."),
@@ -114,7 +110,7 @@ def tune(
             _fail(e)
     req = flow.TuneRequest(op=op, shapes=shape, preset=shapes, dtype=dtype, trials=trials, timeout_s=timeout,
                            patience=patience, sampler=sampler, device=device, compile_workers=compile_workers,
-                           seed=seed, warm_ms=warm_ms, db_url=db)
+                           seed=seed, db_url=db)
     try:
         failed = []
         if workers != 1 or gpus is not None:

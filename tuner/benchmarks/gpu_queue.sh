@@ -86,7 +86,7 @@ tune() {
   local name=$1 log=$2; shift 2
   local t=$(( $(left) - 60 )); [ "$t" -gt 30 ] || { echo "no time left for $name"; return 1; }
   stamp "$name (up to $t s)"
-  (cd /tmp/tuner && timeout -s INT -k 120 "$t" python3 cli.py tune "$@" ${WARM_MS:+--warm-ms "$WARM_MS"}) >> "$R/$log" 2>&1
+  (cd /tmp/tuner && timeout -s INT -k 120 "$t" python3 cli.py tune "$@") >> "$R/$log" 2>&1
   local rc=$?; echo "$name exit $rc"; tail -4 "$R/$log"
   [ $rc = 0 ] && touch "$Q/$name"
 }

@@ -27,9 +27,6 @@ from tuner.tuning.search import SAMPLERS, Budget, Event, Outcome, run_search, st
 from tuner.tuning.worker import WorkerClient
 
 
-MAX_WARM_MS = 10_000.0  # a warm-up is paid on every trial: 10 s each would be a mistake, not a setting
-
-
 @dataclass
 class TuneRequest:
     op: str
@@ -43,7 +40,6 @@ class TuneRequest:
     device: str = "auto"
     compile_workers: int | None = None
     seed: int | None = None
-    warm_ms: float = 0.0  # untimed GPU work before each search timing (measure.time_runner)
     db_url: str | None = None
 
 
@@ -86,8 +82,6 @@ def validate(req: TuneRequest) -> tuple[Kernel, list[Key], str, str]:
         raise UserError("--timeout must be a positive number of seconds")
     if req.patience is not None and req.patience <= 0:
         raise UserError("--patience must be a positive number of trials")
-    if not 0 <= req.warm_ms <= MAX_WARM_MS:
-        raise UserError(f"--warm-ms must be between 0 and {MAX_WARM_MS:g} (ms of GPU work before a timing)")
     if req.compile_workers is not None and req.compile_workers < 0:
         raise UserError("--compile-workers must be 0 (off) or a positive number")
     keys = resolve_keys(kernel, req.shapes, req.preset)
@@ -169,7 +163,7 @@ def tune(req: TuneRequest, on_key: Callable[[Key, int, int], None] | None = None
     run_id, env_id = queries.in_transaction(db.session, start)  # again if another process added the environment
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pool = CompilePool(kernel_ref(kernel), device, workers)
-    worker = WorkerClient(kernel_ref(kernel), device, warm_ms=req.warm_ms)
+    worker = WorkerClient(kernel_ref(kernel), device)
     status, reason = "done", None
     heartbeat = Heartbeat(storage, beat_run=lambda: _beat(db, run_id))
     try:

@@ -78,8 +78,9 @@ def _run_all(run: Runner, inputs: Inputs) -> Callable[[], None]:
 
 def time_runner(run: Runner, inputs: Inputs, device: str, warm_ms: float = 0.0) -> tuple[float, str]:
     """Median time of one call in µs, and the method used. warm_ms: GPU time the runner runs for
-    untimed just before the samples (the clock a busy GPU settles at, rather than the boost clock
-    an idle one starts from; measured by tuner.benchmarks.clock_probe)."""
+    untimed just before the samples (clock_probe's warmed regimes). The search does not warm up:
+    on the H200, 250 and 1000 ms warm-ups timed 0.91-1.22x the back-to-back pass, the power
+    controller still settling (results/gemm_h200/session17), no closer than no warm-up."""
     run_all = _run_all(run, inputs)
     n = len(inputs.sets)
     if device != "cuda":

@@ -28,13 +28,12 @@ _STICKY = ("illegal memory access", "illegal instruction", "misaligned address",
 
 
 class _State:
-    def __init__(self, kernel_ref: str, key: Key, dtype: str, device: str, seed: int, warm_ms: float = 0.0):
+    def __init__(self, kernel_ref: str, key: Key, dtype: str, device: str, seed: int):
         from kernels import get_kernel
         from tuner.tuning import measure
 
         self.kernel = get_kernel(kernel_ref)
         self.key, self.dtype, self.device, self.seed = key, dtype, device, seed
-        self.warm_ms = warm_ms  # the search's timings (baselines and candidates), not the finalists' pass
         l2 = 0
         if device == "cuda":
             import torch
@@ -66,7 +65,7 @@ def _sync_ok(device: str) -> bool:
 def _handle_setup(msg: dict) -> tuple[_State, dict]:
     from tuner.tuning import measure
 
-    st = _State(msg["kernel"], tuple(msg["key"]), msg["dtype"], msg["device"], msg["seed"], msg.get("warm_ms", 0.0))
+    st = _State(msg["kernel"], tuple(msg["key"]), msg["dtype"], msg["device"], msg["seed"])
     out: dict[str, Any] = {"n_sets": st.n_sets, "baselines_us": {}, "baseline_errors": {},
                            "first_call_s": {}, "untuned_configs": [], "timing": ""}
     if not msg.get("baselines", True):
@@ -81,7 +80,7 @@ def _handle_setup(msg: dict) -> tuple[_State, dict]:
                 torch.cuda.synchronize()
             out["first_call_s"][name] = time.perf_counter() - t0
             chk = measure.check(st.kernel, run, st.fresh_check_inputs())
-            us, method = measure.time_runner(run, st.inputs, st.device, st.warm_ms)
+            us, method = measure.time_runner(run, st.inputs, st.device)
             out["baselines_us"][name] = us
             out["timing"] = method
             wrong = measure.wrong_result(st.kernel, chk, st.dtype)
@@ -106,7 +105,7 @@ def _handle_measure(st: _State, config: Config) -> dict:
         if wrong:
             return {"ok": False, "status": Status.WRONG, "rel_error": chk.rel_error, "max_abs_error": chk.max_abs_error,
                     "reason": wrong}
-        us, method = measure.time_runner(run, st.inputs, st.device, st.warm_ms)
+        us, method = measure.time_runner(run, st.inputs, st.device)
         return {"ok": True, "status": Status.OK, "time_us": us, "timing": method,
                 "rel_error": chk.rel_error, "max_abs_error": chk.max_abs_error}
     except Exception as e:
@@ -181,8 +180,8 @@ class WorkerClient(Measurer):
     """The measurer on a device: starts, talks to and replaces the worker process."""
 
     def __init__(self, kernel_ref: str, device: str, *, measure_timeout_s: float = 120.0,
-                 setup_timeout_s: float = 900.0, flaggems_cache_dir: str | None = None, warm_ms: float = 0.0):
-        self.kernel_ref, self.device, self.warm_ms = kernel_ref, device, warm_ms
+                 setup_timeout_s: float = 900.0, flaggems_cache_dir: str | None = None):
+        self.kernel_ref, self.device = kernel_ref, device
         self.measure_timeout_s, self.setup_timeout_s = measure_timeout_s, setup_timeout_s
         # a private FlagGems cache: "untuned" must mean FlagGems' own first-call autotune,
         # never a cache seeded by an earlier export
@@ -242,7 +241,7 @@ class WorkerClient(Measurer):
     # -- protocol
     def setup(self, key: Key, dtype: str, seed: int = 0) -> Setup:
         self._setup_msg = {"cmd": "setup", "kernel": self.kernel_ref, "key": list(key), "dtype": dtype,
-                           "device": self.device, "seed": seed, "warm_ms": self.warm_ms}
+                           "device": self.device, "seed": seed}
         reply = self._call(self._setup_msg, self.setup_timeout_s)
         if not reply.get("ok"):
             raise RuntimeError(f"worker setup failed: {reply.get('reason')}")
