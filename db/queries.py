@@ -64,22 +64,28 @@ def key_text(key_values: dict[str, int]) -> str:
     return ",".join(f"{k}={v}" for k, v in key_values.items())
 
 
+SourceNow = Callable[[dict], str]  # a stored config -> the hash of the source it runs today
+
+
 def upsert_best(session: Session, *, environment_id: int, kernel: str, key_values: dict[str, int],
-                dtype: str, **fields: Any) -> BestConfig:
+                dtype: str, source_now: SourceNow | None = None, **fields: Any) -> BestConfig:
     """Insert or replace the best config of (environment, kernel, key, dtype); returns the stored row
     (rules: _upsert)."""
     return _upsert(session, environment_id=environment_id, kernel=kernel, key_values=key_values, dtype=dtype,
-                   **fields)[0]
+                   source_now=source_now, **fields)[0]
 
 
 def _upsert(session: Session, *, environment_id: int, kernel: str, key_values: dict[str, int],
-            dtype: str, **fields: Any) -> tuple[BestConfig, bool]:
+            dtype: str, source_now: SourceNow | None = None, **fields: Any) -> tuple[BestConfig, bool]:
     """Insert or replace the best config of (environment, kernel, key, dtype): (the stored row,
     whether these fields are in it now).
 
     A row is replaced only by a faster one (several processes tuning one key each store their best,
     and the last to finish no longer wins regardless), except that
-    - a new kernel source replaces whatever is stored (old timings are of another kernel);
+    - a row whose kernel source changed since it was stored is replaced by one of another source
+      (its timings are of a kernel that no longer runs). `source_now` (the op's source hash of a
+      config, from the caller: db never imports the kernels) tells a changed source from another
+      variant's (each variant hashes its own module): without it every other hash replaces;
     - a confirmed row (`confirmed=True`: finalists re-timed side by side with the baselines)
       replaces a provisional one (`confirmed=False`: a search timing stored as the search
       improved), faster or not: one pass's ratios beat a mix of passes, and the confirmation
@@ -101,7 +107,7 @@ def _upsert(session: Session, *, environment_id: int, kernel: str, key_values: d
     if row is None:
         row = BestConfig(environment_id=environment_id, kernel=kernel, key=key, key_values=key_values, dtype=dtype)
         session.add(row)
-    elif not _replaces(fields, row):
+    elif not _replaces(fields, row, source_now):
         return row, False  # a slower winner of another run: the stored one stays
     for name, value in fields.items():
         setattr(row, name, value)
@@ -110,9 +116,9 @@ def _upsert(session: Session, *, environment_id: int, kernel: str, key_values: d
     return row, True
 
 
-def _replaces(new: dict[str, Any], row: BestConfig) -> bool:
+def _replaces(new: dict[str, Any], row: BestConfig, source_now: SourceNow | None = None) -> bool:
     """Whether `new` (upsert_best's fields) replaces the stored `row` (rules: _upsert)."""
-    if new.get("kernel_source_hash") != row.kernel_source_hash:
+    if new.get("kernel_source_hash") != row.kernel_source_hash and _stale(row, source_now):
         return True
     confirmed = new.get("confirmed", True)
     if confirmed and not row.confirmed:
@@ -120,6 +126,16 @@ def _replaces(new: dict[str, Any], row: BestConfig) -> bool:
     if not confirmed and row.confirmed:
         return False
     return new.get("time_us") is None or row.time_us is None or new["time_us"] < row.time_us
+
+
+def _stale(row: BestConfig, source_now: SourceNow | None) -> bool:
+    """Whether the stored row's kernel source is not the one its config runs today (unknown: stale)."""
+    if source_now is None:
+        return True
+    try:
+        return source_now(row.config) != row.kernel_source_hash
+    except Exception:  # a variant that no longer exists, or a runtime that cannot load here
+        return True
 
 
 def store_best(sessions: Callable[[], Session], **kwargs: Any) -> bool:

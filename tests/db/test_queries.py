@@ -139,3 +139,34 @@ def test_stored_records_read_without_creating_anything(tmp_path):
     recs = queries.stored_records(str(tmp_path / "t.db"))
     assert [(r["kernel"], r["key"], r["config"], r["time_us"]) for r in recs] == [
         ("mm", {"M": 1, "N": 64, "K": 64, "BT": 1}, {"BLOCK_M": 16}, 10.0)]
+
+
+def test_a_slower_winner_of_another_variant_does_not_replace_a_current_row(tmp_path):
+    """Each variant hashes its own kernel module, so a winner of another variant always has another
+    source hash. Session 17 (H200): down at M=4096 lost its persistent row (775.7 µs, current
+    source) to an fg_tma winner timed 806.3 µs that way. With source_now the stored row is replaced
+    only when its own source changed since; times decide otherwise."""
+    db = open_database(str(tmp_path / "t.db"))
+    args = _store_args(db)
+    persistent = {"variant": "persistent", "BLOCK_M": 128}
+    now = {"persistent": "h-persistent", "fg_tma": "h-fg"}
+
+    def source_now(config):
+        return now[config["variant"]]
+
+    def store(config, us, **kw):
+        return queries.store_best(db.session, **{**args, "kernel_source_hash": now[config["variant"]]},
+                                  config=config, time_us=us, confirmed=True, **kw)
+
+    assert store(persistent, 775.7)
+    assert not store({"variant": "fg_tma", "BLOCK_M": 128}, 806.3, source_now=source_now)
+    assert store({"variant": "fg_tma", "BLOCK_M": 64}, 760.0, source_now=source_now)  # faster: in
+    with db.session() as s:
+        (rec,) = queries.records(queries.best_configs(s))
+    assert rec["config"] == {"variant": "fg_tma", "BLOCK_M": 64} and rec["time_us"] == 760.0
+    now["fg_tma"] = "h-fg-edited"  # the stored row's kernel changed: its timing is of old code
+    assert store(persistent, 790.0, source_now=source_now)
+    # a source that cannot be read here (FlagGems' kernels on a CPU host) counts as changed
+    assert store({"variant": "fg_tma", "BLOCK_M": 32}, 900.0, source_now=lambda c: 1 / 0)
+    # without source_now (older callers) every other hash replaces, as before
+    assert store(persistent, 950.0)

@@ -14,7 +14,7 @@ every few ms during each timing.
 Each warm-up of --warm-ms is a third kind of timing: the search's, with that much untimed work on
 the GPU just before it (measure.time_runner's warm_ms): would a warm-up put a search timing in the
 pass's regime? (Session 17, H200: no. 250 and 1000 ms timed 0.91-1.22x the pass, the clock dipping
-to 1230-1470 MHz while the power cap settles; results/gemm_h200/session17.)
+as low as 1230 MHz while the power cap settles; results/gemm_h200/session17.)
 
 usage: python -m tuner.benchmarks.clock_probe [--db URL] [--idle 2] [--rounds 5] [--warm-ms 250,1000]
   (on the GPU host; --db: a tuner database whose best mm / addmm configs are timed beside cuBLAS)

@@ -9,6 +9,16 @@ import sys
 
 from db import open_database, queries
 
+
+def _source_now(kernel: str):
+    """The op's source hash of a config today (None: the op does not load here, every other hash wins)."""
+    try:
+        from kernels import get_kernel
+
+        return get_kernel(kernel).source_hash
+    except Exception:
+        return None
+
 _FIELDS = ("kernel_source_hash", "config", "time_us", "untuned_us", "native_us", "speedup_vs_untuned",
            "speedup_vs_native", "max_abs_error", "rel_error", "trials_used", "timing", "study_name",
            "baselines_us")
@@ -29,7 +39,8 @@ def merge(dest: str, sources: list[str]) -> int:
                 run = queries.start_run(s, env, kernel=rec["kernel"], sampler="merge", device=env.device,
                                         compile_workers=0, status="done", reason=f"merged from {src}")
                 queries.upsert_best(s, environment_id=env.id, kernel=rec["kernel"], key_values=rec["key"],
-                                    dtype=rec["dtype"], run_id=run.id, **{f: rec[f] for f in _FIELDS})
+                                    dtype=rec["dtype"], run_id=run.id, source_now=_source_now(rec["kernel"]),
+                                    **{f: rec[f] for f in _FIELDS})
                 n += 1
         s.commit()
     out.dispose()

@@ -256,4 +256,5 @@ def _store(db, kernel: Kernel, key: Key, dtype: str, best: Best, baselines_us: d
         speedup_vs_native=native / best.us if native else None,
         max_abs_error=best.max_abs_error or 0.0, rel_error=best.rel_error or 0.0,
         trials_used=trials_used, timing=timing, study_name=study_name, confirmed=confirmed,
+        source_now=kernel.source_hash,  # a faster stored row of another variant stays (db.queries._stale)
     )

@@ -205,3 +205,28 @@ def test_configs_near_the_search_best_are_finalists_too():
     crowd = Known([10.0 + i / 100 for i in range(12)])
     assert len(fin.finalists(crowd, [])) == fin.MAX_FINALISTS
     assert fin.finalists(Known([]), []) == []
+
+
+def test_the_flow_keeps_a_faster_stored_row_of_another_variant(tmp_path):
+    """flow._store gives the store the op's source hashes: a split-K winner slower than the stored
+    persistent row of the same key (both kernels unchanged) does not replace it."""
+    from db import open_database, queries
+    from tuner.tuning import flow
+    from tuner.tuning.history import Best
+
+    kernel = get_kernel("mm")
+    key, dtype = (16, 256, 512, 1), "fp16"
+    db = open_database(str(tmp_path / "t.db"))
+    with db.session() as s:
+        env = queries.get_or_create_environment(s, "fp1", {"device": "cpu", "torch": "2.13", "triton": "3.6",
+                                                           "python": "3.12"})
+        run = queries.start_run(s, env, kernel="mm", sampler="tpe", device="cpu", compile_workers=0)
+        s.commit()
+        ids = dict(env_id=env.id, run_id=run.id, study_name="s", confirmed=True)
+    persistent = {"variant": "persistent", "BLOCK_M": 16}
+    splitk = {"variant": "splitk", "BLOCK_M": 16}
+    assert kernel.source_hash(persistent) != kernel.source_hash(splitk)
+    assert flow._store(db, kernel, key, dtype, Best(5.0, persistent, 0.0, 0.0), {"native": 6.0}, 3, "w", **ids)
+    assert not flow._store(db, kernel, key, dtype, Best(5.5, splitk, 0.0, 0.0), {"native": 6.0}, 3, "w", **ids)
+    assert flow._store(db, kernel, key, dtype, Best(4.5, splitk, 0.0, 0.0), {"native": 6.0}, 3, "w", **ids)
+    db.dispose()
