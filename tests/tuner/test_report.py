@@ -169,3 +169,24 @@ def test_profile_and_check_tables_at_80_columns_keep_keys_numbers_and_brackets_w
     body = lines[next(i for i, line in enumerate(lines) if "───" in line) + 1:]
     rows = [line for line in body if " pass " in line or " mismatch " in line or " crash " in line]
     assert "crash" in rows[0] and "mismatch" in rows[1] and all("pass" in r for r in rows[2:])  # failures first
+
+
+def test_the_tune_table_says_when_the_database_kept_an_earlier_faster_row():
+    """Session 17: a re-tune of the resampler's 640-row key printed its winner (32.5 µs) while the
+    database kept an earlier faster row (32.4 µs); the table now says so under that key."""
+    from tuner import report
+    from tuner.tuning.flow import KeyResult
+    from tuner.tuning.measurer import Setup
+    from tuner.tuning.search import Outcome
+
+    def result(stored: bool) -> KeyResult:
+        o = Outcome(study_name="s", setup=Setup(timing="cuda-graph", baselines_us={"native": 24.2}),
+                    best_config={"variant": "fg_tma", "BLOCK_M": 64}, best_us=32.5, best_rel_error=0.0,
+                    best_max_abs_error=0.0, measured=164, trials_total=164, stop_reason="timeout",
+                    timing="cuda-graph", confirmed=True)
+        return KeyResult((640, 3584, 3584, 1), o, stored)
+
+    kept = _render_at_80(report.tune_table, [result(False)])
+    assert "640,3584,3584,1: not stored: the database keeps a faster" in kept
+    assert "not stored" not in _render_at_80(report.tune_table, [result(True)])
+    assert max(len(line) for line in kept.splitlines()) <= 80
