@@ -85,7 +85,8 @@ def _upsert(session: Session, *, environment_id: int, kernel: str, key_values: d
     - a row whose kernel source changed since it was stored is replaced by one of another source
       (its timings are of a kernel that no longer runs). `source_now` (the op's source hash of a
       config, from the caller: db never imports the kernels) tells a changed source from another
-      variant's (each variant hashes its own module): without it every other hash replaces;
+      variant's (each variant hashes its own module): without it every other hash replaces. With
+      it, a row timed on old code (a merged database's) never replaces a current one;
     - a confirmed row (`confirmed=True`: finalists re-timed side by side with the baselines)
       replaces a provisional one (`confirmed=False`: a search timing stored as the search
       improved), faster or not: one pass's ratios beat a mix of passes, and the confirmation
@@ -118,8 +119,13 @@ def _upsert(session: Session, *, environment_id: int, kernel: str, key_values: d
 
 def _replaces(new: dict[str, Any], row: BestConfig, source_now: SourceNow | None = None) -> bool:
     """Whether `new` (upsert_best's fields) replaces the stored `row` (rules: _upsert)."""
-    if new.get("kernel_source_hash") != row.kernel_source_hash and _stale(row, source_now):
-        return True
+    if new.get("kernel_source_hash") != row.kernel_source_hash:
+        row_stale = _stale(row.config, row.kernel_source_hash, source_now)
+        if source_now is not None and not row_stale and _stale(new.get("config"), new.get("kernel_source_hash"),
+                                                               source_now):
+            return False  # a row timed on old code (a merged database's) never replaces a current one
+        if row_stale:
+            return True
     confirmed = new.get("confirmed", True)
     if confirmed and not row.confirmed:
         return True
@@ -128,12 +134,12 @@ def _replaces(new: dict[str, Any], row: BestConfig, source_now: SourceNow | None
     return new.get("time_us") is None or row.time_us is None or new["time_us"] < row.time_us
 
 
-def _stale(row: BestConfig, source_now: SourceNow | None) -> bool:
-    """Whether the stored row's kernel source is not the one its config runs today (unknown: stale)."""
+def _stale(config: dict | None, source_hash: str | None, source_now: SourceNow | None) -> bool:
+    """Whether a row's kernel source is not the one its config runs today (unknown: stale)."""
     if source_now is None:
         return True
     try:
-        return source_now(row.config) != row.kernel_source_hash
+        return source_now(config) != source_hash
     except Exception:  # a variant that no longer exists, or a runtime that cannot load here
         return True
 

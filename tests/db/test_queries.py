@@ -170,3 +170,7 @@ def test_a_slower_winner_of_another_variant_does_not_replace_a_current_row(tmp_p
     assert store({"variant": "fg_tma", "BLOCK_M": 32}, 900.0, source_now=lambda c: 1 / 0)
     # without source_now (older callers) every other hash replaces, as before
     assert store(persistent, 950.0)
+    # a row timed on old code (a merged database's) does not replace a current one, faster or not
+    old_code = {**args, "kernel_source_hash": "h-fg-before-the-edit"}
+    assert not queries.store_best(db.session, **old_code, config={"variant": "fg_tma", "BLOCK_M": 16},
+                                  time_us=100.0, confirmed=True, source_now=source_now)

@@ -19,9 +19,10 @@ def _source_now(kernel: str):
     except Exception:
         return None
 
+
 _FIELDS = ("kernel_source_hash", "config", "time_us", "untuned_us", "native_us", "speedup_vs_untuned",
            "speedup_vs_native", "max_abs_error", "rel_error", "trials_used", "timing", "study_name",
-           "baselines_us")
+           "baselines_us", "confirmed")  # (a provisional row must not merge in as confirmed)
 
 
 def merge(dest: str, sources: list[str]) -> int:

@@ -5,7 +5,7 @@ from tuner.benchmarks import merge_dbs
 ENV = {"device": "cpu", "torch": "2.13.0", "triton": "3.6.0", "python": "3.12"}
 
 
-def _db_with(path, config, time_us):
+def _db_with(path, config, time_us, confirmed=True):
     from kernels import get_kernel
 
     db = open_database(str(path))
@@ -15,7 +15,7 @@ def _db_with(path, config, time_us):
         queries.upsert_best(s, environment_id=env.id, kernel="mm", key_values={"M": 16, "N": 256, "K": 512, "BT": 1},
                             dtype="fp16", run_id=run.id, kernel_source_hash=get_kernel("mm").source_hash(config),
                             config=config, time_us=time_us, native_us=6.0, max_abs_error=0.0, rel_error=0.0,
-                            trials_used=3, timing="w", study_name="s", confirmed=True)
+                            trials_used=3, timing="w", study_name="s", confirmed=confirmed)
         s.commit()
     db.dispose()
 
@@ -39,3 +39,13 @@ def test_a_faster_row_of_another_unchanged_variant_is_kept(tmp_path):
     assert _stored(dest) == ("persistent", 5.0)
     merge_dbs.merge(str(dest), [str(fast)])
     assert _stored(dest) == ("splitk", 4.5)
+
+
+def test_a_provisional_row_merges_as_provisional(tmp_path):
+    """A search's provisional best (its own timing, not the side-by-side pass) never replaces a
+    confirmed row, merged or not."""
+    dest, provisional = tmp_path / "dest.db", tmp_path / "prov.db"
+    _db_with(dest, {"variant": "persistent", "BLOCK_M": 16}, 5.0)
+    _db_with(provisional, {"variant": "splitk", "BLOCK_M": 16}, 4.5, confirmed=False)
+    merge_dbs.merge(str(dest), [str(provisional)])
+    assert _stored(dest) == ("persistent", 5.0)
