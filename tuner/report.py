@@ -137,8 +137,9 @@ def tune_table(results) -> None:
                       f"{o.counts.get('invalid', 0)} pruned, {o.counts.get('duplicate', 0)} duplicates), "
                       f"stopped: {o.stop_reason}, timing: {o.timing}")
         if o.best_config is not None and not r.stored:  # the row above is this run's, not the database's
-            console.print(f"[yellow]{','.join(map(str, r.key))}: not stored: the database keeps a faster "
-                          "row of an earlier run (tuner db show)[/yellow]")
+            why = "a faster row" if o.confirmed else "its confirmed row (this one had no side-by-side pass)"
+            console.print(f"[yellow]{','.join(map(str, r.key))}: not stored: the database keeps {why} of an "
+                          "earlier run (tuner db show)[/yellow]")
         for name, err in o.setup.baseline_errors.items():
             console.print(f"[yellow]baseline {name} for {r.key}: {err}[/yellow]")
     console.print("[dim]tuned: the best config re-measured beside the untuned and native baselines "

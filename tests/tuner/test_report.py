@@ -179,14 +179,15 @@ def test_the_tune_table_says_when_the_database_kept_an_earlier_faster_row():
     from tuner.tuning.measurer import Setup
     from tuner.tuning.search import Outcome
 
-    def result(stored: bool) -> KeyResult:
+    def result(stored: bool, confirmed: bool = True) -> KeyResult:
         o = Outcome(study_name="s", setup=Setup(timing="cuda-graph", baselines_us={"native": 24.2}),
                     best_config={"variant": "fg_tma", "BLOCK_M": 64}, best_us=32.5, best_rel_error=0.0,
                     best_max_abs_error=0.0, measured=164, trials_total=164, stop_reason="timeout",
-                    timing="cuda-graph", confirmed=True)
+                    timing="cuda-graph", confirmed=confirmed)
         return KeyResult((640, 3584, 3584, 1), o, stored)
 
     kept = _render_at_80(report.tune_table, [result(False)])
     assert "640,3584,3584,1: not stored: the database keeps a faster" in kept
     assert "not stored" not in _render_at_80(report.tune_table, [result(True)])
+    assert "keeps its confirmed row" in " ".join(_render_at_80(report.tune_table, [result(False, False)]).split())
     assert max(len(line) for line in kept.splitlines()) <= 80
