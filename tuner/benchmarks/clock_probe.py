@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import threading
@@ -78,13 +79,16 @@ def ratio_line(key: tuple, rows: Mapping[tuple[str, str], dict]) -> dict:
     out: dict = {"key": list(key)}
     for runner in sorted({r for _, r in rows}):
         s, p = rows.get(("search", runner)), rows.get(("sustained", runner))
+        line: dict = {}
         if s and p and s.get("time_us") and s.get("sm_mhz"):
-            out[runner] = {"time_ratio": round(p["time_us"] / s["time_us"], 4),
-                           "clock_ratio": round(p["sm_mhz"] / s["sm_mhz"], 4)}
-            for regime in sorted(r for r, n in rows if n == runner and r.startswith(WARMED)):
-                w = rows[(regime, runner)]
-                if w.get("time_us"):
-                    out[runner][f"{regime}_vs_sustained"] = round(w["time_us"] / p["time_us"], 4)
+            line = {"time_ratio": round(p["time_us"] / s["time_us"], 4),
+                    "clock_ratio": round(p["sm_mhz"] / s["sm_mhz"], 4)}
+        for regime in sorted(r for r, n in rows if n == runner and r.startswith(WARMED)):
+            w = rows[(regime, runner)]
+            if p and p.get("time_us") and w.get("time_us"):  # (needs no clock reading)
+                line[f"{regime}_vs_sustained"] = round(w["time_us"] / p["time_us"], 4)
+        if line:
+            out[runner] = line
     return out
 
 
@@ -215,10 +219,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated warm-ups (ms of GPU work) before a search-like timing, each a regime")
     a = p.parse_args(argv)
     try:
-        warm_ms = [float(w) for w in a.warm_ms.split(",") if w.strip()]
+        warm_ms = list(dict.fromkeys(float(w) for w in a.warm_ms.split(",") if w.strip()))  # each once
     except ValueError:
         p.error(f"--warm-ms takes numbers separated by commas, not {a.warm_ms!r}")
-    if a.idle < 0 or a.rounds < 1 or any(w <= 0 for w in warm_ms):
+    if a.idle < 0 or a.rounds < 1 or not all(0 < w < math.inf for w in warm_ms):
         p.error("--idle must be 0 or more, --rounds 1 or more and every --warm-ms over 0")
     import torch
 

@@ -16,8 +16,8 @@ from tuner.tuning.measurer import Measurer
 CONFIRM_ROUNDS = 5
 FINALISTS = 3  # best configs of the search re-timed side by side (plus the runtime's own pick),
 # and any other within NEAR of the search's best, up to MAX_FINALISTS: the search times a config
-# once after the GPU idled (H200: boost clock, 1980 MHz), the pass back to back (power-capped at
-# 1560-1680 MHz), and the two set kernels unevenly apart: on down at M=4096 tuned / cuBLAS was
+# once after the GPU idled (H200: boost clock, 1980 MHz), the pass back to back (power-capped:
+# 1425-1680 MHz on the M=4096 keys), and the two set kernels unevenly apart: on down at M=4096 tuned / cuBLAS was
 # 1.021 in the search's kind of timing and 0.963 in the pass's (tuner.benchmarks.clock_probe,
 # results/gemm_h200/session17): configs within a few % of the best can swap places
 NEAR = 1.08
@@ -33,7 +33,7 @@ def finalists(history: History, untuned: list[str]) -> list[str]:
     """The FINALISTS fastest measured configs and the others within NEAR of the fastest (at most
     MAX_FINALISTS in all), then the runtime's own picks that were measured."""
     done = sorted(history.measured())
-    near = sum(1 for us, _ in done if done and us <= done[0][0] * NEAR)
+    near = sum(1 for us, _ in done if us <= done[0][0] * NEAR)
     top = [text for _, text in done[:max(FINALISTS, min(near, MAX_FINALISTS))]]
     measured = {text for _, text in done}
     return top + [t for t in dict.fromkeys(untuned) if t in measured and t not in top]

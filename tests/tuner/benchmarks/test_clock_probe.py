@@ -84,9 +84,13 @@ def test_a_warmed_regime_is_set_against_the_sustained_pass():
     assert line["warmed_250_vs_sustained"] == pytest.approx(1500 / 1617.5, abs=1e-4)
     assert line["warmed_1000_vs_sustained"] == pytest.approx(1610 / 1617.5, abs=1e-4)
     assert line["time_ratio"] == pytest.approx(1617.5 / 1397.6, abs=1e-4)
+    # without a clock reading in the search timing (NVML failed) the warmed ratios still come
+    rows[("search", "tuned")] = {"time_us": 1397.6}
+    line = cp.ratio_line(("mm", 4096, 37888, 3584), rows)["tuned"]
+    assert "time_ratio" not in line and line["warmed_250_vs_sustained"] == pytest.approx(1500 / 1617.5, abs=1e-4)
 
 
-@pytest.mark.parametrize("bad", ["fast", "250,-1", "0"])
+@pytest.mark.parametrize("bad", ["fast", "250,-1", "0", "nan", "inf"])
 def test_bad_warm_ups_are_refused_before_the_gpu_is_asked(bad, capsys):
     with pytest.raises(SystemExit) as e:
         cp.main(["--warm-ms", bad])

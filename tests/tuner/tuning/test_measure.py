@@ -22,3 +22,26 @@ def test_a_zeroed_tile_fails_though_the_norm_passes():
     assert bad.rel_error <= mm.tolerance("bf16")  # the relative bound alone lets it through
     reason = measure.wrong_result(mm, bad, "bf16")
     assert reason is not None and "an element is off by" in reason
+
+
+def test_a_warm_up_runs_before_the_timing_and_is_not_timed_on_the_cpu():
+    """measure.time_runner's warm_ms (clock_probe's warmed regimes): wall time of calls on a CPU."""
+    import time
+
+    from kernels.base import Inputs
+    from tuner.tuning import measure
+
+    calls = []
+
+    def run(args, out):
+        calls.append(1)
+        time.sleep(0.001)
+
+    inputs = Inputs(sets=[()], outs=[None])
+    cold_us, how = measure.time_runner(run, inputs, "cpu")
+    n_cold = len(calls)
+    calls.clear()
+    warm_us, _ = measure.time_runner(run, inputs, "cpu", warm_ms=60.0)
+    assert how == "interpreter-wall" and n_cold == 4
+    assert len(calls) - n_cold >= 20  # ~50 calls of 1 ms in the 60 ms warm-up
+    assert 0.5 < warm_us / cold_us < 3  # one call's time, not the warm-up's

@@ -187,8 +187,9 @@ def test_study_name_names_the_kernel_source():
 
 
 def test_configs_near_the_search_best_are_finalists_too():
-    """Beyond the 3 best, every config within 8% of the search's best is re-timed (at most 8 in
-    all): the search's and the pass's clocks differ, and near-ties can swap places."""
+    """Beyond the 3 best, every config within 8% of the search's best is re-timed (at most 8 of
+    them, the runtime's own picks on top): the search's and the pass's clocks differ, and near-ties
+    can swap places."""
     from tuner.tuning import finalists as fin
 
     class Known:
