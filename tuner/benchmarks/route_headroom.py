@@ -21,6 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+from tuner.inject.gemm_router import PREFILL_M  # (imports no torch)
+
 
 def best_ratios(url: str) -> dict[tuple, float]:
     """(op, M, N, K, dtype) -> best Triton time / cuBLAS time of the database's records in
@@ -50,6 +52,32 @@ def _eager(profile: dict) -> dict[tuple, dict]:
             if g.get("place") == "eager" and g.get("gpu_us")}
 
 
+def prefill_rows(profile: dict, min_m: int) -> dict[tuple, tuple[int, float]]:
+    """(op, N, K, dtype) -> (token rows, GPU us) of a profile's eager GEMMs at M >= min_m: the two
+    engines of a bench split a batch's tail into other chunks (run 11: 3305 + 1024 tokens native,
+    2297 + 2048 tuned), so per-key rows miss them; per token row they compare."""
+    out: dict[tuple, tuple[int, float]] = {}
+    for (op, m, n, k, dtype), g in _eager(profile).items():
+        if m >= min_m:
+            rows, us = out.get((op, n, k, dtype), (0, 0.0))
+            out[(op, n, k, dtype)] = (rows + m * int(g.get("calls", 0)), us + g["gpu_us"])
+    return out
+
+
+def per_row(profiles: dict, min_m: int) -> list[dict]:
+    """Per layer (op, N, K), largest native time first: us a token row in each engine at M >= min_m."""
+    native = prefill_rows(profiles["native"], min_m)
+    tuned = prefill_rows(profiles["tuned"], min_m) if profiles.get("tuned") else {}
+    out = []
+    for layer, (rows, us) in sorted(native.items(), key=lambda kv: -kv[1][1]):
+        t_rows, t_us = tuned.get(layer, (0, 0.0))
+        nat = us / rows if rows else None
+        tun = t_us / t_rows if t_rows else None
+        out.append({"layer": layer, "native_rows": rows, "native_us_per_row": nat, "tuned_rows": t_rows,
+                    "tuned_us_per_row": tun, "ratio": tun / nat if tun and nat else None})
+    return out
+
+
 def _same_kernels(a: dict, b: dict) -> bool | None:
     """Whether two engines' ops on a key launched the same kernels (None: a profile without names)."""
     if "kernels" not in a or "kernels" not in b:
@@ -57,8 +85,9 @@ def _same_kernels(a: dict, b: dict) -> bool | None:
     return set(a["kernels"]) == set(b["kernels"])
 
 
-def headroom(profiles: dict, ratios: dict[tuple, float], target: float = 1.05) -> dict:
-    """Rows per eager GEMM key of the native profile (largest first) and the totals, in ms."""
+def headroom(profiles: dict, ratios: dict[tuple, float], target: float = 1.05, prefill_m: int = PREFILL_M) -> dict:
+    """Rows per eager GEMM key of the native profile (largest first) and the totals, in ms; with a
+    tuned profile, the prefill GEMMs (M >= prefill_m: the router's PREFILL_M) per token row too."""
     native = profiles["native"]
     tuned = _eager(profiles["tuned"]) if profiles.get("tuned") else {}
     rows, saved = [], 0.0
@@ -81,7 +110,8 @@ def headroom(profiles: dict, ratios: dict[tuple, float], target: float = 1.05) -
             "same_kernel_ratio": same_ratio,
             "oracle_kernel_ratio": kernel / (kernel - saved / 1e3), "target": target, "needed_ms": need,
             "eager_gemm_ratio_needed": (eager - need) / eager if eager else None,
-            "tuned_kernel_ms": profiles["tuned"]["kernel_ms"] if profiles.get("tuned") else None}
+            "tuned_kernel_ms": profiles["tuned"]["kernel_ms"] if profiles.get("tuned") else None,
+            "prefill_m": prefill_m, "per_row": per_row(profiles, prefill_m) if profiles.get("tuned") else []}
 
 
 def _num(x: float | None, spec: str) -> str:
@@ -114,6 +144,14 @@ def lines(h: dict, top: int = 12) -> list[str]:
     if h.get("same_kernel_ratio") is not None:
         out.append(f"the same kernels in both engines ({h['same_kernel_keys']} keys, {h['same_kernel_ms']:.1f} ms "
                    f"native): tuned engine {h['same_kernel_ratio']:.3f}x")
+    if h.get("per_row"):  # whatever chunks each engine's scheduler cut the batch into
+        head = f"prefill, per token row (M >= {h['prefill_m']}), us"
+        out.append(f"{head:<41} {'native':>9} {'tuned':>9} {'x':>6}")
+        for r in h["per_row"][:6]:
+            op, n, k, _ = r["layer"]
+            out.append(f"  {op + ' ' + f'{n},{k}':<24} {r['native_rows']:>9} rows "
+                       f"{_num(r['native_us_per_row'], '.4f'):>9} {_num(r['tuned_us_per_row'], '.4f'):>9} "
+                       f"{_num(r['ratio'], '.3f'):>6}")
     return out
 
 
