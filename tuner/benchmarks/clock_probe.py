@@ -142,17 +142,17 @@ def nvml_handle(nvml):
     return nvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
 
 
-def tuned_configs(url: str | None) -> dict[tuple, dict]:
-    """(op, M, N, K) -> the database's best config for the probe's keys (bf16, Linear layout)."""
+def tuned_configs(url: str | None, keys: Iterable[tuple] = KEYS) -> dict[tuple, dict]:
+    """(op, M, N, K) -> the database's best config for `keys` (bf16, Linear layout)."""
     if not url:
         return {}
     from db.queries import stored_records
     from tuner.benchmarks.route_headroom import linear_key
 
-    out = {}
+    out, wanted = {}, set(keys)
     for r in stored_records(url):  # (attention, MoE and bmm records have other keys: None)
         key = linear_key(r)
-        if key is not None and key[4] == "bf16" and key[:4] in KEYS:
+        if key is not None and key[4] == "bf16" and key[:4] in wanted:
             out[key[:4]] = r["config"]
     return out
 

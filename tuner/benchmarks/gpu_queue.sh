@@ -27,6 +27,9 @@
 #           to back) on the M=4096 prefill keys and a decode key, SM clock / power / temperature sampled
 #           during each, and search-like timings after 250 and 1000 ms of warm-up (clock_probe.py, gemm.db's
 #           configs when there is one, ~2-3 min)
+#   l2probe issue 12: the M=4096 keys' cuBLAS and tuned kernels timed as tuner times them and with their
+#           activation written just before (as the engine's norm writes it, so it sits in L2), back to
+#           back (tuner/benchmarks/l2_probe.py, gemm.db's configs, ~1-2 min)
 #   decode  issue 12, only when mm is skipped (SKIP=mm: its gemm.db put at /tmp/res/gemm.db): o and
 #           down (mm) and qkv (addmm) at M = 1, 8, 32 tuned again into it, the search now trying
 #           split-K's FUSED_REDUCE (~4 min); the copy bandwidth measured first if the run has none.
@@ -97,7 +100,7 @@ gpu1_tests() {  # one pytest process per group: the mm tests set TRITON_INTERPRE
   (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=$OTHER timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider \
       -k "not streamk" tests/gpu/test_persistent_mm_gpu.py 2>&1 | tail -25)
   for g in "tests/gpu/test_addmm_gpu.py tests/gpu/test_bmm_gpu.py" \
-      "tests/gpu/test_mm_gpu.py tests/gpu/test_clock_probe_gpu.py tests/tuner/inject"; do
+      "tests/gpu/test_mm_gpu.py tests/gpu/test_clock_probe_gpu.py tests/gpu/test_l2_probe_gpu.py tests/tuner/inject"; do
     echo "=== GPU $OTHER: pytest -m gpu $g"
     (cd /tmp/tuner && CUDA_VISIBLE_DEVICES=$OTHER timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider $g 2>&1 | tail -25)
   done
@@ -187,6 +190,7 @@ probe waveprobe wave_probe 150 240 "wave probe"  # a wave's cost, whole and part
 probe fusedprobe fused_probe 120 240 "fused split-K probe"  # split-K's second launch at decode
 CLOCK_DB=(); [ -f "$R/gemm.db" ] && CLOCK_DB=(--db "sqlite:///$R/gemm.db")
 probe clockprobe clock_probe 300 360 "clock probe" ${CLOCK_DB[@]+"${CLOCK_DB[@]}"}  # search vs pass: clocks
+probe l2probe l2_probe 200 260 "L2 probe" ${CLOCK_DB[@]+"${CLOCK_DB[@]}"}  # the engine's A in L2: the ratios?
 if [ -f $Q/mm ] && [ ! -f $Q/decode_addmm ]; then  # the decode keys again, split-K's reduction fused or not
   [ -s "$R/copy_bw.json" ] || (cd /tmp/tuner && timeout 60 python3 -m tuner.benchmarks.copy_bw > "$R/copy_bw.json")
   [ -f $Q/decode_mm ] || tune decode_mm tune_decode.log --op mm "${DEC_MM[@]}" --trials "${TRIALS:-40}" \
