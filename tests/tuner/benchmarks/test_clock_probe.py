@@ -63,16 +63,21 @@ def test_the_configs_come_from_a_tuner_database(tmp_path):
     assert cp.tuned_configs(f"sqlite:///{db}") == configs
 
 
-def test_without_a_gpu_it_says_so():
+@pytest.mark.parametrize("probe", ["clock_probe", "l2_probe"])
+def test_without_a_gpu_the_probes_say_so(probe):
+    import importlib
+
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
+    main = importlib.import_module(f"tuner.benchmarks.{probe}").main
     with pytest.raises(SystemExit) as e:
-        cp.main([])
+        main([])
     assert e.value.code == 2
-    with pytest.raises(SystemExit):
-        cp.main(["--rounds", "0"])
+    with pytest.raises(SystemExit) as e:
+        main(["--rounds", "0"])
+    assert e.value.code == 2
 
 
 def test_a_warmed_regime_is_set_against_the_sustained_pass():

@@ -46,12 +46,3 @@ def test_the_tuned_configs_come_from_session_17s_database(tmp_path):
     assert set(configs) == set(lp.KEYS)
     assert configs[("mm", 4096, 37888, 3584)]["GROUP_M"] == 8  # the finalists' pick of session 17
 
-
-def test_without_a_gpu_it_says_so():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    with pytest.raises(SystemExit) as e:
-        lp.main([])
-    assert e.value.code == 2
-    with pytest.raises(SystemExit):
-        lp.main(["--rounds", "0"])
