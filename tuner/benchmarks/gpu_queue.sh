@@ -27,9 +27,11 @@
 #           to back) on the M=4096 prefill keys and a decode key, SM clock / power / temperature sampled
 #           during each, and search-like timings after 250 and 1000 ms of warm-up (clock_probe.py, gemm.db's
 #           configs when there is one, ~2-3 min)
-#   l2probe issue 12: the M=4096 keys' cuBLAS and tuned kernels timed as tuner times them and with their
-#           activation written just before (as the engine's norm writes it, so it sits in L2), back to
-#           back (tuner/benchmarks/l2_probe.py, gemm.db's configs, ~1-2 min)
+#   l2probe issue 12: the M=4096 keys' cuBLAS and tuned kernels timed as tuner times them and after a
+#           copy into their activation (as the engine's norm writes it: in L2) or into a scratch buffer,
+#           back to back (tuner/benchmarks/l2_probe.py, ~1-2 min). It times gemm.db's configs, so give
+#           SEED_DB (e.g. results/vllm/h200_run11/bench_gemm.db.xz, what run 11's engine served): on a
+#           fresh machine without it there is no gemm.db yet and only cuBLAS is timed
 #   decode  issue 12, only when mm is skipped (SKIP=mm: its gemm.db put at /tmp/res/gemm.db): o and
 #           down (mm) and qkv (addmm) at M = 1, 8, 32 tuned again into it, the search now trying
 #           split-K's FUSED_REDUCE (~4 min); the copy bandwidth measured first if the run has none.

@@ -1,19 +1,23 @@
 """Do the engine's prefill GEMMs read their activation from L2, and does that move tuned / cuBLAS?
 An experiment for issue 12 (H200).
 
-In vLLM's engine the M = 4096 keys do not keep the ratios tuner's side-by-side pass records: run 11
-timed gate_up 1584 us a call on cuBLAS and 1634 on tuner's persistent kernel (1.031x; the pass:
-1580 / 1546, 0.979x), run 10b 1575 / 1602. The pass rotates every input over 3x the L2 (weights
-must not come from L2, and in the engine each layer's weights are cold too), but in the engine the
-activation A (4096 x 3584 bf16, 29 MB: half the H200's 60 MB L2) was written by the RMSNorm just
-before the GEMM. Here each key's cuBLAS and tuned kernels are timed in the pass's regime (rounds
-back to back, who goes first rotating) two ways: "rotated", as tuner times them
-(measure.time_runner), and "a_in_l2": each call preceded by a copy that writes its A as the norm
-does, the copy's own time (timed alone the same way, in the same round) subtracted.
+In vLLM's engine the M = 4096 keys do not keep the ratios tuner's side-by-side pass recorded: run
+11's tuned engine ran gate_up (persistent 128x256x64, GROUP_M 16) at 1633.6 us a call against
+native's cuBLAS 1584.4 (1.031x) where its database says 1617.5 / 1631.0 (0.992x); run 10b 1602.3 /
+1575.3 (1.017x). The pass rotates every input over 3x the L2 (weights must not come from L2, and in
+the engine each layer's weights are cold too), but in the engine the activation A (4096 x 3584 bf16,
+29 MB: half the H200's 60 MB L2) was written by the RMSNorm just before the GEMM. Here each key's
+cuBLAS and tuned kernels are timed back to back (the pass's regime, who goes first rotating) three
+ways: "rotated", as tuner times them (measure.time_runner); "a_in_l2", each call preceded by a copy
+that writes its A, as the norm does; "a_cold", the same copy into a scratch buffer of A's shape
+instead (the same copy, the same traffic, only A's residency differs): a_in_l2 / a_cold is what a
+resident A is worth to each kernel. Both include the copy; "a_in_l2_net" = a_in_l2 - (a_cold -
+rotated) takes it out again (its cost measured where it runs, before a GEMM), for tuned / cuBLAS.
 
-usage: python -m tuner.benchmarks.l2_probe --db URL [--rounds 5]
-  (on the GPU host; --db: a tuner database whose best configs are the tuned kernels)
-One JSON line per key and runner (medians over rounds), then a line per key: tuned / cuBLAS both ways.
+usage: python -m tuner.benchmarks.l2_probe [--db URL] [--rounds 5]
+  (on the GPU host; --db: a tuner database whose best configs are the tuned kernels, cuBLAS alone
+  without it. The configs run 11's engine served: results/vllm/h200_run11/bench_gemm.db.xz)
+One JSON line per key and runner (medians over rounds), then a line per key: tuned / cuBLAS each way.
 """
 
 from __future__ import annotations
@@ -34,33 +38,35 @@ def a_index(op: str) -> int:
     return 1 if op == "addmm" else 0
 
 
-def writes_a_first(run: Callable, index: int, src) -> Callable:
-    """`run` with its activation written just before it (copied from `src`), as a norm writes it."""
+def writes_first(run: Callable, index: int | None, src, scratch=None) -> Callable:
+    """`run` with a copy of `src` just before it: into its activation (args[index], as a norm
+    writes it) or, with `scratch`, into that buffer instead (the same copy, A left cold)."""
     def run_after_write(args, out):
-        args[index].copy_(src)
+        (scratch if scratch is not None else args[index]).copy_(src)
         run(args, out)
 
     return run_after_write
 
 
-def write_only(index: int, src) -> Callable:
-    """The write alone: its time is subtracted from the written-then-run timing."""
-    def write(args, out):
-        args[index].copy_(src)
+WAYS = ("rotated", "a_cold", "a_in_l2")  # timed; a_in_l2_net is derived (net_of_copy)
 
-    return write
+
+def net_of_copy(m: dict[str, float]) -> float:
+    """The GEMM's time with A resident, without the copy: a_in_l2 less the copy's cost before a
+    GEMM (a_cold - rotated)."""
+    return m["a_in_l2"] - (m["a_cold"] - m["rotated"])
 
 
 def ratio_line(key: tuple, medians: dict[str, dict[str, float]]) -> dict:
-    """tuned / cuBLAS per way of timing, and each runner's a_in_l2 / rotated."""
+    """tuned / cuBLAS each way, and each runner's a_in_l2 / a_cold (what a resident A is worth)."""
     out: dict = {"key": list(key)}
     cub, tuned = medians.get("cublas"), medians.get("tuned")
-    for way in ("rotated", "a_in_l2"):
+    for way in (*WAYS, "a_in_l2_net"):
         if cub and tuned and cub.get(way) and tuned.get(way):
             out[f"tuned_vs_cublas_{way}"] = round(tuned[way] / cub[way], 4)
     for name, m in medians.items():
-        if m.get("rotated") and m.get("a_in_l2"):
-            out[f"{name}_a_in_l2_vs_rotated"] = round(m["a_in_l2"] / m["rotated"], 4)
+        if m.get("a_cold") and m.get("a_in_l2"):
+            out[f"{name}_a_in_l2_vs_a_cold"] = round(m["a_in_l2"] / m["a_cold"], 4)
     return out
 
 
@@ -77,26 +83,25 @@ def probe_key(key: tuple, config: dict | None, rounds: int) -> tuple[dict, dict]
     l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
     inputs = kernel.make_inputs(kkey, "bf16", "cuda", measure.n_sets_for(kernel, kkey, "bf16", "cuda", l2), 0)
     i = a_index(op)
-    src = torch.randn_like(inputs.sets[0][i])
+    if tuple(inputs.sets[0][i].shape) != (M, K):  # never write over a bias or a weight
+        raise ValueError(f"{op}'s input {i} is {tuple(inputs.sets[0][i].shape)}, not the activation ({M}, {K})")
+    src, scratch = torch.randn_like(inputs.sets[0][i]), torch.empty_like(inputs.sets[0][i])
     runners = {"cublas": kernel.baselines(kkey, "bf16", "cuda")["native"]}
     if config:
         runners["tuned"] = kernel.runner(kkey, config, "bf16", "cuda")
-    write = write_only(i, src)
-    timed = {n: {"rotated": [], "written": []} for n in runners}
-    writes: list[float] = []
+    ways = {n: {"rotated": r, "a_cold": writes_first(r, None, src, scratch), "a_in_l2": writes_first(r, i, src)}
+            for n, r in runners.items()}
+    timed = {n: {w: [] for w in WAYS} for n in runners}
     names = list(runners)
     for run in runners.values():  # compiled and warm outside every timing
         measure.time_runner(run, inputs, "cuda")
     for r in range(rounds):  # back to back, as the finalists' pass (the engine's clock regime)
         for name in names[r % len(names):] + names[: r % len(names)]:
-            timed[name]["rotated"].append(measure.time_runner(runners[name], inputs, "cuda")[0])
-            timed[name]["written"].append(measure.time_runner(writes_a_first(runners[name], i, src), inputs,
-                                                              "cuda")[0])
-        writes.append(measure.time_runner(write, inputs, "cuda")[0])
-    write_us = statistics.median(writes)
-    medians = {n: {"rotated": statistics.median(t["rotated"]),
-                   "a_in_l2": statistics.median(t["written"]) - write_us,
-                   "write_us": write_us, "rounds": rounds} for n, t in timed.items()}
+            for way in WAYS:
+                timed[name][way].append(measure.time_runner(ways[name][way], inputs, "cuda")[0])
+    medians = {n: {w: statistics.median(v) for w, v in t.items()} for n, t in timed.items()}
+    for m in medians.values():
+        m.update(a_in_l2_net=net_of_copy(m), rounds=rounds)
     return medians, ratio_line(key, medians)
 
 
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except DatabaseUnusable as e:
         p.error(str(e))
     print(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rounds": a.rounds,
-                      "l2_mb": torch.cuda.get_device_properties(0).L2_cache_size / 2**20}), flush=True)
+                      "l2_mib": torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size / 2**20}),
+          flush=True)
     for key in KEYS:
         medians, line = probe_key(key, configs.get(key), a.rounds)
         for name, m in medians.items():

@@ -64,7 +64,7 @@ def test_the_configs_come_from_a_tuner_database(tmp_path):
 
 
 @pytest.mark.parametrize("probe", ["clock_probe", "l2_probe"])
-def test_without_a_gpu_the_probes_say_so(probe):
+def test_without_a_gpu_the_probes_say_so(probe, capsys):
     import importlib
 
     import torch
@@ -74,10 +74,10 @@ def test_without_a_gpu_the_probes_say_so(probe):
     main = importlib.import_module(f"tuner.benchmarks.{probe}").main
     with pytest.raises(SystemExit) as e:
         main([])
-    assert e.value.code == 2
+    assert e.value.code == 2 and "needs an NVIDIA GPU" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["--rounds", "0"])
-    assert e.value.code == 2
+    assert e.value.code == 2 and "--rounds" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_a_warmed_regime_is_set_against_the_sustained_pass():
