@@ -145,13 +145,15 @@ def lines(h: dict, top: int = 12) -> list[str]:
         out.append(f"the same kernels in both engines ({h['same_kernel_keys']} keys, {h['same_kernel_ms']:.1f} ms "
                    f"native): tuned engine {h['same_kernel_ratio']:.3f}x")
     if h.get("per_row"):  # whatever chunks each engine's scheduler cut the batch into
-        head = f"prefill, per token row (M >= {h['prefill_m']}), us"
-        out.append(f"{head:<41} {'native':>9} {'tuned':>9} {'x':>6}")
+        out.append(f"prefill GEMMs per token row (M >= {h['prefill_m']}): rows and us a row per engine")
+        out.append(f"  {'layer (op N,K)':<22} {'native':>8} {'tuned':>8} {'native':>8} {'tuned':>8} {'x':>6}")
         for r in h["per_row"][:6]:
             op, n, k, _ = r["layer"]
-            out.append(f"  {op + ' ' + f'{n},{k}':<24} {r['native_rows']:>9} rows "
-                       f"{_num(r['native_us_per_row'], '.4f'):>9} {_num(r['tuned_us_per_row'], '.4f'):>9} "
+            out.append(f"  {op + ' ' + f'{n},{k}':<22} {r['native_rows']:>8} {r['tuned_rows']:>8} "
+                       f"{_num(r['native_us_per_row'], '.4f'):>8} {_num(r['tuned_us_per_row'], '.4f'):>8} "
                        f"{_num(r['ratio'], '.3f'):>6}")
+        if len(h["per_row"]) > 6:
+            out.append(f"  ... {len(h['per_row']) - 6} smaller layers")
     return out
 
 

@@ -113,7 +113,8 @@ def test_run_11s_prefill_gemms_compare_per_token_row_across_other_chunk_splits(t
     assert gate_up["ratio"] == pytest.approx((t_us / t_rows) / (n_us / n_rows))
     assert 1.0 < gate_up["ratio"] < 1.05  # tuner's 4096 config, the tails on cuBLAS (PREFILL_M)
     text = rh.lines(h)
-    assert any(line.startswith("prefill, per token row (M >= 512)") for line in text)
+    assert any(line.startswith("prefill GEMMs per token row (M >= 512)") for line in text)
+    assert any(line.split()[:4] == ["mm", "37888,3584", str(n_rows), str(t_rows)] for line in text)
     assert max(map(len, text)) <= 80
     # decode sizes are left out, and without a tuned profile there is no such table
     assert rh.prefill_rows({"gemm_keys": [
