@@ -157,9 +157,10 @@ def tuned_configs(url: str | None, keys: Iterable[tuple] = KEYS) -> dict[tuple, 
     return out
 
 
-def probe_key(key: tuple, config: dict | None, sampler: Sampler, idle_s: float, rounds: int,
-              emit: Callable[[dict], None], warm_ms: Iterable[float] = ()) -> dict:
-    """Every regime on one key; returns the key's ratio line."""
+def key_runners(key: tuple, config: dict | None, untuned: bool = True):
+    """(inputs, {name: runner}) of an (op, M, N, K) key in nn.Linear's layout, bf16 on the GPU, as
+    tuner times it (input sets over 3x the L2): cuBLAS, FlagGems untuned (unless not `untuned`) as
+    the finalists' pass has them, and `config` as "tuned"; each compiled and warm."""
     import torch
 
     from kernels import get_kernel
@@ -170,12 +171,21 @@ def probe_key(key: tuple, config: dict | None, sampler: Sampler, idle_s: float, 
     kkey = (M, N, K, 1)
     l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
     inputs = kernel.make_inputs(kkey, "bf16", "cuda", measure.n_sets_for(kernel, kkey, "bf16", "cuda", l2), 0)
-    # cuBLAS and FlagGems untuned as the finalists' pass has them (it adds the 3 best configs)
-    runners = {("cublas" if n == "native" else n): r for n, r in kernel.baselines(kkey, "bf16", "cuda").items()}
+    runners = {("cublas" if n == "native" else n): r for n, r in kernel.baselines(kkey, "bf16", "cuda").items()
+               if untuned or n == "native"}
     if config:
         runners["tuned"] = kernel.runner(kkey, config, "bf16", "cuda")
     for run in runners.values():  # compiled and warm outside every timing
         measure.time_runner(run, inputs, "cuda")
+    return inputs, runners
+
+
+def probe_key(key: tuple, config: dict | None, sampler: Sampler, idle_s: float, rounds: int,
+              emit: Callable[[dict], None], warm_ms: Iterable[float] = ()) -> dict:
+    """Every regime on one key; returns the key's ratio line."""
+    from tuner.tuning import measure
+
+    inputs, runners = key_runners(key, config)
     rows: dict[tuple[str, str], dict] = {}
 
     def timed(name: str, warm: float = 0.0) -> dict:
@@ -194,7 +204,7 @@ def probe_key(key: tuple, config: dict | None, sampler: Sampler, idle_s: float, 
     samples: dict[str, list[dict]] = {n: [] for n in runners}
     names = list(runners)
     for r in range(rounds):  # the finalists' pass: back to back, who goes first rotating
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in measure.rotation(names, r):
             samples[name].append(timed(name))
     for name, got in samples.items():
         rows[("sustained", name)] = {"time_us": statistics.median(g["time_us"] for g in got),

@@ -74,29 +74,21 @@ def probe_key(key: tuple, config: dict | None, rounds: int) -> tuple[dict, dict]
     """(medians per runner and way, in us; the key's ratio line)."""
     import torch
 
-    from kernels import get_kernel
+    from tuner.benchmarks.clock_probe import key_runners
     from tuner.tuning import measure
 
     op, M, N, K = key
-    kernel = get_kernel(op)
-    kkey = (M, N, K, 1)
-    l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
-    inputs = kernel.make_inputs(kkey, "bf16", "cuda", measure.n_sets_for(kernel, kkey, "bf16", "cuda", l2), 0)
+    inputs, runners = key_runners(key, config, untuned=False)
     i = a_index(op)
     if tuple(inputs.sets[0][i].shape) != (M, K):  # never write over a bias or a weight
         raise ValueError(f"{op}'s input {i} is {tuple(inputs.sets[0][i].shape)}, not the activation ({M}, {K})")
     src, scratch = torch.randn_like(inputs.sets[0][i]), torch.empty_like(inputs.sets[0][i])
-    runners = {"cublas": kernel.baselines(kkey, "bf16", "cuda")["native"]}
-    if config:
-        runners["tuned"] = kernel.runner(kkey, config, "bf16", "cuda")
     ways = {n: {"rotated": r, "a_cold": writes_first(r, None, src, scratch), "a_in_l2": writes_first(r, i, src)}
             for n, r in runners.items()}
     timed = {n: {w: [] for w in WAYS} for n in runners}
     names = list(runners)
-    for run in runners.values():  # compiled and warm outside every timing
-        measure.time_runner(run, inputs, "cuda")
     for r in range(rounds):  # back to back, as the finalists' pass (the engine's clock regime)
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in measure.rotation(names, r):
             for way in WAYS:
                 timed[name][way].append(measure.time_runner(ways[name][way], inputs, "cuda")[0])
     medians = {n: {w: statistics.median(v) for w, v in t.items()} for n, t in timed.items()}

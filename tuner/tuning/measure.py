@@ -76,6 +76,12 @@ def _run_all(run: Runner, inputs: Inputs) -> Callable[[], None]:
     return run_all
 
 
+def rotation(names: list[str], r: int) -> list[str]:
+    """Round r's order of a side-by-side pass: who goes first rotates, so no runner always times
+    right after the same neighbour (its power or L2 state)."""
+    return names[r % len(names):] + names[: r % len(names)]
+
+
 def time_runner(run: Runner, inputs: Inputs, device: str, warm_ms: float = 0.0) -> tuple[float, str]:
     """Median time of one call in µs, and the method used. warm_ms: GPU time the runner runs for
     untimed just before the samples (clock_probe's warmed regimes). The search does not warm up:

@@ -129,7 +129,7 @@ def _handle_confirm(st: _State, configs: list[Config], rounds: int, skip: list[s
         names = list(runners)
         samples: dict[str, list[float]] = {n: [] for n in names}
         for r in range(rounds):
-            for n in names[r % len(names):] + names[: r % len(names)]:
+            for n in measure.rotation(names, r):
                 samples[n].append(measure.time_runner(runners[n], st.inputs, st.device)[0])
         us = {n: statistics.median(v) for n, v in samples.items()}
         return {"ok": True, "configs": [us.pop(f"config{i}") for i in range(len(configs))], "baselines": us}

@@ -45,3 +45,11 @@ def test_a_warm_up_runs_before_the_timing_and_is_not_timed_on_the_cpu():
     assert how == "interpreter-wall" and n_cold == 4
     assert len(calls) - n_cold >= 20  # ~50 calls of 1 ms in the 60 ms warm-up
     assert 0.5 < warm_us / cold_us < 3  # one call's time, not the warm-up's
+
+
+def test_a_pass_rotates_who_goes_first():
+    from tuner.tuning.measure import rotation
+
+    names = ["config0", "native", "untuned"]
+    assert [rotation(names, r) for r in range(4)] == [
+        names, ["native", "untuned", "config0"], ["untuned", "config0", "native"], names]
